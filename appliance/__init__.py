@@ -1,0 +1,1 @@
+"""Cairn's node: the model, the core, jobs, reconciler, drivers, API, daemon and CLI."""

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Build Cairn on a fresh Debian machine: system packages, .venv, the cffi core.
+#   ./build.sh          install everything into .venv and compile fastpath
+#   ./build.sh test     the same, then run the whole test suite
+#   ./build.sh demo     the same, then the main job (see README.md)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+
+need_apt=()
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+"$PYTHON" - <<'PY' 2>/dev/null || need_apt+=("python3-dev")
+import sysconfig, os, sys
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
+PY
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=("python3-venv")
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "build.sh: installing system packages: ${need_apt[*]}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+    else
+        echo "build.sh: missing system packages: ${need_apt[*]}; install them (apt-get install ${need_apt[*]}) and run again" >&2
+        exit 1
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python fastpath/_build.py
+
+case "${1:-}" in
+    test)
+        shift
+        exec .venv/bin/python -m pytest "$@"
+        ;;
+    demo)
+        shift
+        mkdir -p out
+        .venv/bin/cairn events demo --events "${DEMO_EVENTS:-20000}" --out out/demo.events
+        .venv/bin/cairn events verify out/demo.events
+        exec .venv/bin/cairn events replay out/demo.events
+        ;;
+    "") ;;
+    *)
+        echo "build.sh: unknown argument '$1'; use 'test', 'demo' or nothing" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,1 @@
+"""Operations: one module per operation, four pure functions each (Params, claims, check, plan)."""
