@@ -41,6 +41,14 @@ class LogClosed(LogError):
     """The log was closed while the call was waiting."""
 
 
+class Overloaded(LogError):
+    """The proposal was not sent (the queue is full or it waited too long); it did not commit, retry later."""
+
+
+class MembershipError(LogError):
+    """A membership change or leadership transfer was refused; the message says why and what to do."""
+
+
 @dataclass(frozen=True, slots=True)
 class Leadership:
     """Who leads in which term, as one member sees it."""

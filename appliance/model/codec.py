@@ -1,0 +1,130 @@
+"""The canonical CBOR envelope of an event: the payload of a committed record.
+
+Envelope keys: `event_id` (16 bytes; a retry reuses it), `type`, `version`,
+`payload`, `actor` and `reason` (the audit trail), `proposed_at` (seconds since
+the epoch, as the proposer's clock read it). Encoding is canonical (sorted
+keys, shortest forms) so every node writes identical bytes. Decoding upcasts
+old versions and refuses, loudly, what it does not know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from appliance.model import events
+from appliance.model.errors import UndecodableEvent
+from appliance.model.ids import EVENT_ID_BYTES
+
+ENVELOPE_KEYS = frozenset({"event_id", "type", "version", "payload", "actor", "reason", "proposed_at"})
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """An event with who proposed it, why, and when."""
+
+    event_id: bytes
+    event: Any
+    actor: str
+    reason: str
+    proposed_at: float
+
+    @property
+    def type_name(self) -> str:
+        return type(self.event).__name__
+
+
+def freeze(value: Any) -> Any:
+    """Lists become tuples (recursively), so decoded events compare equal to built ones."""
+    if isinstance(value, list):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, dict):
+        return {k: freeze(v) for k, v in value.items()}
+    return value
+
+
+def envelope_dict(envelope: Envelope) -> dict[str, Any]:
+    """The envelope as plain data, as it is encoded."""
+    cls = type(envelope.event)
+    return {
+        "event_id": envelope.event_id,
+        "type": cls.TYPE,
+        "version": cls.VERSION,
+        "payload": events.payload_of(envelope.event),
+        "actor": envelope.actor,
+        "reason": envelope.reason,
+        "proposed_at": envelope.proposed_at,
+    }
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Canonical CBOR bytes of an envelope."""
+    if len(envelope.event_id) != EVENT_ID_BYTES:
+        raise ValueError(f"event_id must be {EVENT_ID_BYTES} bytes, got {len(envelope.event_id)}")
+    return cbor2.dumps(envelope_dict(envelope), canonical=True)
+
+
+def decode(data: bytes, seq: int | None = None) -> Envelope:
+    """Decode an envelope; raise UndecodableEvent for anything this version cannot read."""
+    try:
+        raw = cbor2.loads(data)
+    except Exception as error:
+        raise UndecodableEvent(f"payload is not valid CBOR ({error})", seq) from None
+    if not isinstance(raw, dict) or raw.keys() != ENVELOPE_KEYS:
+        raise UndecodableEvent("payload is not a Cairn event envelope", seq)
+    return from_dict(raw, seq)
+
+
+def from_dict(raw: dict[str, Any], seq: int | None = None) -> Envelope:
+    """Build an envelope from its decoded plain-data form."""
+    type_number, version = raw["type"], raw["version"]
+    cls = events.REGISTRY.get(type_number)
+    if cls is None:
+        raise UndecodableEvent(f"unknown event type {type_number:#06x}" if isinstance(type_number, int)
+                               else f"event type {type_number!r} is not a number", seq)
+    if not isinstance(version, int) or version < 1 or version > cls.VERSION:
+        raise UndecodableEvent(f"{cls.__name__} version {version} is newer than this node knows (v{cls.VERSION})", seq)
+    payload = raw["payload"]
+    if not isinstance(payload, dict):
+        raise UndecodableEvent(f"{cls.__name__} payload is not a map", seq)
+    if version < cls.VERSION:
+        payload = events.upcast(cls, version, payload)
+    if payload.keys() != set(cls.FIELDS):
+        raise UndecodableEvent(f"{cls.__name__} v{version} payload has fields {sorted(payload)}, "
+                               f"expected {sorted(cls.FIELDS)}", seq)
+    try:
+        event_value = cls(**{k: freeze(v) for k, v in payload.items()})
+    except TypeError as error:
+        raise UndecodableEvent(f"{cls.__name__} payload does not fit ({error})", seq) from None
+    event_id = raw["event_id"]
+    if not isinstance(event_id, bytes) or len(event_id) != EVENT_ID_BYTES:
+        raise UndecodableEvent("event_id is not 16 bytes", seq)
+    return Envelope(event_id, event_value, str(raw["actor"]), str(raw["reason"]), float(raw["proposed_at"]))
+
+
+def to_json_ready(envelope: Envelope, seq: int | None = None) -> dict[str, Any]:
+    """The envelope as JSON-ready data (bytes as hex), for `cairn events export --format jsonl`."""
+    line = {
+        "seq": seq,
+        "event_id": envelope.event_id.hex(),
+        "type": f"{type(envelope.event).TYPE:#06x}",
+        "name": envelope.type_name,
+        "version": type(envelope.event).VERSION,
+        "actor": envelope.actor,
+        "reason": envelope.reason,
+        "proposed_at": envelope.proposed_at,
+        "payload": _json_value(events.payload_of(envelope.event)),
+    }
+    return line
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    return value

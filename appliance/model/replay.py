@@ -1,0 +1,423 @@
+"""The only place state changes: `apply` one committed event, `fold` many.
+
+Each event type has one small handler returning the next state. Handlers never
+raise for a committed event and never read the clock: validation happened in
+`ops.*.check` before the event was proposed, so a handler that meets something
+odd (an unknown id) leaves the state as it is. An event id already applied
+within the dedup window changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from appliance.model import events as ev
+from appliance.model.codec import Envelope, decode
+from appliance.model.state import (
+    ClusterParams, ClusterState, Disk, Group, Instance, Job, JOB_FINISHED, Nic, Node, NodeUsage, User,
+    add_usage,
+)
+
+Handler = Callable[[ClusterState, object, Envelope, int], ClusterState]
+HANDLERS: dict[type, Handler] = {}
+
+
+def handles(cls: type):
+    def register(function: Handler) -> Handler:
+        HANDLERS[cls] = function
+        return function
+    return register
+
+
+def apply(state: ClusterState, envelope: Envelope, seq: int | None = None) -> ClusterState:
+    """The state after one committed event (at `seq`, default the next one)."""
+    seq = state.seq + 1 if seq is None else seq
+    if envelope.event_id in state.recent_events:
+        return state.evolve(seq=seq)
+    recent, _ = state.recent_events.push(envelope.event_id)
+    state = state.evolve(seq=seq, recent_events=recent)
+    return HANDLERS[type(envelope.event)](state, envelope.event, envelope, seq)
+
+
+def fold(records: Iterable, state: ClusterState | None = None) -> ClusterState:
+    """Apply committed records (anything with `.seq` and `.payload`) in order."""
+    state = state if state is not None else ClusterState()
+    for record in records:
+        state = apply(state, decode(record.payload, record.seq), record.seq)
+    return state
+
+
+def fold_envelopes(envelopes: Iterable[Envelope], state: ClusterState | None = None) -> ClusterState:
+    """Apply envelopes in order, numbering them from the state's seq."""
+    state = state if state is not None else ClusterState()
+    for envelope in envelopes:
+        state = apply(state, envelope)
+    return state
+
+
+# --- cluster, modes, tags --------------------------------------------------
+
+@handles(ev.ClusterInitialized)
+def _cluster_initialized(state, e, envelope, seq):
+    params = ClusterParams(e.name, e.enabled_hypervisors, e.enabled_disk_templates, e.default_hypervisor,
+                           e.ipolicy, e.mac_prefix, e.feature_level, e.fencing_interval_s,
+                           e.recovery_interval_s, e.default_group)
+    group = Group(e.default_group, "default")
+    return state.evolve(cluster=params, groups=state.groups.set(group.id, group),
+                        group_names=state.group_names.set(group.name, group.id))
+
+
+@handles(ev.ClusterModified)
+def _cluster_modified(state, e, envelope, seq):
+    if state.cluster is None:
+        return state
+    known = {k: v for k, v in e.changes.items() if k in ClusterParams.__dataclass_fields__ and k != "tags"}
+    return state.evolve(cluster=state.cluster.__class__(**{**_fields(state.cluster), **known}))
+
+
+def _fields(value) -> dict:
+    return {name: getattr(value, name) for name in value.__dataclass_fields__}
+
+
+@handles(ev.ModeSet)
+def _mode_set(state, e, envelope, seq):
+    return state.evolve(modes=state.modes.set((e.mode, e.target), e.until))
+
+
+@handles(ev.ModeCleared)
+def _mode_cleared(state, e, envelope, seq):
+    key = (e.mode, e.target)
+    return state.evolve(modes=state.modes.delete(key)) if key in state.modes else state
+
+
+def _retag(tags: tuple, add: tuple, remove: tuple) -> tuple:
+    return tuple(sorted((set(tags) | set(add)) - set(remove)))
+
+
+def _tags(state, e, add: tuple, remove: tuple):
+    if e.kind == "cluster":
+        if state.cluster is None:
+            return state
+        cluster = state.cluster
+        return state.evolve(cluster=ClusterParams(**{**_fields(cluster), "tags": _retag(cluster.tags, add, remove)}))
+    collection = {"node": "nodes", "group": "groups", "instance": "instances"}.get(e.kind)
+    mapping = getattr(state, collection) if collection else None
+    if mapping is None or e.target not in mapping:
+        return state
+    target = mapping[e.target]
+    updated = type(target)(**{**_fields(target), "tags": _retag(target.tags, add, remove)})
+    return state.evolve(**{collection: mapping.set(e.target, updated)})
+
+
+@handles(ev.TagsAdded)
+def _tags_added(state, e, envelope, seq):
+    return _tags(state, e, e.tags, ())
+
+
+@handles(ev.TagsRemoved)
+def _tags_removed(state, e, envelope, seq):
+    return _tags(state, e, (), e.tags)
+
+
+# --- users and groups ------------------------------------------------------
+
+@handles(ev.UserAdded)
+def _user_added(state, e, envelope, seq):
+    return state.evolve(users=state.users.set(e.name, User(e.name, e.role)))
+
+
+@handles(ev.UserRemoved)
+def _user_removed(state, e, envelope, seq):
+    return state.evolve(users=state.users.delete(e.name)) if e.name in state.users else state
+
+
+@handles(ev.UserRoleSet)
+def _user_role_set(state, e, envelope, seq):
+    return state.evolve(users=state.users.set(e.name, User(e.name, e.role))) if e.name in state.users else state
+
+
+@handles(ev.GroupAdded)
+def _group_added(state, e, envelope, seq):
+    return state.evolve(groups=state.groups.set(e.group, Group(e.group, e.name)),
+                        group_names=state.group_names.set(e.name, e.group))
+
+
+@handles(ev.GroupRemoved)
+def _group_removed(state, e, envelope, seq):
+    group = state.groups.get(e.group)
+    if group is None:
+        return state
+    return state.evolve(groups=state.groups.delete(e.group), group_names=state.group_names.delete(group.name))
+
+
+@handles(ev.GroupRenamed)
+def _group_renamed(state, e, envelope, seq):
+    group = state.groups.get(e.group)
+    if group is None:
+        return state
+    return state.evolve(groups=state.groups.set(e.group, Group(e.group, e.name, group.tags)),
+                        group_names=state.group_names.delete(group.name).set(e.name, e.group))
+
+
+@handles(ev.NodesAssignedToGroup)
+def _nodes_assigned(state, e, envelope, seq):
+    if e.group not in state.groups:
+        return state
+    nodes = state.nodes
+    for node_id in e.nodes:
+        if node_id in nodes:
+            nodes = nodes.set(node_id, Node(**{**_fields(nodes[node_id]), "group": e.group}))
+    return state.evolve(nodes=nodes)
+
+
+# --- nodes -----------------------------------------------------------------
+
+@handles(ev.NodeAdded)
+def _node_added(state, e, envelope, seq):
+    node = Node(e.node, e.name, e.address, e.group, e.memory_mib, e.disk_mib, e.cpus,
+                master_capable=e.master_capable, vm_capable=e.vm_capable, role=e.role)
+    return state.evolve(nodes=state.nodes.set(node.id, node), node_names=state.node_names.set(node.name, node.id),
+                        usage=state.usage.set(node.id, NodeUsage()))
+
+
+@handles(ev.NodeRemoved)
+def _node_removed(state, e, envelope, seq):
+    node = state.nodes.get(e.node)
+    if node is None:
+        return state
+    return state.evolve(nodes=state.nodes.delete(e.node), node_names=state.node_names.delete(node.name),
+                        usage=state.usage.delete(e.node) if e.node in state.usage else state.usage)
+
+
+_NODE_FLAGS = ("offline", "drained", "master_capable", "vm_capable", "role")
+
+
+@handles(ev.NodeModified)
+def _node_modified(state, e, envelope, seq):
+    node = state.nodes.get(e.node)
+    if node is None:
+        return state
+    changes = {k: v for k, v in e.changes.items() if k in _NODE_FLAGS}
+    return state.evolve(nodes=state.nodes.set(e.node, Node(**{**_fields(node), **changes})))
+
+
+@handles(ev.NodeCapacityDetected)
+def _node_capacity(state, e, envelope, seq):
+    node = state.nodes.get(e.node)
+    if node is None:
+        return state
+    updated = Node(**{**_fields(node), "memory_mib": e.memory_mib, "disk_mib": e.disk_mib, "cpus": e.cpus})
+    return state.evolve(nodes=state.nodes.set(e.node, updated))
+
+
+# --- instances -------------------------------------------------------------
+
+def _account(state: ClusterState, instance: Instance, sign: int) -> ClusterState:
+    """Add (1) or remove (-1) an instance's share of its nodes' usage."""
+    usage = state.usage
+    for node_id, role in ((instance.primary, "primary"), (instance.secondary, "secondary")):
+        if node_id:
+            usage = usage.set(node_id, add_usage(usage.get(node_id, NodeUsage()), instance, role, sign))
+    return state.evolve(usage=usage)
+
+
+def _replace_instance(state: ClusterState, old: Instance, new: Instance) -> ClusterState:
+    """Swap an instance for its new version, keeping usage right."""
+    state = _account(_account(state, old, -1), new, 1)
+    return state.evolve(instances=state.instances.set(new.id, new))
+
+
+def _set_instance(state: ClusterState, instance_id: str, **changes) -> ClusterState:
+    """Change fields of an instance that do not affect usage."""
+    instance = state.instances.get(instance_id)
+    if instance is None:
+        return state
+    return state.evolve(instances=state.instances.set(instance_id, Instance(**{**_fields(instance), **changes})))
+
+
+@handles(ev.InstanceAdded)
+def _instance_added(state, e, envelope, seq):
+    instance = Instance(e.instance, e.name, e.primary, e.secondary, e.disk_template,
+                        tuple(Disk(d["size_mib"]) for d in e.disks),
+                        tuple(Nic(n["mac"], n["mode"], n["link"]) for n in e.nics),
+                        e.memory_mib, e.vcpus, e.hypervisor, e.hvparams, e.os, e.admin_state)
+    macs = state.macs
+    for nic in instance.nics:
+        macs = macs.set(nic.mac, instance.id)
+    state = _account(state, instance, 1)
+    return state.evolve(instances=state.instances.set(instance.id, instance),
+                        instance_names=state.instance_names.set(instance.name, instance.id), macs=macs)
+
+
+@handles(ev.InstanceRemoved)
+def _instance_removed(state, e, envelope, seq):
+    instance = state.instances.get(e.instance)
+    if instance is None:
+        return state
+    macs = state.macs
+    for nic in instance.nics:
+        if nic.mac in macs:
+            macs = macs.delete(nic.mac)
+    state = _account(state, instance, -1)
+    return state.evolve(instances=state.instances.delete(e.instance),
+                        instance_names=state.instance_names.delete(instance.name), macs=macs)
+
+
+@handles(ev.InstanceStartupRequested)
+def _instance_startup(state, e, envelope, seq):
+    return _set_instance(state, e.instance, admin_state="up")
+
+
+@handles(ev.InstanceShutdownRequested)
+def _instance_shutdown(state, e, envelope, seq):
+    return _set_instance(state, e.instance, admin_state="down")
+
+
+@handles(ev.InstanceRebootRequested)
+def _instance_reboot(state, e, envelope, seq):
+    return _set_instance(state, e.instance, admin_state="up")
+
+
+@handles(ev.InstanceModified)
+def _instance_modified(state, e, envelope, seq):
+    old = state.instances.get(e.instance)
+    if old is None:
+        return state
+    new = Instance(**{**_fields(old),
+                      "memory_mib": old.memory_mib if e.memory_mib is None else e.memory_mib,
+                      "vcpus": old.vcpus if e.vcpus is None else e.vcpus,
+                      "hvparams": {**old.hvparams, **e.hvparams}})
+    return _replace_instance(state, old, new)
+
+
+@handles(ev.InstanceDiskAdded)
+def _instance_disk_added(state, e, envelope, seq):
+    old = state.instances.get(e.instance)
+    if old is None:
+        return state
+    return _replace_instance(state, old, Instance(**{**_fields(old), "disks": old.disks + (Disk(e.size_mib),)}))
+
+
+@handles(ev.InstanceDiskGrown)
+def _instance_disk_grown(state, e, envelope, seq):
+    old = state.instances.get(e.instance)
+    if old is None or not 0 <= e.disk_index < len(old.disks):
+        return state
+    disks = old.disks[:e.disk_index] + (Disk(e.size_mib),) + old.disks[e.disk_index + 1:]
+    return _replace_instance(state, old, Instance(**{**_fields(old), "disks": disks}))
+
+
+@handles(ev.InstanceNicAdded)
+def _instance_nic_added(state, e, envelope, seq):
+    old = state.instances.get(e.instance)
+    if old is None:
+        return state
+    state = _set_instance(state, e.instance, nics=old.nics + (Nic(e.mac, e.mode, e.link),))
+    return state.evolve(macs=state.macs.set(e.mac, e.instance))
+
+
+@handles(ev.InstanceNicRemoved)
+def _instance_nic_removed(state, e, envelope, seq):
+    old = state.instances.get(e.instance)
+    if old is None or not 0 <= e.nic_index < len(old.nics):
+        return state
+    mac = old.nics[e.nic_index].mac
+    state = _set_instance(state, e.instance, nics=old.nics[:e.nic_index] + old.nics[e.nic_index + 1:])
+    return state.evolve(macs=state.macs.delete(mac) if mac in state.macs else state.macs)
+
+
+@handles(ev.InstanceNicModified)
+def _instance_nic_modified(state, e, envelope, seq):
+    old = state.instances.get(e.instance)
+    if old is None or not 0 <= e.nic_index < len(old.nics):
+        return state
+    nic = Nic(old.nics[e.nic_index].mac, e.mode, e.link)
+    return _set_instance(state, e.instance, nics=old.nics[:e.nic_index] + (nic,) + old.nics[e.nic_index + 1:])
+
+
+@handles(ev.InstanceRenamed)
+def _instance_renamed(state, e, envelope, seq):
+    old = state.instances.get(e.instance)
+    if old is None:
+        return state
+    state = _set_instance(state, e.instance, name=e.name)
+    return state.evolve(instance_names=state.instance_names.delete(old.name).set(e.name, e.instance))
+
+
+@handles(ev.InstanceMigrated)
+def _instance_migrated(state, e, envelope, seq):
+    old = state.instances.get(e.instance)
+    if old is None:
+        return state
+    return _replace_instance(state, old, Instance(**{**_fields(old), "primary": e.primary, "secondary": e.secondary}))
+
+
+@handles(ev.InstanceObservedRunning)
+def _instance_observed_running(state, e, envelope, seq):
+    return _set_instance(state, e.instance, observed_state="running", observed_node=e.node)
+
+
+@handles(ev.InstanceObservedStopped)
+def _instance_observed_stopped(state, e, envelope, seq):
+    return _set_instance(state, e.instance, observed_state="stopped", observed_node=e.node)
+
+
+# --- jobs ------------------------------------------------------------------
+
+@handles(ev.JobSubmitted)
+def _job_submitted(state, e, envelope, seq):
+    job = Job(state.next_job_id, e.operations, e.request_id, envelope.actor, envelope.reason,
+              envelope.proposed_at, seq)
+    return state.evolve(jobs=state.jobs.set(job.id, job), next_job_id=job.id + 1,
+                        active_jobs=state.active_jobs.set(job.id, True))
+
+
+def _set_job(state: ClusterState, job_id: int, **changes) -> ClusterState:
+    job = state.jobs.get(job_id)
+    if job is None or job.status in JOB_FINISHED:
+        return state
+    return state.evolve(jobs=state.jobs.set(job_id, Job(**{**_fields(job), **changes})))
+
+
+def _finish_job(state: ClusterState, job_id: int, envelope: Envelope, **changes) -> ClusterState:
+    """End a job: it leaves the active set and, once old enough, the state."""
+    if job_id not in state.active_jobs:
+        return state
+    state = _set_job(state, job_id, finished_at=envelope.proposed_at, **changes)
+    window, evicted = state.finished_jobs.push(job_id)
+    jobs = state.jobs.delete(evicted) if evicted is not None and evicted in state.jobs else state.jobs
+    return state.evolve(active_jobs=state.active_jobs.delete(job_id), finished_jobs=window, jobs=jobs)
+
+
+@handles(ev.JobAdmitted)
+def _job_admitted(state, e, envelope, seq):
+    return _set_job(state, e.job, status="running", reservations=e.reservations, macs=e.macs)
+
+
+@handles(ev.JobProgressed)
+def _job_progressed(state, e, envelope, seq):
+    job = state.jobs.get(e.job)
+    if job is None:
+        return state
+    return _set_job(state, e.job, progress=job.progress + ((e.operation_index, e.step),),
+                    log=job.log + ((envelope.proposed_at, e.message),))
+
+
+@handles(ev.JobSucceeded)
+def _job_succeeded(state, e, envelope, seq):
+    return _finish_job(state, e.job, envelope, status="success", result=e.result)
+
+
+@handles(ev.JobFailed)
+def _job_failed(state, e, envelope, seq):
+    return _finish_job(state, e.job, envelope, status="error", error_code=e.code, error_message=e.message)
+
+
+@handles(ev.JobCanceled)
+def _job_canceled(state, e, envelope, seq):
+    return _finish_job(state, e.job, envelope, status="canceled")
+
+
+_missing = set(ev.REGISTRY.values()) - set(HANDLERS)
+if _missing:
+    raise RuntimeError(f"events without a replay handler: {sorted(c.__name__ for c in _missing)}")

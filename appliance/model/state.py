@@ -1,0 +1,372 @@
+"""The cluster state: what replaying the log derives, held in persistent maps.
+
+Every entity is a frozen dataclass and every collection an `immutables.Map`, so
+taking a snapshot is O(1) (keep a reference) and readers never block the apply
+path. The state changes only in `appliance.model.replay`. Per-node usage is
+kept incrementally so checks need not scan every instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import cbor2
+import immutables
+
+# Replay ignores an event id seen within this many recent events. It is part
+# of the format: every node must use the same number to decide identically.
+DEDUP_WINDOW = 100_000
+# Finished jobs beyond this many (oldest first) leave the state; the log keeps them.
+FINISHED_JOBS_KEPT = 5_000
+CHECKPOINT_FORMAT = 1
+
+ROLES = ("admin", "operator", "read-only")
+NODE_ROLES = ("voter", "non-voter")
+ADMIN_STATES = ("up", "down", "offline")
+JOB_ACTIVE = ("queued", "waiting", "running")
+JOB_FINISHED = ("success", "error", "canceled")
+MODES = ("queue_drained", "watcher_paused", "recovery_disarmed", "maintenance")
+EMPTY = immutables.Map()
+
+
+def entity(cls):
+    """Entities are frozen dataclasses with slots."""
+    return dataclass(frozen=True, slots=True)(cls)
+
+
+@entity
+class ClusterParams:
+    name: str
+    enabled_hypervisors: tuple
+    enabled_disk_templates: tuple
+    default_hypervisor: str
+    ipolicy: dict
+    mac_prefix: str
+    feature_level: int
+    fencing_interval_s: int
+    recovery_interval_s: int
+    default_group: str
+    tags: tuple = ()
+
+
+@entity
+class Group:
+    id: str
+    name: str
+    tags: tuple = ()
+
+
+@entity
+class Node:
+    id: str
+    name: str
+    address: str
+    group: str
+    memory_mib: int
+    disk_mib: int
+    cpus: int
+    offline: bool = False
+    drained: bool = False
+    master_capable: bool = True
+    vm_capable: bool = True
+    role: str = "voter"
+    tags: tuple = ()
+
+
+@entity
+class NodeUsage:
+    """What the node's instances take: memory and vcpus of primaries, disk of primaries and secondaries."""
+    memory_mib: int = 0
+    disk_mib: int = 0
+    vcpus: int = 0
+    primaries: int = 0
+    secondaries: int = 0
+
+
+@entity
+class Disk:
+    size_mib: int
+
+
+@entity
+class Nic:
+    mac: str
+    mode: str
+    link: str
+
+
+@entity
+class Instance:
+    id: str
+    name: str
+    primary: str
+    secondary: str
+    disk_template: str
+    disks: tuple
+    nics: tuple
+    memory_mib: int
+    vcpus: int
+    hypervisor: str
+    hvparams: dict
+    os: str
+    admin_state: str
+    observed_state: str = "unknown"
+    observed_node: str = ""
+    tags: tuple = ()
+
+    @property
+    def disk_mib(self) -> int:
+        return sum(d.size_mib for d in self.disks)
+
+
+@entity
+class User:
+    name: str
+    role: str
+
+
+@entity
+class Job:
+    id: int
+    operations: tuple
+    request_id: str
+    actor: str
+    reason: str
+    submitted_at: float
+    submit_seq: int
+    status: str = "queued"
+    reservations: tuple = ()
+    macs: tuple = ()
+    progress: tuple = ()
+    log: tuple = ()
+    result: Any = None
+    error_code: str = ""
+    error_message: str = ""
+    finished_at: float | None = None
+
+
+@entity
+class Window:
+    """A persistent ring of the last `size` keys with O(1) membership; used for event ids and job ids."""
+    size: int
+    count: int = 0
+    ring: immutables.Map = EMPTY
+    members: immutables.Map = EMPTY
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self.members
+
+    def push(self, key: Any) -> tuple[Window, Any]:
+        """Add a key; return the new window and the key that fell out (or None)."""
+        slot = self.count % self.size
+        evicted = self.ring.get(slot)
+        members = self.members
+        if evicted is not None:
+            members = members.delete(evicted)
+        return Window(self.size, self.count + 1, self.ring.set(slot, key), members.set(key, self.count)), evicted
+
+    def ordered(self) -> list:
+        """Keys oldest first."""
+        return [key for _, key in sorted((n, key) for key, n in self.members.items())]
+
+    @classmethod
+    def rebuilt(cls, size: int, count: int, keys: list) -> Window:
+        start = count - len(keys)
+        ring = {(start + i) % size: key for i, key in enumerate(keys)}
+        members = {key: start + i for i, key in enumerate(keys)}
+        return cls(size, count, immutables.Map(ring), immutables.Map(members))
+
+
+@entity
+class ClusterState:
+    """Everything the log says, at `seq`."""
+    seq: int = 0
+    cluster: ClusterParams | None = None
+    modes: immutables.Map = EMPTY          # (mode, target) -> until (None: until cleared)
+    groups: immutables.Map = EMPTY
+    nodes: immutables.Map = EMPTY
+    instances: immutables.Map = EMPTY
+    users: immutables.Map = EMPTY
+    jobs: immutables.Map = EMPTY
+    usage: immutables.Map = EMPTY          # node id -> NodeUsage
+    node_names: immutables.Map = EMPTY
+    instance_names: immutables.Map = EMPTY
+    group_names: immutables.Map = EMPTY
+    macs: immutables.Map = EMPTY           # mac -> instance id
+    active_jobs: immutables.Map = EMPTY    # job id -> True, for reservations
+    next_job_id: int = 1
+    recent_events: Window = field(default_factory=lambda: Window(DEDUP_WINDOW))
+    finished_jobs: Window = field(default_factory=lambda: Window(FINISHED_JOBS_KEPT))
+
+    evolve = replace
+
+    # --- reads used by ops and the CLI ---------------------------------
+
+    def node_by_name(self, name: str) -> Node | None:
+        node_id = self.node_names.get(name)
+        return self.nodes.get(node_id) if node_id is not None else self.nodes.get(name)
+
+    def instance_by_name(self, name: str) -> Instance | None:
+        instance_id = self.instance_names.get(name)
+        return self.instances.get(instance_id) if instance_id is not None else self.instances.get(name)
+
+    def group_by_name(self, name: str) -> Group | None:
+        group_id = self.group_names.get(name)
+        return self.groups.get(group_id) if group_id is not None else self.groups.get(name)
+
+    def mode_active(self, mode: str, now: float, target: str = "") -> bool:
+        """True when the mode is on for the target at time `now` (expiry is read, never applied)."""
+        key = (mode, target)
+        if key not in self.modes:
+            return False
+        until = self.modes[key]
+        return until is None or now < until
+
+    def reserved(self, node_id: str) -> tuple[int, int]:
+        """Memory and disk (MiB) that admitted-but-unfinished jobs hold on a node."""
+        memory = disk = 0
+        for job_id in self.active_jobs:
+            for reservation in self.jobs[job_id].reservations:
+                if reservation["node"] == node_id:
+                    memory += reservation["memory_mib"]
+                    disk += reservation["disk_mib"]
+        return memory, disk
+
+    def reserved_macs(self) -> set[str]:
+        return {mac for job_id in self.active_jobs for mac in self.jobs[job_id].macs}
+
+    def free_memory_mib(self, node_id: str) -> int:
+        node = self.nodes[node_id]
+        return node.memory_mib - self.usage.get(node_id, NodeUsage()).memory_mib - self.reserved(node_id)[0]
+
+    def free_disk_mib(self, node_id: str) -> int:
+        node = self.nodes[node_id]
+        return node.disk_mib - self.usage.get(node_id, NodeUsage()).disk_mib - self.reserved(node_id)[1]
+
+    def instances_on(self, node_id: str) -> list[Instance]:
+        return [i for i in self.instances.values() if node_id in (i.primary, i.secondary)]
+
+    def digest(self) -> str:
+        """sha256 of the canonical encoding: two nodes at the same seq have the same digest."""
+        return hashlib.sha256(encode_checkpoint(self)).hexdigest()
+
+
+# --- canonical encoding (checkpoints and digest) ----------------------------
+
+_ENTITY_TYPES = {cls.__name__: cls for cls in (ClusterParams, Group, Node, NodeUsage, Instance, User, Job, Disk, Nic)}
+
+
+def _plain_entity(value: Any) -> list:
+    return [_plain(getattr(value, f.name)) for f in fields(value)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (Disk, Nic)):
+        return _plain_entity(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _plain_map(mapping: immutables.Map) -> list:
+    return [[key, _plain_entity(value)] for key, value in sorted(mapping.items())]
+
+
+def to_plain(state: ClusterState) -> dict[str, Any]:
+    """The state as plain data with every collection in sorted order."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "seq": state.seq,
+        "cluster": _plain_entity(state.cluster) if state.cluster else None,
+        "modes": sorted([mode, target, until] for (mode, target), until in state.modes.items()),
+        "groups": _plain_map(state.groups),
+        "nodes": _plain_map(state.nodes),
+        "instances": _plain_map(state.instances),
+        "users": _plain_map(state.users),
+        "jobs": _plain_map(state.jobs),
+        "next_job_id": state.next_job_id,
+        "recent_events": [state.recent_events.count, state.recent_events.ordered()],
+        "finished_jobs": [state.finished_jobs.count, state.finished_jobs.ordered()],
+    }
+
+
+def encode_checkpoint(state: ClusterState) -> bytes:
+    """Canonical CBOR of the state."""
+    return cbor2.dumps(to_plain(state), canonical=True)
+
+
+def _tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuple(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuple(v) for k, v in value.items()}
+    return value
+
+
+def _instance_from(values: list) -> Instance:
+    instance = Instance(*[_tuple(v) for v in values])
+    return replace(instance, disks=tuple(Disk(*d) for d in instance.disks),
+                   nics=tuple(Nic(*n) for n in instance.nics))
+
+
+def decode_checkpoint(data: bytes) -> ClusterState:
+    """The state from its canonical encoding; the indexes are rebuilt, not stored."""
+    plain = cbor2.loads(data)
+    if plain.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint format {plain.get('format')} is not {CHECKPOINT_FORMAT}; rebuild the checkpoints")
+
+    def build(cls, rows):
+        return immutables.Map({key: cls(*[_tuple(v) for v in values]) for key, values in rows})
+
+    instances = immutables.Map({key: _instance_from(values) for key, values in plain["instances"]})
+    jobs = build(Job, plain["jobs"])
+    state = ClusterState(
+        seq=plain["seq"],
+        cluster=ClusterParams(*[_tuple(v) for v in plain["cluster"]]) if plain["cluster"] else None,
+        modes=immutables.Map({(m, t): u for m, t, u in plain["modes"]}),
+        groups=build(Group, plain["groups"]),
+        nodes=build(Node, plain["nodes"]),
+        instances=instances,
+        users=build(User, plain["users"]),
+        jobs=jobs,
+        next_job_id=plain["next_job_id"],
+        recent_events=Window.rebuilt(DEDUP_WINDOW, *plain["recent_events"]),
+        finished_jobs=Window.rebuilt(FINISHED_JOBS_KEPT, *plain["finished_jobs"]),
+    )
+    return with_indexes(state)
+
+
+def usage_of(instances: immutables.Map) -> immutables.Map:
+    """Per-node usage computed from scratch (checkpoint load; tests compare it to the incremental one)."""
+    usage: dict[str, NodeUsage] = {}
+    for instance in instances.values():
+        for node_id, role in ((instance.primary, "primary"), (instance.secondary, "secondary")):
+            if node_id:
+                usage[node_id] = add_usage(usage.get(node_id, NodeUsage()), instance, role, 1)
+    return immutables.Map(usage)
+
+
+def add_usage(usage: NodeUsage, instance: Instance, role: str, sign: int) -> NodeUsage:
+    """Usage with one instance added (sign 1) or taken away (sign -1) in a role."""
+    disk = instance.disk_mib if instance.disk_template != "diskless" else 0
+    if role == "primary":
+        return NodeUsage(usage.memory_mib + sign * instance.memory_mib, usage.disk_mib + sign * disk,
+                         usage.vcpus + sign * instance.vcpus, usage.primaries + sign, usage.secondaries)
+    return NodeUsage(usage.memory_mib, usage.disk_mib + sign * disk, usage.vcpus,
+                     usage.primaries, usage.secondaries + sign)
+
+
+def with_indexes(state: ClusterState) -> ClusterState:
+    """Rebuild every derived index (names, usage, MACs, active jobs) from the entities."""
+    return state.evolve(
+        usage=usage_of(state.instances),
+        node_names=immutables.Map({n.name: n.id for n in state.nodes.values()}),
+        instance_names=immutables.Map({i.name: i.id for i in state.instances.values()}),
+        group_names=immutables.Map({g.name: g.id for g in state.groups.values()}),
+        macs=immutables.Map({nic.mac: i.id for i in state.instances.values() for nic in i.nics}),
+        active_jobs=immutables.Map({j.id: True for j in state.jobs.values() if j.status in JOB_ACTIVE}),
+    )

@@ -1,0 +1,56 @@
+"""An in-process driver of operations: prepare, admit, plan and apply, with no log and no jobs.
+
+The demo generator and tests use it to build histories through the real
+operations; every event it applies is also kept as an envelope, in order, so
+the history can be written to a record file.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from appliance.model import replay
+from appliance.model.codec import Envelope
+from appliance.model.ids import EVENT_ID_BYTES
+from appliance.model.state import ClusterState
+from ops import base, registry
+
+
+@dataclass
+class Sandbox:
+    """A cluster state that operations run against directly."""
+
+    seed: int = 0
+    state: ClusterState = field(default_factory=ClusterState)
+    actor: str = "admin"
+    now: float = 1_764_633_600.0
+    keep: bool = True
+    envelopes: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def run(self, name: str, params: object = None, *, actor: str | None = None, reason: str = "",
+            **fields: object) -> base.Plan:
+        """Run one operation to completion (all steps applied); PrereqError if it is refused."""
+        op = registry.get(name)
+        params = params if params is not None else op.Params(**fields)
+        params = base.prepared(self.state, op, params, self.rng)
+        actor = actor or self.actor
+        plan = base.admit(self.state, op, params, base.Context(actor, self.now, self.rng))
+        for event in plan.events:
+            self.commit(event, actor, reason or f"{op.OPCODE.lower()} by {actor}")
+        return plan
+
+    def commit(self, event: object, actor: str | None = None, reason: str = "") -> Envelope:
+        """Apply one event as if it had been committed."""
+        envelope = Envelope(self.rng.randbytes(EVENT_ID_BYTES), event, actor or self.actor, reason, self.now)
+        self.state = replay.apply(self.state, envelope)
+        if self.keep:
+            self.envelopes.append(envelope)
+        return envelope
+
+    def tick(self, seconds: float) -> None:
+        """Let simulated time pass."""
+        self.now += seconds

@@ -1,0 +1,171 @@
+"""Checks and look-ups that many operations share, with Ganeti's error texts.
+
+Every function here either returns what was looked up or raises PrereqError
+with a stable code and a message that says what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from appliance.model.errors import (
+    ALREADY_EXISTS, INSUFFICIENT_RESOURCES, UNKNOWN_ENTITY, WRONG_INPUT, WRONG_STATE, PrereqError,
+)
+from appliance.model.ids import is_hostname, is_tag
+from appliance.model.state import ClusterState, Group, Instance, Node
+
+HYPERVISORS = ("kvm", "fake")
+DISK_TEMPLATES = ("diskless", "file", "replicated")
+NIC_MODES = ("bridged", "routed")
+SPEC_KEYS = ("memory_mib", "cpu_count", "disk_size_mib", "disk_count", "nic_count", "spindle_use")
+DEFAULT_IPOLICY = {
+    "min": {"memory_mib": 128, "cpu_count": 1, "disk_size_mib": 1024, "disk_count": 1, "nic_count": 1, "spindle_use": 1},
+    "max": {"memory_mib": 32768, "cpu_count": 8, "disk_size_mib": 1048576, "disk_count": 16, "nic_count": 8,
+            "spindle_use": 12},
+    "std": {"memory_mib": 128, "cpu_count": 1, "disk_size_mib": 1024, "disk_count": 1, "nic_count": 1, "spindle_use": 1},
+    "vcpu_ratio": 4.0,
+    "spindle_ratio": 32.0,
+}
+# Ganeti's policy words for our spec keys, so violations read as they do in Ganeti.
+_POLICY_WORDS = {"memory_mib": "memory-size", "cpu_count": "cpu-count", "disk_size_mib": "disk-size",
+                 "disk_count": "disk-count", "nic_count": "nic-count"}
+MAX_TAGS = 4096
+
+
+def node(state: ClusterState, name: str) -> Node:
+    """The node called `name` (or with that id)."""
+    found = state.node_by_name(name)
+    if found is None:
+        raise PrereqError(UNKNOWN_ENTITY, f"Node '{name}' not known; 'cairn node list' shows the nodes")
+    return found
+
+
+def instance(state: ClusterState, name: str) -> Instance:
+    """The instance called `name` (or with that id)."""
+    found = state.instance_by_name(name)
+    if found is None:
+        raise PrereqError(UNKNOWN_ENTITY, f"Instance '{name}' not known; 'cairn instance list' shows the instances")
+    return found
+
+
+def group(state: ClusterState, name: str) -> Group:
+    """The node group called `name` (or with that id)."""
+    found = state.group_by_name(name)
+    if found is None:
+        raise PrereqError(UNKNOWN_ENTITY, f"Group '{name}' not known; 'cairn group list' shows the groups")
+    return found
+
+
+def hostname(name: str, what: str) -> None:
+    """Refuse a name that is not a lower-case DNS host name."""
+    if not is_hostname(name):
+        raise PrereqError(WRONG_INPUT, f"Invalid hostname '{name}' for the {what}: use lower-case letters, "
+                                       "digits, '-' and '.', as in 'web1.example.com'")
+
+
+def positive(value: int, what: str, minimum: int = 1) -> None:
+    """Refuse a number below `minimum` (and anything that is not an integer)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PrereqError(WRONG_INPUT, f"{what} must be a whole number of at least {minimum}, got {value!r}")
+
+
+def unique_instance_name(state: ClusterState, name: str) -> None:
+    """Refuse a name an instance already has."""
+    if name in state.instance_names:
+        raise PrereqError(ALREADY_EXISTS, f"Instance '{name}' is already in the cluster")
+
+
+def vm_capable(found: Node, role: str) -> None:
+    """Refuse a node that may not hold instances now: offline, drained, or not vm_capable."""
+    if found.offline:
+        raise PrereqError(WRONG_STATE, f"Node '{found.name}' is offline; it cannot be the {role} node of an instance")
+    if found.drained:
+        raise PrereqError(WRONG_STATE, f"Node '{found.name}' is drained and gets no new instances; "
+                                       f"undrain it with 'cairn node modify --drained no {found.name}' or pick another")
+    if not found.vm_capable:
+        raise PrereqError(WRONG_STATE, f"Node '{found.name}' is not vm_capable; it cannot hold instances")
+
+
+def hypervisor(state: ClusterState, name: str) -> None:
+    """Refuse a hypervisor the cluster has not enabled."""
+    enabled = state.cluster.enabled_hypervisors
+    if name not in enabled:
+        raise PrereqError(WRONG_INPUT, f"Hypervisor '{name}' is not enabled in cluster. Enabled hypervisors are: "
+                                       f"{','.join(enabled)}")
+
+
+def disk_template(state: ClusterState, template: str) -> None:
+    """Refuse a disk template that is unknown or not enabled (Ganeti's text)."""
+    if template not in DISK_TEMPLATES:
+        raise PrereqError(WRONG_INPUT, f"Unknown disk template '{template}'; choose one of {', '.join(DISK_TEMPLATES)}")
+    enabled = state.cluster.enabled_disk_templates
+    if template not in enabled:
+        raise PrereqError(WRONG_INPUT, f"Disk template '{template}' is not enabled in cluster. "
+                                       f"Enabled disk templates are: {','.join(enabled)}")
+
+
+def policy(state: ClusterState, group_id: str, spec: dict[str, int], disk_sizes: Iterable[int]) -> None:
+    """Refuse values outside the instance policy's min/max (each disk's size on its own)."""
+    ipolicy = state.cluster.ipolicy
+    group_name = state.groups[group_id].name if group_id in state.groups else group_id
+    lows, highs = ipolicy["min"], ipolicy["max"]
+    values = [(key, spec[key]) for key in ("memory_mib", "cpu_count", "disk_count", "nic_count") if key in spec]
+    values += [(f"disk_size_mib/{i}", size) for i, size in enumerate(disk_sizes)]
+    for key, value in values:
+        base = key.split("/")[0]
+        low, high = lows[base], highs[base]
+        if not low <= value <= high:
+            word = _POLICY_WORDS[base] + (("/" + key.split("/")[1]) if "/" in key else "")
+            raise PrereqError(WRONG_INPUT, f"Instance allocation to group {group_id} ({group_name}) violates policy: "
+                                           f"{word} value {value} is not in range [{low}, {high}]")
+
+
+def memory_fits(state: ClusterState, found: Node, needed_mib: int, instance_name: str, doing: str) -> None:
+    """Refuse when the node's free memory (after reservations) is below what is needed."""
+    if found.memory_mib == 0:
+        raise PrereqError(INSUFFICIENT_RESOURCES, f"Node {found.name} has not reported its memory yet; wait for its "
+                                                  "daemon to detect it, or give the capacity with 'cairn node modify'")
+    free = state.free_memory_mib(found.id)
+    if needed_mib > free:
+        raise PrereqError(INSUFFICIENT_RESOURCES, f"Not enough memory on node {found.name} for {doing} instance "
+                                                  f"{instance_name}: needed {needed_mib} MiB, available {free} MiB")
+
+
+def disk_fits(state: ClusterState, found: Node, needed_mib: int, instance_name: str, doing: str) -> None:
+    """Refuse when the node's free disk (after reservations) is below what is needed."""
+    if found.disk_mib == 0:
+        raise PrereqError(INSUFFICIENT_RESOURCES, f"Node {found.name} has not reported its disk space yet; wait for its "
+                                                  "daemon to detect it, or give the capacity with 'cairn node modify'")
+    free = state.free_disk_mib(found.id)
+    if needed_mib > free:
+        raise PrereqError(INSUFFICIENT_RESOURCES, f"Not enough disk space on node {found.name} for {doing} instance "
+                                                  f"{instance_name}: needed {needed_mib} MiB, available {free} MiB")
+
+
+def tags(values: Iterable[str]) -> tuple:
+    """Refuse malformed tags; return them sorted and unique."""
+    result = tuple(sorted(set(values)))
+    if not result:
+        raise PrereqError(WRONG_INPUT, "No tags given; name at least one tag")
+    for tag in result:
+        if not is_tag(tag):
+            raise PrereqError(WRONG_INPUT, f"Invalid tag '{tag}': use 1-128 letters, digits or ._+*/:@-")
+    return result
+
+
+def check_ipolicy(ipolicy: dict) -> None:
+    """Refuse an instance policy that lacks a spec key, has min above max, or a bad ratio."""
+    for part in ("min", "max", "std"):
+        spec = ipolicy.get(part)
+        if not isinstance(spec, dict) or set(spec) != set(SPEC_KEYS):
+            raise PrereqError(WRONG_INPUT, f"Instance policy '{part}' must give exactly {', '.join(SPEC_KEYS)}")
+        for key in SPEC_KEYS:
+            positive(spec[key], f"instance policy {part}/{key}", minimum=0)
+    for key in SPEC_KEYS:
+        low, std, high = ipolicy["min"][key], ipolicy["std"][key], ipolicy["max"][key]
+        if not low <= std <= high:
+            raise PrereqError(WRONG_INPUT, f"Instance policy {key}: need min <= std <= max, got {low}, {std}, {high}")
+    for ratio in ("vcpu_ratio", "spindle_ratio"):
+        value = ipolicy.get(ratio)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise PrereqError(WRONG_INPUT, f"Instance policy {ratio} must be a positive number, got {value!r}")

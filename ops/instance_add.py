@@ -1,0 +1,148 @@
+"""Create an instance: its disks, NICs and placement on a primary (and, if replicated, a secondary) node."""
+
+import random
+from dataclasses import dataclass, replace
+
+from appliance.model import events as ev
+from appliance.model.errors import ALREADY_EXISTS, WRONG_INPUT, PrereqError
+from appliance.model.ids import instance_id, is_mac, mac_from_int
+from ops import _common
+from ops.base import Claims, Plan, Reservation, Step, Wait
+
+NAME = "instance_add"
+OPCODE = "INSTANCE_CREATE"
+DEFAULT_LINK = "br0"
+
+
+@dataclass(frozen=True)
+class Params:
+    name: str
+    primary: str
+    disk_template: str
+    os: str
+    memory_mib: int = 512
+    vcpus: int = 1
+    disks: tuple = ()
+    secondary: str = ""
+    nics: tuple = ({"mode": "bridged", "link": DEFAULT_LINK, "mac": ""},)
+    hypervisor: str = ""
+    hvparams: dict | None = None
+    start: bool = True
+    ignore_ipolicy: bool = False
+    instance_id: str = ""
+
+
+def prepare(state, params: Params, rng: random.Random) -> Params:
+    """Fill in the instance id and a unique MAC for every NIC that has none."""
+    taken = set(state.macs) | state.reserved_macs() | {n.get("mac") for n in params.nics}
+    prefix = state.cluster.mac_prefix if state.cluster else "aa:00:00"
+    nics = []
+    for nic in params.nics:
+        nic = {"mode": "bridged", "link": DEFAULT_LINK, "mac": "", **nic}
+        while not nic["mac"]:
+            candidate = mac_from_int(prefix, rng.getrandbits(24))
+            if candidate not in taken:
+                taken.add(candidate)
+                nic["mac"] = candidate
+        nics.append(nic)
+    token = f"{rng.getrandbits(64):016x}"
+    return replace(params, nics=tuple(nics), instance_id=params.instance_id or instance_id(token))
+
+
+def claims(state, params: Params) -> Claims:
+    nodes = {params.primary} | ({params.secondary} if params.secondary else set())
+    return Claims(instances=frozenset({params.name}), nodes=frozenset(nodes))
+
+
+def check(state, params: Params) -> None:
+    _common.hostname(params.name, "instance")
+    _common.unique_instance_name(state, params.name)
+    if not params.os:
+        raise PrereqError(WRONG_INPUT, "No guest OS or OS image specified; give --os NAME (see 'cairn os list')")
+    _check_template(state, params)
+    _common.hypervisor(state, params.hypervisor or state.cluster.default_hypervisor)
+    _common.positive(params.memory_mib, "memory (MiB)")
+    _common.positive(params.vcpus, "vcpus")
+    primary, secondary = _check_nodes(state, params)
+    if not params.ignore_ipolicy:
+        spec = {"memory_mib": params.memory_mib, "cpu_count": params.vcpus,
+                "disk_count": len(params.disks), "nic_count": len(params.nics)}
+        _common.policy(state, primary.group, spec, params.disks)
+    _check_nics(state, params)
+    disk_total = sum(params.disks)
+    _common.memory_fits(state, primary, params.memory_mib, params.name, "creating")
+    if params.disk_template != "diskless":
+        _common.disk_fits(state, primary, disk_total, params.name, "creating")
+    if secondary is not None:
+        _common.disk_fits(state, secondary, disk_total, params.name, "creating")
+
+
+def _check_template(state, params: Params) -> None:
+    _common.disk_template(state, params.disk_template)
+    if params.disk_template == "diskless":
+        if params.disks:
+            raise PrereqError(WRONG_INPUT, "Diskless instance but disk information passed")
+        return
+    if not params.disks:
+        raise PrereqError(WRONG_INPUT, f"The {params.disk_template} template needs at least one disk; give --disk SIZE")
+    for index, size in enumerate(params.disks):
+        _common.positive(size, f"size of disk {index} (MiB)")
+
+
+def _check_nodes(state, params: Params):
+    primary = _common.node(state, params.primary)
+    _common.vm_capable(primary, "primary")
+    if params.disk_template != "replicated":
+        if params.secondary:
+            raise PrereqError(WRONG_INPUT, f"The {params.disk_template} template takes no secondary node; "
+                                           "give only the primary (use 'replicated' for a mirrored instance)")
+        return primary, None
+    if not params.secondary:
+        raise PrereqError(WRONG_INPUT, "The replicated disk template needs a secondary node; "
+                                       "give --node PRIMARY:SECONDARY")
+    secondary = _common.node(state, params.secondary)
+    if secondary.id == primary.id:
+        raise PrereqError(WRONG_INPUT, f"The secondary node cannot be the primary node ({primary.name}); "
+                                       "pick another node for the secondary")
+    _common.vm_capable(secondary, "secondary")
+    return primary, secondary
+
+
+def _check_nics(state, params: Params) -> None:
+    reserved = state.reserved_macs()
+    seen = set()
+    for index, nic in enumerate(params.nics):
+        mode, mac = nic.get("mode", "bridged"), nic.get("mac", "")
+        if mode not in _common.NIC_MODES:
+            raise PrereqError(WRONG_INPUT, f"NIC {index}: invalid mode '{mode}'; use bridged or routed")
+        if not nic.get("link", DEFAULT_LINK):
+            raise PrereqError(WRONG_INPUT, f"NIC {index}: no link given; name the bridge or routing table")
+        if not mac:
+            raise PrereqError(WRONG_INPUT, f"NIC {index} has no MAC: run ops.base.prepared() before check")
+        if not is_mac(mac):
+            raise PrereqError(WRONG_INPUT, f"NIC {index}: invalid MAC address '{mac}'; use the form aa:00:00:12:34:56")
+        if mac in state.macs or mac in reserved or mac in seen:
+            raise PrereqError(ALREADY_EXISTS, f"MAC address {mac} is already in use in this cluster; "
+                                              "leave the MAC out to have one generated")
+        seen.add(mac)
+
+
+def plan(state, params: Params) -> Plan:
+    primary = _common.node(state, params.primary)
+    secondary = _common.node(state, params.secondary) if params.secondary else None
+    disk_total = 0 if params.disk_template == "diskless" else sum(params.disks)
+    added = ev.InstanceAdded(
+        instance=params.instance_id, name=params.name, primary=primary.id,
+        secondary=secondary.id if secondary else "", disk_template=params.disk_template,
+        disks=tuple({"size_mib": size} for size in params.disks),
+        nics=tuple({"mac": n["mac"], "mode": n.get("mode", "bridged"), "link": n.get("link", DEFAULT_LINK)}
+                   for n in params.nics),
+        memory_mib=params.memory_mib, vcpus=params.vcpus,
+        hypervisor=params.hypervisor or state.cluster.default_hypervisor, hvparams=dict(params.hvparams or {}),
+        os=params.os, admin_state="up" if params.start else "down")
+    waits = (Wait("observed_running", params.instance_id, primary.id),) if params.start else ()
+    reservations = [Reservation(primary.id, params.memory_mib, disk_total)]
+    if secondary is not None:
+        reservations.append(Reservation(secondary.id, 0, disk_total))
+    return Plan(steps=(Step(f"adding instance {params.name} to cluster config", (added,), waits),),
+                reservations=tuple(reservations), macs=tuple(n["mac"] for n in params.nics))
