@@ -31,10 +31,10 @@ class Sandbox:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
-    def run(self, name: str, params: object = None, *, actor: str | None = None, reason: str = "",
+    def run(self, operation: str, params: object = None, /, *, actor: str | None = None, reason: str = "",
             **fields: object) -> base.Plan:
         """Run one operation to completion (all steps applied); PrereqError if it is refused."""
-        op = registry.get(name)
+        op = registry.get(operation)
         params = params if params is not None else op.Params(**fields)
         params = base.prepared(self.state, op, params, self.rng)
         actor = actor or self.actor

@@ -65,8 +65,9 @@ def check(state, params: Params) -> None:
     _common.positive(params.vcpus, "vcpus")
     primary, secondary = _check_nodes(state, params)
     if not params.ignore_ipolicy:
-        spec = {"memory_mib": params.memory_mib, "cpu_count": params.vcpus,
-                "disk_count": len(params.disks), "nic_count": len(params.nics)}
+        spec = {"memory_mib": params.memory_mib, "cpu_count": params.vcpus, "nic_count": len(params.nics)}
+        if params.disk_template != "diskless":
+            spec["disk_count"] = len(params.disks)
         _common.policy(state, primary.group, spec, params.disks)
     _check_nics(state, params)
     disk_total = sum(params.disks)
