@@ -34,14 +34,15 @@ class Params:
 
 def prepare(state, params: Params, rng: random.Random) -> Params:
     """Fill in the instance id and a unique MAC for every NIC that has none."""
-    taken = set(state.macs) | state.reserved_macs() | {n.get("mac") for n in params.nics}
+    # Membership is tested against the state's map directly: copying it would cost O(instances) per add.
+    taken = state.reserved_macs() | {n.get("mac") for n in params.nics}
     prefix = state.cluster.mac_prefix if state.cluster else "aa:00:00"
     nics = []
     for nic in params.nics:
         nic = {"mode": "bridged", "link": DEFAULT_LINK, "mac": "", **nic}
         while not nic["mac"]:
             candidate = mac_from_int(prefix, rng.getrandbits(24))
-            if candidate not in taken:
+            if candidate not in taken and candidate not in state.macs:
                 taken.add(candidate)
                 nic["mac"] = candidate
         nics.append(nic)
