@@ -8,6 +8,7 @@ the history can be written to a record file.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from appliance.model import replay
@@ -27,21 +28,31 @@ class Sandbox:
     now: float = 1_764_633_600.0
     keep: bool = True
     envelopes: list = field(default_factory=list)
+    sink: Callable[[Envelope], None] | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
-    def run(self, operation: str, params: object = None, /, *, actor: str | None = None, reason: str = "",
-            **fields: object) -> base.Plan:
-        """Run one operation to completion (all steps applied); PrereqError if it is refused."""
+    def plan(self, operation: str, params: object = None, /, *, actor: str | None = None,
+             **fields: object) -> base.Plan:
+        """Prepare and admit one operation and return its plan, applying nothing; PrereqError if refused."""
         op = registry.get(operation)
         params = params if params is not None else op.Params(**fields)
         params = base.prepared(self.state, op, params, self.rng)
+        return base.admit(self.state, op, params, base.Context(actor or self.actor, self.now, self.rng))
+
+    def run(self, operation: str, params: object = None, /, *, actor: str | None = None, reason: str = "",
+            **fields: object) -> base.Plan:
+        """Run one operation to completion (all steps applied); PrereqError if it is refused."""
         actor = actor or self.actor
-        plan = base.admit(self.state, op, params, base.Context(actor, self.now, self.rng))
-        for event in plan.events:
-            self.commit(event, actor, reason or f"{op.OPCODE.lower()} by {actor}")
+        plan = self.plan(operation, params, actor=actor, **fields)
+        self.apply_plan(plan, actor, reason or f"{registry.get(operation).OPCODE.lower()} by {actor}")
         return plan
+
+    def apply_plan(self, plan: base.Plan, actor: str, reason: str) -> None:
+        """Commit every event of a plan, in order."""
+        for event in plan.events:
+            self.commit(event, actor, reason)
 
     def commit(self, event: object, actor: str | None = None, reason: str = "") -> Envelope:
         """Apply one event as if it had been committed."""
@@ -49,6 +60,8 @@ class Sandbox:
         self.state = replay.apply(self.state, envelope)
         if self.keep:
             self.envelopes.append(envelope)
+        if self.sink is not None:
+            self.sink(envelope)
         return envelope
 
     def tick(self, seconds: float) -> None:
