@@ -37,6 +37,8 @@ class MemoryLog(EventLog):
         """Commit at once without waiting; the synchronous twin of `propose`."""
         if self._closed:
             raise LogClosed("the log is closed")
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a payload is bytes, not {type(payload).__name__}; encode the event first")
         record = next_record(self.head(), payload)
         if self._writer is not None:
             self._writer.append(record)

@@ -1,0 +1,669 @@
+"""The EventLog contract over pysyncobj: the production replicated log, with group commit.
+
+One `SyncObjLog` is one member. Payloads proposed while an entry is in flight
+are packed into one Raft entry (a canonical CBOR array of byte strings), so
+Raft, pickle and encryption costs are paid per entry, not per payload; on
+apply every payload still becomes its own record with its own seq and hash.
+The apply step runs on pysyncobj's tick thread: it extends the hash chain,
+appends the records to this member's history segments (consensus.history),
+and hands them to Trio with `TrioToken.run_sync_soon`. Trio never waits on
+pysyncobj (callbacks only) and the tick thread never waits on Trio.
+
+Members are named by their node address HOST:PORT (the API port, DESIGN.md);
+pysyncobj runs on PORT+1. Settings that are unsafe by default in pysyncobj
+(no password, bind to every interface, batch mode, pickle snapshots, 30 s
+leader fallback) are never left at their defaults here.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cbor2
+import trio
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.monotonic import monotonic as pysyncobj_clock
+from pysyncobj.node import TCPNode
+
+from consensus.history import HistoryStore
+from consensus.log import (EventLog, Leadership, LogClosed, LogError, LogStatus, MembershipError, NoQuorum,
+                           NotLeader, OutcomeUnknown, Overloaded)
+from consensus.record import ChainHead, Record, next_record
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = 1
+_UNKNOWN = (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME)
+_NOT_COMMITTED = (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED)
+_REASON_NAMES = {value: name for name, value in vars(FAIL_REASON).items() if name.isupper()}
+
+# Fetches the committed records first_seq..last_seq from some peer, in order.
+HistorySource = Callable[[int, int], AsyncIterator[Record]]
+
+
+def raft_address(node: str) -> str:
+    """pysyncobj's address for a node: the same host, the API port plus one."""
+    host, _, port = node.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"node address {node!r} is not HOST:PORT; write it like 127.0.0.1:7000")
+    return f"{host}:{int(port) + 1}"
+
+
+def node_address(raft: str) -> str:
+    """The node address (API port) behind a pysyncobj address."""
+    host, _, port = raft.rpartition(":")
+    return f"{host}:{int(port) - 1}"
+
+
+@dataclass(frozen=True)
+class SyncObjSettings:
+    """Every pysyncobj knob Cairn sets, with safe values; only `password` has no default."""
+
+    password: str
+    raft_min_timeout_s: float = 0.3
+    raft_max_timeout_s: float = 0.6
+    append_entries_period_s: float = 0.05
+    leader_fallback_timeout_s: float = 1.0
+    connection_retry_time_s: float = 1.0
+    # Compaction keeps the journal short so a restart replays little (pitfall P8);
+    # the full history lives in the segment files.
+    log_compaction_min_entries: int = 2000
+    log_compaction_min_time_s: float = 60.0
+    fsync: str = "batch"
+    fsync_interval_s: float = 0.05
+    max_batch_payloads: int = 4096
+    max_batch_bytes: int = 4 << 20
+    max_entries_in_flight: int = 2
+    # An entry with no answer after this long is given up (its payloads report
+    # "outcome unknown") so that new proposals are not held behind it.
+    stuck_entry_s: float = 10.0
+    # After a start, elections are held back until a leader is heard or this
+    # long has passed since the first connection, so that a member that
+    # replayed a long journal does not depose a healthy leader (P8, P9).
+    startup_grace_s: float = 1.2
+    tail_records: int = 50_000
+
+    def __post_init__(self) -> None:
+        if not self.password:
+            raise ValueError("a cluster secret is required: without it any TCP peer can run code on this node "
+                             "through pickle; pass the contents of the cluster secret file as password")
+
+
+def _conf(settings: SyncObjSettings, data_dir: Path, bind: str | None, serializer, deserializer) -> SyncObjConf:
+    return SyncObjConf(
+        password=settings.password,
+        bindAddress=bind,
+        appendEntriesUseBatch=False,
+        appendEntriesPeriod=settings.append_entries_period_s,
+        raftMinTimeout=settings.raft_min_timeout_s,
+        raftMaxTimeout=settings.raft_max_timeout_s,
+        leaderFallbackTimeout=settings.leader_fallback_timeout_s,
+        connectionRetryTime=settings.connection_retry_time_s,
+        journalFile=str(data_dir / "raft.journal"),
+        fullDumpFile=str(data_dir / "raft.snapshot"),
+        serializer=serializer,
+        deserializer=deserializer,
+        useFork=False,
+        dynamicMembershipChange=True,
+        logCompactionMinEntries=settings.log_compaction_min_entries,
+        logCompactionMinTime=settings.log_compaction_min_time_s,
+        maxBindRetries=5,
+        bindRetryTime=0.5,
+    )
+
+
+class _Entries(SyncObjConsumer):
+    """The replicated part: one method that applies a packed batch of payloads."""
+
+    def __init__(self, apply_batch: Callable[[bytes], int]) -> None:
+        self._apply_batch = apply_batch
+        super().__init__()
+
+    @replicated
+    def put(self, batch: bytes) -> int:
+        # Runs on every member's tick thread, in commit order; must not block.
+        return self._apply_batch(batch)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """One proposer waiting for its payload's seq."""
+
+    payload: bytes
+    done: trio.Event = field(default_factory=trio.Event)
+    seq: int | None = None
+    error: LogError | None = None
+    sent: bool = False
+
+    def resolve(self, seq: int | None, error: LogError | None = None) -> None:
+        if not self.done.is_set():
+            self.seq, self.error = seq, error
+            self.done.set()
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One Raft entry in flight and the proposers waiting on it."""
+
+    waiters: list[_Waiter]
+    sent_at: float
+
+
+class SyncObjLog(EventLog):
+    """One member of a pysyncobj cluster; build it inside `trio.run` on the main thread (use `open_syncobj_log`)."""
+
+    def __init__(self, self_node: str, voters: list[str], data_dir: str | os.PathLike,
+                 settings: SyncObjSettings, voter: bool = True,
+                 history_source: HistorySource | None = None) -> None:
+        self.address = self_node
+        self._voter = voter
+        self._settings = settings
+        self._history_source = history_source
+        self._data_dir = Path(data_dir)
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._token = trio.lowlevel.current_trio_token()
+        self._history = HistoryStore(self._data_dir / "history", fsync=settings.fsync)
+        self._init_trio_side()
+        # Tick-thread state: the chain head as the apply step last left it.
+        self._chain = ChainHead()
+        self._checkpoint: tuple[int, bytes] | None = self._load_checkpoint()
+        self._last_leadership: tuple[str | None, int] | None = None
+        self._grace_until: float | None = None
+        # Only a restart (an existing journal to replay) needs the election grace.
+        self._heard_leader = not (self._data_dir / "raft.journal").exists()
+        self._entries = _Entries(self._apply_batch)
+        peers = [raft_address(v) for v in voters if v != self_node]
+        own = raft_address(self_node) if voter else None
+        conf = _conf(settings, self._data_dir, own, self._write_snapshot, self._read_snapshot)
+        self._raft = SyncObj(own, peers, conf=conf, consumers=[self._entries])
+        self._raft.addOnTickCallback(self._on_tick)
+        try:
+            if voter:
+                self._raft.waitBinded()
+        except Exception as error:
+            self._raft.destroy()
+            raise LogError(f"cannot listen on {own} for Raft: {error}; free the port or pick another "
+                           "node address") from error
+
+    def _init_trio_side(self) -> None:
+        self._head = self._history.head
+        self._tail: collections.deque[Record] = collections.deque()
+        self._changed = trio.Event()
+        self._leadership = Leadership(None, 0)
+        self._leadership_event = trio.Event()
+        self._queue: collections.deque[_Waiter] = collections.deque()
+        self._in_flight: set[_Batch] = set()
+        self._closed = False
+        self._gap_wakeup = trio.Event()
+        self.history_error: str | None = None
+
+    # -- tick thread -------------------------------------------------------------
+
+    def _to_trio(self, function, *args) -> None:
+        try:
+            self._token.run_sync_soon(function, *args)
+        except trio.RunFinishedError:
+            pass
+
+    def _apply_batch(self, batch: bytes) -> int:
+        """Extend the chain by a packed batch; never raises, because pysyncobj would re-apply the entry."""
+        try:
+            payloads = cbor2.loads(batch)
+        except Exception:
+            log.critical("a committed entry is not a CBOR array of payloads; it is skipped on every member")
+            return self._chain.seq + 1
+        head: ChainHead | Record = self._chain
+        first = head.seq + 1
+        records = []
+        for payload in payloads:
+            head = next_record(head, payload)
+            records.append(head)
+        if not records:
+            return first
+        self._chain = ChainHead(head.seq, head.hash)
+        self._write_history(records)
+        self._to_trio(self._committed_in_trio, records)
+        return first
+
+    def _write_history(self, records: list[Record]) -> None:
+        if self.history_error is not None:
+            return
+        try:
+            self._history.append(records)
+            if self._settings.fsync == "always":
+                self._history.sync()
+        except Exception as error:
+            # The chain goes on (the other members agree on it); this member's
+            # history stops and says so in status() until it is rebuilt.
+            self.history_error = f"history writing stopped at seq {records[0].seq}: {error}"
+            log.critical(self.history_error)
+
+    def _on_tick(self) -> None:
+        raft = self._raft
+        leader = raft._getLeader()
+        leader_name = node_address(leader.id) if leader is not None else None
+        key = (leader_name, raft.raftCurrentTerm)
+        if key != self._last_leadership:
+            self._last_leadership = key
+            self._to_trio(self._leadership_in_trio, Leadership(*key))
+        if leader is not None:
+            self._heard_leader = True
+        self._hold_back_election()
+
+    def _hold_back_election(self) -> None:
+        """Postpone this member's election deadline during the start-up grace (no pre-vote in pysyncobj)."""
+        if self._heard_leader or not self._voter:
+            return
+        now = pysyncobj_clock()
+        if self._grace_until is None:
+            if not any(self._raft.isNodeConnected(n) for n in list(self._raft.otherNodes)):
+                return
+            self._grace_until = now + self._settings.startup_grace_s
+        if now < self._grace_until:
+            deadline = now + self._settings.raft_min_timeout_s
+            if self._raft._SyncObj__raftElectionDeadline < deadline:
+                self._raft._SyncObj__raftElectionDeadline = deadline
+
+    # -- snapshots (tick thread) --------------------------------------------------
+
+    def _write_snapshot(self, file_name: str, data: tuple) -> None:
+        last_entry, before_last, cluster = data
+        # The snapshot must never be ahead of this member's durable history.
+        self._history.sync()
+        document = {
+            "format": SNAPSHOT_FORMAT,
+            "chain": [self._chain.seq, self._chain.hash],
+            "entries": [list(last_entry), list(before_last)],
+            "cluster": sorted(node.id for node in cluster if node is not None),
+            "checkpoint": list(self._checkpoint) if self._checkpoint else None,
+        }
+        with open(file_name, "wb") as f:
+            cbor2.dump(document, f, canonical=True)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _read_snapshot(self, file_name: str) -> tuple:
+        with open(file_name, "rb") as f:
+            document = cbor2.load(f)
+        if document.get("format") != SNAPSHOT_FORMAT:
+            raise LogError(f"snapshot {file_name} has format {document.get('format')!r}, expected "
+                           f"{SNAPSHOT_FORMAT}; this build cannot read it")
+        seq, digest = document["chain"]
+        self._chain = ChainHead(seq, digest)
+        if document.get("checkpoint"):
+            offered = tuple(document["checkpoint"])
+            if self._checkpoint is None or offered[0] > self._checkpoint[0]:
+                self._checkpoint = (offered[0], offered[1])
+        self._history.note_snapshot(self._chain)
+        self._to_trio(self._snapshot_in_trio, self._chain)
+        cluster = {TCPNode(address) for address in document["cluster"]}
+        last_entry, before_last = (tuple(entry) for entry in document["entries"])
+        return last_entry, before_last, cluster
+
+    # -- Trio side: notifications ------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _committed_in_trio(self, records: list[Record]) -> None:
+        if records[-1].seq <= self._head.seq:
+            return
+        fresh = [r for r in records if r.seq > self._head.seq]
+        if self._tail and fresh[0].seq != self._tail[-1].seq + 1:
+            self._tail.clear()
+        self._tail.extend(fresh)
+        while len(self._tail) > self._settings.tail_records:
+            self._tail.popleft()
+        self._head = ChainHead(fresh[-1].seq, fresh[-1].hash)
+        self._wake()
+
+    def _snapshot_in_trio(self, head: ChainHead) -> None:
+        if head.seq > self._head.seq:
+            self._head = head
+            self._tail.clear()
+            self._wake()
+        self._gap_wakeup.set()
+
+    def _leadership_in_trio(self, leadership: Leadership) -> None:
+        self._leadership = leadership
+        self._leadership_event.set()
+        self._leadership_event = trio.Event()
+
+    # -- Trio side: proposing (group commit) --------------------------------------------
+
+    async def propose(self, payload: bytes, timeout_s: float = 5.0) -> int:
+        if self._closed:
+            raise LogClosed("the log is closed")
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a payload is bytes, not {type(payload).__name__}; encode the event first")
+        if not self.has_quorum():
+            raise NoQuorum(f"{self.address} reaches fewer than a majority of voters; nothing can commit "
+                           "now, retry when the voters are back")
+        waiter = _Waiter(bytes(payload))
+        self._queue.append(waiter)
+        self._send_batches()
+        with trio.move_on_after(timeout_s):
+            await waiter.done.wait()
+        if waiter.done.is_set():
+            if waiter.error is not None:
+                raise waiter.error
+            return waiter.seq
+        if not waiter.sent:
+            self._queue.remove(waiter)
+            if not self.has_quorum():
+                raise NoQuorum(f"the voters were lost while the proposal waited; it was not sent and did "
+                               "not commit; retry when the voters are back")
+            raise Overloaded(f"the proposal waited {timeout_s} s behind other entries and was not sent; "
+                             "it did not commit; retry, or propose less at once")
+        raise OutcomeUnknown(f"no answer within {timeout_s} s; the payload may still commit; retry with "
+                             "the same payload (its event id makes the retry harmless)")
+
+    def _send_batches(self) -> None:
+        settings = self._settings
+        while self._queue and len(self._in_flight) < settings.max_entries_in_flight and not self._closed:
+            waiters: list[_Waiter] = []
+            size = 0
+            while self._queue and len(waiters) < settings.max_batch_payloads:
+                if waiters and size + len(self._queue[0].payload) > settings.max_batch_bytes:
+                    break
+                waiter = self._queue.popleft()
+                waiter.sent = True
+                waiters.append(waiter)
+                size += len(waiter.payload)
+            batch = _Batch(waiters, trio.current_time())
+            self._in_flight.add(batch)
+            encoded = cbor2.dumps([w.payload for w in waiters])
+            self._entries.put(encoded, callback=functools.partial(self._answered_on_tick, batch))
+
+    def _answered_on_tick(self, batch: _Batch, result, error) -> None:
+        self._to_trio(self._answered, batch, result, error)
+
+    def _answered(self, batch: _Batch, result, error) -> None:
+        if batch not in self._in_flight:
+            return
+        self._in_flight.discard(batch)
+        if error == FAIL_REASON.SUCCESS:
+            for index, waiter in enumerate(batch.waiters):
+                waiter.resolve(result + index)
+        else:
+            failure = self._failure(error)
+            for waiter in batch.waiters:
+                waiter.resolve(None, failure)
+        self._send_batches()
+
+    def _failure(self, error) -> LogError:
+        name = _REASON_NAMES.get(error, str(error))
+        if error in _UNKNOWN:
+            return OutcomeUnknown(f"the leader changed before answering ({name}); the payload may still "
+                                  "commit; retry with the same payload")
+        if error in _NOT_COMMITTED:
+            return NotLeader(self.leader())
+        if error == FAIL_REASON.QUEUE_FULL:
+            return Overloaded("pysyncobj's command queue is full; the payload did not commit; retry later")
+        return OutcomeUnknown(f"pysyncobj answered {name}; retry with the same payload")
+
+    async def _watch_stuck_entries(self) -> None:
+        """Give up entries that never got an answer (no leader, a dropped forward) so new ones can flow."""
+        while not self._closed:
+            await trio.sleep(0.2)
+            now = trio.current_time()
+            for batch in [b for b in self._in_flight if now - b.sent_at > self._settings.stuck_entry_s]:
+                self._in_flight.discard(batch)
+                for waiter in batch.waiters:
+                    waiter.resolve(None, OutcomeUnknown("no answer from the leader; the payload may still "
+                                                        "commit; retry with the same payload"))
+            self._send_batches()
+
+    # -- Trio side: reading --------------------------------------------------------------
+
+    def head(self) -> ChainHead:
+        return self._head
+
+    def read(self, first_seq: int = 1, last_seq: int | None = None) -> Iterator[Record]:
+        stop = self._head.seq if last_seq is None else min(last_seq, self._head.seq)
+        position = max(first_seq, 1) - 1
+        tail_first = self._tail[0].seq if self._tail else self._head.seq + 1
+        if position + 1 < tail_first:
+            for record in self._history.read(position + 1, min(stop, tail_first - 1)):
+                position = record.seq
+                yield record
+            if position + 1 < tail_first:
+                return
+        for record in list(self._tail):
+            if record.seq > stop:
+                return
+            if record.seq > position:
+                position = record.seq
+                yield record
+
+    async def committed(self, after_seq: int = 0) -> AsyncIterator[Record]:
+        position = after_seq
+        while True:
+            changed = self._changed
+            if self._closed:
+                raise LogClosed("the log is closed")
+            progressed = False
+            for record in self.read(position + 1, min(self._head.seq, position + 1000)):
+                position = record.seq
+                progressed = True
+                yield record
+            if not progressed:
+                await changed.wait()
+
+    # -- Trio side: leadership and status -------------------------------------------------
+
+    def _voter_nodes(self) -> list:
+        for _attempt in range(5):
+            try:
+                return list(self._raft.otherNodes)
+            except RuntimeError:
+                continue
+        return []
+
+    def has_quorum(self) -> bool:
+        """True when this member reaches a majority of voters (counting itself if it votes)."""
+        if self._closed:
+            return False
+        others = self._voter_nodes()
+        connected = sum(1 for n in others if self._raft.isNodeConnected(n)) + (1 if self._voter else 0)
+        return connected * 2 > len(others) + (1 if self._voter else 0)
+
+    def leader(self) -> str | None:
+        if self._closed:
+            return None
+        if self._raft._isLeader():
+            return self.address
+        leader = self._raft._getLeader()
+        # pysyncobj may name a dead leader forever (P6): only trust a connected one.
+        if leader is None or not self._raft.isNodeConnected(leader):
+            return None
+        return node_address(leader.id)
+
+    def is_leader(self) -> bool:
+        return not self._closed and self._raft._isLeader() and self._raft.hasQuorum
+
+    def term(self) -> int:
+        """The current Raft term as this member sees it."""
+        return self._raft.raftCurrentTerm
+
+    def status(self) -> LogStatus:
+        raw = self._raft.getStatus()
+        voters = sorted([node_address(n.id) for n in self._voter_nodes()] + ([self.address] if self._voter else []))
+        extra = {
+            "raft_state": raw["state"], "has_quorum": self.has_quorum(), "commit_idx": raw["commit_idx"],
+            "last_applied": raw["last_applied"], "log_len": raw["log_len"], "history_seq": self._history.head.seq,
+            "history_gap": self._history.gap, "history_error": self.history_error, "fsync": self._settings.fsync,
+            "in_flight": len(self._in_flight), "queued": len(self._queue),
+            "readonly_nodes_count": raw.get("readonly_nodes_count", 0),
+        }
+        return LogStatus(self.address, self.leader(), raw["raft_term"], self._head.seq, voters=tuple(voters),
+                         non_voters=() if self._voter else (self.address,), extra=extra)
+
+    async def leadership_changes(self) -> AsyncIterator[Leadership]:
+        last = None
+        while not self._closed:
+            event = self._leadership_event
+            current = self._leadership
+            if current != last:
+                last = current
+                yield current
+            await event.wait()
+        yield Leadership(None, self._leadership.term)
+
+    # -- membership ------------------------------------------------------------------
+
+    async def _admin(self, start: Callable[[Callable], None], what: str, timeout_s: float) -> None:
+        done = trio.Event()
+        outcome: list = []
+
+        def on_tick(result, error) -> None:
+            self._to_trio(lambda: (outcome.append(error), done.set()))
+
+        start(on_tick)
+        with trio.move_on_after(timeout_s):
+            await done.wait()
+        if not outcome:
+            raise OutcomeUnknown(f"{what}: no answer within {timeout_s} s; check status() before retrying")
+        if outcome[0] != FAIL_REASON.SUCCESS:
+            raise MembershipError(f"{what} was refused ({_REASON_NAMES.get(outcome[0], outcome[0])}); "
+                                  "propose it on the leader, one change at a time, after the last one committed")
+
+    async def add_voter(self, node: str, timeout_s: float = 10.0) -> None:
+        """Add one voter (start it first, knowing every current voter); one change at a time."""
+        await self._admin(lambda cb: self._raft.addNodeToCluster(raft_address(node), callback=cb),
+                          f"adding voter {node}", timeout_s)
+
+    async def remove_voter(self, node: str, timeout_s: float = 10.0) -> None:
+        """Remove one voter; one change at a time."""
+        await self._admin(lambda cb: self._raft.removeNodeFromCluster(raft_address(node), callback=cb),
+                          f"removing voter {node}", timeout_s)
+
+    async def transfer_leadership(self, target: str | None = None, attempts: int = 5,
+                                  wait_s: float = 1.0) -> str:
+        """Move leadership away from this member (to `target` if given), checking and retrying; returns the new leader."""
+        for _attempt in range(attempts):
+            if not self._raft._isLeader():
+                current = self.leader()
+                if current is not None and (target is None or current == target):
+                    return current
+                raise MembershipError(f"{self.address} is not the leader; ask {current or 'the leader'}")
+            with contextlib.suppress(MembershipError, OutcomeUnknown):
+                await self._admin(lambda cb: self._raft.transferLeadership(
+                    raft_address(target) if target else None, callback=cb), "leadership transfer", wait_s)
+            with trio.move_on_after(wait_s):
+                while self._raft._isLeader() or self.leader() is None:
+                    await trio.sleep(0.02)
+            current = self.leader()
+            if current is not None and current != self.address and (target is None or current == target):
+                return current
+            await trio.sleep(0.1)
+        raise MembershipError(f"leadership did not move after {attempts} attempts; the target may lag "
+                              "behind: pause writes and try again")
+
+    # -- snapshots offered by the application ------------------------------------------------
+
+    def _load_checkpoint(self) -> tuple[int, bytes] | None:
+        path = self._data_dir / "checkpoint.cbor"
+        if not path.exists():
+            return None
+        seq, data = cbor2.loads(path.read_bytes())
+        return seq, data
+
+    def set_snapshot(self, seq: int, data: bytes) -> None:
+        path = self._data_dir / "checkpoint.cbor"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_bytes(cbor2.dumps([seq, bytes(data)], canonical=True))
+        os.replace(temporary, path)
+        self._checkpoint = (seq, bytes(data))
+
+    def latest_snapshot(self) -> tuple[int, bytes] | None:
+        return self._checkpoint
+
+    # -- history gap and background work ------------------------------------------------------
+
+    async def _fill_history_gaps(self) -> None:
+        """Copy the range missing behind an installed snapshot from a peer, checked against the chain."""
+        while not self._closed:
+            gap = self._history.gap
+            if gap is None or self._history_source is None:
+                wakeup = self._gap_wakeup = trio.Event()
+                if self._history.gap is None or self._history_source is None:
+                    await wakeup.wait()
+                continue
+            first, last = gap
+            try:
+                records = [record async for record in self._history_source(first, last)]
+                await trio.to_thread.run_sync(self._history.fill_gap, records)
+                log.info("copied history %d..%d from a peer", first, last)
+                self._wake()
+            except Exception as error:
+                log.warning("could not copy history %d..%d yet (%s); retrying", first, last, error)
+                await trio.sleep(1.0)
+
+    async def _fsync_periodically(self) -> None:
+        while not self._closed:
+            await trio.sleep(self._settings.fsync_interval_s)
+            await trio.to_thread.run_sync(self._history.sync)
+
+    async def run_background(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The member's Trio tasks: stuck-entry watchdog, batch fsync, history gap filling."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_stuck_entries)
+            nursery.start_soon(self._fill_history_gaps)
+            if self._settings.fsync == "batch":
+                nursery.start_soon(self._fsync_periodically)
+            task_status.started()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for waiter in list(self._queue) + [w for b in self._in_flight for w in b.waiters]:
+            waiter.resolve(None, LogClosed("the log was closed while the proposal waited; it may have "
+                                           "committed; retry with the same payload on another member"))
+        self._queue.clear()
+        self._in_flight.clear()
+        self._wake()
+        self._leadership_event.set()
+        self._gap_wakeup.set()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._raft.destroy_synchronous)
+        self._history.close()
+
+
+@contextlib.asynccontextmanager
+async def open_syncobj_log(self_node: str, voters: list[str], data_dir: str | os.PathLike,
+                           settings: SyncObjSettings, voter: bool = True,
+                           history_source: HistorySource | None = None) -> AsyncIterator[SyncObjLog]:
+    """Start a member and its background tasks; stop both on exit."""
+    member = SyncObjLog(self_node, voters, data_dir, settings, voter=voter, history_source=history_source)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(member.run_background)
+            try:
+                yield member
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await member.aclose()
+
+
+async def wait_for(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str) -> None:
+    """Poll `predicate` every 20 ms until it holds; raise TimeoutError naming `what` otherwise."""
+    with trio.move_on_after(timeout_s):
+        while True:
+            value = predicate()
+            if not isinstance(value, bool):
+                value = await value
+            if value:
+                return
+            await trio.sleep(0.02)
+    raise TimeoutError(f"{what} did not happen within {timeout_s} s")
