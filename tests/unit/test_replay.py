@@ -1,0 +1,158 @@
+"""Tests of replay and state: determinism, the dedup window, checkpoints, derived indexes."""
+
+import dataclasses
+
+from hypothesis import given, settings, strategies as st
+
+from appliance.demo import Demo
+from appliance.model import codec, events as ev, replay
+from appliance.model.codec import Envelope
+from appliance.model.state import (
+    DEDUP_WINDOW, ClusterState, Window, decode_checkpoint, encode_checkpoint, to_plain, usage_of, with_indexes,
+)
+from appliance.sandbox import Sandbox
+
+
+def history(seed: int, steps: int) -> list:
+    """A valid history: the demo's set-up and `steps` random steps, through the real operations."""
+    collected = []
+    demo = Demo(seed, collected.append)
+    demo.setup()
+    for _ in range(steps):
+        demo.step()
+    return collected
+
+
+def fold_bytes(envelopes) -> ClusterState:
+    return replay.fold_envelopes(codec.decode(codec.encode(e)) for e in envelopes)
+
+
+def without_seq(state: ClusterState) -> dict:
+    plain = to_plain(state)
+    del plain["seq"]
+    return plain
+
+
+histories = st.builds(history, st.integers(0, 2**32), st.integers(0, 150))
+
+
+@given(histories)
+@settings(max_examples=25, deadline=None)
+def test_folding_twice_gives_the_same_digest(envelopes):
+    """Folding the same valid sequence twice, through encode and decode, gives the same digest."""
+    assert fold_bytes(envelopes).digest() == fold_bytes(envelopes).digest()
+
+
+@given(histories, st.data())
+@settings(max_examples=25, deadline=None)
+def test_a_duplicate_event_id_changes_nothing(envelopes, data):
+    """Repeating an already-applied event (a retried proposal) leaves the state as it was."""
+    position = data.draw(st.integers(0, len(envelopes) - 1))
+    later = data.draw(st.integers(position + 1, len(envelopes)))
+    before = replay.fold_envelopes(envelopes[:later])
+    after = replay.apply(before, envelopes[position])
+    assert after.seq == before.seq + 1
+    assert without_seq(after) == without_seq(before)
+    # Numbered as if the duplicate had not been there, the rest folds to the very same state.
+    rest = replay.fold_envelopes(envelopes[later:], after.evolve(seq=before.seq))
+    assert rest.digest() == replay.fold_envelopes(envelopes).digest()
+
+
+@given(histories, st.data())
+@settings(max_examples=25, deadline=None)
+def test_checkpoint_plus_tail_equals_full_fold(envelopes, data):
+    """The state encoded at any point, decoded and folded on, equals the full fold."""
+    cut = data.draw(st.integers(0, len(envelopes)))
+    head = replay.fold_envelopes(envelopes[:cut])
+    resumed = replay.fold_envelopes(envelopes[cut:], decode_checkpoint(encode_checkpoint(head)))
+    assert resumed.digest() == replay.fold_envelopes(envelopes).digest()
+
+
+@given(histories)
+@settings(max_examples=15, deadline=None)
+def test_incremental_indexes_match_a_rebuild(envelopes):
+    """Usage, name, MAC and active-job indexes kept by apply equal those rebuilt from the entities."""
+    state = replay.fold_envelopes(envelopes)
+    rebuilt = with_indexes(state)
+    for name in ("node_names", "instance_names", "group_names", "macs", "active_jobs"):
+        assert getattr(state, name) == getattr(rebuilt, name), name
+    assert {k: v for k, v in state.usage.items() if v != type(v)()} == {
+        k: v for k, v in usage_of(state.instances).items() if v != type(v)()}
+
+
+def test_snapshot_is_unaffected_by_later_applies():
+    """A reference to the state is a snapshot: applying more events does not change it."""
+    box = Sandbox(3)
+    box.run("cluster_init", name="c.example.com")
+    snapshot = box.state
+    box.run("node_add", name="n1.example.com", memory_mib=1024, disk_mib=10240, cpus=2)
+    assert len(snapshot.nodes) == 0 and len(box.state.nodes) == 1
+
+
+def test_apply_tolerates_events_about_missing_entities():
+    """Events naming unknown ids leave the state unchanged instead of raising."""
+    state = ClusterState()
+    events = (ev.InstanceRemoved("inst-x"), ev.NodeModified("node-x", {"offline": True}),
+              ev.InstanceDiskGrown("inst-x", 3, 10), ev.JobSucceeded(42, None), ev.GroupRemoved("group-x"),
+              ev.TagsAdded("node", "node-x", ("a",)), ev.ClusterModified({"mac_prefix": "aa:bb:cc"}))
+    for number, event in enumerate(events):
+        after = replay.apply(state, Envelope(f"{number:016d}".encode(), event, "admin", "", 0.0))
+        assert without_seq(after) | {"recent_events": None} == without_seq(state) | {"recent_events": None}
+        state = after
+
+
+def test_dedup_window_forgets_old_ids():
+    """An event id older than the window is applied again: the window is a fixed part of the format."""
+    window = Window(3)
+    for key in "abcd":
+        window, _ = window.push(key)
+    assert "a" not in window and "d" in window
+    assert window.ordered() == ["b", "c", "d"]
+    assert Window.rebuilt(3, window.count, window.ordered()) == window
+    assert DEDUP_WINDOW == 100_000
+
+
+def test_job_ids_follow_commit_order():
+    """Submitted jobs get integer ids 1, 2, 3 in the order they commit."""
+    box = Sandbox(4)
+    box.run("cluster_init", name="c.example.com")
+    for _ in range(3):
+        box.commit(ev.JobSubmitted(({"op": "cluster_init", "params": {}},), ""))
+    assert sorted(box.state.jobs) == [1, 2, 3] and box.state.next_job_id == 4
+    assert [box.state.jobs[i].submit_seq for i in (1, 2, 3)] == [3, 4, 5]
+
+
+def test_finished_jobs_leave_the_state_after_the_limit(monkeypatch):
+    """Only the most recent finished jobs stay in the state; active ones always stay."""
+    box = Sandbox(5)
+    box.run("cluster_init", name="c.example.com")
+    box.state = box.state.evolve(finished_jobs=Window(2))
+    for job_id in range(1, 5):
+        box.commit(ev.JobSubmitted((), ""))
+    for job_id in (1, 2, 3):
+        box.commit(ev.JobSucceeded(job_id, None))
+    assert sorted(box.state.jobs) == [2, 3, 4]
+    assert box.state.jobs[4].status == "queued"
+
+
+def test_reservations_count_until_the_job_ends():
+    """Memory reserved by an admitted job is not free until the job finishes."""
+    box = Sandbox(6)
+    box.run("cluster_init", name="c.example.com")
+    box.run("node_add", name="n1.example.com", memory_mib=4096, disk_mib=10240, cpus=2)
+    node = box.state.node_by_name("n1.example.com")
+    box.commit(ev.JobSubmitted((), ""))
+    box.commit(ev.JobAdmitted(1, ({"node": node.id, "memory_mib": 1000, "disk_mib": 200},), ()))
+    assert box.state.free_memory_mib(node.id) == 3096 and box.state.free_disk_mib(node.id) == 10040
+    box.commit(ev.JobFailed(1, "wrong_input", "x"))
+    assert box.state.free_memory_mib(node.id) == 4096
+
+
+def test_digest_changes_with_any_fact():
+    """Two states that differ in one fact have different digests."""
+    box = Sandbox(7)
+    box.run("cluster_init", name="c.example.com")
+    before = box.state.digest()
+    box.commit(ev.TagsAdded("cluster", "", ("prod",)))
+    assert box.state.digest() != before
+    assert dataclasses.replace(box.state).digest() == box.state.digest()
