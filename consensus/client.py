@@ -42,15 +42,18 @@ class _Outbox:
         self.channel = channel
         self.send, self._receive = trio.open_memory_channel(math.inf)
 
-    async def run(self) -> None:
-        async for message in self._receive:
-            batch = [message]
-            while True:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            await self.channel.send_many(batch)
+    async def run(self, on_broken) -> None:
+        try:
+            async for message in self._receive:
+                batch = [message]
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self.channel.send_many(batch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+            on_broken(error)
 
 
 class NodeClient:
@@ -73,9 +76,13 @@ class NodeClient:
                     slot.append(reply)
                     slot[0].set()
         except (WireError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+            self._fail(error)
+
+    def _fail(self, error: Exception) -> None:
+        if self._broken is None:
             self._broken = ConnectionError(f"connection to {self.address} lost: {error}")
-            for slot in self._waiting.values():
-                slot[0].set()
+        for slot in self._waiting.values():
+            slot[0].set()
 
     async def call(self, op: str, wait_s: float = 30.0, **fields) -> dict:
         """Send one request and wait for its reply; raise the error the member reported."""
@@ -130,19 +137,31 @@ class NodeClient:
         return ChainHead(reply["seq"], reply["hash"])
 
 
+@contextlib.contextmanager
+def unwrap_single_exception():
+    """Re-raise the caller's own exception rather than the one-member group a nursery wraps it in."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
+
+
 @contextlib.asynccontextmanager
 async def open_client(address: str, secret: bytes, timeout_s: float = 5.0) -> AsyncIterator[NodeClient]:
     """An authenticated client of the member at `address` (its API or data-plane port)."""
     channel = await connect(address, secret, timeout_s=timeout_s)
     client = NodeClient(channel, address)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._read_replies)
-            nursery.start_soon(client._outbox.run)
-            try:
-                yield client
-            finally:
-                nursery.cancel_scope.cancel()
+        with unwrap_single_exception():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client._read_replies)
+                nursery.start_soon(client._outbox.run, client._fail)
+                try:
+                    yield client
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await channel.aclose()

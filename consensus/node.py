@@ -156,7 +156,8 @@ async def run_member(args: argparse.Namespace) -> None:
     secret = read_secret(args.secret_file)
     peers = [p for p in (args.peers.split(",") if args.peers else []) if p]
     voters = peers if args.non_voter else sorted(set(peers) | {args.self})
-    settings = SyncObjSettings(password=secret.decode("latin-1"), fsync=args.fsync)
+    settings = SyncObjSettings(password=secret.decode("latin-1"), fsync=args.fsync,
+                               log_compaction_min_entries=args.compaction_entries)
     async with open_syncobj_log(args.self, voters, args.data, settings, voter=not args.non_voter,
                                 history_source=HistoryPeers(peers, secret)) as member:
         server = MemberServer(member)
@@ -180,6 +181,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--secret-file", required=True, help="file holding the cluster secret")
     parser.add_argument("--non-voter", action="store_true", help="receive the log and forward proposals, never vote")
     parser.add_argument("--fsync", choices=("always", "batch"), default="batch")
+    parser.add_argument("--compaction-entries", type=int, default=2000,
+                        help="compact pysyncobj's journal once it holds more Raft entries than this")
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 

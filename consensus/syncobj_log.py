@@ -639,6 +639,17 @@ class SyncObjLog(EventLog):
         self._history.close()
 
 
+@contextlib.contextmanager
+def unwrap_single_exception():
+    """Re-raise the caller's own exception rather than the one-member group a nursery wraps it in."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
+
+
 @contextlib.asynccontextmanager
 async def open_syncobj_log(self_node: str, voters: list[str], data_dir: str | os.PathLike,
                            settings: SyncObjSettings, voter: bool = True,
@@ -646,12 +657,13 @@ async def open_syncobj_log(self_node: str, voters: list[str], data_dir: str | os
     """Start a member and its background tasks; stop both on exit."""
     member = SyncObjLog(self_node, voters, data_dir, settings, voter=voter, history_source=history_source)
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(member.run_background)
-            try:
-                yield member
-            finally:
-                nursery.cancel_scope.cancel()
+        with unwrap_single_exception():
+            async with trio.open_nursery() as nursery:
+                await nursery.start(member.run_background)
+                try:
+                    yield member
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
         await member.aclose()
 

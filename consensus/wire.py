@@ -119,6 +119,9 @@ async def connect(address: str, secret: bytes, timeout_s: float = 5.0) -> Channe
         stream = await trio.open_tcp_stream(host, int(port))
     try:
         return await _handshake(stream, secret, is_server=False, timeout_s=timeout_s)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+        await stream.aclose()
+        raise WireError(f"{address} closed the connection during the handshake: {error}") from None
     except BaseException:
         await stream.aclose()
         raise
