@@ -1,12 +1,441 @@
-"""The pure-Python twin of the C core: the same semantics, used by tests and as a fallback."""
+"""The pure-Python twin of the C engine: the same state, checks, score and search, in plain Python.
+
+It mirrors cairn_fastpath.c function for function so the two can be compared; it is exact where the
+C is incremental (the C re-checks near-best candidates exactly, so both choose the same move).
+"""
 
 import math
 from collections.abc import Sequence
 
+from fastpath.spec import (AGGREGATION, EVAC_MODE, FAIL_CPU, FAIL_DISK, FAIL_INTERNAL, FAIL_MEM, FAIL_TAGS,
+                           FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_LOCAL,
+                           KIND_MIRRORED, KIND_SHARED, NO_DISK_MOVES, NO_INSTANCE_MOVES, OK, REPLACE_AND_FAILOVER,
+                           REPLACE_PRIMARY, REPLACE_SECONDARY, WEIGHTS, Spec)
+
+# Per-node derived state, one list per node: the indices of its fields.
+I_MEM, ALL_MEM, F_DSK, U_CPU, PCNT, SCNT, INST_SP, R_MEM, FAIL, TAGS_V, LOC_V = range(11)
+
 
 def stddev(values: Sequence[float]) -> float:
-    """Population standard deviation, as htools computes it."""
+    """Population standard deviation, two-pass, summed left to right as htools does."""
     if not values:
         return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    total = 0.0
+    for v in values:
+        total += v
+    mean = total / len(values)
+    acc = 0.0
+    for v in values:
+        acc += (v - mean) * (v - mean)
+    return math.sqrt(acc / len(values))
+
+
+def _popcount(x: int) -> int:
+    return bin(x).count("1")
+
+
+def _bits(x: int) -> list[int]:
+    out, k = [], 0
+    while x:
+        if x & 1:
+            out.append(k)
+        x >>= 1
+        k += 1
+    return out
+
+
+class Engine:
+    """One cluster's mutable placement state over a `Spec`, with score, checks and search."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.n = spec.n_nodes
+        nd, it = spec.nodes, spec.instances
+        self.nd, self.it = nd, it
+        self.pnode = list(it["pnode"])
+        self.snode = list(it["snode"])
+        self.count = spec.n_instances
+        self.touched = [0] * self.n
+        self.dsk_delta = [0] * self.n
+        self.forth_base = [0] * self.n
+        self._rebuild()
+        # Memory of primaries htools counted as used at load; the forthcoming-aware free memory
+        # moves with every primary's memory from then on.
+        self.forth_base = [self.nd["f_mem"][k] + self.state[k][I_MEM] for k in range(self.n)]
+
+    # ---- state -------------------------------------------------------------------------------------------------
+    def _rebuild(self) -> None:
+        n, T = self.n, max(1, self.spec.n_tags)
+        self.T = T
+        self.state = [[0, 0, self.nd["f_dsk"][k] + self.dsk_delta[k], self.nd["node_cpus"][k], 0, 0, 0, 0, 0, 0, 0] for k in range(n)]
+        self.tagcnt = [0] * (n * T)
+        self.peers = [dict() for _ in range(n)]
+        self.loccnt = {}
+        self.loc_total = 0
+        it = self.it
+        for i in range(self.count):
+            p, s = self.pnode[i], self.snode[i]
+            if p < 0:
+                continue
+            st = self.state[p]
+            st[I_MEM] += it["mem"][i] * it["uses_mem"][i]
+            st[ALL_MEM] += it["mem"][i]
+            st[U_CPU] += it["vcpus"][i] * it["uses_cpu"][i]
+            st[PCNT] += 1
+            st[INST_SP] += it["spindle_use"][i]
+            st[TAGS_V] += self._tag_add(p, i)
+            st[LOC_V] += self._loc_contrib(i, p, s)
+            self._loccnt_change(i, p, +1)
+            if s >= 0:
+                ss = self.state[s]
+                ss[SCNT] += 1
+                ss[INST_SP] += it["spindle_use"][i]
+                self.peers[s][p] = self.peers[s].get(p, 0) + it["sec_mem"][i]
+        for k in range(n):
+            st = self.state[k]
+            st[R_MEM] = max(self.peers[k].values(), default=0)
+            if self.touched[k]:
+                st[FAIL] = int(self._u_mem(k, st) <= st[R_MEM])
+            else:
+                st[FAIL] = int(self.nd["f_mem"][k] < st[R_MEM])
+
+    def _tag_add(self, node: int, i: int) -> int:
+        gain = 0
+        for t in _bits(self.it["excl_mask"][i]):
+            if self.tagcnt[node * self.T + t] >= 1:
+                gain += 1
+            self.tagcnt[node * self.T + t] += 1
+        return gain
+
+    def _tag_remove(self, node: int, i: int) -> int:
+        loss = 0
+        for t in _bits(self.it["excl_mask"][i]):
+            if self.tagcnt[node * self.T + t] >= 2:
+                loss += 1
+            self.tagcnt[node * self.T + t] -= 1
+        return loss
+
+    def _loc_contrib(self, i: int, p: int, s: int) -> int:
+        lp = self.nd["loc_mask"][p]
+        shared = _popcount(lp & self.nd["loc_mask"][s]) if s >= 0 else 0
+        return shared + _popcount(self.it["desired_mask"][i] & ~lp)
+
+    def _loccnt_change(self, i: int, p: int, sign: int) -> None:
+        for loc in _bits(self.nd["loc_mask"][p]):
+            for t in _bits(self.it["excl_mask"][i]):
+                key = (loc, t)
+                old = self.loccnt.get(key, 0)
+                if sign > 0 and old >= 1:
+                    self.loc_total += 1
+                if sign < 0 and old >= 2:
+                    self.loc_total -= 1
+                self.loccnt[key] = old + sign
+
+    def _loc_delta(self, i: int, old_p: int, new_p: int) -> int:
+        if old_p == new_p:
+            return 0
+        a = {(l, t) for l in _bits(self.nd["loc_mask"][old_p]) for t in _bits(self.it["excl_mask"][i])}
+        b = {(l, t) for l in _bits(self.nd["loc_mask"][new_p]) for t in _bits(self.it["excl_mask"][i])}
+        delta = 0
+        for key in a - b:
+            delta -= 1 if self.loccnt.get(key, 0) >= 2 else 0
+        for key in b - a:
+            delta += 1 if self.loccnt.get(key, 0) >= 1 else 0
+        return delta
+
+    def _u_mem(self, k: int, st: list) -> int:
+        return self.nd["mem_base"][k] - st[I_MEM]
+
+    # ---- node values and score ------------------------------------------------------------------------------
+    def node_values(self, k: int, st: list) -> list[float]:
+        """The 20 per-node values of the cost function for node k in state st."""
+        nd, dynu = self.nd, self.spec.dynu
+        t_mem, t_dsk = nd["t_mem"][k], nd["t_dsk"][k]
+        p_mem = self._u_mem(k, st) / t_mem
+        p_dsk = st[F_DSK] / t_dsk if t_dsk > 0 else 1.0
+        r = st[R_MEM] / t_mem
+        cpu = st[U_CPU] / nd["t_cpu"][k] / nd["cpu_speed"][k]
+        sp = st[INST_SP] / nd["hi_spindles"][k]
+        forth = (self.forth_base[k] - st[ALL_MEM]) / t_mem
+        both = st[PCNT] + st[SCNT]
+        n1 = float(both) if st[FAIL] else 0.0
+        load = st[PCNT] * dynu
+        return [p_mem, p_dsk, n1, r, float(both), float(st[PCNT]), cpu, load, load, both * dynu, load,
+                float(st[TAGS_V]), sp, forth, p_dsk, cpu, sp, float(st[LOC_V]), 0.0, r]
+
+    def metrics(self, group: int, overrides: dict | None = None, loc_delta: int = 0) -> list[float]:
+        """The 20 metric values over the nodes of `group`, with some node states replaced."""
+        overrides = overrides or {}
+        online, offline = [], []
+        for k in range(self.n):
+            if self.nd["group"][k] != group:
+                continue
+            vals = self.node_values(k, overrides.get(k, self.state[k]))
+            (offline if self.nd["offline"][k] else online).append(vals)
+        out = []
+        for m in range(20):
+            agg = AGGREGATION[m]
+            if agg == 0:
+                out.append(stddev([v[m] for v in online]))
+            elif agg == 1:
+                out.append(_fsum_in_order(v[m] for v in online))
+            elif agg == 2:
+                out.append(_fsum_in_order(v[m] for v in offline))
+            else:
+                out.append(float(self.loc_total + loc_delta))
+        return out
+
+    def score(self, group: int, overrides: dict | None = None, loc_delta: int = 0) -> float:
+        """The cluster score over `group`: the weighted sum of the metrics."""
+        total = 0.0
+        for w, v in zip(WEIGHTS, self.metrics(group, overrides, loc_delta)):
+            total += w * v
+        return total
+
+    # ---- moves and checks -----------------------------------------------------------------------------------
+    def _remove(self, k: int, st: list, i: int, role: int, peer: int) -> list:
+        it = self.it
+        st = list(st)
+        if role == 1:
+            st[I_MEM] -= it["mem"][i] * it["uses_mem"][i]
+            st[ALL_MEM] -= it["mem"][i]
+            st[F_DSK] += it["dsk"][i]
+            st[U_CPU] -= it["vcpus"][i] * it["uses_cpu"][i]
+            st[PCNT] -= 1
+            st[INST_SP] -= it["spindle_use"][i]
+            st[TAGS_V] -= self._tag_loss(k, i)
+        else:
+            st[F_DSK] += it["dsk"][i]
+            st[SCNT] -= 1
+            st[INST_SP] -= it["spindle_use"][i]
+            st[R_MEM] = self._rmem_with(k, [(peer, -it["sec_mem"][i])])
+        st[FAIL] = int(self._u_mem(k, st) <= st[R_MEM])
+        return st
+
+    def _tag_loss(self, k: int, i: int) -> int:
+        return sum(1 for t in _bits(self.it["excl_mask"][i]) if self.tagcnt[k * self.T + t] >= 2)
+
+    def _tag_clash(self, k: int, i: int) -> int:
+        return sum(1 for t in _bits(self.it["excl_mask"][i]) if self.tagcnt[k * self.T + t] >= 1)
+
+    def _rmem_with(self, k: int, changes: list[tuple[int, int]]) -> int:
+        """Node k's reserved memory (largest per-primary peer sum) after adding `changes` to its peer map."""
+        peers = dict(self.peers[k])
+        for peer, delta in changes:
+            peers[peer] = peers.get(peer, 0) + delta
+        return max(peers.values(), default=0)
+
+    def _forth(self, k: int, st: list) -> int:
+        return self.forth_base[k] - st[ALL_MEM]
+
+    def _add_pri(self, k: int, st: list, i: int, force: bool) -> tuple[int, list]:
+        """Node k takes instance i as a primary; hbal's hard checks, then its soft ones unless forced."""
+        it, nd = self.it, self.nd
+        clash = self._tag_clash(k, i)
+        st = list(st)
+        st[I_MEM] += it["mem"][i] * it["uses_mem"][i]
+        st[ALL_MEM] += it["mem"][i]
+        st[F_DSK] -= it["dsk"][i]
+        st[U_CPU] += it["vcpus"][i] * it["uses_cpu"][i]
+        st[PCNT] += 1
+        st[INST_SP] += it["spindle_use"][i]
+        local = it["kind"][i] in (KIND_LOCAL, KIND_MIRRORED)
+        u_mem = self._u_mem(k, st)
+        new_fail = int(u_mem <= st[R_MEM])
+        if u_mem <= 0:
+            return FAIL_MEM, st
+        if local and st[F_DSK] <= 0:
+            return FAIL_DISK, st
+        if not force:
+            if local and (st[F_DSK] < nd["lo_dsk"][k] or st[INST_SP] > nd["hi_spindles"][k]):
+                return FAIL_DISK, st
+            if new_fail and not st[FAIL]:
+                return FAIL_MEM, st
+            if st[U_CPU] / nd["t_cpu"][k] > nd["vcpu_ratio"][k]:
+                return FAIL_CPU, st
+            if clash > 0:
+                return FAIL_TAGS, st
+            # The forthcoming-aware free memory counts every primary, running or not.
+            if self._forth(k, st) <= 0:
+                return FAIL_MEM, st
+        st[FAIL] = new_fail
+        st[TAGS_V] += clash
+        return OK, st
+
+    def _add_sec(self, k: int, st: list, i: int, force: bool, r_mem: int,
+                 ignore_disks: bool = False) -> tuple[int, list]:
+        """Node k takes instance i as a secondary, its peer map giving reserved memory r_mem."""
+        it, nd = self.it, self.nd
+        st = list(st)
+        if it["kind"][i] != KIND_MIRRORED:
+            return FAIL_DISK, st
+        st[F_DSK] -= it["dsk"][i]
+        st[SCNT] += 1
+        st[INST_SP] += it["spindle_use"][i]
+        u_mem = self._u_mem(k, st)
+        new_fail = int(u_mem <= r_mem)
+        needed = it["sec_mem"][i]
+        if not ignore_disks and st[F_DSK] <= 0:
+            return FAIL_DISK, st
+        if not force:
+            if st[F_DSK] < nd["lo_dsk"][k] or st[INST_SP] > nd["hi_spindles"][k]:
+                return FAIL_DISK, st
+            if needed >= u_mem:
+                return FAIL_MEM, st
+            if new_fail and not st[FAIL]:
+                return FAIL_MEM, st
+            if needed >= self._forth(k, st):
+                return FAIL_MEM, st
+        st[R_MEM] = r_mem
+        st[FAIL] = new_fail
+        return OK, st
+
+    def move_states(self, i: int, kind: int, target: int, flags: int) -> tuple[int, dict, int]:
+        """Apply move `kind` to copies of the involved nodes: (status, new node states, location delta).
+
+        Each kind follows hbal's own sequence of removals and checked additions, with its force flags.
+        """
+        it, off = self.it, self.nd["offline"]
+        op, os_ = self.pnode[i], self.snode[i]
+        soft = bool(flags & IGNORE_SOFT)
+        force_p = soft or bool(off[op])
+        force_s = soft or (os_ >= 0 and bool(off[os_]))
+        sec = it["sec_mem"][i]
+        np_, ns = _new_nodes(kind, op, os_, target)
+        new = {}
+        status = OK
+        if kind == FAILOVER:
+            int_p = self._remove(op, self.state[op], i, 1, -1)
+            int_s = self._remove(os_, self.state[os_], i, 2, op)
+            status, new[os_] = self._add_pri(os_, int_s, i, force_p)
+            if status == OK:
+                status, new[op] = self._add_sec(op, int_p, i, force_p, self._rmem_with(op, [(os_, sec)]),
+                                                ignore_disks=bool(off[op]))
+        elif kind == FAILOVER_TO_ANY:
+            status, new[target] = self._add_pri(target, self.state[target], i, force_p)
+            new[op] = self._remove(op, self.state[op], i, 1, -1)
+        elif kind == REPLACE_SECONDARY:
+            status, new[target] = self._add_sec(target, self.state[target], i, force_s,
+                                                self._rmem_with(target, [(op, sec)]))
+            new[os_] = self._remove(os_, self.state[os_], i, 2, op)
+        elif kind == REPLACE_PRIMARY:
+            new[op] = self._remove(op, self.state[op], i, 1, -1)
+            int_s = self._remove(os_, self.state[os_], i, 2, op)
+            # hbal first checks that the secondary could host the instance during the migration.
+            status, _ = self._add_pri(os_, int_s, i, force_p)
+            if status == OK:
+                status, new[target] = self._add_pri(target, self.state[target], i, force_p)
+            if status == OK:
+                status, new[os_] = self._add_sec(os_, int_s, i, force_p,
+                                                 self._rmem_with(os_, [(op, -sec), (target, sec)]))
+        elif kind == REPLACE_AND_FAILOVER:
+            int_p = self._remove(op, self.state[op], i, 1, -1)
+            new[os_] = self._remove(os_, self.state[os_], i, 2, op)
+            status, new[target] = self._add_pri(target, self.state[target], i, soft)
+            if status == OK:
+                status, new[op] = self._add_sec(op, int_p, i, force_s, self._rmem_with(op, [(target, sec)]))
+        else:
+            new[op] = self._remove(op, self.state[op], i, 1, -1)
+            int_s = self._remove(os_, self.state[os_], i, 2, op)
+            status, new[os_] = self._add_pri(os_, int_s, i, force_p)
+            if status == OK:
+                status, new[target] = self._add_sec(target, self.state[target], i, force_p,
+                                                    self._rmem_with(target, [(os_, sec)]))
+        if status != OK:
+            return status, new, 0
+        self._move_location(i, op, os_, np_, ns, new)
+        return OK, new, self._loc_delta(i, op, np_)
+
+    def _move_location(self, i: int, op: int, os_: int, np_: int, ns: int, new: dict) -> None:
+        # The instance's location contribution belongs to its primary node.
+        old_c, new_c = self._loc_contrib(i, op, os_), self._loc_contrib(i, np_, ns)
+        if old_c or new_c:
+            st = list(new.get(op, self.state[op]))
+            st[LOC_V] -= old_c
+            new[op] = st
+            st = list(new.get(np_, self.state[np_]))
+            st[LOC_V] += new_c
+            new[np_] = st
+
+    def apply_move(self, i: int, kind: int, target: int) -> None:
+        """Commit a move: the instance's nodes change and the node state is rebuilt."""
+        op, os_ = self.pnode[i], self.snode[i]
+        np_, ns = _new_nodes(kind, op, os_, target)
+        dsk = self.it["dsk"][i]
+        for k in {op, os_, np_, ns} - {-1}:
+            self.touched[k] = 1
+            self.dsk_delta[k] += dsk * ((k in (op, os_)) - (k in (np_, ns)))
+        self.pnode[i], self.snode[i] = np_, ns
+        self._rebuild()
+
+    def nodes_of(self, i: int) -> tuple[int, int]:
+        """The (primary, secondary) of instance i; -1 for none."""
+        return self.pnode[i], self.snode[i]
+
+    # ---- search ---------------------------------------------------------------------------------------------
+    def candidates(self, i: int, group: int, flags: int, targets: list[int]):
+        """The moves hbal tries for instance i, in its order."""
+        it, nd = self.it, self.nd
+        op, os_ = self.pnode[i], self.snode[i]
+        if it["kind"][i] == KIND_MIRRORED:
+            sec_offline = bool(nd["offline"][os_])
+            if not flags & NO_INSTANCE_MOVES and not sec_offline:
+                yield FAILOVER, -1
+            if flags & NO_DISK_MOVES:
+                return
+            for t in targets:
+                if t in (op, os_):
+                    continue
+                yield REPLACE_SECONDARY, t
+                if flags & NO_INSTANCE_MOVES:
+                    continue
+                yield REPLACE_AND_FAILOVER, t
+                if sec_offline:
+                    continue
+                yield REPLACE_PRIMARY, t
+                yield FAILOVER_AND_REPLACE, t
+        elif it["kind"][i] == KIND_SHARED and not flags & NO_INSTANCE_MOVES:
+            for t in targets:
+                if t != op:
+                    yield FAILOVER_TO_ANY, t
+
+    def movable(self, i: int, group: int, flags: int) -> bool:
+        """Whether hbal would consider instance i at all."""
+        op, os_ = self.pnode[i], self.snode[i]
+        if op < 0 or not self.it["movable"][i] or self.nd["group"][op] != group:
+            return False
+        if os_ >= 0 and self.nd["group"][os_] != group:
+            return False
+        if flags & EVAC_MODE:
+            return bool(self.nd["offline"][op]) or (os_ >= 0 and bool(self.nd["offline"][os_]))
+        return True
+
+    def best_move(self, group: int, flags: int, only: int = -1) -> tuple[int, int, int, float] | None:
+        """The best single move (instance, kind, target, new score), or None if nothing beats the current score."""
+        targets = [k for k in range(self.n) if self.nd["group"][k] == group and not self.nd["offline"][k]]
+        best_score = self.score(group)
+        best = None
+        for i in range(self.count) if only < 0 else [only]:
+            if not self.movable(i, group, flags):
+                continue
+            for kind, target in self.candidates(i, group, flags, targets):
+                status, new, loc_delta = self.move_states(i, kind, target, flags)
+                if status != OK:
+                    continue
+                value = self.score(group, new, loc_delta)
+                if value < best_score:
+                    best_score, best = value, (i, kind, target, value)
+        return best
+
+
+def _new_nodes(kind: int, op: int, os_: int, target: int) -> tuple[int, int]:
+    return {FAILOVER: (os_, op), REPLACE_SECONDARY: (op, target), REPLACE_AND_FAILOVER: (target, op),
+            REPLACE_PRIMARY: (target, os_), FAILOVER_AND_REPLACE: (os_, target),
+            FAILOVER_TO_ANY: (target, -1)}[kind]
+
+
+def _fsum_in_order(values) -> float:
+    total = 0.0
+    for v in values:
+        total += v
+    return total

@@ -1,0 +1,164 @@
+"""Flat arrays of a cluster, shared by the C engine and its pure twin, and the codes both speak.
+
+`flatten(cluster)` turns a parsed `Cluster` into a `Spec`: one list per node and instance field, in
+file order, with node and instance references as indices. Both engines take exactly this.
+"""
+
+from dataclasses import dataclass, field
+
+from fastpath.model import LOCAL_STORAGE, MEMORY_STATUSES, MIRRORED, SHARED, TEMPLATES, Cluster
+
+# Move kinds, in the order hbal tries them for one target node.
+FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY = range(6)
+
+# Step flags.
+NO_DISK_MOVES, NO_INSTANCE_MOVES, EVAC_MODE, IGNORE_SOFT = 1, 2, 4, 8
+
+# Placement failure reasons, numbered as hail names them.
+FAIL_NAMES = ("OK", "FailMem", "FailDisk", "FailCPU", "FailN1", "FailTags", "FailMig", "FailDiskCount",
+              "FailSpindles", "FailInternal")
+OK, FAIL_MEM, FAIL_DISK, FAIL_CPU, FAIL_N1, FAIL_TAGS, FAIL_MIG, FAIL_DISKCOUNT, FAIL_SPINDLES, FAIL_INTERNAL = \
+    range(10)
+
+METRIC_NAMES = ("free_mem_cv", "free_disk_cv", "n1_cnt", "reserved_mem_cv", "offline_all_cnt", "offline_pri_cnt",
+                "vcpu_ratio_cv", "cpu_load_cv", "mem_load_cv", "disk_load_cv", "net_load_cv", "pri_tags_score",
+                "spindles_cv", "free_mem_cv_forth", "free_disk_cv_forth", "vcpu_ratio_cv_forth",
+                "spindles_cv_forth", "location_score", "location_exclusion_score", "reserved_mem_rtotal")
+WEIGHTS = (0.5, 0.5, 1.0, 1.0, 4.0, 16.0, 0.5, 1.0, 1.0, 1.0, 1.0, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 0.25)
+# Aggregation per metric: 0 standard deviation over online nodes, 1 sum over online nodes,
+# 2 sum over offline nodes, 3 the cluster-wide location/exclusion map.
+AGGREGATION = (0, 0, 1, 0, 2, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 3, 1)
+MAX_TAGS = 64
+
+NODE_FIELDS = ("t_mem", "mem_base", "f_mem", "t_dsk", "f_dsk", "t_cpu", "cpu_speed", "node_cpus", "hi_spindles",
+               "vcpu_ratio", "lo_dsk", "offline", "group", "loc_mask")
+INSTANCE_FIELDS = ("mem", "dsk", "vcpus", "spindle_use", "pnode", "snode", "kind", "uses_mem", "uses_cpu",
+                   "sec_mem", "movable", "excl_mask", "desired_mask")
+# Instance storage kinds the engines need: 0 none (file, diskless), 1 local non-mirrored (plain),
+# 2 mirrored (drbd), 3 shared (moved by failover to any node).
+KIND_NONE, KIND_LOCAL, KIND_MIRRORED, KIND_SHARED = range(4)
+
+
+@dataclass
+class Spec:
+    """Flat per-node and per-instance arrays; `capacity` instances fit, `count` are defined."""
+
+    nodes: dict[str, list] = field(default_factory=dict)
+    instances: dict[str, list] = field(default_factory=dict)
+    node_names: list[str] = field(default_factory=list)
+    instance_names: list[str] = field(default_factory=list)
+    n_tags: int = 0
+    n_locations: int = 0
+    dynu: float = 1.0
+
+    @property
+    def n_nodes(self) -> int:
+        """How many nodes."""
+        return len(self.node_names)
+
+    @property
+    def n_instances(self) -> int:
+        """How many instances are defined."""
+        return len(self.instance_names)
+
+
+def template_kind(template: str) -> int:
+    """The storage kind of an htools template name."""
+    if template in MIRRORED:
+        return KIND_MIRRORED
+    if template in SHARED:
+        return KIND_SHARED
+    if template in LOCAL_STORAGE:
+        return KIND_LOCAL
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown disk template '{template}'")
+    return KIND_NONE
+
+
+def _prefixes(cluster: Cluster, extra_exclusion: list[str]) -> tuple[list[str], list[str], list[str]]:
+    excl = [t[len("htools:iextags:"):] for t in cluster.tags if t.startswith("htools:iextags:")]
+    excl += [x + ":" for x in extra_exclusion]
+    loc = [t[len("htools:nlocation:"):] + ":" for t in cluster.tags if t.startswith("htools:nlocation:")]
+    desired = [t[len("htools:desiredlocation:"):] for t in cluster.tags if t.startswith("htools:desiredlocation:")]
+    return excl, loc, desired
+
+
+class _Interner:
+    """Numbers distinct tag strings as bits of a 64-bit mask."""
+
+    def __init__(self, what: str):
+        self.ids: dict[str, int] = {}
+        self.what = what
+
+    def mask(self, tags: list[str]) -> int:
+        bits = 0
+        for tag in tags:
+            if tag not in self.ids:
+                if len(self.ids) >= MAX_TAGS:
+                    raise ValueError(f"more than {MAX_TAGS} distinct {self.what} tags; "
+                                     "use fewer distinct values or shorter prefixes")
+                self.ids[tag] = len(self.ids)
+            bits |= 1 << self.ids[tag]
+        return bits
+
+
+def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_exclusion: list[str] = (),
+            offline: set[str] = frozenset(), ignore_dynu: bool = False, group_of_instances: bool = True) -> Spec:
+    """The flat arrays of a cluster; nodes named in `offline` are treated as offline."""
+    group_index = group_index or {g.uuid: k for k, g in enumerate(cluster.groups)}
+    excl, loc_prefixes, desired = _prefixes(cluster, list(extra_exclusion))
+    locs, excls = _Interner("location"), _Interner("exclusion")
+    spec = Spec(dynu=0.0 if ignore_dynu else 1.0)
+    spec.nodes = {name: [] for name in NODE_FIELDS}
+    spec.instances = {name: [] for name in INSTANCE_FIELDS}
+    primary_mem = {n.name: 0 for n in cluster.nodes}
+    for inst in cluster.instances:
+        if inst.status in MEMORY_STATUSES and not inst.forthcoming:
+            primary_mem[inst.pnode] += inst.mem
+    for node in cluster.nodes:
+        policy = cluster.policy_of(node.group)
+        # htools freezes the memory it cannot explain at load time (xMem); only positive values count.
+        missing = int(node.t_mem) - node.n_mem - primary_mem[node.name] - node.f_mem
+        values = dict(t_mem=float(node.t_mem), mem_base=int(node.t_mem) - node.n_mem - max(0, missing),
+                      f_mem=node.f_mem, t_dsk=float(node.t_dsk), f_dsk=node.f_dsk, t_cpu=float(node.t_cpu),
+                      cpu_speed=float(node.cpu_speed), node_cpus=node.node_cpus,
+                      hi_spindles=policy.spindle_ratio * node.spindles, vcpu_ratio=policy.vcpu_ratio, lo_dsk=0.0,
+                      offline=int(node.offline or node.name in offline), group=group_index[node.group],
+                      loc_mask=locs.mask([t for t in node.tags if any(t.startswith(p) for p in loc_prefixes)]))
+        for name in NODE_FIELDS:
+            spec.nodes[name].append(values[name])
+        spec.node_names.append(node.name)
+    index = {name: k for k, name in enumerate(spec.node_names)}
+    for inst in cluster.instances:
+        append_instance(spec, inst, index, excls, excl, desired, locs)
+    spec.n_tags = len(excls.ids)
+    spec.n_locations = len(locs.ids)
+    spec.excl_interner, spec.loc_interner = excls, locs  # kept for instances added later
+    spec.excl_prefixes, spec.desired_prefixes = excl, desired
+    return spec
+
+
+def append_instance(spec: Spec, inst, index: dict[str, int], excls=None, excl=None, desired=None, locs=None) -> int:
+    """Add one instance to the arrays (placed if it names nodes, else unplaced); returns its index."""
+    excls = excls or spec.excl_interner
+    locs = locs or spec.loc_interner
+    excl = spec.excl_prefixes if excl is None else excl
+    desired = spec.desired_prefixes if desired is None else desired
+    kind = template_kind(inst.template)
+    uses_mem = inst.status in MEMORY_STATUSES and not inst.forthcoming
+    offline = inst.status == "ADMIN_offline"
+    values = dict(
+        mem=inst.mem, dsk=inst.dsk if kind in (KIND_LOCAL, KIND_MIRRORED) else 0, vcpus=inst.vcpus,
+        spindle_use=inst.spindle_use if kind in (KIND_LOCAL, KIND_MIRRORED) else 0,
+        pnode=index[inst.pnode] if inst.pnode else -1, snode=index[inst.snode] if inst.snode else -1,
+        kind=kind, uses_mem=int(uses_mem), uses_cpu=int(not offline),
+        sec_mem=inst.mem if kind == KIND_MIRRORED and not offline and inst.auto_balance else 0,
+        movable=int(kind in (KIND_MIRRORED, KIND_SHARED) and inst.auto_balance),
+        excl_mask=excls.mask([t for t in inst.tags if any(t.startswith(p) for p in excl)]),
+        desired_mask=locs.mask([t for t in inst.tags if any(t.startswith(p) for p in desired)]))
+    for name in INSTANCE_FIELDS:
+        spec.instances[name].append(values[name])
+    spec.instance_names.append(inst.name)
+    spec.n_tags = len(excls.ids)
+    spec.n_locations = len(locs.ids)
+    return len(spec.instance_names) - 1
