@@ -37,6 +37,7 @@ _SEAL_BODY = struct.Struct(">QQQ32s")
 _BODY_FIXED = 8 + 32 + 32
 _MAX_BODY = 1 << 30
 _CHUNK = 1 << 22
+_sha256 = hashlib.sha256
 
 
 class RecordError(ValueError):
@@ -228,10 +229,14 @@ class RecordReader:
             self._fail("record body too short", position)
         record = Record(_SEQ.unpack_from(body)[0], body[8:40], body[40:72], body[72:])
         if self.verify_chain:
-            try:
-                check_link(self.head, record)
-            except RecordError as error:
-                raise RecordError(error.seq, error.reason, position) from None
+            head = self.head
+            # The fast path of check_link: body[:8] already holds seq in the hashed byte order.
+            linked = head is not None and record.seq == head.seq + 1 and record.prev_hash == head.hash
+            if not linked or _sha256(body[8:40] + body[:8] + body[72:]).digest() != record.hash:
+                try:
+                    check_link(head, record)
+                except RecordError as error:
+                    raise RecordError(error.seq, error.reason, position) from None
         self.head = record
         self.count += 1
         return record

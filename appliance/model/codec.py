@@ -38,11 +38,15 @@ class Envelope:
 
 def freeze(value: Any) -> Any:
     """Lists become tuples (recursively), so decoded events compare equal to built ones."""
-    if isinstance(value, list):
-        return tuple(freeze(v) for v in value)
-    if isinstance(value, dict):
-        return {k: freeze(v) for k, v in value.items()}
+    kind = type(value)
+    if kind is list:
+        return tuple([freeze(v) if type(v) in _CONTAINERS else v for v in value])
+    if kind is dict:
+        return {k: freeze(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
     return value
+
+
+_CONTAINERS = (list, dict)
 
 
 def envelope_dict(envelope: Envelope) -> dict[str, Any]:
@@ -91,11 +95,11 @@ def from_dict(raw: dict[str, Any], seq: int | None = None) -> Envelope:
         raise UndecodableEvent(f"{cls.__name__} payload is not a map", seq)
     if version < cls.VERSION:
         payload = events.upcast(cls, version, payload)
-    if payload.keys() != set(cls.FIELDS):
+    if payload.keys() != cls.FIELD_SET:
         raise UndecodableEvent(f"{cls.__name__} v{version} payload has fields {sorted(payload)}, "
                                f"expected {sorted(cls.FIELDS)}", seq)
     try:
-        event_value = cls(**{k: freeze(v) for k, v in payload.items()})
+        event_value = cls(**{k: freeze(v) if type(v) in _CONTAINERS else v for k, v in payload.items()})
     except TypeError as error:
         raise UndecodableEvent(f"{cls.__name__} payload does not fit ({error})", seq) from None
     event_id = raw["event_id"]

@@ -29,6 +29,7 @@ def event(type: int, version: int = 1, since_level: int = 1):
         cls.VERSION = version
         cls.SINCE_LEVEL = since_level
         cls.FIELDS = tuple(f.name for f in fields(cls))
+        cls.FIELD_SET = frozenset(cls.FIELDS)
         for old in range(1, version):
             if not hasattr(cls, f"upcast_v{old}_to_v{old + 1}"):
                 raise ValueError(f"{cls.__name__} v{version} lacks upcast_v{old}_to_v{old + 1}")

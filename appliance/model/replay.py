@@ -34,8 +34,7 @@ def apply(state: ClusterState, envelope: Envelope, seq: int | None = None) -> Cl
     seq = state.seq + 1 if seq is None else seq
     if envelope.event_id in state.recent_events:
         return state.evolve(seq=seq)
-    recent, _ = state.recent_events.push(envelope.event_id)
-    state = state.evolve(seq=seq, recent_events=recent)
+    state = state.evolve(seq=seq, recent_events=state.recent_events.push(envelope.event_id))
     return HANDLERS[type(envelope.event)](state, envelope.event, envelope, seq)
 
 
@@ -72,11 +71,7 @@ def _cluster_modified(state, e, envelope, seq):
     if state.cluster is None:
         return state
     known = {k: v for k, v in e.changes.items() if k in ClusterParams.__dataclass_fields__ and k != "tags"}
-    return state.evolve(cluster=state.cluster.__class__(**{**_fields(state.cluster), **known}))
-
-
-def _fields(value) -> dict:
-    return {name: getattr(value, name) for name in value.__dataclass_fields__}
+    return state.evolve(cluster=state.cluster.evolve(**known))
 
 
 @handles(ev.ModeSet)
@@ -99,13 +94,13 @@ def _tags(state, e, add: tuple, remove: tuple):
         if state.cluster is None:
             return state
         cluster = state.cluster
-        return state.evolve(cluster=ClusterParams(**{**_fields(cluster), "tags": _retag(cluster.tags, add, remove)}))
+        return state.evolve(cluster=cluster.evolve(tags=_retag(cluster.tags, add, remove)))
     collection = {"node": "nodes", "group": "groups", "instance": "instances"}.get(e.kind)
     mapping = getattr(state, collection) if collection else None
     if mapping is None or e.target not in mapping:
         return state
     target = mapping[e.target]
-    updated = type(target)(**{**_fields(target), "tags": _retag(target.tags, add, remove)})
+    updated = target.evolve(tags=_retag(target.tags, add, remove))
     return state.evolve(**{collection: mapping.set(e.target, updated)})
 
 
@@ -166,7 +161,7 @@ def _nodes_assigned(state, e, envelope, seq):
     nodes = state.nodes
     for node_id in e.nodes:
         if node_id in nodes:
-            nodes = nodes.set(node_id, Node(**{**_fields(nodes[node_id]), "group": e.group}))
+            nodes = nodes.set(node_id, nodes[node_id].evolve(group=e.group))
     return state.evolve(nodes=nodes)
 
 
@@ -198,7 +193,7 @@ def _node_modified(state, e, envelope, seq):
     if node is None:
         return state
     changes = {k: v for k, v in e.changes.items() if k in _NODE_FLAGS}
-    return state.evolve(nodes=state.nodes.set(e.node, Node(**{**_fields(node), **changes})))
+    return state.evolve(nodes=state.nodes.set(e.node, node.evolve(**changes)))
 
 
 @handles(ev.NodeCapacityDetected)
@@ -206,7 +201,7 @@ def _node_capacity(state, e, envelope, seq):
     node = state.nodes.get(e.node)
     if node is None:
         return state
-    updated = Node(**{**_fields(node), "memory_mib": e.memory_mib, "disk_mib": e.disk_mib, "cpus": e.cpus})
+    updated = node.evolve(memory_mib=e.memory_mib, disk_mib=e.disk_mib, cpus=e.cpus)
     return state.evolve(nodes=state.nodes.set(e.node, updated))
 
 
@@ -232,7 +227,7 @@ def _set_instance(state: ClusterState, instance_id: str, **changes) -> ClusterSt
     instance = state.instances.get(instance_id)
     if instance is None:
         return state
-    return state.evolve(instances=state.instances.set(instance_id, Instance(**{**_fields(instance), **changes})))
+    return state.evolve(instances=state.instances.set(instance_id, instance.evolve(**changes)))
 
 
 @handles(ev.InstanceAdded)
@@ -283,10 +278,8 @@ def _instance_modified(state, e, envelope, seq):
     old = state.instances.get(e.instance)
     if old is None:
         return state
-    new = Instance(**{**_fields(old),
-                      "memory_mib": old.memory_mib if e.memory_mib is None else e.memory_mib,
-                      "vcpus": old.vcpus if e.vcpus is None else e.vcpus,
-                      "hvparams": {**old.hvparams, **e.hvparams}})
+    new = old.evolve(memory_mib=old.memory_mib if e.memory_mib is None else e.memory_mib,
+                     vcpus=old.vcpus if e.vcpus is None else e.vcpus, hvparams={**old.hvparams, **e.hvparams})
     return _replace_instance(state, old, new)
 
 
@@ -295,7 +288,7 @@ def _instance_disk_added(state, e, envelope, seq):
     old = state.instances.get(e.instance)
     if old is None:
         return state
-    return _replace_instance(state, old, Instance(**{**_fields(old), "disks": old.disks + (Disk(e.size_mib),)}))
+    return _replace_instance(state, old, old.evolve(disks=old.disks + (Disk(e.size_mib),)))
 
 
 @handles(ev.InstanceDiskGrown)
@@ -304,7 +297,7 @@ def _instance_disk_grown(state, e, envelope, seq):
     if old is None or not 0 <= e.disk_index < len(old.disks):
         return state
     disks = old.disks[:e.disk_index] + (Disk(e.size_mib),) + old.disks[e.disk_index + 1:]
-    return _replace_instance(state, old, Instance(**{**_fields(old), "disks": disks}))
+    return _replace_instance(state, old, old.evolve(disks=disks))
 
 
 @handles(ev.InstanceNicAdded)
@@ -349,7 +342,7 @@ def _instance_migrated(state, e, envelope, seq):
     old = state.instances.get(e.instance)
     if old is None:
         return state
-    return _replace_instance(state, old, Instance(**{**_fields(old), "primary": e.primary, "secondary": e.secondary}))
+    return _replace_instance(state, old, old.evolve(primary=e.primary, secondary=e.secondary))
 
 
 @handles(ev.InstanceObservedRunning)
@@ -376,7 +369,7 @@ def _set_job(state: ClusterState, job_id: int, **changes) -> ClusterState:
     job = state.jobs.get(job_id)
     if job is None or job.status in JOB_FINISHED:
         return state
-    return state.evolve(jobs=state.jobs.set(job_id, Job(**{**_fields(job), **changes})))
+    return state.evolve(jobs=state.jobs.set(job_id, job.evolve(**changes)))
 
 
 def _finish_job(state: ClusterState, job_id: int, envelope: Envelope, **changes) -> ClusterState:

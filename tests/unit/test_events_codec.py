@@ -102,6 +102,7 @@ def test_old_versions_are_upcast_on_read(monkeypatch):
             return {**payload, "role": "read-only"}
 
     Renamed.TYPE, Renamed.VERSION, Renamed.FIELDS = 0x7FF0, 2, ("name", "role")
+    Renamed.FIELD_SET = frozenset(Renamed.FIELDS)
     monkeypatch.setitem(events.REGISTRY, 0x7FF0, Renamed)
     raw = {"event_id": bytes(16), "type": 0x7FF0, "version": 1, "payload": {"name": "eve"},
            "actor": "admin", "reason": "", "proposed_at": 0.0}

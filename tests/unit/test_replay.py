@@ -8,7 +8,7 @@ from appliance.demo import Demo
 from appliance.model import codec, events as ev, replay
 from appliance.model.codec import Envelope
 from appliance.model.state import (
-    DEDUP_WINDOW, ClusterState, Window, decode_checkpoint, encode_checkpoint, to_plain, usage_of, with_indexes,
+    DEDUP_GENERATION, ClusterState, RecentIds, Window, decode_checkpoint, encode_checkpoint, to_plain, usage_of, with_indexes,
 )
 from appliance.sandbox import Sandbox
 
@@ -101,15 +101,23 @@ def test_apply_tolerates_events_about_missing_entities():
         state = after
 
 
-def test_dedup_window_forgets_old_ids():
-    """An event id older than the window is applied again: the window is a fixed part of the format."""
+def test_dedup_window_forgets_ids_two_generations_back():
+    """An id is remembered for one to two generations of events: a fixed part of the format."""
+    recent = RecentIds(2)
+    for key in "abcde":
+        recent = recent.push(key)
+    assert "a" not in recent and "b" not in recent and all(k in recent for k in "cde")
+    assert RecentIds.rebuilt(2, *recent.plain()) == recent
+    assert DEDUP_GENERATION == 50_000
+
+
+def test_window_keeps_the_last_keys_in_order():
+    """The finished-jobs ring keeps the newest keys and says which one fell out."""
     window = Window(3)
     for key in "abcd":
-        window, _ = window.push(key)
-    assert "a" not in window and "d" in window
-    assert window.ordered() == ["b", "c", "d"]
+        window, evicted = window.push(key)
+    assert evicted == "a" and window.ordered() == ["b", "c", "d"]
     assert Window.rebuilt(3, window.count, window.ordered()) == window
-    assert DEDUP_WINDOW == 100_000
 
 
 def test_job_ids_follow_commit_order():
