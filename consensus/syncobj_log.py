@@ -87,7 +87,7 @@ class SyncObjSettings:
     # After a start, elections are held back until a leader is heard or this
     # long has passed since the first connection, so that a member that
     # replayed a long journal does not depose a healthy leader (P8, P9).
-    startup_grace_s: float = 1.2
+    startup_grace_s: float = 2.5
     tail_records: int = 50_000
 
     def __post_init__(self) -> None:
@@ -176,6 +176,7 @@ class SyncObjLog(EventLog):
         self._checkpoint: tuple[int, bytes] | None = self._load_checkpoint()
         self._last_leadership: tuple[str | None, int] | None = None
         self._grace_until: float | None = None
+        self._last_tick: float | None = None
         # Only a restart (an existing journal to replay) needs the election grace.
         self._heard_leader = not (self._data_dir / "raft.journal").exists()
         self._entries = _Entries(self._apply_batch)
@@ -203,6 +204,7 @@ class SyncObjLog(EventLog):
         self._closed = False
         self._gap_wakeup = trio.Event()
         self.history_error: str | None = None
+        self.history_copies = 0
 
     # -- tick thread -------------------------------------------------------------
 
@@ -258,15 +260,22 @@ class SyncObjLog(EventLog):
         self._hold_back_election()
 
     def _hold_back_election(self) -> None:
-        """Postpone this member's election deadline during the start-up grace (no pre-vote in pysyncobj)."""
-        if self._heard_leader or not self._voter:
+        """Postpone this member's election deadline where pysyncobj would campaign too eagerly (no pre-vote).
+
+        Two cases: during the start-up grace of a restarted member, until it has
+        heard a leader (it may still be replaying its journal or waiting for the
+        leader to reconnect); and right after the tick thread stalled (a long
+        apply), so that the heartbeats queued meanwhile are read before the
+        member decides the leader is gone (pitfalls P8 and P9).
+        """
+        if not self._voter:
             return
         now = pysyncobj_clock()
+        stalled = self._last_tick is not None and now - self._last_tick > self._settings.raft_min_timeout_s
+        self._last_tick = now
         if self._grace_until is None:
-            if not any(self._raft.isNodeConnected(n) for n in list(self._raft.otherNodes)):
-                return
             self._grace_until = now + self._settings.startup_grace_s
-        if now < self._grace_until:
+        if stalled or (not self._heard_leader and now < self._grace_until):
             deadline = now + self._settings.raft_min_timeout_s
             if self._raft._SyncObj__raftElectionDeadline < deadline:
                 self._raft._SyncObj__raftElectionDeadline = deadline
@@ -500,7 +509,8 @@ class SyncObjLog(EventLog):
         extra = {
             "raft_state": raw["state"], "has_quorum": self.has_quorum(), "commit_idx": raw["commit_idx"],
             "last_applied": raw["last_applied"], "log_len": raw["log_len"], "history_seq": self._history.head.seq,
-            "history_gap": self._history.gap, "history_error": self.history_error, "fsync": self._settings.fsync,
+            "history_gap": self._history.gap, "history_error": self.history_error,
+            "history_copies": self.history_copies, "fsync": self._settings.fsync,
             "in_flight": len(self._in_flight), "queued": len(self._queue),
             "readonly_nodes_count": raw.get("readonly_nodes_count", 0),
         }
@@ -603,6 +613,7 @@ class SyncObjLog(EventLog):
                 records = [record async for record in self._history_source(first, last)]
                 await trio.to_thread.run_sync(self._history.fill_gap, records)
                 log.info("copied history %d..%d from a peer", first, last)
+                self.history_copies += 1
                 self._wake()
             except Exception as error:
                 log.warning("could not copy history %d..%d yet (%s); retrying", first, last, error)

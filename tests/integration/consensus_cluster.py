@@ -22,6 +22,11 @@ from consensus.wire import read_secret
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def shifted_port(node: str, offset: int) -> int:
+    """The port PORT+offset of a node address HOST:PORT."""
+    return int(node.rpartition(":")[2]) + offset
+
+
 def free_base_ports(count: int) -> list[str]:
     """`count` node addresses whose three ports each are free right now."""
     from tests.contract.log_contract import free_node_address
