@@ -18,7 +18,8 @@ from appliance.model.state import (
     add_usage,
 )
 
-Handler = Callable[[ClusterState, object, Envelope, int], ClusterState]
+# A handler returns the next state, or (on hot paths) a dict of the state fields it changes.
+Handler = Callable[[ClusterState, object, Envelope, int], "ClusterState | dict"]
 HANDLERS: dict[type, Handler] = {}
 
 
@@ -32,10 +33,15 @@ def handles(cls: type):
 def apply(state: ClusterState, envelope: Envelope, seq: int | None = None) -> ClusterState:
     """The state after one committed event (at `seq`, default the next one)."""
     seq = state.seq + 1 if seq is None else seq
-    if envelope.event_id in state.recent_events:
+    recent = state.recent_events
+    event_id = envelope.event_id
+    if event_id in recent:
         return state.evolve(seq=seq)
-    state = state.evolve(seq=seq, recent_events=state.recent_events.push(envelope.event_id))
-    return HANDLERS[type(envelope.event)](state, envelope.event, envelope, seq)
+    result = HANDLERS[type(envelope.event)](state, envelope.event, envelope, seq)
+    # Hot handlers return only the fields they change, so the state is copied once per event.
+    if type(result) is dict:
+        return state.evolve(seq=seq, recent_events=recent.push(event_id), **result)
+    return result.evolve(seq=seq, recent_events=recent.push(event_id))
 
 
 def fold(records: Iterable, state: ClusterState | None = None) -> ClusterState:
@@ -70,7 +76,7 @@ def _cluster_initialized(state, e, envelope, seq):
 def _cluster_modified(state, e, envelope, seq):
     if state.cluster is None:
         return state
-    known = {k: v for k, v in e.changes.items() if k in ClusterParams.__dataclass_fields__ and k != "tags"}
+    known = {k: v for k, v in e.changes.items() if k in ClusterParams._index and k != "tags"}
     return state.evolve(cluster=state.cluster.evolve(**known))
 
 
@@ -216,10 +222,18 @@ def _account(state: ClusterState, instance: Instance, sign: int) -> ClusterState
     return state.evolve(usage=usage)
 
 
-def _replace_instance(state: ClusterState, old: Instance, new: Instance) -> ClusterState:
-    """Swap an instance for its new version, keeping usage right."""
-    state = _account(_account(state, old, -1), new, 1)
-    return state.evolve(instances=state.instances.set(new.id, new))
+def _replace_instance(state: ClusterState, old: Instance, new: Instance) -> dict:
+    """The changes that swap an instance for its new version, keeping usage right."""
+    usage = state.usage
+    for node_id in {old.primary, old.secondary, new.primary, new.secondary} - {""}:
+        current = usage.get(node_id, NodeUsage())
+        for instance, sign in ((old, -1), (new, 1)):
+            if node_id == instance.primary:
+                current = add_usage(current, instance, "primary", sign)
+            elif node_id == instance.secondary:
+                current = add_usage(current, instance, "secondary", sign)
+        usage = usage.set(node_id, current)
+    return {"usage": usage, "instances": state.instances.set(new.id, new)}
 
 
 def _set_instance(state: ClusterState, instance_id: str, **changes) -> ClusterState:
@@ -258,19 +272,27 @@ def _instance_removed(state, e, envelope, seq):
                         instance_names=state.instance_names.delete(instance.name), macs=macs)
 
 
+def _instance_changes(state: ClusterState, instance_id: str, **changes) -> dict:
+    """The changes to fields of an instance that do not affect usage (the hot path of replay)."""
+    instance = state.instances.get(instance_id)
+    if instance is None:
+        return {}
+    return {"instances": state.instances.set(instance_id, instance.evolve(**changes))}
+
+
 @handles(ev.InstanceStartupRequested)
 def _instance_startup(state, e, envelope, seq):
-    return _set_instance(state, e.instance, admin_state="up")
+    return _instance_changes(state, e.instance, admin_state="up")
 
 
 @handles(ev.InstanceShutdownRequested)
 def _instance_shutdown(state, e, envelope, seq):
-    return _set_instance(state, e.instance, admin_state="down")
+    return _instance_changes(state, e.instance, admin_state="down")
 
 
 @handles(ev.InstanceRebootRequested)
 def _instance_reboot(state, e, envelope, seq):
-    return _set_instance(state, e.instance, admin_state="up")
+    return _instance_changes(state, e.instance, admin_state="up")
 
 
 @handles(ev.InstanceModified)
@@ -347,12 +369,12 @@ def _instance_migrated(state, e, envelope, seq):
 
 @handles(ev.InstanceObservedRunning)
 def _instance_observed_running(state, e, envelope, seq):
-    return _set_instance(state, e.instance, observed_state="running", observed_node=e.node)
+    return _instance_changes(state, e.instance, observed_state="running", observed_node=e.node)
 
 
 @handles(ev.InstanceObservedStopped)
 def _instance_observed_stopped(state, e, envelope, seq):
-    return _set_instance(state, e.instance, observed_state="stopped", observed_node=e.node)
+    return _instance_changes(state, e.instance, observed_state="stopped", observed_node=e.node)
 
 
 # --- jobs ------------------------------------------------------------------
