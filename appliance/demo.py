@@ -123,7 +123,10 @@ class Demo:
     # --- jobs ---------------------------------------------------------------
 
     def _run(self, operation: str, actor: str | None = None, reason: str = "", **fields) -> bool:
-        """Run an operation if this build has it, sometimes as a job; a refusal is counted, not recorded."""
+        """Run an operation if this build has it, sometimes as a job; True when it committed events.
+
+        A refusal is counted, not recorded (except as a failed job).
+        """
         if operation not in registry.OPERATIONS:
             return False
         actor = actor or self.rng.choice(OPERATORS)
@@ -148,9 +151,9 @@ class Demo:
             for event in step.events:
                 self.box.commit(event, actor, reason)
         if as_job:
-            self.box.commit(ev.JobSucceeded(job_id, None), actor, "done")
+            self.box.commit(ev.JobSucceeded(job_id, plan.result), actor, "done")
         self._track(operation, fields)
-        return True
+        return bool(plan.steps)
 
     def _track(self, operation: str, fields: dict) -> None:
         """Keep the list of instance names that random picks draw from (the state's map is not indexable)."""
