@@ -9,7 +9,45 @@ HERE = Path(__file__).resolve().parent
 CDEF = """
 #define CAIRN_OK ...
 #define CAIRN_EINVAL ...
+#define CAIRN_NONE ...
+typedef struct {
+    long i_mem, all_mem, f_dsk, u_cpu, pcnt, scnt, inst_sp, r_mem, tags_v, loc_v;
+    long fail;
+} cairn_nstate;
+typedef struct {
+    int n_nodes, n_inst, cap_inst, n_tags, n_locs, n_groups;
+    double dynu;
+    double *t_mem, *t_dsk, *t_cpu, *cpu_speed, *hi_spindles, *vcpu_ratio, *lo_dsk;
+    long *mem_base, *f_mem, *f_dsk0, *node_cpus;
+    int *offline, *group;
+    uint64_t *loc_mask;
+    long *mem, *dsk, *vcpus, *spindle_use, *sec_mem;
+    int *kind, *uses_mem, *uses_cpu, *movable;
+    uint64_t *excl_mask, *desired_mask;
+    int *pnode, *snode;
+    cairn_nstate *state;
+    long *dsk_delta, *forth_base;
+    int *touched;
+    int *tagcnt;
+    int *loccnt;
+    int *sec_head, *pri_head;
+    int *sec_next, *pri_next;
+    long *acc_a, *acc_b, *acc_c, *acc_d;
+    double *vals;
+    long *loc_totals;         /* n_groups */
+    int initialised;
+} cairn_cluster;
 int cairn_stddev(const double *values, size_t n, double *out);
+int cairn_rebuild(cairn_cluster *c);
+int cairn_metrics(cairn_cluster *c, int group, double *metrics, double *score);
+int cairn_eval_move(cairn_cluster *c, int group, int inst, int kind, int target, int flags,
+                    int *status, double *score);
+int cairn_best_move(cairn_cluster *c, int group, int flags, int only,
+                    int *inst, int *kind, int *target, double *score);
+int cairn_apply_move(cairn_cluster *c, int inst, int kind, int target);
+int cairn_place(cairn_cluster *c, int inst, int pnode, int snode);
+int cairn_best_alloc(cairn_cluster *c, int group, int inst, int required, const unsigned char *mask,
+                     int flags, int *pnode, int *snode, double *score, long *fail_counts);
 """
 
 ffibuilder = FFI()
@@ -19,7 +57,7 @@ ffibuilder.set_source(
     '#include "cairn_fastpath.h"',
     sources=[str(HERE / "cairn_fastpath.c")],
     include_dirs=[str(HERE)],
-    extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
+    extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra"],
     libraries=["m"],
 )
 

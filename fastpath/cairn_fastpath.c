@@ -1,6 +1,35 @@
-/* Cairn's placement core: the numeric kernels behind fastpath.core. */
+/* Cairn's placement core: htools' cluster score, hbal's move search and hail's allocation search.
+ *
+ * Mirrors fastpath/pure.py function for function. The search scores candidates incrementally
+ * (only the two or three nodes a move touches change the sums) and re-scores exactly, with the
+ * two-pass formulas htools uses, every candidate that comes within a hair of the best, so the
+ * choice and its tie-breaking are those of the exact score.
+ */
 #include <math.h>
+#include <string.h>
 #include "cairn_fastpath.h"
+
+enum { FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE,
+       FAILOVER_TO_ANY };
+enum { NO_DISK_MOVES = 1, NO_INSTANCE_MOVES = 2, EVAC_MODE = 4, IGNORE_SOFT = 8 };
+enum { OK, FAIL_MEM, FAIL_DISK, FAIL_CPU, FAIL_N1, FAIL_TAGS };
+enum { KIND_NONE, KIND_LOCAL, KIND_MIRRORED, KIND_SHARED };
+
+static const double WEIGHTS[CAIRN_METRICS] = {0.5, 0.5, 1.0, 1.0, 4.0, 16.0, 0.5, 1.0, 1.0, 1.0, 1.0,
+                                             2.0, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 0.25};
+/* 0: stddev over online nodes, 1: sum over online, 2: sum over offline, 3: location map. */
+static const int AGG[CAIRN_METRICS] = {0, 0, 1, 0, 2, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 3, 1};
+
+#define MAX_TOUCH 4
+
+typedef struct {
+    int n;
+    int k[MAX_TOUCH];
+    cairn_nstate st[MAX_TOUCH];
+} touch_set;
+
+static int popcount64(uint64_t x) { return __builtin_popcountll(x); }
+static int ntags(const cairn_cluster *c) { return c->n_tags > 0 ? c->n_tags : 1; }
 
 int cairn_stddev(const double *values, size_t n, double *out)
 {
@@ -15,10 +44,784 @@ int cairn_stddev(const double *values, size_t n, double *out)
         sum += values[i];
     double mean = sum / (double)n;
     double acc = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = values[i] - mean;
-        acc += d * d;
-    }
+    for (size_t i = 0; i < n; i++)
+        acc += (values[i] - mean) * (values[i] - mean);
     *out = sqrt(acc / (double)n);
+    return CAIRN_OK;
+}
+
+/* ---- per-node values ------------------------------------------------------------------------ */
+
+static long u_mem(const cairn_cluster *c, int k, const cairn_nstate *st) { return c->mem_base[k] - st->i_mem; }
+
+static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, double *v)
+{
+    double t_mem = c->t_mem[k], t_dsk = c->t_dsk[k];
+    double p_dsk = t_dsk > 0 ? (double)st->f_dsk / t_dsk : 1.0;
+    double r = (double)st->r_mem / t_mem;
+    double cpu = (double)st->u_cpu / c->t_cpu[k] / c->cpu_speed[k];
+    double sp = (double)st->inst_sp / c->hi_spindles[k];
+    long both = st->pcnt + st->scnt;
+    double load = (double)st->pcnt * c->dynu;
+    v[0] = (double)u_mem(c, k, st) / t_mem;
+    v[1] = p_dsk;
+    v[2] = st->fail ? (double)both : 0.0;
+    v[3] = r;
+    v[4] = (double)both;
+    v[5] = (double)st->pcnt;
+    v[6] = cpu;
+    v[7] = load;
+    v[8] = load;
+    v[9] = (double)both * c->dynu;
+    v[10] = load;
+    v[11] = (double)st->tags_v;
+    v[12] = sp;
+    v[13] = (double)(c->forth_base[k] - st->all_mem) / t_mem;
+    v[14] = p_dsk;
+    v[15] = cpu;
+    v[16] = sp;
+    v[17] = (double)st->loc_v;
+    v[18] = 0.0;
+    v[19] = r;
+}
+
+/* Exact metrics over a group from c->vals, two-pass, in node order. */
+static void exact_metrics(const cairn_cluster *c, int group, long loc_delta, double *out)
+{
+    for (int m = 0; m < CAIRN_METRICS; m++) {
+        double total = 0.0;
+        int count = 0;
+        if (AGG[m] == 3) {
+            out[m] = (double)(c->loc_totals[group] + loc_delta);
+            continue;
+        }
+        for (int k = 0; k < c->n_nodes; k++) {
+            if (c->group[k] != group || (c->offline[k] != 0) != (AGG[m] == 2))
+                continue;
+            total += c->vals[k * CAIRN_METRICS + m];
+            count++;
+        }
+        if (AGG[m] != 0) {
+            out[m] = total;
+            continue;
+        }
+        if (count == 0) {
+            out[m] = 0.0;
+            continue;
+        }
+        double mean = total / count, acc = 0.0;
+        for (int k = 0; k < c->n_nodes; k++) {
+            if (c->group[k] != group || c->offline[k])
+                continue;
+            double d = c->vals[k * CAIRN_METRICS + m] - mean;
+            acc += d * d;
+        }
+        out[m] = sqrt(acc / count);
+    }
+}
+
+static double weighted(const double *metrics)
+{
+    double total = 0.0;
+    for (int m = 0; m < CAIRN_METRICS; m++)
+        total += WEIGHTS[m] * metrics[m];
+    return total;
+}
+
+/* The exact score with some nodes' states replaced: swap their values in, score, swap back. */
+static double exact_with(cairn_cluster *c, int group, const touch_set *t, long loc_delta)
+{
+    double saved[MAX_TOUCH][CAIRN_METRICS], metrics[CAIRN_METRICS];
+    for (int j = 0; j < t->n; j++) {
+        memcpy(saved[j], c->vals + t->k[j] * CAIRN_METRICS, sizeof saved[j]);
+        node_values(c, t->k[j], &t->st[j], c->vals + t->k[j] * CAIRN_METRICS);
+    }
+    exact_metrics(c, group, loc_delta, metrics);
+    for (int j = t->n - 1; j >= 0; j--)
+        memcpy(c->vals + t->k[j] * CAIRN_METRICS, saved[j], sizeof saved[j]);
+    return weighted(metrics);
+}
+
+/* ---- incremental statistics ------------------------------------------------------------------ */
+
+typedef struct {
+    int n_on;
+    double mean[CAIRN_METRICS], m2[CAIRN_METRICS], sum_on[CAIRN_METRICS], sum_off[CAIRN_METRICS];
+    long loc_total;
+} stats;
+
+static void stats_init(const cairn_cluster *c, int group, stats *s)
+{
+    memset(s, 0, sizeof *s);
+    for (int k = 0; k < c->n_nodes; k++) {
+        if (c->group[k] != group)
+            continue;
+        const double *v = c->vals + k * CAIRN_METRICS;
+        if (c->offline[k]) {
+            for (int m = 0; m < CAIRN_METRICS; m++)
+                s->sum_off[m] += v[m];
+            continue;
+        }
+        s->n_on++;
+        for (int m = 0; m < CAIRN_METRICS; m++)
+            s->sum_on[m] += v[m];
+    }
+    for (int m = 0; m < CAIRN_METRICS; m++)
+        s->mean[m] = s->n_on ? s->sum_on[m] / s->n_on : 0.0;
+    for (int k = 0; k < c->n_nodes; k++) {
+        if (c->group[k] != group || c->offline[k])
+            continue;
+        for (int m = 0; m < CAIRN_METRICS; m++) {
+            double d = c->vals[k * CAIRN_METRICS + m] - s->mean[m];
+            s->m2[m] += d * d;
+        }
+    }
+    s->loc_total = c->loc_totals[group];
+}
+
+static double approx_with(const cairn_cluster *c, const stats *s, const touch_set *t, long loc_delta)
+{
+    double dsum[CAIRN_METRICS] = {0}, dsq[CAIRN_METRICS] = {0}, doff[CAIRN_METRICS] = {0};
+    double nv[CAIRN_METRICS];
+    for (int j = 0; j < t->n; j++) {
+        int k = t->k[j];
+        const double *ov = c->vals + k * CAIRN_METRICS;
+        node_values(c, k, &t->st[j], nv);
+        for (int m = 0; m < CAIRN_METRICS; m++) {
+            if (c->offline[k]) {
+                doff[m] += nv[m] - ov[m];
+                continue;
+            }
+            double x = ov[m] - s->mean[m], y = nv[m] - s->mean[m];
+            dsum[m] += nv[m] - ov[m];
+            dsq[m] += y * y - x * x;
+        }
+    }
+    double total = 0.0;
+    for (int m = 0; m < CAIRN_METRICS; m++) {
+        double value;
+        if (AGG[m] == 0) {
+            if (s->n_on == 0) {
+                value = 0.0;
+            } else {
+                double shift = dsum[m] / s->n_on;
+                double m2 = s->m2[m] + dsq[m] - s->n_on * shift * shift;
+                value = m2 > 0 ? sqrt(m2 / s->n_on) : 0.0;
+            }
+        } else if (AGG[m] == 1) {
+            value = s->sum_on[m] + dsum[m];
+        } else if (AGG[m] == 2) {
+            value = s->sum_off[m] + doff[m];
+        } else {
+            value = (double)(s->loc_total + loc_delta);
+        }
+        total += WEIGHTS[m] * value;
+    }
+    return total;
+}
+
+/* ---- state: tags, peers, location ---------------------------------------------------------- */
+
+static long tag_count_at_least(const cairn_cluster *c, int k, int i, int floor)
+{
+    long count = 0;
+    uint64_t bits = c->excl_mask[i];
+    while (bits) {
+        int t = __builtin_ctzll(bits);
+        bits &= bits - 1;
+        if (c->tagcnt[k * ntags(c) + t] >= floor)
+            count++;
+    }
+    return count;
+}
+
+static void tag_change(cairn_cluster *c, int k, int i, int delta)
+{
+    uint64_t bits = c->excl_mask[i];
+    while (bits) {
+        int t = __builtin_ctzll(bits);
+        bits &= bits - 1;
+        c->tagcnt[k * ntags(c) + t] += delta;
+    }
+}
+
+static long loc_contrib(const cairn_cluster *c, int i, int p, int s)
+{
+    uint64_t lp = c->loc_mask[p];
+    long shared = s >= 0 ? popcount64(lp & c->loc_mask[s]) : 0;
+    return shared + popcount64(c->desired_mask[i] & ~lp);
+}
+
+/* Change of the location-exclusion map value when instance i's primary goes from a to b (a may be -1). */
+static int pass_node(int a, int b) { return a >= 0 ? a : b; }
+
+static int *loc_slot(const cairn_cluster *c, int k, int l, int t)
+{
+    return &c->loccnt[((size_t)c->group[k] * 64 + (size_t)l) * (size_t)ntags(c) + (size_t)t];
+}
+
+/* The map is merged over the online nodes of one group: offline nodes hold no keys. */
+static uint64_t counted_locs(const cairn_cluster *c, int k)
+{
+    return k >= 0 && !c->offline[k] ? c->loc_mask[k] : 0;
+}
+
+static long loc_delta(const cairn_cluster *c, int i, int a, int b)
+{
+    if (a == b || c->excl_mask[i] == 0)
+        return 0;
+    uint64_t la = counted_locs(c, a), lb = counted_locs(c, b);
+    int k = pass_node(a, b);
+    long delta = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t locs = pass == 0 ? la & ~lb : lb & ~la;
+        while (locs) {
+            int l = __builtin_ctzll(locs);
+            locs &= locs - 1;
+            uint64_t bits = c->excl_mask[i];
+            while (bits) {
+                int t = __builtin_ctzll(bits);
+                bits &= bits - 1;
+                int cnt = *loc_slot(c, pass == 0 ? a : b, l, t);
+                (void)k;
+                if (pass == 0 && cnt >= 2)
+                    delta--;
+                if (pass == 1 && cnt >= 1)
+                    delta++;
+            }
+        }
+    }
+    return delta;
+}
+
+static void loccnt_change(cairn_cluster *c, int i, int p, int sign)
+{
+    uint64_t locs = counted_locs(c, p);
+    while (locs) {
+        int l = __builtin_ctzll(locs);
+        locs &= locs - 1;
+        uint64_t bits = c->excl_mask[i];
+        while (bits) {
+            int t = __builtin_ctzll(bits);
+            bits &= bits - 1;
+            int *cnt = loc_slot(c, p, l, t);
+            if (sign > 0 && *cnt >= 1)
+                c->loc_totals[c->group[p]]++;
+            if (sign < 0 && *cnt >= 2)
+                c->loc_totals[c->group[p]]--;
+            *cnt += sign;
+        }
+    }
+}
+
+/* Node k's reserved memory after adding d1 to peer p1's entry and d2 to p2's (p < 0: none). */
+static long rmem_with(cairn_cluster *c, int k, int p1, long d1, int p2, long d2)
+{
+    long *acc = c->acc_a, best = 0;
+    for (int j = c->sec_head[k]; j >= 0; j = c->sec_next[j])
+        acc[c->pnode[j]] += c->sec_mem[j];
+    if (p1 >= 0)
+        acc[p1] += d1;
+    if (p2 >= 0)
+        acc[p2] += d2;
+    for (int j = c->sec_head[k]; j >= 0; j = c->sec_next[j])
+        if (acc[c->pnode[j]] > best)
+            best = acc[c->pnode[j]];
+    if (p1 >= 0 && acc[p1] > best)
+        best = acc[p1];
+    if (p2 >= 0 && acc[p2] > best)
+        best = acc[p2];
+    for (int j = c->sec_head[k]; j >= 0; j = c->sec_next[j])
+        acc[c->pnode[j]] = 0;
+    if (p1 >= 0)
+        acc[p1] = 0;
+    if (p2 >= 0)
+        acc[p2] = 0;
+    return best;
+}
+
+/* ---- checked additions and removals (hbal's Node.addPri / addSec / remove*) ---------------- */
+
+static void st_remove(cairn_cluster *c, int k, const cairn_nstate *in, int i, int role, int peer,
+                      cairn_nstate *out)
+{
+    *out = *in;
+    if (role == 1) {
+        out->i_mem -= c->mem[i] * c->uses_mem[i];
+        out->all_mem -= c->mem[i];
+        out->f_dsk += c->dsk[i];
+        out->u_cpu -= c->vcpus[i] * c->uses_cpu[i];
+        out->pcnt--;
+        out->inst_sp -= c->spindle_use[i];
+        out->tags_v -= tag_count_at_least(c, k, i, 2);
+    } else {
+        out->f_dsk += c->dsk[i];
+        out->scnt--;
+        out->inst_sp -= c->spindle_use[i];
+        out->r_mem = rmem_with(c, k, peer, -c->sec_mem[i], -1, 0);
+    }
+    out->fail = u_mem(c, k, out) <= out->r_mem;
+}
+
+static int st_add_pri(cairn_cluster *c, int k, const cairn_nstate *in, int i, int force, cairn_nstate *out)
+{
+    long clash = tag_count_at_least(c, k, i, 1);
+    int local = c->kind[i] == KIND_LOCAL || c->kind[i] == KIND_MIRRORED;
+    *out = *in;
+    out->i_mem += c->mem[i] * c->uses_mem[i];
+    out->all_mem += c->mem[i];
+    out->f_dsk -= c->dsk[i];
+    out->u_cpu += c->vcpus[i] * c->uses_cpu[i];
+    out->pcnt++;
+    out->inst_sp += c->spindle_use[i];
+    long um = u_mem(c, k, out);
+    long new_fail = um <= out->r_mem;
+    if (um <= 0)
+        return FAIL_MEM;
+    if (local && out->f_dsk <= 0)
+        return FAIL_DISK;
+    if (!force) {
+        if (local && ((double)out->f_dsk < c->lo_dsk[k] || (double)out->inst_sp > c->hi_spindles[k]))
+            return FAIL_DISK;
+        if (new_fail && !in->fail)
+            return FAIL_MEM;
+        if ((double)out->u_cpu / c->t_cpu[k] > c->vcpu_ratio[k])
+            return FAIL_CPU;
+        if (clash > 0)
+            return FAIL_TAGS;
+        if (c->forth_base[k] - out->all_mem <= 0)
+            return FAIL_MEM;
+    }
+    out->fail = new_fail;
+    out->tags_v += clash;
+    return OK;
+}
+
+static int st_add_sec(cairn_cluster *c, int k, const cairn_nstate *in, int i, int force, long r_mem,
+                      int ignore_disks, cairn_nstate *out)
+{
+    *out = *in;
+    if (c->kind[i] != KIND_MIRRORED)
+        return FAIL_DISK;
+    out->f_dsk -= c->dsk[i];
+    out->scnt++;
+    out->inst_sp += c->spindle_use[i];
+    long um = u_mem(c, k, out);
+    long new_fail = um <= r_mem;
+    long needed = c->sec_mem[i];
+    if (!ignore_disks && out->f_dsk <= 0)
+        return FAIL_DISK;
+    if (!force) {
+        if ((double)out->f_dsk < c->lo_dsk[k] || (double)out->inst_sp > c->hi_spindles[k])
+            return FAIL_DISK;
+        if (needed >= um)
+            return FAIL_MEM;
+        if (new_fail && !in->fail)
+            return FAIL_MEM;
+        if (needed >= c->forth_base[k] - out->all_mem)
+            return FAIL_MEM;
+    }
+    out->r_mem = r_mem;
+    out->fail = new_fail;
+    return OK;
+}
+
+static cairn_nstate *touch(touch_set *t, int k)
+{
+    for (int j = 0; j < t->n; j++)
+        if (t->k[j] == k)
+            return &t->st[j];
+    t->k[t->n] = k;
+    return &t->st[t->n++];
+}
+
+static const cairn_nstate *current(cairn_cluster *c, touch_set *t, int k)
+{
+    for (int j = 0; j < t->n; j++)
+        if (t->k[j] == k)
+            return &t->st[j];
+    return &c->state[k];
+}
+
+static void new_nodes(int kind, int op, int os, int target, int *np, int *ns)
+{
+    switch (kind) {
+    case FAILOVER: *np = os; *ns = op; break;
+    case REPLACE_SECONDARY: *np = op; *ns = target; break;
+    case REPLACE_AND_FAILOVER: *np = target; *ns = op; break;
+    case REPLACE_PRIMARY: *np = target; *ns = os; break;
+    case FAILOVER_AND_REPLACE: *np = os; *ns = target; break;
+    default: *np = target; *ns = -1; break;
+    }
+}
+
+static void move_location(cairn_cluster *c, touch_set *t, int i, int op, int os, int np, int ns)
+{
+    long old_c = loc_contrib(c, i, op, os), new_c = loc_contrib(c, i, np, ns);
+    if (!old_c && !new_c)
+        return;
+    cairn_nstate tmp = *current(c, t, op);
+    tmp.loc_v -= old_c;
+    *touch(t, op) = tmp;
+    tmp = *current(c, t, np);
+    tmp.loc_v += new_c;
+    *touch(t, np) = tmp;
+}
+
+/* The states of the nodes a move touches, following hbal's sequence and force flags per kind. */
+static int move_states(cairn_cluster *c, int i, int kind, int target, int flags, touch_set *t, long *ldelta)
+{
+    int op = c->pnode[i], os = c->snode[i], np, ns, status = OK;
+    int soft = (flags & IGNORE_SOFT) != 0;
+    int force_p = soft || c->offline[op];
+    int force_s = soft || (os >= 0 && c->offline[os]);
+    long sec = c->sec_mem[i];
+    cairn_nstate int_p, int_s, tmp;
+    t->n = 0;
+    *ldelta = 0;
+    new_nodes(kind, op, os, target, &np, &ns);
+    switch (kind) {
+    case FAILOVER:
+        st_remove(c, op, &c->state[op], i, 1, -1, &int_p);
+        st_remove(c, os, &c->state[os], i, 2, op, &int_s);
+        status = st_add_pri(c, os, &int_s, i, force_p, touch(t, os));
+        if (status == OK)
+            status = st_add_sec(c, op, &int_p, i, force_p, rmem_with(c, op, os, sec, -1, 0), c->offline[op],
+                                touch(t, op));
+        break;
+    case FAILOVER_TO_ANY:
+        status = st_add_pri(c, target, &c->state[target], i, force_p, touch(t, target));
+        st_remove(c, op, &c->state[op], i, 1, -1, touch(t, op));
+        break;
+    case REPLACE_SECONDARY:
+        status = st_add_sec(c, target, &c->state[target], i, force_s, rmem_with(c, target, op, sec, -1, 0), 0,
+                            touch(t, target));
+        st_remove(c, os, &c->state[os], i, 2, op, touch(t, os));
+        break;
+    case REPLACE_PRIMARY:
+        st_remove(c, op, &c->state[op], i, 1, -1, touch(t, op));
+        st_remove(c, os, &c->state[os], i, 2, op, &int_s);
+        /* hbal first checks that the secondary could host the instance during the migration. */
+        status = st_add_pri(c, os, &int_s, i, force_p, &tmp);
+        if (status == OK)
+            status = st_add_pri(c, target, &c->state[target], i, force_p, touch(t, target));
+        if (status == OK)
+            status = st_add_sec(c, os, &int_s, i, force_p, rmem_with(c, os, op, -sec, target, sec), 0,
+                                touch(t, os));
+        break;
+    case REPLACE_AND_FAILOVER:
+        st_remove(c, op, &c->state[op], i, 1, -1, &int_p);
+        st_remove(c, os, &c->state[os], i, 2, op, touch(t, os));
+        status = st_add_pri(c, target, &c->state[target], i, soft, touch(t, target));
+        if (status == OK)
+            status = st_add_sec(c, op, &int_p, i, force_s, rmem_with(c, op, target, sec, -1, 0), 0,
+                                touch(t, op));
+        break;
+    default:
+        st_remove(c, op, &c->state[op], i, 1, -1, touch(t, op));
+        st_remove(c, os, &c->state[os], i, 2, op, &int_s);
+        status = st_add_pri(c, os, &int_s, i, force_p, touch(t, os));
+        if (status == OK)
+            status = st_add_sec(c, target, &c->state[target], i, force_p, rmem_with(c, target, os, sec, -1, 0),
+                                0, touch(t, target));
+        break;
+    }
+    if (status != OK)
+        return status;
+    move_location(c, t, i, op, os, np, ns);
+    *ldelta = loc_delta(c, i, op, np);
+    return OK;
+}
+
+/* ---- rebuild from placement ---------------------------------------------------------------- */
+
+static void add_instance_state(cairn_cluster *c, int i)
+{
+    int p = c->pnode[i], s = c->snode[i];
+    cairn_nstate *st = &c->state[p];
+    st->i_mem += c->mem[i] * c->uses_mem[i];
+    st->all_mem += c->mem[i];
+    st->u_cpu += c->vcpus[i] * c->uses_cpu[i];
+    st->pcnt++;
+    st->inst_sp += c->spindle_use[i];
+    st->tags_v += tag_count_at_least(c, p, i, 1);
+    tag_change(c, p, i, 1);
+    st->loc_v += loc_contrib(c, i, p, s);
+    loccnt_change(c, i, p, 1);
+    c->pri_next[i] = c->pri_head[p];
+    c->pri_head[p] = i;
+    if (s >= 0) {
+        c->state[s].scnt++;
+        c->state[s].inst_sp += c->spindle_use[i];
+        c->sec_next[i] = c->sec_head[s];
+        c->sec_head[s] = i;
+    }
+}
+
+int cairn_rebuild(cairn_cluster *c)
+{
+    if (c == NULL || c->n_nodes < 0 || c->n_inst > c->cap_inst || c->n_tags > 64 || c->n_groups < 1)
+        return CAIRN_EINVAL;
+    for (int k = 0; k < c->n_nodes; k++)
+        if (c->group[k] < 0 || c->group[k] >= c->n_groups)
+            return CAIRN_EINVAL;
+    memset(c->state, 0, sizeof(cairn_nstate) * (size_t)c->n_nodes);
+    memset(c->tagcnt, 0, sizeof(int) * (size_t)c->n_nodes * (size_t)ntags(c));
+    memset(c->loccnt, 0, sizeof(int) * (size_t)c->n_groups * 64 * (size_t)ntags(c));
+    memset(c->loc_totals, 0, sizeof(long) * (size_t)c->n_groups);
+    for (int k = 0; k < c->n_nodes; k++) {
+        c->state[k].f_dsk = c->f_dsk0[k] + c->dsk_delta[k];
+        c->state[k].u_cpu = c->node_cpus[k];
+        c->sec_head[k] = c->pri_head[k] = -1;
+    }
+    for (int i = 0; i < c->n_inst; i++) {
+        if (c->pnode[i] >= c->n_nodes || c->snode[i] >= c->n_nodes)
+            return CAIRN_EINVAL;
+        if (c->pnode[i] >= 0)
+            add_instance_state(c, i);
+    }
+    for (int k = 0; k < c->n_nodes; k++) {
+        cairn_nstate *st = &c->state[k];
+        st->r_mem = rmem_with(c, k, -1, 0, -1, 0);
+        st->fail = c->touched[k] ? u_mem(c, k, st) <= st->r_mem : c->f_mem[k] < st->r_mem;
+        if (!c->initialised)
+            c->forth_base[k] = c->f_mem[k] + st->i_mem;
+    }
+    c->initialised = 1;
+    for (int k = 0; k < c->n_nodes; k++)
+        node_values(c, k, &c->state[k], c->vals + k * CAIRN_METRICS);
+    return CAIRN_OK;
+}
+
+int cairn_metrics(cairn_cluster *c, int group, double *metrics, double *score)
+{
+    if (c == NULL || metrics == NULL || score == NULL)
+        return CAIRN_EINVAL;
+    exact_metrics(c, group, 0, metrics);
+    *score = weighted(metrics);
+    return CAIRN_OK;
+}
+
+int cairn_eval_move(cairn_cluster *c, int group, int inst, int kind, int target, int flags,
+                    int *status, double *score)
+{
+    touch_set t;
+    long ld;
+    if (c == NULL || inst < 0 || inst >= c->n_inst || c->pnode[inst] < 0 || kind < 0 || kind > 5)
+        return CAIRN_EINVAL;
+    if (kind != FAILOVER && (target < 0 || target >= c->n_nodes))
+        return CAIRN_EINVAL;
+    if ((kind == FAILOVER || (kind >= REPLACE_SECONDARY && kind <= FAILOVER_AND_REPLACE)) && c->snode[inst] < 0)
+        return CAIRN_EINVAL;
+    *status = move_states(c, inst, kind, target, flags, &t, &ld);
+    *score = *status == OK ? exact_with(c, group, &t, ld) : 0.0;
+    return CAIRN_OK;
+}
+
+static int movable(const cairn_cluster *c, int i, int group, int flags)
+{
+    int op = c->pnode[i], os = c->snode[i];
+    if (op < 0 || !c->movable[i] || c->group[op] != group)
+        return 0;
+    if (os >= 0 && c->group[os] != group)
+        return 0;
+    if (flags & EVAC_MODE)
+        return c->offline[op] || (os >= 0 && c->offline[os]);
+    return 1;
+}
+
+typedef struct {
+    double best;
+    int found, inst, kind, target;
+    stats st;
+} search;
+
+static void consider(cairn_cluster *c, int group, search *s, int i, int kind, int target, int flags)
+{
+    touch_set t;
+    long ld;
+    if (move_states(c, i, kind, target, flags, &t, &ld) != OK)
+        return;
+    double approx = approx_with(c, &s->st, &t, ld);
+    if (approx > s->best + 1e-8 * (1.0 + fabs(s->best)))
+        return;
+    double exact = exact_with(c, group, &t, ld);
+    if (exact < s->best) {
+        s->best = exact;
+        s->found = 1;
+        s->inst = i;
+        s->kind = kind;
+        s->target = target;
+    }
+}
+
+static void instance_moves(cairn_cluster *c, int group, search *s, int i, int flags)
+{
+    int op = c->pnode[i], os = c->snode[i];
+    if (c->kind[i] == KIND_MIRRORED) {
+        int sec_offline = c->offline[os];
+        if (!(flags & NO_INSTANCE_MOVES) && !sec_offline)
+            consider(c, group, s, i, FAILOVER, -1, flags);
+        if (flags & NO_DISK_MOVES)
+            return;
+        for (int t = 0; t < c->n_nodes; t++) {
+            if (c->group[t] != group || c->offline[t] || t == op || t == os)
+                continue;
+            consider(c, group, s, i, REPLACE_SECONDARY, t, flags);
+            if (flags & NO_INSTANCE_MOVES)
+                continue;
+            consider(c, group, s, i, REPLACE_AND_FAILOVER, t, flags);
+            if (sec_offline)
+                continue;
+            consider(c, group, s, i, REPLACE_PRIMARY, t, flags);
+            consider(c, group, s, i, FAILOVER_AND_REPLACE, t, flags);
+        }
+    } else if (c->kind[i] == KIND_SHARED && !(flags & NO_INSTANCE_MOVES)) {
+        for (int t = 0; t < c->n_nodes; t++)
+            if (c->group[t] == group && !c->offline[t] && t != op)
+                consider(c, group, s, i, FAILOVER_TO_ANY, t, flags);
+    }
+}
+
+int cairn_best_move(cairn_cluster *c, int group, int flags, int only,
+                    int *inst, int *kind, int *target, double *score)
+{
+    search s;
+    double metrics[CAIRN_METRICS];
+    if (c == NULL || inst == NULL || kind == NULL || target == NULL || score == NULL || only >= c->n_inst)
+        return CAIRN_EINVAL;
+    stats_init(c, group, &s.st);
+    exact_metrics(c, group, 0, metrics);
+    s.best = weighted(metrics);
+    s.found = 0;
+    for (int i = only < 0 ? 0 : only; i < (only < 0 ? c->n_inst : only + 1); i++)
+        if (movable(c, i, group, flags))
+            instance_moves(c, group, &s, i, flags);
+    if (!s.found)
+        return CAIRN_NONE;
+    *inst = s.inst;
+    *kind = s.kind;
+    *target = s.target;
+    *score = s.best;
+    return CAIRN_OK;
+}
+
+/* Record which nodes changed and how their free disk moved, then set the placement and rebuild. */
+static int relocate(cairn_cluster *c, int i, int np, int ns)
+{
+    int op = c->pnode[i], os = c->snode[i];
+    int nodes[4] = {op, os, np, ns};
+    for (int j = 0; j < 4; j++) {
+        int k = nodes[j], dup = 0;
+        for (int q = 0; q < j; q++)
+            dup |= nodes[q] == k;
+        if (k < 0 || dup)
+            continue;
+        c->touched[k] = 1;
+        c->dsk_delta[k] += c->dsk[i] * ((k == op || k == os) - (k == np || k == ns));
+    }
+    c->pnode[i] = np;
+    c->snode[i] = ns;
+    return cairn_rebuild(c);
+}
+
+int cairn_apply_move(cairn_cluster *c, int inst, int kind, int target)
+{
+    int np, ns;
+    if (c == NULL || inst < 0 || inst >= c->n_inst || c->pnode[inst] < 0 || kind < 0 || kind > 5)
+        return CAIRN_EINVAL;
+    new_nodes(kind, c->pnode[inst], c->snode[inst], target, &np, &ns);
+    if (np < 0 || np >= c->n_nodes || ns >= c->n_nodes)
+        return CAIRN_EINVAL;
+    return relocate(c, inst, np, ns);
+}
+
+int cairn_place(cairn_cluster *c, int inst, int pnode, int snode)
+{
+    if (c == NULL || inst < 0 || inst >= c->n_inst || pnode >= c->n_nodes || snode >= c->n_nodes)
+        return CAIRN_EINVAL;
+    if (pnode < 0 && snode >= 0)
+        return CAIRN_EINVAL;
+    return relocate(c, inst, pnode, snode);
+}
+
+/* ---- allocation ------------------------------------------------------------------------------- */
+
+static int alloc_ok(const cairn_cluster *c, int k, int group, const unsigned char *mask)
+{
+    return c->group[k] == group && !c->offline[k] && (mask == NULL || mask[k]);
+}
+
+int cairn_best_alloc(cairn_cluster *c, int group, int inst, int required, const unsigned char *mask,
+                     int flags, int *pnode, int *snode, double *score, long *fail_counts)
+{
+    search s;
+    double metrics[CAIRN_METRICS];
+    int force = (flags & IGNORE_SOFT) != 0;
+    if (c == NULL || inst < 0 || inst >= c->n_inst || c->pnode[inst] >= 0 || required < 1 || required > 2)
+        return CAIRN_EINVAL;
+    stats_init(c, group, &s.st);
+    exact_metrics(c, group, 0, metrics);
+    s.best = INFINITY;
+    s.found = 0;
+    long sec = c->sec_mem[inst];
+    for (int p = 0; p < c->n_nodes; p++) {
+        touch_set t;
+        if (!alloc_ok(c, p, group, mask))
+            continue;
+        t.n = 0;
+        int status = st_add_pri(c, p, &c->state[p], inst, force, touch(&t, p));
+        t.st[0].loc_v += loc_contrib(c, inst, p, -1);
+        long ld = loc_delta(c, inst, -1, p);
+        if (required == 1) {
+            if (status != OK) {
+                fail_counts[status]++;
+                continue;
+            }
+            double approx = approx_with(c, &s.st, &t, ld);
+            if (s.found && approx > s.best + 1e-8 * (1.0 + fabs(s.best)))
+                continue;
+            double exact = exact_with(c, group, &t, ld);
+            if (!s.found || exact < s.best) {
+                s.best = exact, s.found = 1, s.inst = p, s.target = -1;
+            }
+            continue;
+        }
+        /* Peer entries for primary p on every node, from p's primaries. */
+        for (int j = c->pri_head[p]; j >= 0; j = c->pri_next[j])
+            if (c->snode[j] >= 0)
+                c->acc_b[c->snode[j]] += c->sec_mem[j];
+        for (int q = 0; q < c->n_nodes; q++) {
+            if (q == p || !alloc_ok(c, q, group, mask))
+                continue;
+            if (status != OK) {
+                fail_counts[status]++;
+                continue;
+            }
+            long r = c->acc_b[q] + sec > c->state[q].r_mem ? c->acc_b[q] + sec : c->state[q].r_mem;
+            t.n = 1;
+            int st2 = st_add_sec(c, q, &c->state[q], inst, force, r, 0, touch(&t, q));
+            if (st2 != OK) {
+                fail_counts[st2]++;
+                continue;
+            }
+            t.st[0].loc_v = c->state[p].loc_v + loc_contrib(c, inst, p, q);
+            double approx = approx_with(c, &s.st, &t, ld);
+            if (s.found && approx > s.best + 1e-8 * (1.0 + fabs(s.best)))
+                continue;
+            double exact = exact_with(c, group, &t, ld);
+            if (!s.found || exact < s.best) {
+                s.best = exact, s.found = 1, s.inst = p, s.target = q;
+            }
+        }
+        for (int j = c->pri_head[p]; j >= 0; j = c->pri_next[j])
+            if (c->snode[j] >= 0)
+                c->acc_b[c->snode[j]] = 0;
+    }
+    if (!s.found)
+        return CAIRN_NONE;
+    *pnode = s.inst;
+    *snode = s.target;
+    *score = s.best;
     return CAIRN_OK;
 }

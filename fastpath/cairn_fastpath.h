@@ -2,11 +2,58 @@
 #ifndef CAIRN_FASTPATH_H
 #define CAIRN_FASTPATH_H
 #include <stddef.h>
+#include <stdint.h>
 
 #define CAIRN_OK 0
 #define CAIRN_EINVAL 1
+#define CAIRN_NONE 2
 
-/* Population standard deviation of n values (Ganeti's htools use it for every metric). */
+#define CAIRN_METRICS 20
+
+/* Derived per-node state; the engine recomputes it from the instance placement. */
+typedef struct {
+    long i_mem, all_mem, f_dsk, u_cpu, pcnt, scnt, inst_sp, r_mem, tags_v, loc_v;
+    long fail;
+} cairn_nstate;
+
+/* One cluster: inputs (node and instance arrays) and caller-allocated state and scratch. */
+typedef struct {
+    int n_nodes, n_inst, cap_inst, n_tags, n_locs, n_groups;
+    double dynu;
+    /* nodes */
+    double *t_mem, *t_dsk, *t_cpu, *cpu_speed, *hi_spindles, *vcpu_ratio, *lo_dsk;
+    long *mem_base, *f_mem, *f_dsk0, *node_cpus;
+    int *offline, *group;
+    uint64_t *loc_mask;
+    /* instances, cap_inst long */
+    long *mem, *dsk, *vcpus, *spindle_use, *sec_mem;
+    int *kind, *uses_mem, *uses_cpu, *movable;
+    uint64_t *excl_mask, *desired_mask;
+    int *pnode, *snode;
+    /* state and scratch: n_nodes long unless noted */
+    cairn_nstate *state;
+    long *dsk_delta, *forth_base;
+    int *touched;
+    int *tagcnt;              /* n_nodes * max(1, n_tags) */
+    int *loccnt;              /* n_groups * 64 * max(1, n_tags) */
+    int *sec_head, *pri_head; /* per node, -1 terminated lists through: */
+    int *sec_next, *pri_next; /* cap_inst */
+    long *acc_a, *acc_b, *acc_c, *acc_d; /* zeroed scratch */
+    double *vals;             /* n_nodes * 20 */
+    long *loc_totals;         /* n_groups */
+    int initialised;
+} cairn_cluster;
+
 int cairn_stddev(const double *values, size_t n, double *out);
+int cairn_rebuild(cairn_cluster *c);
+int cairn_metrics(cairn_cluster *c, int group, double *metrics, double *score);
+int cairn_eval_move(cairn_cluster *c, int group, int inst, int kind, int target, int flags,
+                    int *status, double *score);
+int cairn_best_move(cairn_cluster *c, int group, int flags, int only,
+                    int *inst, int *kind, int *target, double *score);
+int cairn_apply_move(cairn_cluster *c, int inst, int kind, int target);
+int cairn_place(cairn_cluster *c, int inst, int pnode, int snode);
+int cairn_best_alloc(cairn_cluster *c, int group, int inst, int required, const unsigned char *mask,
+                     int flags, int *pnode, int *snode, double *score, long *fail_counts);
 
 #endif

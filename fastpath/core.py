@@ -1,19 +1,32 @@
-"""The thin wrapper over the compiled core: turns C status codes into exceptions, arrays into lists."""
+"""The thin wrapper over the compiled core: owns every call into `lib`, turns status codes into exceptions.
+
+`Engine` has the same methods and semantics as `fastpath.pure.Engine`; callers pick one with
+`fastpath.engine()`.
+"""
 
 from collections.abc import Sequence
 
 from fastpath._cairn_fastpath import ffi, lib
+from fastpath.spec import MAX_TAGS, Spec
 
 _STATUS = {lib.CAIRN_EINVAL: "invalid argument"}
+_NODE_ARRAYS = (("double", ("t_mem", "t_dsk", "t_cpu", "cpu_speed", "hi_spindles", "vcpu_ratio", "lo_dsk")),
+                ("long", ("mem_base", "f_mem", "node_cpus")), ("int", ("offline", "group")),
+                ("uint64_t", ("loc_mask",)))
+_INSTANCE_ARRAYS = (("long", ("mem", "dsk", "vcpus", "spindle_use", "sec_mem")),
+                    ("int", ("kind", "uses_mem", "uses_cpu", "movable", "pnode", "snode")),
+                    ("uint64_t", ("excl_mask", "desired_mask")))
+_INSTANCE_FIELDS = [name for _, names in _INSTANCE_ARRAYS for name in names]
 
 
 class FastpathError(RuntimeError):
     """The C core refused its input."""
 
 
-def _check(code: int, what: str) -> None:
-    if code != lib.CAIRN_OK:
-        raise FastpathError(f"{what}: {_STATUS.get(code, f'status {code}')}")
+def _check(code: int, what: str) -> int:
+    if code not in (lib.CAIRN_OK, lib.CAIRN_NONE):
+        raise FastpathError(f"{what}: {_STATUS.get(code, f'status {code}')}; this is a bug in the caller")
+    return code
 
 
 def stddev(values: Sequence[float]) -> float:
@@ -22,3 +35,103 @@ def stddev(values: Sequence[float]) -> float:
     out = ffi.new("double *")
     _check(lib.cairn_stddev(array, len(values), out), "stddev")
     return out[0]
+
+
+class Engine:
+    """A cluster held in C arrays: score, move search, moves and allocation."""
+
+    def __init__(self, spec: Spec, extra_instances: int = 0):
+        self.spec = spec
+        n, count = spec.n_nodes, spec.n_instances
+        self.n, self.count = n, count
+        self.capacity = count + extra_instances + 1
+        c = ffi.new("cairn_cluster *")
+        self._c, self._keep = c, []
+        c.n_nodes, c.n_inst, c.cap_inst, c.n_tags, c.n_locs = n, count, self.capacity, MAX_TAGS, MAX_TAGS
+        c.dynu = spec.dynu
+        for ctype, names in _NODE_ARRAYS:
+            for name in names:
+                setattr(c, name, self._array(ctype, n, spec.nodes[name]))
+        c.f_dsk0 = self._array("long", n, spec.nodes["f_dsk"])
+        for ctype, names in _INSTANCE_ARRAYS:
+            for name in names:
+                setattr(c, name, self._array(ctype, self.capacity, spec.instances[name]))
+        c.state = self._array("cairn_nstate", n)
+        for name in ("dsk_delta", "forth_base", "acc_a", "acc_b", "acc_c", "acc_d"):
+            setattr(c, name, self._array("long", n))
+        c.touched, c.sec_head, c.pri_head = (self._array("int", n) for _ in range(3))
+        c.sec_next, c.pri_next = self._array("int", self.capacity), self._array("int", self.capacity)
+        c.tagcnt = self._array("int", n * MAX_TAGS)
+        groups = max(spec.nodes["group"], default=0) + 1
+        c.n_groups = groups
+        c.loccnt = self._array("int", groups * 64 * MAX_TAGS)
+        c.loc_totals = self._array("long", groups)
+        c.vals = self._array("double", n * 20)
+        _check(lib.cairn_rebuild(c), "rebuild")
+
+    def _array(self, ctype: str, size: int, values: Sequence = ()):
+        array = ffi.new(f"{ctype}[]", max(1, size))
+        if values:
+            array[0:len(values)] = list(values)
+        self._keep.append(array)
+        return array
+
+    def metrics(self, group: int) -> list[float]:
+        """The 20 metric values over the nodes of `group`."""
+        out, score = ffi.new("double[20]"), ffi.new("double *")
+        _check(lib.cairn_metrics(self._c, group, out, score), "metrics")
+        return list(out)
+
+    def score(self, group: int) -> float:
+        """The cluster score over `group`."""
+        out, score = ffi.new("double[20]"), ffi.new("double *")
+        _check(lib.cairn_metrics(self._c, group, out, score), "score")
+        return score[0]
+
+    def best_move(self, group: int, flags: int, only: int = -1) -> tuple[int, int, int, float] | None:
+        """The best single move (instance, kind, target, new score), or None if nothing beats the current score."""
+        inst, kind, target, score = (ffi.new("int *"), ffi.new("int *"), ffi.new("int *"), ffi.new("double *"))
+        code = _check(lib.cairn_best_move(self._c, group, flags, only, inst, kind, target, score), "best move")
+        return None if code == lib.CAIRN_NONE else (inst[0], kind[0], target[0], score[0])
+
+    def eval_move(self, group: int, inst: int, kind: int, target: int, flags: int) -> tuple[int, float]:
+        """(status, exact score after the move) for one candidate move."""
+        status, score = ffi.new("int *"), ffi.new("double *")
+        _check(lib.cairn_eval_move(self._c, group, inst, kind, target, flags, status, score), "eval move")
+        return status[0], score[0]
+
+    def apply_move(self, inst: int, kind: int, target: int) -> None:
+        """Commit a move."""
+        _check(lib.cairn_apply_move(self._c, inst, kind, target), "apply move")
+
+    def place(self, inst: int, pnode: int, snode: int) -> None:
+        """Put an instance on (pnode, snode), or take it off the cluster with pnode = -1."""
+        _check(lib.cairn_place(self._c, inst, pnode, snode), "place")
+
+    def nodes_of(self, inst: int) -> tuple[int, int]:
+        """The (primary, secondary) of an instance; -1 for none."""
+        return self._c.pnode[inst], self._c.snode[inst]
+
+    def define_instance(self, values: dict) -> int:
+        """Add an unplaced instance with the fields of `spec.INSTANCE_FIELDS`; returns its index."""
+        if self.count + 1 >= self.capacity:
+            raise FastpathError(f"engine holds at most {self.capacity - 1} instances; "
+                                "create it with a larger extra_instances")
+        i = self.count
+        for name in _INSTANCE_FIELDS:
+            getattr(self._c, name)[i] = values[name]
+        self._c.pnode[i] = self._c.snode[i] = -1
+        self.count += 1
+        self._c.n_inst = self.count
+        return i
+
+    def best_alloc(self, group: int, inst: int, required: int, mask: Sequence[bool] | None,
+                   flags: int) -> tuple[tuple[int, int, float] | None, list[int]]:
+        """The best (primary, secondary, score) for an unplaced instance, and failure counts by reason."""
+        p, s, score = ffi.new("int *"), ffi.new("int *"), ffi.new("double *")
+        counts = ffi.new("long[10]")
+        cmask = ffi.new("unsigned char[]", [1 if m else 0 for m in mask]) if mask is not None else ffi.NULL
+        code = _check(lib.cairn_best_alloc(self._c, group, inst, required, cmask, flags, p, s, score, counts),
+                      "best alloc")
+        found = None if code == lib.CAIRN_NONE else (p[0], s[0], score[0])
+        return found, list(counts)

@@ -47,10 +47,10 @@ def _bits(x: int) -> list[int]:
 class Engine:
     """One cluster's mutable placement state over a `Spec`, with score, checks and search."""
 
-    def __init__(self, spec: Spec):
+    def __init__(self, spec: Spec, extra_instances: int = 0):
         self.spec = spec
         self.n = spec.n_nodes
-        nd, it = spec.nodes, spec.instances
+        nd, it = spec.nodes, {name: list(values) for name, values in spec.instances.items()}
         self.nd, self.it = nd, it
         self.pnode = list(it["pnode"])
         self.snode = list(it["snode"])
@@ -65,13 +65,13 @@ class Engine:
 
     # ---- state -------------------------------------------------------------------------------------------------
     def _rebuild(self) -> None:
-        n, T = self.n, max(1, self.spec.n_tags)
-        self.T = T
+        n, T = self.n, 64
+        self.T = 64
         self.state = [[0, 0, self.nd["f_dsk"][k] + self.dsk_delta[k], self.nd["node_cpus"][k], 0, 0, 0, 0, 0, 0, 0] for k in range(n)]
         self.tagcnt = [0] * (n * T)
         self.peers = [dict() for _ in range(n)]
         self.loccnt = {}
-        self.loc_total = 0
+        self.loc_total = {}
         it = self.it
         for i in range(self.count):
             p, s = self.pnode[i], self.snode[i]
@@ -120,22 +120,29 @@ class Engine:
         shared = _popcount(lp & self.nd["loc_mask"][s]) if s >= 0 else 0
         return shared + _popcount(self.it["desired_mask"][i] & ~lp)
 
+    def _counted_locs(self, k: int) -> int:
+        # The location-exclusion map is merged over the online nodes of one group.
+        return self.nd["loc_mask"][k] if k >= 0 and not self.nd["offline"][k] else 0
+
     def _loccnt_change(self, i: int, p: int, sign: int) -> None:
-        for loc in _bits(self.nd["loc_mask"][p]):
+        g = self.nd["group"][p]
+        for loc in _bits(self._counted_locs(p)):
             for t in _bits(self.it["excl_mask"][i]):
-                key = (loc, t)
+                key = (g, loc, t)
                 old = self.loccnt.get(key, 0)
                 if sign > 0 and old >= 1:
-                    self.loc_total += 1
+                    self.loc_total[g] = self.loc_total.get(g, 0) + 1
                 if sign < 0 and old >= 2:
-                    self.loc_total -= 1
+                    self.loc_total[g] = self.loc_total.get(g, 0) - 1
                 self.loccnt[key] = old + sign
 
     def _loc_delta(self, i: int, old_p: int, new_p: int) -> int:
         if old_p == new_p:
             return 0
-        a = {(l, t) for l in _bits(self.nd["loc_mask"][old_p]) for t in _bits(self.it["excl_mask"][i])}
-        b = {(l, t) for l in _bits(self.nd["loc_mask"][new_p]) for t in _bits(self.it["excl_mask"][i])}
+        g = self.nd["group"][new_p]
+        excl = _bits(self.it["excl_mask"][i])
+        a = {(g, l, t) for l in _bits(self._counted_locs(old_p)) for t in excl}
+        b = {(g, l, t) for l in _bits(self._counted_locs(new_p)) for t in excl}
         delta = 0
         for key in a - b:
             delta -= 1 if self.loccnt.get(key, 0) >= 2 else 0
@@ -182,7 +189,7 @@ class Engine:
             elif agg == 2:
                 out.append(_fsum_in_order(v[m] for v in offline))
             else:
-                out.append(float(self.loc_total + loc_delta))
+                out.append(float(self.loc_total.get(group, 0) + loc_delta))
         return out
 
     def score(self, group: int, overrides: dict | None = None, loc_delta: int = 0) -> float:
@@ -357,16 +364,75 @@ class Engine:
             st[LOC_V] += new_c
             new[np_] = st
 
+    def eval_move(self, group: int, i: int, kind: int, target: int, flags: int) -> tuple[int, float]:
+        """(status, exact score after the move) for one candidate move."""
+        status, new, loc_delta = self.move_states(i, kind, target, flags)
+        return status, self.score(group, new, loc_delta) if status == OK else 0.0
+
     def apply_move(self, i: int, kind: int, target: int) -> None:
         """Commit a move: the instance's nodes change and the node state is rebuilt."""
+        self.place(i, *_new_nodes(kind, self.pnode[i], self.snode[i], target))
+
+    def place(self, i: int, np_: int, ns: int) -> None:
+        """Put an instance on (np_, ns), or take it off the cluster with np_ = -1."""
         op, os_ = self.pnode[i], self.snode[i]
-        np_, ns = _new_nodes(kind, op, os_, target)
         dsk = self.it["dsk"][i]
         for k in {op, os_, np_, ns} - {-1}:
             self.touched[k] = 1
             self.dsk_delta[k] += dsk * ((k in (op, os_)) - (k in (np_, ns)))
         self.pnode[i], self.snode[i] = np_, ns
         self._rebuild()
+
+    def define_instance(self, values: dict) -> int:
+        """Add an unplaced instance with the fields of `spec.INSTANCE_FIELDS`; returns its index."""
+        for name, column in self.it.items():
+            column.append(values[name])
+        self.pnode.append(-1)
+        self.snode.append(-1)
+        self.count += 1
+        return self.count - 1
+
+    def best_alloc(self, group: int, i: int, required: int, mask, flags: int):
+        """The best (primary, secondary, score) for an unplaced instance, and failure counts by reason."""
+        force = bool(flags & IGNORE_SOFT)
+        counts = [0] * 10
+        best = None
+        nodes = [k for k in range(self.n) if self.nd["group"][k] == group and not self.nd["offline"][k]
+                 and (mask is None or mask[k])]
+        for p in nodes:
+            status, st_p = self._add_pri(p, self.state[p], i, force)
+            loc_delta = self._loc_delta_new(i, p)
+            if required == 1:
+                if status != OK:
+                    counts[status] += 1
+                    continue
+                st_p[LOC_V] += self._loc_contrib(i, p, -1)
+                value = self.score(group, {p: st_p}, loc_delta)
+                if best is None or value < best[2]:
+                    best = (p, -1, value)
+                continue
+            for q in nodes:
+                if q == p:
+                    continue
+                if status != OK:
+                    counts[status] += 1
+                    continue
+                r_mem = max(self.state[q][R_MEM], self.peers[q].get(p, 0) + self.it["sec_mem"][i])
+                st2, st_q = self._add_sec(q, self.state[q], i, force, r_mem)
+                if st2 != OK:
+                    counts[st2] += 1
+                    continue
+                pair = list(st_p)
+                pair[LOC_V] = self.state[p][LOC_V] + self._loc_contrib(i, p, q)
+                value = self.score(group, {p: pair, q: st_q}, loc_delta)
+                if best is None or value < best[2]:
+                    best = (p, q, value)
+        return best, counts
+
+    def _loc_delta_new(self, i: int, p: int) -> int:
+        g = self.nd["group"][p]
+        return sum(1 for l in _bits(self._counted_locs(p)) for t in _bits(self.it["excl_mask"][i])
+                   if self.loccnt.get((g, l, t), 0) >= 1)
 
     def nodes_of(self, i: int) -> tuple[int, int]:
         """The (primary, secondary) of instance i; -1 for none."""

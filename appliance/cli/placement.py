@@ -1,7 +1,69 @@
-"""`cairn balance`, `cairn capacity` and `cairn iallocator`: Ganeti's hbal, hspace and hail on fastpath."""
+"""`cairn balance`, `cairn capacity` and `cairn iallocator`: Ganeti's hbal, hspace and hail on fastpath.
+
+Imports of fastpath happen inside the commands, so `cairn iallocator` starts fast as a Ganeti
+iallocator script.
+"""
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"cairn: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text() if path != "-" else typer.get_text_stream("stdin").read()
+    except OSError as error:
+        _fail(f"cannot read '{path}': {error.strerror}; check the path")
+    return ""
+
+
+def _names(text: Optional[str]) -> list[str]:
+    return [n for n in (text or "").split(",") if n]
+
+
+def balance(
+    text_file: Optional[str] = typer.Option(None, "-t", "--text-data", help="Cluster in htools text format."),
+    max_length: int = typer.Option(-1, "-l", "--max-length", help="At most this many moves (-1: no limit)."),
+    min_gain: float = typer.Option(0.01, "-g", "--min-gain", help="Minimum gain per step below --min-gain-limit."),
+    min_gain_limit: float = typer.Option(0.1, "--min-gain-limit", help="Score under which -g applies."),
+    epsilon: float = typer.Option(1e-9, "-e", "--epsilon", help="Stop within this much of the lower bound."),
+    no_disk_moves: bool = typer.Option(False, "--no-disk-moves", help="Only failovers."),
+    no_instance_moves: bool = typer.Option(False, "--no-instance-moves", help="Only secondary replacements."),
+    evac_mode: bool = typer.Option(False, "-E", "--evac-mode", help="Only move instances off offline nodes."),
+    offline: Optional[str] = typer.Option(None, "-O", "--offline", help="Treat these nodes (comma list) as offline."),
+    group: Optional[str] = typer.Option(None, "-G", "--group", help="Node group (name or uuid) to balance."),
+    print_commands: bool = typer.Option(False, "-C", "--print-commands", help="Print the gnt-instance commands."),
+    save: Optional[str] = typer.Option(None, "-S", "--save", help="Write PREFIX.original and PREFIX.balanced."),
+    ignore_soft_errors: bool = typer.Option(False, "--ignore-soft-errors", help="Skip soft placement checks."),
+    exclusion_tags: Optional[str] = typer.Option(None, "--exclusion-tags", help="Extra exclusion tag prefixes."),
+    ignore_dynu: bool = typer.Option(False, "--ignore-dynu", help="Ignore dynamic utilisation (loads 0)."),
+    engine: str = typer.Option("c", "--engine", hidden=True, help="c or pure (for testing)."),
+) -> None:
+    """Balance the cluster like Ganeti's hbal: greedy moves that lower the cluster score."""
+    from fastpath.balance import BalanceOptions
+    from fastpath.hbal import HbalError, HbalRequest, run
+    from fastpath.htools_text import FormatError
+
+    if text_file is None:
+        _fail("balancing the live cluster is not available yet; give a cluster file with -t FILE")
+    options = BalanceOptions(max_length, min_gain, min_gain_limit, epsilon, no_disk_moves, no_instance_moves,
+                             evac_mode, ignore_soft_errors)
+    request = HbalRequest(_read(text_file), options, _names(offline), group, print_commands, save,
+                          _names(exclusion_tags), ignore_dynu, engine)
+    try:
+        files = run(request, typer.echo)
+    except (HbalError, FormatError) as error:
+        _fail(str(error))
+    for path, content in files.items():
+        Path(path).write_text(content)
+
+
 def register(app: typer.Typer) -> None:
     """Add the placement commands to the top-level app."""
+    app.command(help="Balance a cluster like Ganeti's hbal (text file with -t).")(balance)

@@ -1,0 +1,137 @@
+"""`cairn balance -t FILE`: hbal's run on a text-format cluster, producing hbal's key output lines.
+
+The CLI only parses options and prints what `run` emits.
+"""
+
+import copy
+from dataclasses import dataclass, field
+
+from fastpath import engine_class
+from fastpath.balance import BalanceOptions, balance, commands, jobsets, move_line
+from fastpath.htools_text import parse, write
+from fastpath.model import Cluster
+from fastpath.spec import Spec, flatten
+
+
+class HbalError(Exception):
+    """A fatal error with hbal's exit code 1."""
+
+
+@dataclass
+class HbalRequest:
+    """What one balance run was asked for."""
+
+    text: str
+    options: BalanceOptions = field(default_factory=BalanceOptions)
+    offline: list[str] = field(default_factory=list)
+    group: str | None = None
+    print_commands: bool = False
+    save_prefix: str | None = None
+    exclusion_tags: list[str] = field(default_factory=list)
+    ignore_dynu: bool = False
+    implementation: str = "c"
+
+
+def select_group(cluster: Cluster, wanted: str | None):
+    """The group to balance: the only one, or the one named by -G."""
+    if wanted is None:
+        if len(cluster.groups) > 1:
+            names = ", ".join(g.name for g in cluster.groups)
+            raise HbalError(f"Found multiple node groups: {names}. Aborting; choose one with -G GROUP.")
+        if not cluster.groups:
+            raise HbalError("the cluster has no node group; add one to the first section of the file")
+        return cluster.groups[0]
+    try:
+        return cluster.find_group(wanted)
+    except KeyError:
+        raise HbalError(f"unknown node group '{wanted}'; use one of "
+                        f"{', '.join(g.name for g in cluster.groups)}") from None
+
+
+def n1_failures(spec: Spec, group: int) -> tuple[int, int]:
+    """(online nodes failing N+1 at load, distinct instances on them), as hbal's initial check reports."""
+    nodes, inst = spec.nodes, spec.instances
+    peers: list[dict[int, int]] = [dict() for _ in range(spec.n_nodes)]
+    for i in range(spec.n_instances):
+        p, s = inst["pnode"][i], inst["snode"][i]
+        if p >= 0 and s >= 0:
+            peers[s][p] = peers[s].get(p, 0) + inst["sec_mem"][i]
+    bad = {k for k in range(spec.n_nodes) if nodes["group"][k] == group and not nodes["offline"][k]
+           and nodes["f_mem"][k] < max(peers[k].values(), default=0)}
+    instances = sum(1 for i in range(spec.n_instances) if inst["pnode"][i] in bad or inst["snode"][i] in bad)
+    return len(bad), instances
+
+
+def _balanced_copy(cluster: Cluster, spec: Spec, engine) -> Cluster:
+    # Like hbal's -S, the saved file keeps each node's load-time free memory and updates free disk.
+    out = copy.deepcopy(cluster)
+    names = spec.node_names
+    by_name = {n.name: n for n in out.nodes}
+    for i, inst in enumerate(out.instances):
+        p, s = engine.nodes_of(i)
+        for name in (inst.pnode, inst.snode):
+            if name and spec.instances["dsk"][i]:
+                by_name[name].f_dsk += inst.dsk
+        inst.pnode, inst.snode = names[p], names[s] if s >= 0 else ""
+        for name in (inst.pnode, inst.snode):
+            if name and spec.instances["dsk"][i]:
+                by_name[name].f_dsk -= inst.dsk
+    return out
+
+
+def run(request: HbalRequest, emit) -> dict[str, str]:
+    """Balance the cluster of `request`, calling emit(line) as hbal would print; returns files to save."""
+    cluster = parse(request.text)
+    group = select_group(cluster, request.group)
+    unknown = [n for n in request.offline if n not in {node.name for node in cluster.nodes}]
+    if unknown:
+        raise HbalError(f"unknown node(s) given to -O: {', '.join(unknown)}; check the names in the file")
+    index = {g.uuid: k for k, g in enumerate(cluster.groups)}
+    spec = flatten(cluster, index, request.exclusion_tags, set(request.offline), request.ignore_dynu)
+    gidx = index[group.uuid]
+    emit(f"Loaded {len(cluster.nodes)} nodes, {len(cluster.instances)} instances")
+    members = [k for k in range(spec.n_nodes) if spec.nodes["group"][k] == gidx]
+    own = [i for i in range(spec.n_instances) if spec.instances["pnode"][i] in set(members)]
+    emit(f"Group size {len(members)} nodes, {len(own)} instances")
+    emit(f"Selected node group: {group.name}")
+    if not cluster.instances:
+        emit("Cluster is empty, exiting.")
+        return {}
+    bad_nodes, bad_instances = n1_failures(spec, gidx)
+    emit(f"Initial check done: {bad_nodes} bad nodes, {bad_instances} bad instances.")
+    if bad_nodes:
+        emit("Cluster is not N+1 happy, continuing but no guarantee that the cluster will end N+1 happy.")
+    engine = engine_class(request.implementation)(spec)
+    emit(f"Initial score: {engine.score(gidx):.8f}")
+    name_width = max(len(n) for n in spec.instance_names)
+    pair_width = 2 * max(len(n) for n in spec.node_names) + 1
+    emit("Trying to minimize the CV...")
+    result = balance(engine, spec, gidx, request.options,
+                     on_move=lambda k, m: emit(move_line(k, m, name_width, pair_width)))
+    if result.already_balanced:
+        emit("Cluster is already well balanced.")
+        return {}
+    if result.moves:
+        emit(f"Cluster score improved from {result.initial:.8f} to {result.final:.8f}")
+    else:
+        emit("No solution found")
+    emit(f"Solution length={len(result.moves)}")
+    if request.print_commands and result.moves:
+        _emit_commands(cluster, result.moves, emit)
+    if request.save_prefix:
+        return {f"{request.save_prefix}.original": write(cluster),
+                f"{request.save_prefix}.balanced": write(_balanced_copy(cluster, spec, engine))}
+    return {}
+
+
+def _emit_commands(cluster: Cluster, moves, emit) -> None:
+    running = {i.name: i.status == "running" for i in cluster.instances}
+    emit("")
+    emit("Commands to run to reach the above solution:")
+    for number, jobset in enumerate(jobsets(moves), start=1):
+        emit("  ")
+        emit(f"  echo jobset {number}, {len(jobset)} jobs")
+        for k, move in enumerate(jobset, start=1):
+            emit(f"    echo job {number}/{k}")
+            for command in commands(move, running[move.instance]):
+                emit(f"    {command}")

@@ -1,0 +1,163 @@
+"""The placement engines (C core and pure twin): Ganeti's score and hbal's choices on recorded known answers."""
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastpath import engine_class
+from fastpath.balance import BalanceOptions, balance
+from fastpath.generate import generate
+from fastpath.hbal import HbalRequest, run
+from fastpath.htools_text import parse
+from fastpath.spec import METRIC_NAMES, flatten
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "htools"
+
+
+@pytest.fixture(params=["c", "pure"])
+def implementation(request):
+    """Every engine test runs against the compiled core and the pure twin."""
+    return request.param
+
+
+def engine_for(name: str, implementation: str, **flatten_args):
+    spec = flatten(parse((DATA / name).read_text()), **flatten_args)
+    return spec, engine_class(implementation)(spec)
+
+
+def recorded_score(name: str) -> str:
+    for line in (DATA / name).read_text().splitlines():
+        if line.startswith("Initial score: "):
+            return line.split(": ")[1]
+    raise AssertionError(f"no initial score in {name}")
+
+
+def hbal_lines(text_file: str, implementation: str, **request_args) -> list[str]:
+    lines: list[str] = []
+    run(HbalRequest((DATA / text_file).read_text(), implementation=implementation, **request_args), lines.append)
+    return lines
+
+
+# Known answer: `hbal -t example.txt -l 0 -v -v -v` (Ganeti 3.0.2), the table after "Initial coefficients".
+EXAMPLE_METRICS = [0.14235052, 0.16179728, 0.0, 0.08838835, 0.0, 0.0, 0.12884705, 1.08972474, 1.08972474,
+                   1.47901995, 1.08972474, 1.0, 0.01155484, 0.13509075, 0.16179728, 0.12884705, 0.01155484,
+                   0.0, 0.0, 0.5]
+
+
+def test_example_metrics_equal_hbal_breakdown(implementation):
+    """Each of the 20 metrics of the reference example equals hbal's printed breakdown."""
+    _, engine = engine_for("example.txt", implementation)
+    assert [f"{v:.8f}" for v in engine.metrics(0)] == [f"{v:.8f}" for v in EXAMPLE_METRICS]
+    assert len(METRIC_NAMES) == 20
+
+
+@pytest.mark.parametrize(("text_file", "answer"), [
+    ("example.txt", "example.hbal"), ("n4.txt", "n4.hbal"), ("n20.txt", "n20.hbal"), ("n100.txt", "n100.l0.hbal")])
+def test_initial_score_equals_hbal(implementation, text_file, answer):
+    """The initial score equals the one hbal printed, to 8 decimals."""
+    _, engine = engine_for(text_file, implementation)
+    assert f"{engine.score(0):.8f}" == recorded_score(answer)
+
+
+def test_score_with_offline_node_equals_hbal(implementation):
+    """With a node marked offline (-O) the score equals hbal's, offline penalties included."""
+    spec, engine = engine_for("n20.txt", implementation, offline={"node-0003"})
+    assert f"{engine.score(0):.8f}" == recorded_score("n20.evac.hbal")
+
+
+@pytest.mark.parametrize(("group", "answer"), [(0, "n20-groups-locations.default.hbal"),
+                                               (1, "n20-groups-locations.second.hbal")])
+def test_score_with_groups_and_locations_equals_hbal(implementation, group, answer):
+    """Per-group scores with location, desired-location and exclusion tags equal hbal's."""
+    _, engine = engine_for("n20-groups-locations.txt", implementation)
+    assert f"{engine.score(group):.8f}" == recorded_score(answer)
+
+
+@pytest.mark.parametrize(("answer", "args"), [
+    ("example.hbal", {}),
+    ("example.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True)}),
+    ("example.min-gain.hbal", {"options": BalanceOptions(min_gain=1, min_gain_limit=100)}),
+    ("example.commands.hbal", {"print_commands": True}),
+    ("n4.hbal", {}),
+    ("n4.l3.hbal", {"options": BalanceOptions(max_moves=3)}),
+    ("n4.evac.hbal", {"options": BalanceOptions(evac_mode=True), "offline": ["node-0001"]}),
+    ("n20.evac.hbal", {"options": BalanceOptions(evac_mode=True), "offline": ["node-0003"]}),
+    ("n20.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True)}),
+    ("n20.no-instance-moves.hbal", {"options": BalanceOptions(no_instance_moves=True, max_moves=10)}),
+    ("n20-groups-locations.second.hbal", {"group": "second", "options": BalanceOptions(max_moves=15)}),
+])
+def test_balance_output_equals_hbal(implementation, answer, args):
+    """The whole balance output (moves, scores, summary) equals what hbal printed."""
+    text_file = answer.split(".")[0] + ".txt"
+    expected = (DATA / answer).read_text().splitlines()
+    assert hbal_lines(text_file, implementation, **args) == expected
+
+
+@pytest.mark.parametrize(("answer", "args"), [
+    ("n20.hbal", {}),
+    ("n20-groups-locations.default.hbal", {"group": "default", "options": BalanceOptions(max_moves=15)}),
+    ("n100.l2.hbal", {"options": BalanceOptions(max_moves=2)}),
+    ("n100.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True)}),
+])
+def test_long_balance_output_equals_hbal(answer, args):
+    """Longer recorded runs match hbal line for line (compiled core only: the twin needs minutes)."""
+    text_file = answer.split(".")[0] + ".txt"
+    expected = (DATA / answer).read_text().splitlines()
+    assert hbal_lines(text_file, "c", **args) == expected
+
+
+def test_pure_twin_follows_hbal_first_moves_on_n20():
+    """The pure twin makes the same first moves as hbal on the 20-node cluster."""
+    expected = (DATA / "n20.hbal").read_text().splitlines()[:11]
+    assert hbal_lines("n20.txt", "pure", options=BalanceOptions(max_moves=4))[:11] == expected
+
+
+def test_identical_empty_nodes_score_zero(implementation):
+    """A cluster of identical empty nodes scores (almost) zero."""
+    cluster = generate(6, 0, 5)
+    for node in cluster.nodes:
+        node.t_mem, node.t_dsk, node.t_cpu, node.f_mem, node.f_dsk, node.n_mem = 65536.0, 1e6, 16.0, 60000, 10**6, 0
+        node.spindles = 4
+    spec = flatten(cluster)
+    assert engine_class(implementation)(spec).score(0) <= 1e-12
+
+
+def test_applied_move_reaches_predicted_score(implementation):
+    """After a move is applied, the full score equals the score the search predicted."""
+    spec, engine = engine_for("n20.txt", implementation)
+    inst, kind, target, predicted = engine.best_move(0, 0)
+    engine.apply_move(inst, kind, target)
+    assert engine.score(0) == pytest.approx(predicted, abs=1e-9)
+
+
+def test_balance_never_raises_the_score(implementation):
+    """Every accepted move lowers the score."""
+    spec, engine = engine_for("n4.txt", implementation)
+    result = balance(engine, spec, 0, BalanceOptions())
+    scores = [result.initial] + [m.score for m in result.moves]
+    assert all(b < a for a, b in zip(scores, scores[1:]))
+
+
+@st.composite
+def clusters(draw):
+    nodes = draw(st.integers(min_value=2, max_value=6))
+    instances = draw(st.integers(min_value=0, max_value=25))
+    cluster = generate(nodes, instances, draw(st.integers(min_value=0, max_value=10**6)))
+    offline = {n.name for n in cluster.nodes if draw(st.booleans()) and draw(st.booleans())}
+    return flatten(cluster, offline=offline), draw(st.sampled_from([0, 1, 2, 4, 8]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(clusters())
+def test_c_and_pure_agree_on_random_clusters(case):
+    """On random clusters the C core and the pure twin give the same score and choose the same move."""
+    spec, flags = case
+    c_engine, pure_engine = engine_class("c")(spec), engine_class("pure")(spec)
+    assert c_engine.score(0) == pytest.approx(pure_engine.score(0), rel=1e-12, abs=1e-12)
+    c_move, pure_move = c_engine.best_move(0, flags), pure_engine.best_move(0, flags)
+    assert (c_move is None) == (pure_move is None)
+    if c_move is not None:
+        assert c_move[:3] == pure_move[:3]
+        assert c_move[3] == pytest.approx(pure_move[3], rel=1e-12)
