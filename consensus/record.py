@@ -9,7 +9,10 @@ On disk each record is a frame:
     magic  2 bytes  0xCA 0x1E
     length 4 bytes  big-endian length of the body
     crc    4 bytes  big-endian CRC-32 of the body
-    body            seq (8 bytes, big-endian) | prev_hash (32) | hash (32) | payload
+    body            prev_hash (32) | seq (8 bytes, big-endian) | payload | hash (32)
+
+The body is laid out so that its first len-32 bytes are exactly what `hash`
+covers, which lets a reader check the hash without copying the payload.
 
 A finished file (an event file, an export) ends with one seal frame (magic
 0xCA 0x5E, same layout) whose body is `count | first_seq | last_seq | last_hash`,
@@ -26,7 +29,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 GENESIS_HASH = bytes(32)
 RECORD_MAGIC = b"\xca\x1e"
@@ -51,9 +54,8 @@ class RecordError(ValueError):
         super().__init__(f"record seq {seq}{where}: {reason}")
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One committed entry of the log."""
+class Record(NamedTuple):
+    """One committed entry of the log (a named tuple: readers build one per record, fast)."""
 
     seq: int
     prev_hash: bytes
@@ -106,7 +108,7 @@ def check_link(head: ChainHead | Record | None, record: Record) -> None:
 
 def encode_record(record: Record) -> bytes:
     """The on-disk frame of one record."""
-    body = b"".join((_SEQ.pack(record.seq), record.prev_hash, record.hash, record.payload))
+    body = b"".join((record.prev_hash, _SEQ.pack(record.seq), record.payload, record.hash))
     return _FRAME.pack(RECORD_MAGIC, len(body), zlib.crc32(body)) + body
 
 
@@ -227,12 +229,12 @@ class RecordReader:
     def _record(self, body: bytes, position: int) -> Record:
         if len(body) < _BODY_FIXED:
             self._fail("record body too short", position)
-        record = Record(_SEQ.unpack_from(body)[0], body[8:40], body[40:72], body[72:])
+        record = Record(_SEQ.unpack_from(body, 32)[0], body[:32], body[-32:], body[40:-32])
         if self.verify_chain:
             head = self.head
-            # The fast path of check_link: body[:8] already holds seq in the hashed byte order.
+            # The fast path of check_link: the body's first len-32 bytes are exactly what the hash covers.
             linked = head is not None and record.seq == head.seq + 1 and record.prev_hash == head.hash
-            if not linked or _sha256(body[8:40] + body[:8] + body[72:]).digest() != record.hash:
+            if not linked or _sha256(memoryview(body)[:-32]).digest() != record.hash:
                 try:
                     check_link(head, record)
                 except RecordError as error:

@@ -65,7 +65,7 @@ def test_an_edit_names_the_damaged_seq(tmp_path):
     write_records(path, records)
     data = bytearray(path.read_bytes())
     offsets = [offset for offset, _ in RecordReader(path).with_offsets()]
-    data[offsets[6] + 10 + 72] ^= 1
+    data[offsets[6] + 10 + 40 + 2] ^= 1  # frame header, prev_hash and seq, then into the payload
     path.write_bytes(bytes(data))
     with pytest.raises(RecordError) as caught:
         verify_file(path)
