@@ -6,13 +6,15 @@ with a stable code and a message that says what to do.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 
 from appliance.model.errors import (
     ALREADY_EXISTS, INSUFFICIENT_RESOURCES, UNKNOWN_ENTITY, WRONG_INPUT, WRONG_STATE, PrereqError,
 )
-from appliance.model.ids import is_hostname, is_tag
-from appliance.model.state import ClusterState, Group, Instance, Node
+from appliance.model.ids import DEFAULT_GROUP_NAME, is_hostname, is_mac, is_tag, mac_from_int
+from appliance.model.state import ROLES, ClusterState, Group, Instance, Node, User
+from ops.base import Claims
 
 HYPERVISORS = ("kvm", "fake")
 DISK_TEMPLATES = ("diskless", "file", "replicated")
@@ -51,6 +53,9 @@ def instance(state: ClusterState, name: str) -> Instance:
 def group(state: ClusterState, name: str) -> Group:
     """The node group called `name` (or with that id)."""
     found = state.group_by_name(name)
+    if found is None and name == DEFAULT_GROUP_NAME and state.cluster is not None:
+        # "default" always means the cluster's default group, even after that group was renamed.
+        found = state.groups.get(state.cluster.default_group)
     if found is None:
         raise PrereqError(UNKNOWN_ENTITY, f"Group '{name}' not known; 'cairn group list' shows the groups")
     return found
@@ -104,13 +109,17 @@ def disk_template(state: ClusterState, template: str) -> None:
                                        f"Enabled disk templates are: {','.join(enabled)}")
 
 
-def policy(state: ClusterState, group_id: str, spec: dict[str, int], disk_sizes: Iterable[int]) -> None:
-    """Refuse values outside the instance policy's min/max (each disk's size on its own)."""
+def policy(state: ClusterState, group_id: str, spec: dict[str, int], disk_sizes: Iterable[int] | dict) -> None:
+    """Refuse values outside the instance policy's min/max (each disk's size on its own).
+
+    `disk_sizes` is a list of sizes numbered from 0, or a dict from disk index to size.
+    """
     ipolicy = state.cluster.ipolicy
     group_name = state.groups[group_id].name if group_id in state.groups else group_id
     lows, highs = ipolicy["min"], ipolicy["max"]
     values = [(key, spec[key]) for key in ("memory_mib", "cpu_count", "disk_count", "nic_count") if key in spec]
-    values += [(f"disk_size_mib/{i}", size) for i, size in enumerate(disk_sizes)]
+    numbered = disk_sizes.items() if isinstance(disk_sizes, dict) else enumerate(disk_sizes)
+    values += [(f"disk_size_mib/{i}", size) for i, size in numbered]
     for key, value in values:
         base = key.split("/")[0]
         low, high = lows[base], highs[base]
@@ -169,3 +178,119 @@ def check_ipolicy(ipolicy: dict) -> None:
         value = ipolicy.get(ratio)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise PrereqError(WRONG_INPUT, f"Instance policy {ratio} must be a positive number, got {value!r}")
+
+
+def user(state: ClusterState, name: str) -> User:
+    """The user called `name`."""
+    found = state.users.get(name)
+    if found is None:
+        raise PrereqError(UNKNOWN_ENTITY, f"User '{name}' not known; 'cairn user list' shows the users")
+    return found
+
+
+def role(value: str) -> None:
+    """Refuse a user role that is not one of the known ones."""
+    if value not in ROLES:
+        raise PrereqError(WRONG_INPUT, f"Invalid role '{value}'; choose one of {', '.join(ROLES)}")
+
+
+def node_names_of(state: ClusterState, found: Instance) -> frozenset:
+    """The names of an instance's primary and (if any) secondary node, for claims."""
+    names = set()
+    for node_id in (found.primary, found.secondary):
+        if node_id and node_id in state.nodes:
+            names.add(state.nodes[node_id].name)
+    return frozenset(names)
+
+
+def instance_claims(state: ClusterState, name: str, *extra_names: str) -> Claims:
+    """Claims on an instance (by its name) and its nodes; just the name if it does not exist yet."""
+    found = state.instance_by_name(name)
+    if found is None:
+        return Claims(instances=frozenset({name, *extra_names}))
+    return Claims(instances=frozenset({found.name, *extra_names}), nodes=node_names_of(state, found))
+
+
+def primary_online(state: ClusterState, found: Instance, doing: str) -> Node:
+    """The instance's primary node, refused when it is offline (nothing there could act)."""
+    primary = state.nodes[found.primary]
+    if primary.offline:
+        raise PrereqError(WRONG_STATE, f"Cannot {doing} instance '{found.name}': its primary node {primary.name} "
+                                       f"is offline; bring it back online with 'cairn node modify --offline no "
+                                       f"{primary.name}' or fail the instance over")
+    return primary
+
+
+def node_name(state: ClusterState, node_id: str) -> str:
+    """A node's name for messages (its id when it is gone)."""
+    found = state.nodes.get(node_id)
+    return found.name if found is not None else node_id
+
+
+def intervals(fencing_interval_s: int, recovery_interval_s: int) -> None:
+    """Refuse a recovery interval that does not exceed the fencing interval.
+
+    A dead node stops its own instances only after the fencing interval; the
+    leader may start them elsewhere only after that, or two copies could run.
+    """
+    positive(fencing_interval_s, "fencing interval (s)")
+    positive(recovery_interval_s, "recovery interval (s)")
+    if recovery_interval_s <= fencing_interval_s:
+        raise PrereqError(WRONG_INPUT, f"The recovery interval ({recovery_interval_s} s) must be longer than the "
+                                       f"fencing interval ({fencing_interval_s} s), so a lost node has fenced itself "
+                                       "before its instances are started elsewhere")
+
+
+def nothing_given(what: str, names: Iterable[str]) -> PrereqError:
+    """The refusal of a modify that names no change (Ganeti: 'No changes submitted')."""
+    return PrereqError(WRONG_INPUT, f"No changes submitted for {what}; give at least one of {', '.join(names)}")
+
+
+def spec_of(found: Instance) -> dict[str, int]:
+    """The policy spec an instance has now."""
+    spec = {"memory_mib": found.memory_mib, "cpu_count": found.vcpus, "nic_count": len(found.nics)}
+    if found.disk_template != "diskless":
+        spec["disk_count"] = len(found.disks)
+    return spec
+
+
+def used_disk_nodes(state: ClusterState, found: Instance) -> list[Node]:
+    """The nodes that hold the instance's disks: none if diskless, the primary, and the secondary if any."""
+    if found.disk_template == "diskless":
+        return []
+    return [state.nodes[n] for n in (found.primary, found.secondary) if n and n in state.nodes]
+
+
+def with_macs(state: ClusterState, nics: Iterable[dict], rng: random.Random, default_link: str) -> tuple:
+    """NIC specs with defaults filled in and a fresh cluster-unique MAC for each that has none."""
+    nics = [{"mode": "bridged", "link": default_link, "mac": "", **nic} for nic in nics]
+    # Membership is tested against the state's map directly: copying it would cost O(instances) per call.
+    taken = state.reserved_macs() | {nic["mac"] for nic in nics}
+    prefix = state.cluster.mac_prefix if state.cluster else "aa:00:00"
+    for nic in nics:
+        while not nic["mac"]:
+            candidate = mac_from_int(prefix, rng.getrandbits(24))
+            if candidate not in taken and candidate not in state.macs:
+                taken.add(candidate)
+                nic["mac"] = candidate
+    return tuple(nics)
+
+
+def new_nics(state: ClusterState, nics: Iterable[dict], default_link: str, first_index: int = 0) -> None:
+    """Refuse NIC specs with a bad mode, no link, or a MAC that is malformed or already used (or reserved)."""
+    reserved = state.reserved_macs()
+    seen = set()
+    for index, nic in enumerate(nics, start=first_index):
+        mode, mac = nic.get("mode", "bridged"), nic.get("mac", "")
+        if mode not in NIC_MODES:
+            raise PrereqError(WRONG_INPUT, f"NIC {index}: invalid mode '{mode}'; use bridged or routed")
+        if not nic.get("link", default_link):
+            raise PrereqError(WRONG_INPUT, f"NIC {index}: no link given; name the bridge or routing table")
+        if not mac:
+            raise PrereqError(WRONG_INPUT, f"NIC {index} has no MAC: run ops.base.prepared() before check")
+        if not is_mac(mac):
+            raise PrereqError(WRONG_INPUT, f"NIC {index}: invalid MAC address '{mac}'; use the form aa:00:00:12:34:56")
+        if mac in state.macs or mac in reserved or mac in seen:
+            raise PrereqError(ALREADY_EXISTS, f"MAC address {mac} is already in use in this cluster; "
+                                              "leave the MAC out to have one generated")
+        seen.add(mac)

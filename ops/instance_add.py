@@ -4,8 +4,8 @@ import random
 from dataclasses import dataclass, replace
 
 from appliance.model import events as ev
-from appliance.model.errors import ALREADY_EXISTS, WRONG_INPUT, PrereqError
-from appliance.model.ids import instance_id, is_mac, mac_from_int
+from appliance.model.errors import WRONG_INPUT, PrereqError
+from appliance.model.ids import instance_id
 from ops import _common
 from ops.base import Claims, Plan, Reservation, Step, Wait
 
@@ -34,20 +34,9 @@ class Params:
 
 def prepare(state, params: Params, rng: random.Random) -> Params:
     """Fill in the instance id and a unique MAC for every NIC that has none."""
-    # Membership is tested against the state's map directly: copying it would cost O(instances) per add.
-    taken = state.reserved_macs() | {n.get("mac") for n in params.nics}
-    prefix = state.cluster.mac_prefix if state.cluster else "aa:00:00"
-    nics = []
-    for nic in params.nics:
-        nic = {"mode": "bridged", "link": DEFAULT_LINK, "mac": "", **nic}
-        while not nic["mac"]:
-            candidate = mac_from_int(prefix, rng.getrandbits(24))
-            if candidate not in taken and candidate not in state.macs:
-                taken.add(candidate)
-                nic["mac"] = candidate
-        nics.append(nic)
+    nics = _common.with_macs(state, params.nics, rng, DEFAULT_LINK)
     token = f"{rng.getrandbits(64):016x}"
-    return replace(params, nics=tuple(nics), instance_id=params.instance_id or instance_id(token))
+    return replace(params, nics=nics, instance_id=params.instance_id or instance_id(token))
 
 
 def claims(state, params: Params) -> Claims:
@@ -111,22 +100,7 @@ def _check_nodes(state, params: Params):
 
 
 def _check_nics(state, params: Params) -> None:
-    reserved = state.reserved_macs()
-    seen = set()
-    for index, nic in enumerate(params.nics):
-        mode, mac = nic.get("mode", "bridged"), nic.get("mac", "")
-        if mode not in _common.NIC_MODES:
-            raise PrereqError(WRONG_INPUT, f"NIC {index}: invalid mode '{mode}'; use bridged or routed")
-        if not nic.get("link", DEFAULT_LINK):
-            raise PrereqError(WRONG_INPUT, f"NIC {index}: no link given; name the bridge or routing table")
-        if not mac:
-            raise PrereqError(WRONG_INPUT, f"NIC {index} has no MAC: run ops.base.prepared() before check")
-        if not is_mac(mac):
-            raise PrereqError(WRONG_INPUT, f"NIC {index}: invalid MAC address '{mac}'; use the form aa:00:00:12:34:56")
-        if mac in state.macs or mac in reserved or mac in seen:
-            raise PrereqError(ALREADY_EXISTS, f"MAC address {mac} is already in use in this cluster; "
-                                              "leave the MAC out to have one generated")
-        seen.add(mac)
+    _common.new_nics(state, params.nics, DEFAULT_LINK)
 
 
 def plan(state, params: Params) -> Plan:

@@ -2,7 +2,10 @@
 
 from types import ModuleType
 
-from ops import cluster_init, instance_add, node_add
+from ops import (
+    cluster_init, instance_add, instance_failover, instance_migrate, instance_modify, instance_reboot,
+    instance_remove, instance_rename, instance_shutdown, instance_startup, node_add,
+)
 
 OPERATIONS: dict[str, ModuleType] = {
     module.NAME: module
@@ -10,6 +13,14 @@ OPERATIONS: dict[str, ModuleType] = {
         cluster_init,
         node_add,
         instance_add,
+        instance_remove,
+        instance_startup,
+        instance_shutdown,
+        instance_reboot,
+        instance_modify,
+        instance_rename,
+        instance_migrate,
+        instance_failover,
     )
 }
 

@@ -1,0 +1,45 @@
+"""Live-migrate a replicated instance to its secondary node; the old primary becomes the secondary."""
+
+from dataclasses import dataclass
+
+from appliance.model.errors import WRONG_STATE, PrereqError
+from ops import _migration
+from ops.base import Claims, Plan
+
+NAME = "instance_migrate"
+OPCODE = "INSTANCE_MIGRATE"
+
+
+@dataclass(frozen=True)
+class Params:
+    instance: str
+    allow_failover: bool = False
+    timeout_s: int = 600
+
+
+def claims(state, params: Params) -> Claims:
+    return _migration.claims(state, params.instance)
+
+
+def falls_back(state, params: Params) -> bool:
+    """Whether a migration that cannot be live becomes a failover (only when the caller allows it)."""
+    found = state.instance_by_name(params.instance)
+    return params.allow_failover and found is not None and (
+        found.admin_state != "up" or state.nodes[found.primary].offline)
+
+
+def check(state, params: Params) -> None:
+    found, primary, _ = _migration.check_common(state, params.instance, "migrate")
+    if falls_back(state, params):
+        return
+    if found.admin_state != "up":
+        raise PrereqError(WRONG_STATE, f"Instance '{found.name}' is marked down, cannot migrate it live; "
+                                       f"use 'cairn instance failover {found.name}' (or --allow-failover)")
+    if primary.offline:
+        raise PrereqError(WRONG_STATE, f"Cannot migrate instance '{found.name}' live: its primary node "
+                                       f"{primary.name} is offline; use 'cairn instance failover {found.name}'")
+
+
+def plan(state, params: Params) -> Plan:
+    doing = "failing over" if falls_back(state, params) else "migrating"
+    return _migration.plan(state, params.instance, doing, params.timeout_s)

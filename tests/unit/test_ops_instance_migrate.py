@@ -1,0 +1,99 @@
+"""Tests of instance_migrate and instance_failover (they share ops/_migration.py)."""
+
+from appliance.model import events as ev
+from appliance.model.errors import INSUFFICIENT_RESOURCES, WRONG_INPUT, WRONG_STATE
+from tests.unit.test_ops_support import add, cluster, node_id, refused
+
+
+def test_migrate_swaps_primary_and_secondary():
+    """Migrating a replicated instance makes its secondary the primary and the other way round."""
+    box = cluster()
+    found = add(box)
+    plan = box.run("instance_migrate", instance="web1.example.com")
+    moved = box.state.instances[found.id]
+    assert (moved.primary, moved.secondary) == (found.secondary, found.primary)
+    assert plan.events == (ev.InstanceMigrated(found.id, found.secondary, found.primary),)
+    assert plan.steps[0].waits[0].node == found.secondary
+
+
+def test_migrate_moves_the_memory_usage():
+    """After the migration the new primary carries the instance's memory and the old one does not."""
+    box = cluster()
+    found = add(box)
+    box.run("instance_migrate", instance="web1.example.com")
+    assert box.state.usage[found.secondary].memory_mib == 1024 and box.state.usage[found.primary].memory_mib == 0
+
+
+def test_migrate_reserves_memory_on_the_target():
+    """The plan reserves the instance's memory on the node it moves to."""
+    box = cluster()
+    found = add(box)
+    plan = box.plan("instance_migrate", instance="web1.example.com")
+    assert [(r.node, r.memory_mib) for r in plan.reservations] == [(found.secondary, 1024)]
+
+
+def test_migrate_refuses_an_instance_without_secondary():
+    """A non-replicated instance cannot migrate; the message points to instance move."""
+    box = cluster()
+    add(box, template="file")
+    refused(box, "instance_migrate", WRONG_INPUT, "has no secondary node", instance="web1.example.com")
+    refused(box, "instance_failover", WRONG_INPUT, "use 'cairn instance move' instead", instance="web1.example.com")
+
+
+def test_migrate_refuses_an_offline_secondary():
+    """The secondary must be online to take the instance."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.NodeModified(found.secondary, {"offline": True}))
+    refused(box, "instance_migrate", WRONG_STATE, "secondary node n2.example.com is offline",
+            instance="web1.example.com")
+
+
+def test_migrate_refuses_a_secondary_without_free_memory():
+    """The secondary must have the instance's memory free, reservations counted."""
+    box = cluster(memory_mib=2048)
+    add(box)
+    add(box, name="big.example.com", template="file", primary="n2.example.com", memory_mib=1536)
+    refused(box, "instance_migrate", INSUFFICIENT_RESOURCES, "Not enough memory on node n2.example.com",
+            instance="web1.example.com")
+
+
+def test_migrate_refuses_a_stopped_instance():
+    """Live migration needs a running instance; a stopped one is pointed to failover."""
+    box = cluster()
+    add(box, start=False)
+    refused(box, "instance_migrate", WRONG_STATE, "instance failover", instance="web1.example.com")
+
+
+def test_migrate_with_allow_failover_fails_a_stopped_instance_over():
+    """With allow_failover a stopped instance is failed over instead."""
+    box = cluster()
+    found = add(box, start=False)
+    plan = box.run("instance_migrate", instance="web1.example.com", allow_failover=True)
+    assert box.state.instances[found.id].primary == found.secondary
+    assert plan.steps[0].message.startswith("failing over") and plan.steps[0].waits == ()
+
+
+def test_migrate_refuses_an_offline_primary():
+    """Live migration needs the primary online."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.NodeModified(found.primary, {"offline": True}))
+    refused(box, "instance_migrate", WRONG_STATE, "use 'cairn instance failover", instance="web1.example.com")
+
+
+def test_failover_moves_an_instance_off_an_offline_primary():
+    """Failover is the way out when the primary died: it works with the primary offline."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.NodeModified(found.primary, {"offline": True}))
+    box.run("instance_failover", instance="web1.example.com")
+    assert box.state.instances[found.id].primary == node_id(box, "n2.example.com")
+
+
+def test_failover_refuses_an_offline_secondary():
+    """Failover too needs the secondary online."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.NodeModified(found.secondary, {"offline": True}))
+    refused(box, "instance_failover", WRONG_STATE, "is offline", instance="web1.example.com")
