@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from appliance.model.errors import (
     ALREADY_EXISTS, INSUFFICIENT_RESOURCES, UNKNOWN_ENTITY, WRONG_INPUT, WRONG_STATE, PrereqError,
 )
-from appliance.model.ids import DEFAULT_GROUP_NAME, is_hostname, is_mac, is_tag, mac_from_int
+from appliance.model.ids import DEFAULT_GROUP_NAME, is_hostname, is_mac, is_simple_name, is_tag, mac_from_int
 from appliance.model.state import ROLES, ClusterState, Group, Instance, Node, User
 from ops.base import Claims
 
@@ -294,3 +294,20 @@ def new_nics(state: ClusterState, nics: Iterable[dict], default_link: str, first
             raise PrereqError(ALREADY_EXISTS, f"MAC address {mac} is already in use in this cluster; "
                                               "leave the MAC out to have one generated")
         seen.add(mac)
+
+
+def not_last_admin(state: ClusterState, found: User, doing: str) -> None:
+    """Refuse to remove or demote the only admin: nobody could manage users or the cluster afterwards."""
+    if found.role == "admin" and sum(1 for u in state.users.values() if u.role == "admin") == 1:
+        raise PrereqError(WRONG_STATE, f"User '{found.name}' is the last admin, cannot {doing} it; "
+                                       "make another user admin first with 'cairn user set-role NAME admin'")
+
+
+def group_name(state: ClusterState, name: str) -> None:
+    """Refuse a group name that is malformed or already taken (Ganeti's text)."""
+    if not is_simple_name(name):
+        raise PrereqError(WRONG_INPUT, f"Invalid group name '{name}': use lower-case letters, digits, ._-")
+    existing = state.group_by_name(name)
+    if existing is not None:
+        raise PrereqError(ALREADY_EXISTS, f"Desired group name '{name}' already exists as a node group "
+                                          f"(id {existing.id})")

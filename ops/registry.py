@@ -3,8 +3,9 @@
 from types import ModuleType
 
 from ops import (
-    cluster_init, instance_add, instance_failover, instance_migrate, instance_modify, instance_reboot,
-    instance_remove, instance_rename, instance_shutdown, instance_startup, node_add,
+    cluster_init, group_add, group_assign_nodes, group_remove, group_rename, instance_add, instance_failover,
+    instance_migrate, instance_modify, instance_reboot, instance_remove, instance_rename, instance_shutdown,
+    instance_startup, node_add, node_modify, node_remove, user_add, user_remove, user_set_role,
 )
 
 OPERATIONS: dict[str, ModuleType] = {
@@ -21,6 +22,15 @@ OPERATIONS: dict[str, ModuleType] = {
         instance_rename,
         instance_migrate,
         instance_failover,
+        node_remove,
+        node_modify,
+        group_add,
+        group_remove,
+        group_rename,
+        group_assign_nodes,
+        user_add,
+        user_remove,
+        user_set_role,
     )
 }
 

@@ -1,8 +1,8 @@
-"""Tests of instance_migrate and instance_failover (they share ops/_migration.py)."""
+"""Tests of instance_migrate (it shares ops/_migration.py with instance_failover)."""
 
 from appliance.model import events as ev
 from appliance.model.errors import INSUFFICIENT_RESOURCES, WRONG_INPUT, WRONG_STATE
-from tests.unit.test_ops_support import add, cluster, node_id, refused
+from tests.unit.test_ops_support import add, cluster, refused
 
 
 def test_migrate_swaps_primary_and_secondary():
@@ -37,7 +37,7 @@ def test_migrate_refuses_an_instance_without_secondary():
     box = cluster()
     add(box, template="file")
     refused(box, "instance_migrate", WRONG_INPUT, "has no secondary node", instance="web1.example.com")
-    refused(box, "instance_failover", WRONG_INPUT, "use 'cairn instance move' instead", instance="web1.example.com")
+    refused(box, "instance_migrate", WRONG_INPUT, "use 'cairn instance move' instead", instance="web1.example.com")
 
 
 def test_migrate_refuses_an_offline_secondary():
@@ -80,20 +80,3 @@ def test_migrate_refuses_an_offline_primary():
     found = add(box)
     box.commit(ev.NodeModified(found.primary, {"offline": True}))
     refused(box, "instance_migrate", WRONG_STATE, "use 'cairn instance failover", instance="web1.example.com")
-
-
-def test_failover_moves_an_instance_off_an_offline_primary():
-    """Failover is the way out when the primary died: it works with the primary offline."""
-    box = cluster()
-    found = add(box)
-    box.commit(ev.NodeModified(found.primary, {"offline": True}))
-    box.run("instance_failover", instance="web1.example.com")
-    assert box.state.instances[found.id].primary == node_id(box, "n2.example.com")
-
-
-def test_failover_refuses_an_offline_secondary():
-    """Failover too needs the secondary online."""
-    box = cluster()
-    found = add(box)
-    box.commit(ev.NodeModified(found.secondary, {"offline": True}))
-    refused(box, "instance_failover", WRONG_STATE, "is offline", instance="web1.example.com")

@@ -1,0 +1,50 @@
+"""Tests of node_remove."""
+
+from appliance.model import events as ev
+from appliance.model.errors import UNKNOWN_ENTITY, WRONG_STATE
+from tests.unit.test_ops_support import add, cluster, node_id, refused
+
+
+def test_node_remove_removes_an_empty_node():
+    """An empty node leaves the state, with its name and usage."""
+    box = cluster()
+    gone = node_id(box, "n3.example.com")
+    box.run("node_remove", node="n3.example.com")
+    assert gone not in box.state.nodes and "n3.example.com" not in box.state.node_names
+    assert gone not in box.state.usage
+
+
+def test_node_remove_refuses_a_node_with_instances():
+    """A node that still holds instances is refused, naming how many, and evacuation is suggested."""
+    box = cluster()
+    add(box)
+    add(box, name="web2.example.com", template="file")
+    refused(box, "node_remove", WRONG_STATE, "still holds 2 instance(s) (2 as primary, 0 as secondary); evacuate",
+            node="n1.example.com")
+    refused(box, "node_remove", WRONG_STATE, "1 as secondary", node="n2.example.com")
+
+
+def test_node_remove_refuses_the_last_voter():
+    """The last voter cannot be removed."""
+    refused(cluster(nodes=1), "node_remove", WRONG_STATE, "last voter", node="n1.example.com")
+
+
+def test_node_remove_refuses_an_unknown_node():
+    """Removing a node that does not exist is refused as unknown_entity, in Ganeti's words."""
+    refused(cluster(), "node_remove", UNKNOWN_ENTITY, "Node 'nosuch.example.com' not known", node="nosuch.example.com")
+
+
+def test_node_remove_refuses_a_node_with_reservations():
+    """A node holding a running job's reservations is not removed under it."""
+    box = cluster()
+    box.commit(ev.JobSubmitted(({"op": "instance_add", "params": {}},), "r1"))
+    box.commit(ev.JobAdmitted(1, ({"node": node_id(box, "n3.example.com"), "memory_mib": 512, "disk_mib": 0},), ()))
+    refused(box, "node_remove", WRONG_STATE, "reserved by a running job", node="n3.example.com")
+
+
+def test_node_remove_clears_the_node_maintenance_mode():
+    """A node's own modes are cleared with it."""
+    box = cluster()
+    box.commit(ev.ModeSet("maintenance", node_id(box, "n3.example.com"), None))
+    box.run("node_remove", node="n3.example.com")
+    assert not box.state.modes
