@@ -17,6 +17,7 @@ import argparse
 import logging
 import math
 import signal
+import sys
 
 import trio
 
@@ -40,6 +41,11 @@ def _record_fields(record: Record) -> list:
     return [record.seq, record.prev_hash, record.hash, record.payload]
 
 
+def _error_reply(request_id, error: LogError) -> dict:
+    return {"id": request_id, "error": type(error).__name__, "message": str(error),
+            "leader": getattr(error, "leader", None)}
+
+
 class MemberServer:
     """Answers requests on one member's API and data-plane ports."""
 
@@ -53,7 +59,10 @@ class MemberServer:
             try:
                 while True:
                     request = await channel.receive()
-                    nursery.start_soon(self._answer, request, outbox_send)
+                    if request.get("op") == "propose":
+                        self._propose_now(request, outbox_send)
+                    else:
+                        nursery.start_soon(self._answer, request, outbox_send)
             except (WireError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass  # the client went away; its pending replies are dropped
             finally:
@@ -80,12 +89,28 @@ class MemberServer:
                 raise ValueError(f"unknown op {request.get('op')!r}; use propose, head, status, read or wait")
             reply = await handler(request)
         except LogError as error:
-            reply = {"error": type(error).__name__, "message": str(error),
-                     "leader": getattr(error, "leader", None)}
+            reply = _error_reply(None, error)
         except (ValueError, TypeError, KeyError) as error:
             reply = {"error": "RemoteError", "message": f"bad request: {error}"}
         reply["id"] = request.get("id")
         outbox.send_nowait(reply)
+
+    def _propose_now(self, request: dict, outbox) -> None:
+        """Submit a proposal without a task of its own: the hot path of the member."""
+        request_id = request.get("id")
+
+        def on_done(seq, error) -> None:
+            if error is None:
+                outbox.send_nowait({"id": request_id, "seq": seq})
+            else:
+                outbox.send_nowait(_error_reply(request_id, error))
+
+        try:
+            self.member.submit(request["payload"], float(request.get("timeout_s", 5.0)), on_done)
+        except LogError as error:
+            outbox.send_nowait(_error_reply(request_id, error))
+        except (ValueError, TypeError, KeyError) as error:
+            outbox.send_nowait({"id": request_id, "error": "RemoteError", "message": f"bad request: {error}"})
 
     async def op_propose(self, request: dict) -> dict:
         seq = await self.member.propose(request["payload"], timeout_s=float(request.get("timeout_s", 5.0)))
@@ -157,7 +182,8 @@ async def run_member(args: argparse.Namespace) -> None:
     peers = [p for p in (args.peers.split(",") if args.peers else []) if p]
     voters = peers if args.non_voter else sorted(set(peers) | {args.self})
     settings = SyncObjSettings(password=secret.decode("latin-1"), fsync=args.fsync,
-                               log_compaction_min_entries=args.compaction_entries)
+                               log_compaction_min_entries=args.compaction_entries,
+                               max_entries_in_flight=args.max_in_flight)
     async with open_syncobj_log(args.self, voters, args.data, settings, voter=not args.non_voter,
                                 history_source=HistoryPeers(peers, secret)) as member:
         server = MemberServer(member)
@@ -183,6 +209,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fsync", choices=("always", "batch"), default="batch")
     parser.add_argument("--compaction-entries", type=int, default=2000,
                         help="compact pysyncobj's journal once it holds more Raft entries than this")
+    parser.add_argument("--max-in-flight", type=int, default=1,
+                        help="Raft entries this member keeps in flight; proposals wait and are packed meanwhile")
+    parser.add_argument("--switch-interval-ms", type=float, default=5.0,
+                        help="the interpreter's thread switch interval (the tick thread and Trio share the GIL)")
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 
@@ -190,6 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sys.setswitchinterval(args.switch_interval_ms / 1000)
     trio.run(run_member, args)
 
 

@@ -20,10 +20,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import heapq
+import itertools
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cbor2
@@ -80,7 +83,7 @@ class SyncObjSettings:
     fsync_interval_s: float = 0.05
     max_batch_payloads: int = 4096
     max_batch_bytes: int = 4 << 20
-    max_entries_in_flight: int = 2
+    max_entries_in_flight: int = 1
     # An entry with no answer after this long is given up (its payloads report
     # "outcome unknown") so that new proposals are not held behind it.
     stuck_entry_s: float = 10.0
@@ -132,20 +135,24 @@ class _Entries(SyncObjConsumer):
         return self._apply_batch(batch)
 
 
+# Called once with (seq, None) when the payload committed, or (None, error).
+ProposalCallback = Callable[[int | None, LogError | None], None]
+
+
 @dataclass(eq=False)
 class _Waiter:
-    """One proposer waiting for its payload's seq."""
+    """One proposal waiting for its seq; `on_done` is called exactly once."""
 
     payload: bytes
-    done: trio.Event = field(default_factory=trio.Event)
-    seq: int | None = None
-    error: LogError | None = None
+    on_done: ProposalCallback
+    deadline: float
     sent: bool = False
+    resolved: bool = False
 
     def resolve(self, seq: int | None, error: LogError | None = None) -> None:
-        if not self.done.is_set():
-            self.seq, self.error = seq, error
-            self.done.set()
+        if not self.resolved:
+            self.resolved = True
+            self.on_done(seq, error)
 
 
 @dataclass(eq=False)
@@ -169,6 +176,9 @@ class SyncObjLog(EventLog):
         self._data_dir = Path(data_dir)
         self._data_dir.mkdir(parents=True, exist_ok=True)
         self._token = trio.lowlevel.current_trio_token()
+        self._post_lock = threading.Lock()
+        self._posted: list = []
+        self._drain_scheduled = False
         self._history = HistoryStore(self._data_dir / "history", fsync=settings.fsync)
         self._init_trio_side()
         # Tick-thread state: the chain head as the apply step last left it.
@@ -201,18 +211,41 @@ class SyncObjLog(EventLog):
         self._leadership_event = trio.Event()
         self._queue: collections.deque[_Waiter] = collections.deque()
         self._in_flight: set[_Batch] = set()
+        self._deadlines: list = []
+        self._counter = itertools.count()
         self._closed = False
         self._gap_wakeup = trio.Event()
         self.history_error: str | None = None
         self.history_copies = 0
+        # Group-commit counters, reported by status() and the benchmark.
+        self.entries_sent = 0
+        self.payloads_sent = 0
+        self.entry_seconds = 0.0
 
     # -- tick thread -------------------------------------------------------------
 
     def _to_trio(self, function, *args) -> None:
+        """Run `function(*args)` in Trio soon, in the order posted; never blocks the tick thread.
+
+        Calls are queued under a short lock and drained by one run_sync_soon at
+        a time, so a busy member wakes Trio once per burst, not once per entry.
+        """
+        with self._post_lock:
+            self._posted.append((function, args))
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
         try:
-            self._token.run_sync_soon(function, *args)
+            self._token.run_sync_soon(self._drain_posted)
         except trio.RunFinishedError:
             pass
+
+    def _drain_posted(self) -> None:
+        with self._post_lock:
+            posted, self._posted = self._posted, []
+            self._drain_scheduled = False
+        for function, args in posted:
+            function(*args)
 
     def _apply_batch(self, batch: bytes) -> int:
         """Extend the chain by a packed batch; never raises, because pysyncobj would re-apply the entry."""
@@ -349,6 +382,27 @@ class SyncObjLog(EventLog):
     # -- Trio side: proposing (group commit) --------------------------------------------
 
     async def propose(self, payload: bytes, timeout_s: float = 5.0) -> int:
+        done = trio.Event()
+        outcome: list = []
+
+        def on_done(seq: int | None, error: LogError | None) -> None:
+            outcome.append((seq, error))
+            done.set()
+
+        self.submit(payload, timeout_s, on_done)
+        await done.wait()
+        seq, error = outcome[0]
+        if error is not None:
+            raise error
+        return seq
+
+    def submit(self, payload: bytes, timeout_s: float, on_done: ProposalCallback) -> None:
+        """Propose without waiting: `on_done(seq, error)` is called from Trio once the outcome is known.
+
+        Raises at once (LogClosed, TypeError, NoQuorum) when nothing can be sent.
+        After `timeout_s` the callback gets OutcomeUnknown if the payload was
+        sent, or NoQuorum / Overloaded if it never left this member.
+        """
         if self._closed:
             raise LogClosed("the log is closed")
         if not isinstance(payload, (bytes, bytearray, memoryview)):
@@ -356,24 +410,26 @@ class SyncObjLog(EventLog):
         if not self.has_quorum():
             raise NoQuorum(f"{self.address} reaches fewer than a majority of voters; nothing can commit "
                            "now, retry when the voters are back")
-        waiter = _Waiter(bytes(payload))
+        waiter = _Waiter(bytes(payload), on_done, trio.current_time() + timeout_s)
         self._queue.append(waiter)
+        heapq.heappush(self._deadlines, (waiter.deadline, next(self._counter), waiter))
         self._send_batches()
-        with trio.move_on_after(timeout_s):
-            await waiter.done.wait()
-        if waiter.done.is_set():
-            if waiter.error is not None:
-                raise waiter.error
-            return waiter.seq
-        if not waiter.sent:
-            self._queue.remove(waiter)
-            if not self.has_quorum():
-                raise NoQuorum(f"the voters were lost while the proposal waited; it was not sent and did "
-                               "not commit; retry when the voters are back")
-            raise Overloaded(f"the proposal waited {timeout_s} s behind other entries and was not sent; "
-                             "it did not commit; retry, or propose less at once")
-        raise OutcomeUnknown(f"no answer within {timeout_s} s; the payload may still commit; retry with "
-                             "the same payload (its event id makes the retry harmless)")
+
+    def _expire(self, now: float) -> None:
+        """Resolve proposals whose deadline passed; unsent ones are dropped from the queue."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _deadline, _n, waiter = heapq.heappop(self._deadlines)
+            if waiter.resolved:
+                continue
+            if waiter.sent:
+                waiter.resolve(None, OutcomeUnknown("no answer in time; the payload may still commit; retry "
+                                                    "with the same payload (its event id makes the retry harmless)"))
+            elif not self.has_quorum():
+                waiter.resolve(None, NoQuorum("the voters were lost while the proposal waited; it was not sent "
+                                              "and did not commit; retry when the voters are back"))
+            else:
+                waiter.resolve(None, Overloaded("the proposal waited behind other entries and was not sent; "
+                                                "it did not commit; retry, or propose less at once"))
 
     def _send_batches(self) -> None:
         settings = self._settings
@@ -384,11 +440,17 @@ class SyncObjLog(EventLog):
                 if waiters and size + len(self._queue[0].payload) > settings.max_batch_bytes:
                     break
                 waiter = self._queue.popleft()
+                if waiter.resolved:
+                    continue
                 waiter.sent = True
                 waiters.append(waiter)
                 size += len(waiter.payload)
+            if not waiters:
+                continue
             batch = _Batch(waiters, trio.current_time())
             self._in_flight.add(batch)
+            self.entries_sent += 1
+            self.payloads_sent += len(waiters)
             encoded = cbor2.dumps([w.payload for w in waiters])
             self._entries.put(encoded, callback=functools.partial(self._answered_on_tick, batch))
 
@@ -399,6 +461,7 @@ class SyncObjLog(EventLog):
         if batch not in self._in_flight:
             return
         self._in_flight.discard(batch)
+        self.entry_seconds += trio.current_time() - batch.sent_at
         if error == FAIL_REASON.SUCCESS:
             for index, waiter in enumerate(batch.waiters):
                 waiter.resolve(result + index)
@@ -422,8 +485,9 @@ class SyncObjLog(EventLog):
     async def _watch_stuck_entries(self) -> None:
         """Give up entries that never got an answer (no leader, a dropped forward) so new ones can flow."""
         while not self._closed:
-            await trio.sleep(0.2)
+            await trio.sleep(0.02)
             now = trio.current_time()
+            self._expire(now)
             for batch in [b for b in self._in_flight if now - b.sent_at > self._settings.stuck_entry_s]:
                 self._in_flight.discard(batch)
                 for waiter in batch.waiters:
@@ -510,7 +574,8 @@ class SyncObjLog(EventLog):
             "raft_state": raw["state"], "has_quorum": self.has_quorum(), "commit_idx": raw["commit_idx"],
             "last_applied": raw["last_applied"], "log_len": raw["log_len"], "history_seq": self._history.head.seq,
             "history_gap": self._history.gap, "history_error": self.history_error,
-            "history_copies": self.history_copies, "fsync": self._settings.fsync,
+            "history_copies": self.history_copies, "entries_sent": self.entries_sent,
+            "payloads_sent": self.payloads_sent, "entry_seconds": self.entry_seconds, "fsync": self._settings.fsync,
             "in_flight": len(self._in_flight), "queued": len(self._queue),
             "readonly_nodes_count": raw.get("readonly_nodes_count", 0),
         }
