@@ -311,3 +311,32 @@ def group_name(state: ClusterState, name: str) -> None:
     if existing is not None:
         raise PrereqError(ALREADY_EXISTS, f"Desired group name '{name}' already exists as a node group "
                                           f"(id {existing.id})")
+
+
+TAG_KINDS = ("cluster", "node", "group", "instance")
+
+
+def tag_target(state: ClusterState, kind: str, target: str) -> tuple[str, str, tuple]:
+    """The id, display name and current tags of what a tag operation names ('' for the cluster)."""
+    if kind not in TAG_KINDS:
+        raise PrereqError(WRONG_INPUT, f"Invalid tag kind '{kind}'; choose one of {', '.join(TAG_KINDS)}")
+    if kind == "cluster":
+        if target:
+            raise PrereqError(WRONG_INPUT, "Cluster tags take no target name")
+        return "", state.cluster.name, state.cluster.tags
+    found = {"node": node, "group": group, "instance": instance}[kind](state, target)
+    return found.id, found.name, found.tags
+
+
+def tag_claims(state: ClusterState, kind: str, target: str) -> Claims:
+    """Claims of a tag operation: the tagged object by name (the whole cluster for cluster tags)."""
+    if kind == "node":
+        found = state.node_by_name(target)
+        return Claims(nodes=frozenset({found.name if found else target}))
+    if kind == "group":
+        found = state.group_by_name(target)
+        return Claims(groups=frozenset({found.name if found else target}))
+    if kind == "instance":
+        found = state.instance_by_name(target)
+        return Claims(instances=frozenset({found.name if found else target}))
+    return Claims(cluster=True)

@@ -52,8 +52,7 @@ def check(state, params: Params) -> None:
                                        f"ones ({','.join(params.enabled_hypervisors)})")
     if not is_mac_prefix(params.mac_prefix):
         raise PrereqError(WRONG_INPUT, f"Invalid MAC prefix '{params.mac_prefix}': give three octets like 'aa:00:00'")
-    _common.positive(params.fencing_interval_s, "fencing interval (s)")
-    _common.positive(params.recovery_interval_s, "recovery interval (s)")
+    _common.intervals(params.fencing_interval_s, params.recovery_interval_s)
     if params.ipolicy is not None:
         _common.check_ipolicy(params.ipolicy)
 

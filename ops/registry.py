@@ -3,9 +3,10 @@
 from types import ModuleType
 
 from ops import (
-    cluster_init, group_add, group_assign_nodes, group_remove, group_rename, instance_add, instance_failover,
+    cluster_init, cluster_mode, cluster_modify, group_add, group_assign_nodes, group_remove, group_rename, instance_add, instance_failover,
     instance_migrate, instance_modify, instance_reboot, instance_remove, instance_rename, instance_shutdown,
-    instance_startup, node_add, node_modify, node_remove, user_add, user_remove, user_set_role,
+    instance_startup, node_add, node_modify, node_remove, tags_add, tags_remove, user_add, user_remove,
+    user_set_role,
 )
 
 OPERATIONS: dict[str, ModuleType] = {
@@ -31,6 +32,10 @@ OPERATIONS: dict[str, ModuleType] = {
         user_add,
         user_remove,
         user_set_role,
+        cluster_modify,
+        cluster_mode,
+        tags_add,
+        tags_remove,
     )
 }
 
