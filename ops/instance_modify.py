@@ -2,7 +2,8 @@
 
 Every change is checked against the instance policy (unless ignored) and
 against free memory and disk on the instance's nodes, counting what
-admitted-but-unfinished jobs have reserved. Disks only grow. NIC indexes
+admitted-but-unfinished jobs have reserved; more memory for a replicated
+instance must also fit on its secondary, so it can still fail over. Disks only grow. NIC indexes
 refer to the NICs as they are before the change; the plan applies
 modifications first, then removals from the highest index down, then
 additions, so every index it emits is valid when applied.
@@ -12,7 +13,7 @@ import random
 from dataclasses import dataclass, replace
 
 from appliance.model import events as ev
-from appliance.model.errors import WRONG_INPUT, PrereqError
+from appliance.model.errors import WRONG_INPUT, WRONG_STATE, PrereqError
 from ops import _common
 from ops.base import Claims, Plan, Reservation, one_step
 from ops.instance_add import DEFAULT_LINK
@@ -145,9 +146,21 @@ def _check_room(state, found, params: Params) -> None:
     memory, disk = _extra(found, params)
     if memory:
         _common.memory_fits(state, state.nodes[found.primary], memory, found.name, "modifying")
+        if found.secondary:
+            _check_failover_room(state, found, params.memory_mib)
     if disk:
         for holder in _common.used_disk_nodes(state, found):
             _common.disk_fits(state, holder, disk, found.name, "modifying")
+
+
+def _check_failover_room(state, found, memory_mib: int) -> None:
+    """Like Ganeti, refuse growing memory past what the secondary could take over in a failover."""
+    secondary = state.nodes[found.secondary]
+    free = state.free_memory_mib(secondary.id)
+    if memory_mib > free:
+        raise PrereqError(WRONG_STATE, f"This change will prevent the instance '{found.name}' from failover to its "
+                                       f"secondary node {secondary.name}, due to not enough memory: needed "
+                                       f"{memory_mib} MiB, available {free} MiB")
 
 
 def _events(found, params: Params) -> list:

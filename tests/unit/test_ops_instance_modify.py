@@ -1,7 +1,7 @@
 """Tests of instance_modify: memory, vcpus, disks and NICs."""
 
 from appliance.model import events as ev
-from appliance.model.errors import ALREADY_EXISTS, INSUFFICIENT_RESOURCES, WRONG_INPUT
+from appliance.model.errors import ALREADY_EXISTS, INSUFFICIENT_RESOURCES, WRONG_INPUT, WRONG_STATE
 from tests.unit.test_ops_support import add, cluster, refused
 
 
@@ -41,6 +41,15 @@ def test_modify_refuses_memory_the_primary_lacks():
     refused(box, "instance_modify", INSUFFICIENT_RESOURCES,
             "Not enough memory on node n1.example.com for modifying instance web1.example.com: needed 2048 MiB, "
             "available 1024 MiB", instance="web1.example.com", memory_mib=3072)
+
+
+def test_modify_refuses_memory_the_secondary_could_not_take_over():
+    """More memory than the secondary has free would prevent failover, so it is refused as Ganeti does."""
+    box = cluster(memory_mib=4096)
+    add(box)
+    add(box, name="big.example.com", template="file", primary="n2.example.com", memory_mib=2048)
+    refused(box, "instance_modify", WRONG_STATE, "prevent the instance 'web1.example.com' from failover to its "
+            "secondary node n2.example.com", instance="web1.example.com", memory_mib=3072)
 
 
 def test_modify_counts_memory_reserved_by_admitted_jobs():
