@@ -32,6 +32,7 @@ DEFAULT_IPOLICY = {
 _POLICY_WORDS = {"memory_mib": "memory-size", "cpu_count": "cpu-count", "disk_size_mib": "disk-size",
                  "disk_count": "disk-count", "nic_count": "nic-count"}
 MAX_TAGS = 4096
+TAG_KINDS = ("cluster", "node", "group", "instance")
 
 
 def node(state: ClusterState, name: str) -> Node:
@@ -312,8 +313,6 @@ def group_name(state: ClusterState, name: str) -> None:
         raise PrereqError(ALREADY_EXISTS, f"Desired group name '{name}' already exists as a node group "
                                           f"(id {existing.id})")
 
-
-TAG_KINDS = ("cluster", "node", "group", "instance")
 
 
 def tag_target(state: ClusterState, kind: str, target: str) -> tuple[str, str, tuple]:
