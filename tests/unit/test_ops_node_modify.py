@@ -102,3 +102,19 @@ def test_node_modify_emits_one_node_modified_event():
     box = cluster()
     plan = box.plan("node_modify", node="n3.example.com", drained=True)
     assert plan.events == (ev.NodeModified(node_id(box, "n3.example.com"), {"drained": True}),)
+
+
+def test_node_modify_drain_clears_offline():
+    """Draining an offline node clears offline, as Ganeti does."""
+    box = cluster()
+    box.run("node_modify", node="n3.example.com", offline=True)
+    box.run("node_modify", node="n3.example.com", drained=True)
+    assert node(box).drained and not node(box).offline
+
+
+def test_node_modify_refuses_a_sixth_voter():
+    """At most five nodes vote."""
+    box = cluster(nodes=0)
+    for n in range(6):
+        box.run("node_add", name=f"m{n}.example.com")
+    refused(box, "node_modify", WRONG_STATE, "already has 5 voters", node="m5.example.com", role="voter")
