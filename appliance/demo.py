@@ -108,7 +108,23 @@ class Demo:
             self.observe(name, running=True)
 
     def _modify(self, name: str) -> None:
-        self._run("instance_modify", reason="resize", instance=name, memory_mib=self.rng.choice(MEMORY_CHOICES_MIB))
+        change = self.rng.choice(("memory", "vcpus", "disk_add", "disk_grow", "nic_add", "tags"))
+        instance = self.box.state.instance_by_name(name)
+        if change == "memory":
+            self._run("instance_modify", reason="resize", instance=name, memory_mib=self.rng.choice(MEMORY_CHOICES_MIB))
+        elif change == "vcpus":
+            self._run("instance_modify", reason="resize", instance=name, vcpus=self.rng.randint(1, 4))
+        elif change == "disk_add" and instance.disk_template != "diskless":
+            self._run("instance_modify", reason="more space", instance=name, disk_add=(self.rng.choice(DISK_CHOICES_MIB),))
+        elif change == "disk_grow" and instance.disks:
+            self._run("instance_modify", reason="more space", instance=name,
+                      disk_grow=((0, instance.disks[0].size_mib + 1024),))
+        elif change == "nic_add":
+            self._run("instance_modify", reason="second network", instance=name,
+                      nic_add=({"mode": "bridged", "link": "br1", "mac": ""},))
+        elif change == "tags":
+            self._run("tags_add", reason="inventory", kind="instance", target=name,
+                      tags=(self.rng.choice(("prod", "staging", "db", "web", "backup")),))
 
     def _rename(self, name: str) -> None:
         self.serial += 1

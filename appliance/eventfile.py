@@ -161,10 +161,7 @@ def replay_file(path: str | os.PathLike, at: int | None = None, use_checkpoints:
     else:
         state, reader = ClusterState(), records(path)
     try:
-        for record in reader:
-            if at is not None and record.seq > at:
-                break
-            state = replay.apply(state, codec.decode(record.payload, record.seq), record.seq)
+        state = replay.fold(reader, state, until=at)
     except RecordError as error:
         raise _wrap(error) from None
     except UndecodableEvent as error:

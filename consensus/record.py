@@ -27,6 +27,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
+from operator import itemgetter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -41,6 +42,7 @@ _BODY_FIXED = 8 + 32 + 32
 _MAX_BODY = 1 << 30
 _CHUNK = 1 << 22
 _sha256 = hashlib.sha256
+_second = itemgetter(1)
 
 
 class RecordError(ValueError):
@@ -187,54 +189,59 @@ class RecordReader:
         self.count = 0
 
     def __iter__(self) -> Iterator[Record]:
-        for _offset, record in self.with_offsets():
-            yield record
+        return map(_second, self.with_offsets())
 
     def with_offsets(self) -> Iterator[tuple[int, Record]]:
         """Yield (byte offset of the frame, record) for every record."""
         with open(self.path, "rb") as f:
             f.seek(self.offset)
-            buffer = b""
-            position = self.offset
-            start = 0
+            buffer, view = b"", memoryview(b"")
+            position, start = self.offset, 0
+            header = _FRAME.size
             while True:
-                if len(buffer) - start < _FRAME.size:
+                if len(buffer) - start < header:
                     buffer = buffer[start:] + f.read(_CHUNK)
-                    start = 0
+                    view, start = memoryview(buffer), 0
                     if not buffer:
                         return
-                    if len(buffer) < _FRAME.size:
+                    if len(buffer) < header:
                         self._fail("file ends inside a frame header (truncated)", position)
                 magic, length, crc = _FRAME.unpack_from(buffer, start)
                 if magic not in (RECORD_MAGIC, SEAL_MAGIC) or length > _MAX_BODY:
                     self._fail("not a record frame (bad magic or length)", position)
-                end = start + _FRAME.size + length
-                while end > len(buffer):
-                    more = f.read(max(_CHUNK, end - len(buffer)))
-                    if not more:
-                        self._fail("file ends inside a record (truncated)", position)
-                    buffer = buffer[start:] + more
-                    end -= start
-                    start = 0
-                body = buffer[start + _FRAME.size:end]
-                if zlib.crc32(body) != crc:
+                end = start + header + length
+                if end > len(buffer):
+                    buffer = self._fill(f, buffer[start:], end - start, position)
+                    view, end, start = memoryview(buffer), end - start, 0
+                # The frame is checked through a memoryview, so the body is never copied as a whole.
+                if zlib.crc32(view[start + header:end]) != crc:
                     self._fail("CRC mismatch (the record was changed)", position)
                 if magic == SEAL_MAGIC:
-                    self._read_seal(body, position, buffer[end:end + 1] or f.read(1))
+                    self._read_seal(buffer[start + header:end], position, buffer[end:end + 1] or f.read(1))
                     return
-                yield position, self._record(body, position)
+                yield position, self._record(buffer, view, start + header, end, position)
                 position += end - start
                 start = end
 
-    def _record(self, body: bytes, position: int) -> Record:
-        if len(body) < _BODY_FIXED:
+    def _fill(self, f: BinaryIO, partial: bytes, needed: int, position: int) -> bytes:
+        """Read on until `partial` holds `needed` bytes (a record larger than what is buffered)."""
+        while len(partial) < needed:
+            more = f.read(max(_CHUNK, needed - len(partial)))
+            if not more:
+                self._fail("file ends inside a record (truncated)", position)
+            partial += more
+        return partial
+
+    def _record(self, buffer: bytes, view: memoryview, body: int, end: int, position: int) -> Record:
+        if end - body < _BODY_FIXED:
             self._fail("record body too short", position)
-        record = Record(_SEQ.unpack_from(body, 32)[0], body[:32], body[-32:], body[40:-32])
+        record = Record(_SEQ.unpack_from(buffer, body + 32)[0], buffer[body:body + 32], buffer[end - 32:end],
+                        buffer[body + 40:end - 32])
         if self.verify_chain:
             head = self.head
             # The fast path of check_link: the body's first len-32 bytes are exactly what the hash covers.
             linked = head is not None and record.seq == head.seq + 1 and record.prev_hash == head.hash
-            if not linked or _sha256(memoryview(body)[:-32]).digest() != record.hash:
+            if not linked or _sha256(view[body:end - 32]).digest() != record.hash:
                 try:
                     check_link(head, record)
                 except RecordError as error:

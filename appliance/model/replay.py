@@ -9,6 +9,7 @@ within the dedup window changes nothing.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable
 
 from appliance.model import events as ev
@@ -44,11 +45,25 @@ def apply(state: ClusterState, envelope: Envelope, seq: int | None = None) -> Cl
     return result.evolve(seq=seq, recent_events=recent.push(event_id))
 
 
-def fold(records: Iterable, state: ClusterState | None = None) -> ClusterState:
-    """Apply committed records (anything with `.seq` and `.payload`) in order."""
+def fold(records: Iterable, state: ClusterState | None = None, until: int | None = None) -> ClusterState:
+    """Apply committed records (anything with `.seq` and `.payload`) in order, up to seq `until`.
+
+    The cyclic garbage collector is paused meanwhile: the state is acyclic, and
+    a full collection walks every object of a large state again and again.
+    """
     state = state if state is not None else ClusterState()
-    for record in records:
-        state = apply(state, decode(record.payload, record.seq), record.seq)
+    _apply, _decode = apply, decode
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for record in records:
+            seq = record.seq
+            if until is not None and seq > until:
+                break
+            state = _apply(state, _decode(record.payload, seq), seq)
+    finally:
+        if was_enabled:
+            gc.enable()
     return state
 
 
