@@ -85,18 +85,31 @@ static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, d
     v[19] = r;
 }
 
-/* Exact metrics over a group from c->vals, two-pass, in node order. */
+/* A group's location-exclusion value; group -1 means the whole cluster. */
+static long loc_total(const cairn_cluster *c, int group)
+{
+    long total = 0;
+    if (group >= 0)
+        return c->loc_totals[group];
+    for (int g = 0; g < c->n_groups; g++)
+        total += c->loc_totals[g];
+    return total;
+}
+
+static int in_scope(const cairn_cluster *c, int k, int group) { return group < 0 || c->group[k] == group; }
+
+/* Exact metrics over a group (-1: all nodes) from c->vals, two-pass, in node order. */
 static void exact_metrics(const cairn_cluster *c, int group, long loc_delta, double *out)
 {
     for (int m = 0; m < CAIRN_METRICS; m++) {
         double total = 0.0;
         int count = 0;
         if (AGG[m] == 3) {
-            out[m] = (double)(c->loc_totals[group] + loc_delta);
+            out[m] = (double)(loc_total(c, group) + loc_delta);
             continue;
         }
         for (int k = 0; k < c->n_nodes; k++) {
-            if (c->group[k] != group || (c->offline[k] != 0) != (AGG[m] == 2))
+            if (!in_scope(c, k, group) || (c->offline[k] != 0) != (AGG[m] == 2))
                 continue;
             total += c->vals[k * CAIRN_METRICS + m];
             count++;
@@ -111,7 +124,7 @@ static void exact_metrics(const cairn_cluster *c, int group, long loc_delta, dou
         }
         double mean = total / count, acc = 0.0;
         for (int k = 0; k < c->n_nodes; k++) {
-            if (c->group[k] != group || c->offline[k])
+            if (!in_scope(c, k, group) || c->offline[k])
                 continue;
             double d = c->vals[k * CAIRN_METRICS + m] - mean;
             acc += d * d;
@@ -154,7 +167,7 @@ static void stats_init(const cairn_cluster *c, int group, stats *s)
 {
     memset(s, 0, sizeof *s);
     for (int k = 0; k < c->n_nodes; k++) {
-        if (c->group[k] != group)
+        if (!in_scope(c, k, group))
             continue;
         const double *v = c->vals + k * CAIRN_METRICS;
         if (c->offline[k]) {
@@ -169,14 +182,14 @@ static void stats_init(const cairn_cluster *c, int group, stats *s)
     for (int m = 0; m < CAIRN_METRICS; m++)
         s->mean[m] = s->n_on ? s->sum_on[m] / s->n_on : 0.0;
     for (int k = 0; k < c->n_nodes; k++) {
-        if (c->group[k] != group || c->offline[k])
+        if (!in_scope(c, k, group) || c->offline[k])
             continue;
         for (int m = 0; m < CAIRN_METRICS; m++) {
             double d = c->vals[k * CAIRN_METRICS + m] - s->mean[m];
             s->m2[m] += d * d;
         }
     }
-    s->loc_total = c->loc_totals[group];
+    s->loc_total = loc_total(c, group);
 }
 
 static double approx_with(const cairn_cluster *c, const stats *s, const touch_set *t, long loc_delta)
@@ -752,7 +765,9 @@ static int alloc_ok(const cairn_cluster *c, int k, int group, const unsigned cha
     return c->group[k] == group && !c->offline[k] && (mask == NULL || mask[k]);
 }
 
-int cairn_best_alloc(cairn_cluster *c, int group, int inst, int required, const unsigned char *mask,
+/* Candidates come from `group`; scores are over `scope` (hail scores over the whole cluster: -1).
+ * Of equal scores the last candidate wins, as in hail. */
+int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
                      int flags, int *pnode, int *snode, double *score, long *fail_counts)
 {
     search s;
@@ -760,8 +775,8 @@ int cairn_best_alloc(cairn_cluster *c, int group, int inst, int required, const 
     int force = (flags & IGNORE_SOFT) != 0;
     if (c == NULL || inst < 0 || inst >= c->n_inst || c->pnode[inst] >= 0 || required < 1 || required > 2)
         return CAIRN_EINVAL;
-    stats_init(c, group, &s.st);
-    exact_metrics(c, group, 0, metrics);
+    stats_init(c, scope, &s.st);
+    exact_metrics(c, scope, 0, metrics);
     s.best = INFINITY;
     s.found = 0;
     long sec = c->sec_mem[inst];
@@ -781,8 +796,8 @@ int cairn_best_alloc(cairn_cluster *c, int group, int inst, int required, const 
             double approx = approx_with(c, &s.st, &t, ld);
             if (s.found && approx > s.best + 1e-8 * (1.0 + fabs(s.best)))
                 continue;
-            double exact = exact_with(c, group, &t, ld);
-            if (!s.found || exact < s.best) {
+            double exact = exact_with(c, scope, &t, ld);
+            if (!s.found || exact <= s.best) {
                 s.best = exact, s.found = 1, s.inst = p, s.target = -1;
             }
             continue;
@@ -809,8 +824,8 @@ int cairn_best_alloc(cairn_cluster *c, int group, int inst, int required, const 
             double approx = approx_with(c, &s.st, &t, ld);
             if (s.found && approx > s.best + 1e-8 * (1.0 + fabs(s.best)))
                 continue;
-            double exact = exact_with(c, group, &t, ld);
-            if (!s.found || exact < s.best) {
+            double exact = exact_with(c, scope, &t, ld);
+            if (!s.found || exact <= s.best) {
                 s.best = exact, s.found = 1, s.inst = p, s.target = q;
             }
         }

@@ -126,12 +126,24 @@ class Engine:
         return i
 
     def best_alloc(self, group: int, inst: int, required: int, mask: Sequence[bool] | None,
-                   flags: int) -> tuple[tuple[int, int, float] | None, list[int]]:
-        """The best (primary, secondary, score) for an unplaced instance, and failure counts by reason."""
+                   flags: int, scope: int = -1) -> tuple[tuple[int, int, float] | None, list[int]]:
+        """The best (primary, secondary, score over `scope`, -1 all nodes) for an unplaced instance in
+        `group`, and failure counts by reason; of equal scores the last candidate wins, as in hail."""
         p, s, score = ffi.new("int *"), ffi.new("int *"), ffi.new("double *")
         counts = ffi.new("long[10]")
         cmask = ffi.new("unsigned char[]", [1 if m else 0 for m in mask]) if mask is not None else ffi.NULL
-        code = _check(lib.cairn_best_alloc(self._c, group, inst, required, cmask, flags, p, s, score, counts),
+        code = _check(lib.cairn_best_alloc(self._c, group, scope, inst, required, cmask, flags, p, s, score, counts),
                       "best alloc")
         found = None if code == lib.CAIRN_NONE else (p[0], s[0], score[0])
         return found, list(counts)
+
+    def touched_flags(self) -> list[int]:
+        """Which nodes moves have touched (their N+1 test switches from reported to computed memory)."""
+        return [self._c.touched[k] for k in range(self.n)]
+
+    def restore(self, inst: int, pnode: int, snode: int, touched: list[int]) -> None:
+        """Put an instance back where it was and restore the touched flags, undoing trial moves."""
+        _check(lib.cairn_place(self._c, inst, pnode, snode), "restore")
+        for k, flag in enumerate(touched):
+            self._c.touched[k] = flag
+        _check(lib.cairn_rebuild(self._c), "rebuild")

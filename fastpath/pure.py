@@ -175,7 +175,7 @@ class Engine:
         overrides = overrides or {}
         online, offline = [], []
         for k in range(self.n):
-            if self.nd["group"][k] != group:
+            if group >= 0 and self.nd["group"][k] != group:
                 continue
             vals = self.node_values(k, overrides.get(k, self.state[k]))
             (offline if self.nd["offline"][k] else online).append(vals)
@@ -189,7 +189,8 @@ class Engine:
             elif agg == 2:
                 out.append(_fsum_in_order(v[m] for v in offline))
             else:
-                out.append(float(self.loc_total.get(group, 0) + loc_delta))
+                total = sum(self.loc_total.values()) if group < 0 else self.loc_total.get(group, 0)
+                out.append(float(total + loc_delta))
         return out
 
     def score(self, group: int, overrides: dict | None = None, loc_delta: int = 0) -> float:
@@ -392,8 +393,9 @@ class Engine:
         self.count += 1
         return self.count - 1
 
-    def best_alloc(self, group: int, i: int, required: int, mask, flags: int):
-        """The best (primary, secondary, score) for an unplaced instance, and failure counts by reason."""
+    def best_alloc(self, group: int, i: int, required: int, mask, flags: int, scope: int = -1):
+        """The best (primary, secondary, score over `scope`, -1 all nodes) for an unplaced instance in
+        `group`, and failure counts by reason; of equal scores the last candidate wins, as in hail."""
         force = bool(flags & IGNORE_SOFT)
         counts = [0] * 10
         best = None
@@ -407,8 +409,8 @@ class Engine:
                     counts[status] += 1
                     continue
                 st_p[LOC_V] += self._loc_contrib(i, p, -1)
-                value = self.score(group, {p: st_p}, loc_delta)
-                if best is None or value < best[2]:
+                value = self.score(scope, {p: st_p}, loc_delta)
+                if best is None or value <= best[2]:
                     best = (p, -1, value)
                 continue
             for q in nodes:
@@ -424,8 +426,8 @@ class Engine:
                     continue
                 pair = list(st_p)
                 pair[LOC_V] = self.state[p][LOC_V] + self._loc_contrib(i, p, q)
-                value = self.score(group, {p: pair, q: st_q}, loc_delta)
-                if best is None or value < best[2]:
+                value = self.score(scope, {p: pair, q: st_q}, loc_delta)
+                if best is None or value <= best[2]:
                     best = (p, q, value)
         return best, counts
 
@@ -493,6 +495,16 @@ class Engine:
                     best_score, best = value, (i, kind, target, value)
         return best
 
+    def touched_flags(self) -> list[int]:
+        """Which nodes moves have touched (their N+1 test switches from reported to computed memory)."""
+        return list(self.touched)
+
+    def restore(self, i: int, np_: int, ns: int, touched: list[int]) -> None:
+        """Put an instance back where it was and restore the touched flags, undoing trial moves."""
+        self.place(i, np_, ns)
+        self.touched = list(touched)
+        self._rebuild()
+
 
 def _new_nodes(kind: int, op: int, os_: int, target: int) -> tuple[int, int]:
     return {FAILOVER: (os_, op), REPLACE_SECONDARY: (op, target), REPLACE_AND_FAILOVER: (target, op),
@@ -505,3 +517,4 @@ def _fsum_in_order(values) -> float:
     for v in values:
         total += v
     return total
+

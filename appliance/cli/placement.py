@@ -64,6 +64,27 @@ def balance(
         Path(path).write_text(content)
 
 
+def iallocator(
+    request_file: str = typer.Argument(..., help="The iallocator request (JSON); '-' reads stdin."),
+    no_capacity_checks: bool = typer.Option(False, "--no-capacity-checks", help="Skip the global N+1 check."),
+    ignore_soft_errors: bool = typer.Option(False, "--ignore-soft-errors", help="Skip soft placement checks."),
+    static_kvm_node_memory: int = typer.Option(4096, "--static-kvm-node-memory",
+                                               help="Reserved node memory on kvm clusters (0: as reported)."),
+    engine: str = typer.Option("c", "--engine", hidden=True, help="c or pure (for testing)."),
+) -> None:
+    """Answer a Ganeti iallocator request like hail: one line of JSON on stdout."""
+    from fastpath.iallocator import Options, RequestError, answer
+
+    options = Options(not no_capacity_checks, ignore_soft_errors, static_kvm_node_memory, engine)
+    try:
+        typer.echo(answer(_read(request_file), options))
+    except RequestError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add the placement commands to the top-level app."""
     app.command(help="Balance a cluster like Ganeti's hbal (text file with -t).")(balance)
+    app.command(help="Answer a Ganeti iallocator request like hail (installable as an iallocator script).")(
+        iallocator)

@@ -1,0 +1,87 @@
+"""Allocation across node groups (hail's choice of group and nodes), shared by the iallocator and capacity planner.
+
+Pure stdlib; the engine does the per-group search.
+"""
+
+from dataclasses import dataclass, field
+
+from fastpath.model import Cluster, Policy
+from fastpath.spec import FAIL_DISK, FAIL_N1, FAIL_NAMES, IGNORE_SOFT, Spec
+
+POLICY_ORDER = {"preferred": 0, "last_resort": 1}
+
+
+@dataclass
+class GroupOutcome:
+    """How one group fared for one allocation."""
+
+    name: str
+    policy: str
+    index: int
+    nodes: tuple[int, int] | None = None
+    score: float = 0.0
+    successes: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def reasons(self) -> str:
+        """hail's failure list, e.g. 'FailMem: 6, FailDisk: 2'."""
+        return ", ".join(f"{name}: {count}" for name, count in self.failures.items() if count)
+
+
+def policy_violation(policy: Policy, mem: int, vcpus: int, disks: list[int], nics: int, spindle_use: int,
+                     template: str) -> str | None:
+    """Why an instance spec breaks the instance policy, or None if some (min, max) pair admits it."""
+    if policy.templates and template not in policy.templates:
+        return f"disk template '{template}' is not allowed by the instance policy"
+    for low, high in policy.minmax:
+        if (low.memory <= mem <= high.memory and low.cpu <= vcpus <= high.cpu
+                and low.disk_count <= len(disks) <= high.disk_count and low.nic_count <= nics <= high.nic_count
+                and low.spindle_use <= spindle_use <= high.spindle_use
+                and all(low.disk <= d <= high.disk for d in disks)):
+            return None
+    return "the instance spec is outside every min/max pair of the instance policy"
+
+
+def n1_clean(engine, spec: Spec, group: int) -> bool:
+    """Whether no online node of the group fails N+1 (the precondition of hail's capacity check)."""
+    return engine.metrics(group)[2] == 0
+
+
+def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, group_indices: list[int],
+             mask=None, ignore_soft: bool = False, capacity_check: bool = True,
+             policy_of=None) -> tuple[GroupOutcome | None, list[GroupOutcome]]:
+    """Try every group; return the chosen outcome (policy order, then score) and all outcomes."""
+    outcomes = []
+    flags = IGNORE_SOFT if ignore_soft else 0
+    for g in group_indices:
+        group = cluster.groups[g]
+        outcome = GroupOutcome(group.name, group.alloc_policy, g)
+        outcomes.append(outcome)
+        if group.alloc_policy == "unallocable":
+            continue
+        violation = policy_of(g) if policy_of else None
+        if violation:
+            outcome.failures = {FAIL_NAMES[FAIL_DISK]: 1}
+            continue
+        found, counts = engine.best_alloc(g, inst, required, mask, flags)
+        outcome.failures = {FAIL_NAMES[k]: counts[k] for k in range(1, len(FAIL_NAMES)) if counts[k]}
+        candidates = _candidate_count(engine, spec, g, required, mask)
+        outcome.successes = candidates - sum(counts)
+        if found is None:
+            continue
+        if capacity_check and not n1_clean(engine, spec, g):
+            # The group already fails N+1, so hail's global capacity check rejects every candidate.
+            outcome.failures[FAIL_NAMES[FAIL_N1]] = outcome.successes
+            outcome.failures = {n: outcome.failures[n] for n in FAIL_NAMES if n in outcome.failures}
+            outcome.successes = 0
+            continue
+        outcome.nodes, outcome.score = (found[0], found[1]), found[2]
+    good = [o for o in outcomes if o.nodes is not None]
+    good.sort(key=lambda o: (POLICY_ORDER.get(o.policy, 2), o.score))
+    return (good[0] if good else None), outcomes
+
+
+def _candidate_count(engine, spec: Spec, group: int, required: int, mask) -> int:
+    nodes = sum(1 for k in range(spec.n_nodes) if spec.nodes["group"][k] == group and not spec.nodes["offline"][k]
+                and (mask is None or mask[k]))
+    return nodes if required == 1 else nodes * (nodes - 1)

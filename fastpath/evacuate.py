@@ -1,0 +1,161 @@
+"""Moving existing instances for the iallocator: relocate, node-evacuate and change-group, with Ganeti opcodes.
+
+Pure stdlib; `fastpath.iallocator` reads the request and calls these.
+"""
+
+from fastpath.spec import FAIL_NAMES, FAILOVER, FAILOVER_TO_ANY, KIND_MIRRORED, KIND_SHARED, OK, REPLACE_SECONDARY
+
+
+def replace_disks(instance: str, node: str) -> dict:
+    """The opcode that gives an instance a new secondary."""
+    return {"OP_ID": "OP_INSTANCE_REPLACE_DISKS", "instance_name": instance, "early_release": False,
+            "ignore_ipolicy": False, "mode": "replace_new_secondary", "disks": [], "remote_node": node}
+
+
+def migrate(instance: str, target: str | None = None) -> dict:
+    """The opcode that moves an instance's primary (to its secondary, or to `target` for shared storage)."""
+    op = {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": instance, "allow_runtime_changes": False,
+          "ignore_ipolicy": False, "cleanup": False, "allow_failover": True, "ignore_hvversions": True}
+    if target is not None:
+        op["target_node"] = target
+    return op
+
+
+def best_target(session, inst: int, kind: int, excluded: set[int] = frozenset()) -> tuple[int, float] | None:
+    """The target node with the lowest score after the move (even if the score gets worse); of equal
+    scores the last node wins, as in hail's evacuation fold."""
+    engine, spec = session.engine, session.spec
+    p, s = engine.nodes_of(inst)
+    group = session.group_of_node(p)
+    flags = 8 if session.options.ignore_soft_errors else 0
+    best = None
+    for t in range(spec.n_nodes):
+        if spec.nodes["group"][t] != group or spec.nodes["offline"][t] or t in (p, s) or t in excluded:
+            continue
+        status, score = engine.eval_move(group, inst, kind, t, flags)
+        if status == OK and (best is None or score <= best[1]):
+            best = (t, score)
+    return best
+
+
+def _template_error(session, inst: int) -> str:
+    return f"Instances of type {session.cluster.instances[inst].template} cannot be relocated"
+
+
+def evacuate_one(session, inst: int, mode: str, groups: list[int] | None = None,
+                 excluded: set[int] = frozenset()):
+    """Move one instance; returns (new node indices, opcodes) or an error message."""
+    engine, spec = session.engine, session.spec
+    name = spec.instance_names[inst]
+    kind = spec.instances["kind"][inst]
+    p, s = engine.nodes_of(inst)
+    if kind not in (KIND_MIRRORED, KIND_SHARED):
+        return _template_error(session, inst)
+    if mode == "secondary-only":
+        if kind != KIND_MIRRORED:
+            return _template_error(session, inst)
+        best = best_target(session, inst, REPLACE_SECONDARY, excluded)
+        if best is None:
+            return "Can't find any good node: no nodes available"
+        engine.apply_move(inst, REPLACE_SECONDARY, best[0])
+        return engine.nodes_of(inst), [replace_disks(name, session.names[best[0]])]
+    if mode == "primary-only":
+        if kind == KIND_MIRRORED:
+            status, _ = engine.eval_move(session.group_of_node(p), inst, FAILOVER, -1,
+                                         8 if session.options.ignore_soft_errors else 0)
+            if status != OK:
+                return FAIL_NAMES[status]
+            engine.apply_move(inst, FAILOVER, -1)
+            return engine.nodes_of(inst), [migrate(name)]
+        best = best_target(session, inst, FAILOVER_TO_ANY, excluded)
+        if best is None:
+            return "Can't find any good node: no nodes available"
+        engine.apply_move(inst, FAILOVER_TO_ANY, best[0])
+        return engine.nodes_of(inst), [migrate(name, session.names[best[0]])]
+    if kind == KIND_SHARED:
+        best = best_target(session, inst, FAILOVER_TO_ANY, excluded)
+        if best is None:
+            return "Can't find any good node: no nodes available"
+        engine.apply_move(inst, FAILOVER_TO_ANY, best[0])
+        return engine.nodes_of(inst), [migrate(name, session.names[best[0]])]
+    return _move_both(session, inst, groups if groups is not None else [session.group_of_node(p)], excluded)
+
+
+def _try_pair_prefix(session, inst: int, t1: int, flags: int):
+    """Replace the secondary with t1 and fail over (hail's first two steps); None if a step is refused."""
+    engine = session.engine
+    group = session.group_of_node(engine.nodes_of(inst)[0])
+    status, _ = engine.eval_move(group, inst, REPLACE_SECONDARY, t1, flags)
+    if status != OK:
+        return None
+    engine.apply_move(inst, REPLACE_SECONDARY, t1)
+    status, _ = engine.eval_move(group, inst, FAILOVER, -1, flags)
+    if status != OK:
+        return None
+    engine.apply_move(inst, FAILOVER, -1)
+    return True
+
+
+def _move_both(session, inst: int, groups: list[int], excluded: set[int]):
+    """New primary and secondary for a drbd instance: for every pair, replace secondary, migrate, replace
+    secondary, each step checked; keep the pair with the lowest group score (last of equals)."""
+    engine, spec = session.engine, session.spec
+    name = spec.instance_names[inst]
+    p, s = engine.nodes_of(inst)
+    flags = 8 if session.options.ignore_soft_errors else 0
+    saved = engine.touched_flags()
+    best = None
+    for group in groups:
+        avail = [k for k in range(spec.n_nodes) if spec.nodes["group"][k] == group and not spec.nodes["offline"][k]
+                 and k not in (p, s) and k not in excluded]
+        for t1 in avail:
+            if _try_pair_prefix(session, inst, t1, flags):
+                for t2 in avail:
+                    if t2 == t1:
+                        continue
+                    status, score = engine.eval_move(group, inst, REPLACE_SECONDARY, t2, flags)
+                    if status == OK and (best is None or score <= best[2]):
+                        best = (t1, t2, score)
+            engine.restore(inst, p, s, saved)
+    if best is None:
+        return "Can't find any good nodes for relocation: no nodes available"
+    t1, t2, _ = best
+    engine.apply_move(inst, REPLACE_SECONDARY, t1)
+    engine.apply_move(inst, FAILOVER, -1)
+    engine.apply_move(inst, REPLACE_SECONDARY, t2)
+    return (t1, t2), [replace_disks(name, session.names[t1]), migrate(name), replace_disks(name, session.names[t2])]
+
+
+def evacuated_nodes(session, names: list[str], mode: str) -> set[int]:
+    """The nodes being emptied (never targets): secondaries, primaries or both of the listed instances."""
+    nodes = set()
+    for name in names:
+        if name not in session.spec.instance_names:
+            continue
+        p, s = session.engine.nodes_of(session.spec.instance_names.index(name))
+        if mode in ("primary-only", "all"):
+            nodes.add(p)
+        if mode in ("secondary-only", "all") and s >= 0:
+            nodes.add(s)
+    return nodes
+
+
+def evacuate_many(session, names: list[str], mode: str, groups: list[int] | None = None) -> dict:
+    """The [moved, failed, jobs] answer for node-evacuate and change-group."""
+    moved, failed, jobs = [], [], []
+    index = {name: k for k, name in enumerate(session.spec.instance_names)}
+    excluded = evacuated_nodes(session, names, mode) if groups is None else set()
+    for name in names:
+        if name not in index:
+            failed.append([name, f"Unknown instance '{name}'"])
+            continue
+        outcome = evacuate_one(session, index[name], mode, groups, excluded)
+        if isinstance(outcome, str):
+            failed.append([name, outcome])
+            continue
+        (np_, ns), ops = outcome
+        group = session.cluster.groups[session.group_of_node(np_)].name
+        moved.append([name, group, [session.names[k] for k in (np_, ns) if k >= 0]])
+        jobs.append(ops)
+    info = f"{len(failed)} instances failed to move and {len(moved)} were moved successfully"
+    return {"success": True, "info": f"Request successful: {info}", "result": [moved, failed, jobs]}

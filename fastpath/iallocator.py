@@ -1,0 +1,329 @@
+"""Ganeti's iallocator protocol: read a request document, answer allocate, relocate, node-evacuate,
+change-group and multi-allocate the way hail does, as one line of JSON.
+
+Written from the protocol description in shared/reference/htools.md section 4.
+"""
+
+import json
+from dataclasses import dataclass
+
+from fastpath import engine_class
+from fastpath.allocate import allocate, policy_violation
+from fastpath.model import Cluster, Group, Instance, Node, Policy, Spec as PolicySpec
+from fastpath.spec import FAILOVER_TO_ANY, KIND_MIRRORED, KIND_SHARED, REPLACE_SECONDARY, append_instance, flatten
+
+ADMIN_STATES = {"up": "running", "down": "ADMIN_down", "offline": "ADMIN_offline"}
+
+
+class RequestError(ValueError):
+    """The request document is not a valid iallocator message."""
+
+
+@dataclass
+class Options:
+    """hail's command-line options that change answers."""
+
+    capacity_checks: bool = True
+    ignore_soft_errors: bool = False
+    static_kvm_node_memory: int = 4096
+    implementation: str = "c"
+
+
+def _key(obj: dict, key: str, what: str):
+    if not isinstance(obj, dict) or key not in obj:
+        keys = sorted(obj) if isinstance(obj, dict) else []
+        raise RequestError(f"invalid iallocator message: key '{key}' not found in {what}, "
+                           f"object contains only {keys}")
+    return obj[key]
+
+
+def _spec(obj: dict) -> PolicySpec:
+    return PolicySpec(obj.get("memory-size", 128), obj.get("cpu-count", 1), obj.get("disk-size", 1024),
+                      obj.get("disk-count", 1), obj.get("nic-count", 1), obj.get("spindle-use", 1))
+
+
+def _policy(obj: dict | None) -> Policy:
+    if not obj:
+        return Policy()
+    policy = Policy()
+    if "std" in obj:
+        policy.std = _spec(obj["std"])
+    if obj.get("minmax"):
+        policy.minmax = [(_spec(p["min"]), _spec(p["max"])) for p in obj["minmax"]]
+    policy.templates = list(obj.get("disk-templates", policy.templates))
+    policy.vcpu_ratio = float(obj.get("vcpu-ratio", policy.vcpu_ratio))
+    policy.spindle_ratio = float(obj.get("spindle-ratio", policy.spindle_ratio))
+    return policy
+
+
+def _node(name: str, obj: dict, kvm_memory: int) -> Node:
+    offline = bool(obj.get("offline")) or bool(obj.get("drained")) or not obj.get("vm_capable", True)
+    ndparams = obj.get("ndparams", {})
+    node = Node(name=name, t_mem=0.0, n_mem=0, f_mem=0, t_dsk=0.0, f_dsk=0, t_cpu=0.0, offline=offline,
+                group=_key(obj, "group", f"node {name}"), spindles=int(ndparams.get("spindle_count", 1)),
+                tags=list(obj.get("tags", [])), excl_stor=bool(ndparams.get("exclusive_storage", False)))
+    if not offline:
+        node.t_mem = float(_key(obj, "total_memory", f"node {name}"))
+        node.n_mem = kvm_memory if kvm_memory else int(obj.get("reserved_memory", 0))
+        node.f_mem = int(_key(obj, "free_memory", f"node {name}"))
+        node.t_dsk = float(_key(obj, "total_disk", f"node {name}"))
+        node.f_dsk = int(_key(obj, "free_disk", f"node {name}"))
+        node.t_cpu = float(_key(obj, "total_cpus", f"node {name}"))
+        node.node_cpus = int(obj.get("reserved_cpus", 1))
+        node.free_spindles = int(obj.get("free_spindles", 0))
+    return node
+
+
+def _instance(name: str, obj: dict) -> Instance:
+    nodes = list(_key(obj, "nodes", f"instance {name}"))
+    disks = [int(d.get("size", 0)) for d in obj.get("disks", [])]
+    dsk = int(obj.get("disk_space_total", sum(disks)))
+    return Instance(name=name, mem=int(_key(obj, "memory", f"instance {name}")), dsk=dsk,
+                    vcpus=int(_key(obj, "vcpus", f"instance {name}")),
+                    status=ADMIN_STATES.get(obj.get("admin_state", "up"), "running"), auto_balance=True,
+                    pnode=nodes[0] if nodes else "", snode=nodes[1] if len(nodes) > 1 else "",
+                    template=obj.get("disk_template", "plain"), tags=list(obj.get("tags", [])),
+                    spindle_use=int(obj.get("spindle_use", 1)), forthcoming=bool(obj.get("forthcoming", False)),
+                    disks=disks or [dsk])
+
+
+def load(document: dict, options: Options) -> Cluster:
+    """The cluster described by an iallocator request document."""
+    hypervisors = document.get("enabled_hypervisors") or []
+    kvm_memory = options.static_kvm_node_memory if hypervisors and hypervisors[0] == "kvm" else 0
+    cluster = Cluster(tags=list(document.get("cluster_tags", [])))
+    for uuid, obj in _key(document, "nodegroups", "the request").items():
+        group = Group(obj.get("name", uuid), uuid, obj.get("alloc_policy", "preferred"), list(obj.get("tags", [])),
+                      list(obj.get("networks", [])))
+        cluster.groups.append(group)
+        cluster.group_policies[group.name] = _policy(obj.get("ipolicy"))
+    uuids = {g.uuid for g in cluster.groups}
+    for name, obj in _key(document, "nodes", "the request").items():
+        node = _node(name, obj, kvm_memory)
+        if node.group not in uuids:
+            raise RequestError(f"node {name} is in unknown group '{node.group}'; list it under 'nodegroups'")
+        cluster.nodes.append(node)
+    names = {n.name for n in cluster.nodes}
+    for name, obj in _key(document, "instances", "the request").items():
+        inst = _instance(name, obj)
+        for node in (inst.pnode, inst.snode):
+            if node and node not in names:
+                raise RequestError(f"Unknown node '{node}' for instance {name}")
+        cluster.instances.append(inst)
+    return cluster
+
+
+class Session:
+    """One request being answered: the cluster, its flat arrays and an engine with room for new instances."""
+
+    def __init__(self, cluster: Cluster, options: Options, new_instances: list[Instance]):
+        self.cluster, self.options = cluster, options
+        self.group_index = {g.uuid: k for k, g in enumerate(cluster.groups)}
+        self.spec = flatten(cluster, self.group_index)
+        self.index = {name: k for k, name in enumerate(self.spec.node_names)}
+        self.new = [append_instance(self.spec, inst, {}) for inst in new_instances]
+        self.engine = engine_class(options.implementation)(self.spec)
+        self.names = self.spec.node_names
+
+    def group_of_node(self, node: int) -> int:
+        """The group index of a node."""
+        return self.spec.nodes["group"][node]
+
+    def policy(self, group: int) -> Policy:
+        """The instance policy of a group."""
+        return self.cluster.policy_of(self.cluster.groups[group].uuid)
+
+
+def _new_instance(obj: dict) -> Instance:
+    inst = _instance(_key(obj, "name", "the request"), {**obj, "nodes": []})
+    return inst
+
+
+def _allocation_groups(session: Session, request: dict) -> list[int]:
+    wanted = request.get("group_name")
+    groups = list(range(len(session.cluster.groups)))
+    if wanted:
+        groups = [g for g in groups if wanted in (session.cluster.groups[g].name, session.cluster.groups[g].uuid)]
+        if not groups:
+            raise RequestError(f"unknown group '{wanted}' in group_name; use one of the request's node groups")
+    return groups
+
+
+def _allocate_one(session: Session, request: dict, inst: int, obj: dict):
+    required = int(obj.get("required_nodes", 2 if obj.get("disk_template") == "drbd" else 1))
+    restrict = obj.get("restrict-to-nodes") or request.get("restrict-to-nodes")
+    mask = None
+    if restrict:
+        allowed = set(restrict)
+        mask = [name in allowed for name in session.names]
+    disks = [int(d.get("size", 0)) for d in obj.get("disks", [])] or [int(obj.get("disk_space_total", 0))]
+
+    def violation(g: int):
+        return policy_violation(session.policy(g), int(obj.get("memory", 0)), int(obj.get("vcpus", 1)), disks,
+                                len(obj.get("nics", [])) or 1, int(obj.get("spindle_use", 1)),
+                                obj.get("disk_template", "plain"))
+
+    return allocate(session.engine, session.spec, session.cluster, inst, required,
+                    _allocation_groups(session, request), mask, session.options.ignore_soft_errors,
+                    session.options.capacity_checks, violation)
+
+
+def _group_text(outcome) -> str:
+    if outcome.nodes is None:
+        return (f"Group {outcome.name} ({outcome.policy}): No valid allocation solutions, failure reasons: "
+                f"{outcome.reasons()}")
+    return ""
+
+
+def answer_allocate(document: dict, options: Options) -> dict:
+    """hail's answer to an allocate request."""
+    request = document["request"]
+    session = Session(load(document, options), options, [_new_instance(request)])
+    chosen, outcomes = _allocate_one(session, request, session.new[0], request)
+    return _allocation_response(session, chosen, outcomes)
+
+
+def _allocation_response(session: Session, chosen, outcomes) -> dict:
+    if chosen is None:
+        text = ", ".join(_group_text(o) for o in outcomes)
+        return {"success": False, "info": f"Request failed: {text}", "result": []}
+    parts = [f"Selected group: {chosen.name}"]
+    for o in outcomes:
+        if o.nodes is None:
+            parts.append(_group_text(o))
+            continue
+        nodes = "/".join(session.names[k] for k in o.nodes if k >= 0)
+        parts.append(f"Group {o.name} ({o.policy}): score: {o.score:.8f}, successes {o.successes}, "
+                     f"failures {sum(o.failures.values())} ({o.reasons()}) for node(s) {nodes}")
+    result = [session.names[k] for k in chosen.nodes if k >= 0]
+    return {"success": True, "info": "Request successful: " + ", ".join(parts), "result": result}
+
+
+def answer_multi_allocate(document: dict, options: Options) -> dict:
+    """hail's answer to a multi-allocate request: one after another, each seeing the previous."""
+    request = document["request"]
+    objs = list(_key(request, "instances", "the request"))
+    session = Session(load(document, options), options, [_new_instance(o) for o in objs])
+    allocated, failed = [], []
+    for inst, obj in zip(session.new, objs):
+        chosen, outcomes = _allocate_one(session, request, inst, obj)
+        if chosen is None:
+            # As with hail, one instance that fits nowhere fails the whole request.
+            text = ", ".join(_group_text(o) for o in outcomes)
+            return {"success": False, "info": f"Request failed: {text}", "result": []}
+        session.engine.place(inst, chosen.nodes[0], chosen.nodes[1])
+        allocated.append([obj["name"], [session.names[k] for k in chosen.nodes if k >= 0]])
+    info = f"{len(failed)} instances failed to allocate and {len(allocated)} were allocated successfully"
+    if failed:
+        return {"success": False, "info": f"Request failed: {info}", "result": [allocated, failed]}
+    return {"success": True, "info": f"Request successful: {info}", "result": [allocated, failed]}
+
+
+def answer_relocate(document: dict, options: Options) -> dict:
+    """hail's answer to relocate: a new secondary (drbd) or primary (shared storage) for one instance."""
+    from fastpath.evacuate import best_target
+
+    request = document["request"]
+    session = Session(load(document, options), options, [])
+    name = _key(request, "name", "the request")
+    if name not in session.spec.instance_names:
+        raise RequestError(f"relocate: unknown instance '{name}'; it must be listed under 'instances'")
+    inst = session.spec.instance_names.index(name)
+    kind = session.spec.instances["kind"][inst]
+    if kind not in (KIND_MIRRORED, KIND_SHARED):
+        return {"success": False, "info": "Request failed: Can't relocate non-mirrored instances", "result": []}
+    _, secondary = session.engine.nodes_of(inst)
+    given = list(request.get("relocate_from", []))
+    if kind == KIND_MIRRORED and given != [session.names[secondary]]:
+        return {"success": False, "info": "Request failed: Unsupported request: excluded nodes not equal to "
+                f"instance's secondary({secondary} versus {json.dumps(given)})", "result": []}
+    best = best_target(session, inst, REPLACE_SECONDARY if kind == KIND_MIRRORED else FAILOVER_TO_ANY)
+    if best is None:
+        return {"success": False, "info": "Request failed: no valid node for the relocation", "result": []}
+    return {"success": True, "info": "Request successful: success", "result": [session.names[best[0]]]}
+
+
+def answer_node_evacuate(document: dict, options: Options) -> dict:
+    """hail's answer to node-evacuate: [moved, failed, jobs]."""
+    from fastpath.evacuate import evacuate_many
+
+    request = document["request"]
+    mode = request.get("evac_mode", "all")
+    if mode not in ("primary-only", "secondary-only", "all"):
+        raise RequestError(f"unknown evac_mode '{mode}'; use primary-only, secondary-only or all")
+    session = Session(load(document, options), options, [])
+    return evacuate_many(session, list(_key(request, "instances", "the request")), mode)
+
+
+def answer_change_group(document: dict, options: Options) -> dict:
+    """hail's answer to change-group: re-place instances in the best of the target groups."""
+    from fastpath.evacuate import evacuate_many
+
+    request = document["request"]
+    session = Session(load(document, options), options, [])
+    wanted = list(request.get("target_groups") or [])
+    groups = [k for k, g in enumerate(session.cluster.groups) if not wanted or g.uuid in wanted or g.name in wanted]
+    names = list(_key(request, "instances", "the request"))
+    current = set()
+    for name in names:
+        if name in session.spec.instance_names:
+            p, _ = session.engine.nodes_of(session.spec.instance_names.index(name))
+            current.add(session.group_of_node(p))
+    targets = [g for g in groups if g not in current] if not wanted else groups
+    return evacuate_many(session, names, "all", targets)
+
+
+HANDLERS = {"allocate": answer_allocate, "multi-allocate": answer_multi_allocate, "relocate": answer_relocate,
+            "node-evacuate": answer_node_evacuate, "change-group": answer_change_group}
+
+
+def answer(text: str, options: Options | None = None) -> str:
+    """The one-line JSON response to an iallocator request; raises RequestError for bad input."""
+    options = options or Options()
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RequestError(f"Parsing input IAllocator message: Malformed JSON: {error}") from None
+    request = _key(document, "request", "the document")
+    kind = _key(request, "type", "the request")
+    if kind not in HANDLERS:
+        response = {"success": False, "info": f"Request failed: request type '{kind}' is not supported "
+                    f"(supported: {', '.join(HANDLERS)})", "result": []}
+    else:
+        response = HANDLERS[kind](document, options)
+    return json.dumps(response, separators=(",", ":"))
+
+
+def _policy_json(policy: Policy) -> dict:
+    def spec(s: PolicySpec) -> dict:
+        return {"memory-size": s.memory, "cpu-count": s.cpu, "disk-size": s.disk, "disk-count": s.disk_count,
+                "nic-count": s.nic_count, "spindle-use": s.spindle_use}
+    return {"std": spec(policy.std), "minmax": [{"min": spec(lo), "max": spec(hi)} for lo, hi in policy.minmax],
+            "disk-templates": list(policy.templates), "vcpu-ratio": policy.vcpu_ratio,
+            "spindle-ratio": policy.spindle_ratio}
+
+
+def request_document(cluster: Cluster, request: dict, hypervisor: str = "xen-pvm") -> dict:
+    """An iallocator input document embedding `cluster` (how Ganeti would describe it) and `request`."""
+    states = {"running": "up", "ADMIN_offline": "offline"}
+    nodes = {}
+    for n in cluster.nodes:
+        nodes[n.name] = {"group": n.group, "offline": n.offline, "drained": False, "vm_capable": True,
+                         "tags": list(n.tags), "total_memory": int(n.t_mem), "reserved_memory": n.n_mem,
+                         "free_memory": n.f_mem, "total_disk": int(n.t_dsk), "free_disk": n.f_dsk,
+                         "total_cpus": int(n.t_cpu), "reserved_cpus": n.node_cpus, "total_spindles": n.spindles,
+                         "free_spindles": n.free_spindles,
+                         "ndparams": {"spindle_count": n.spindles, "exclusive_storage": n.excl_stor}}
+    instances = {}
+    for i in cluster.instances:
+        instances[i.name] = {"memory": i.mem, "vcpus": i.vcpus, "disk_space_total": i.dsk,
+                             "disks": [{"size": d} for d in (i.disks or [i.dsk])], "disk_template": i.template,
+                             "spindle_use": i.spindle_use, "tags": list(i.tags), "nics": [],
+                             "nodes": [x for x in (i.pnode, i.snode) if x],
+                             "admin_state": states.get(i.status, "down")}
+    groups = {g.uuid: {"name": g.name, "alloc_policy": g.alloc_policy, "networks": list(g.networks),
+                       "tags": list(g.tags), "ipolicy": _policy_json(cluster.policy_of(g.uuid))}
+              for g in cluster.groups}
+    return {"version": 2, "cluster_name": "cairn", "cluster_tags": list(cluster.tags),
+            "enabled_hypervisors": [hypervisor], "nodegroups": groups, "nodes": nodes, "instances": instances,
+            "request": request}

@@ -1,0 +1,68 @@
+"""The iallocator protocol: Cairn answers every request type exactly as Ganeti's hail did on recorded inputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastpath.iallocator import Options, RequestError, answer
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "htools" / "iallocator"
+# Each X.json is a request; X.hail and X.nocap.hail are what `hail X.json` and
+# `hail --no-capacity-checks X.json` (Ganeti 3.0.2) printed for it; see ../README.md.
+REQUESTS = sorted(p.stem for p in DATA.glob("*.json"))
+
+
+@pytest.fixture(params=["c", "pure"])
+def implementation(request):
+    """Every test runs against the compiled core and the pure twin."""
+    return request.param
+
+
+@pytest.mark.parametrize("capacity", [True, False], ids=["capacity", "nocap"])
+@pytest.mark.parametrize("name", REQUESTS)
+def test_answer_equals_hail(implementation, name, capacity):
+    """The one-line JSON answer equals hail's, byte for byte."""
+    expected = (DATA / f"{name}{'' if capacity else '.nocap'}.hail").read_text().strip()
+    text = (DATA / f"{name}.json").read_text()
+    assert answer(text, Options(capacity_checks=capacity, implementation=implementation)) == expected
+
+
+def test_malformed_json_is_an_error():
+    """Unparseable input is refused with hail's wording."""
+    with pytest.raises(RequestError, match="Malformed JSON"):
+        answer("{not json")
+
+
+def test_missing_request_key_is_named():
+    """A document without 'request' names the missing key."""
+    with pytest.raises(RequestError, match="key 'request' not found"):
+        answer(json.dumps({"nodes": {}}))
+
+
+def test_unsupported_request_type_fails_cleanly():
+    """An unknown request type gets a failed answer, not a crash."""
+    document = json.loads((DATA / "demo-allocate.json").read_text())
+    document["request"] = {"type": "allocate-secondary", "name": "tmp1"}
+    response = json.loads(answer(json.dumps(document)))
+    assert response["success"] is False and "not supported" in response["info"]
+
+
+def test_cairn_iallocator_runs_as_a_script(tmp_path):
+    """`cairn iallocator FILE` prints the answer as one line and exits 0, as an installed iallocator."""
+    cairn = Path(sys.executable).with_name("cairn")
+    result = subprocess.run([str(cairn), "iallocator", str(DATA / "demo-relocate.json")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout == (DATA / "demo-relocate.hail").read_text()
+
+
+def test_cairn_iallocator_bad_input_exits_1(tmp_path):
+    """Bad input makes `cairn iallocator` print 'Error: ...' on stderr and exit 1."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("[")
+    cairn = Path(sys.executable).with_name("cairn")
+    result = subprocess.run([str(cairn), "iallocator", str(bad)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith("Error: ")
