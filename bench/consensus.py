@@ -93,6 +93,8 @@ async def bench_cairn(cluster: ProcessCluster, seconds: float) -> dict:
 
 async def one_failover(cluster: ProcessCluster) -> float:
     """kill -9 the leader; seconds until a survivor acknowledges a proposal."""
+    await cluster.wait_full_mesh()
+    await trio.sleep(0.5)
     leader, _term = await cluster.wait_leader()
     survivors = [n for n in cluster.voters if n != leader]
     acknowledged = trio.Event()

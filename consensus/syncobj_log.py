@@ -91,7 +91,7 @@ class SyncObjSettings:
     # long has passed since the first connection, so that a member that
     # replayed a long journal does not depose a healthy leader (P8, P9).
     startup_grace_s: float = 2.5
-    tail_records: int = 50_000
+    tail_records: int = 10_000
 
     def __post_init__(self) -> None:
         if not self.password:
@@ -317,8 +317,12 @@ class SyncObjLog(EventLog):
 
     def _write_snapshot(self, file_name: str, data: tuple) -> None:
         last_entry, before_last, cluster = data
-        # The snapshot must never be ahead of this member's durable history.
-        self._history.sync()
+        durable = self._settings.fsync == "always"
+        if durable:
+            # Under `always` the snapshot is never ahead of the durable history.
+            # Under `batch` a power loss may leave it ahead; the member then
+            # copies the missing records from a peer like any lagging member.
+            self._history.sync()
         document = {
             "format": SNAPSHOT_FORMAT,
             "chain": [self._chain.seq, self._chain.hash],
@@ -328,8 +332,9 @@ class SyncObjLog(EventLog):
         }
         with open(file_name, "wb") as f:
             cbor2.dump(document, f, canonical=True)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
 
     def _read_snapshot(self, file_name: str) -> tuple:
         with open(file_name, "rb") as f:
@@ -578,6 +583,7 @@ class SyncObjLog(EventLog):
             "payloads_sent": self.payloads_sent, "entry_seconds": self.entry_seconds, "fsync": self._settings.fsync,
             "in_flight": len(self._in_flight), "queued": len(self._queue),
             "readonly_nodes_count": raw.get("readonly_nodes_count", 0),
+            "connected_voters": sum(1 for n in self._voter_nodes() if self._raft.isNodeConnected(n)),
         }
         return LogStatus(self.address, self.leader(), raw["raft_term"], self._head.seq, voters=tuple(voters),
                          non_voters=() if self._voter else (self.address,), extra=extra)

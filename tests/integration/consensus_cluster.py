@@ -149,6 +149,15 @@ class ProcessCluster:
                     return leaders.pop()
                 await trio.sleep(0.05)
 
+    async def wait_full_mesh(self, timeout_s: float = 30.0) -> None:
+        """Every live voter is connected to every other voter (a steady state to start a failure from)."""
+        with trio.fail_after(timeout_s):
+            while True:
+                statuses = [await self.status(node) for node in self.alive() if node in self.voters]
+                if all(s and s["connected_voters"] == len(self.voters) - 1 and s["leader"] for s in statuses):
+                    return
+                await trio.sleep(0.05)
+
     async def wait_same_head(self, nodes: list[str] | None = None, timeout_s: float = 60.0) -> tuple[int, bytes]:
         """Every given member reaches the same head; returns it."""
         with trio.fail_after(timeout_s):
