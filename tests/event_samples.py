@@ -36,7 +36,7 @@ _STRATEGIES = {
 
 
 def annotations(cls: type) -> dict[str, str]:
-    return {name: str(cls.__dataclass_fields__[name].type) for name in cls.FIELDS}
+    return {name: cls.ANNOTATIONS[name] for name in cls.FIELDS}
 
 
 def sample_event(cls: type):

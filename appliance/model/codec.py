@@ -45,6 +45,7 @@ def freeze(value: Any) -> Any:
 
 
 _CONTAINERS = (list, dict)
+_tuple_new = tuple.__new__
 
 
 def envelope_dict(envelope: Envelope) -> dict[str, Any]:
@@ -87,11 +88,12 @@ def from_dict(raw: dict[str, Any], seq: int | None = None) -> Envelope:
     # The fast path: a current-version event with exactly its fields (what replay meets nearly always).
     if (cls is not None and raw["version"] == cls.VERSION and type(payload) is dict
             and payload.keys() == cls.FIELD_SET and type(event_id) is bytes and len(event_id) == EVENT_ID_BYTES):
-        try:
-            event_value = cls(**{k: freeze(v) if type(v) in _CONTAINERS else v for k, v in payload.items()})
-        except TypeError as error:
-            raise UndecodableEvent(f"{cls.__name__} payload does not fit ({error})", seq) from None
-        return Envelope(event_id, event_value, str(raw["actor"]), str(raw["reason"]), float(raw["proposed_at"]))
+        values = [payload[name] for name in cls.FIELDS]
+        for index in cls.CONTAINER_INDEXES:
+            if type(values[index]) in _CONTAINERS:
+                values[index] = freeze(values[index])
+        return _tuple_new(Envelope, (event_id, _tuple_new(cls, values), raw["actor"], raw["reason"],
+                                     raw["proposed_at"]))
     return _from_dict_checked(raw, seq)
 
 

@@ -9,8 +9,7 @@ float, None, bytes, tuples of those, dicts of those and tuples of such dicts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 REGISTRY: dict[int, type] = {}
 NAMES: dict[str, type] = {}
@@ -28,8 +27,11 @@ def event(type: int, version: int = 1, since_level: int = 1):
         cls.TYPE = type
         cls.VERSION = version
         cls.SINCE_LEVEL = since_level
-        cls.FIELDS = tuple(f.name for f in fields(cls))
+        cls.FIELDS = tuple(cls._fields)
         cls.FIELD_SET = frozenset(cls.FIELDS)
+        # Fields that may hold lists after CBOR decoding; only these are frozen into tuples on read.
+        cls.CONTAINER_INDEXES = tuple(i for i, name in enumerate(cls.FIELDS)
+                                      if cls.ANNOTATIONS[name] in ("tuple", "dict", "Any"))
         for old in range(1, version):
             if not hasattr(cls, f"upcast_v{old}_to_v{old + 1}"):
                 raise ValueError(f"{cls.__name__} v{version} lacks upcast_v{old}_to_v{old + 1}")
@@ -49,12 +51,39 @@ def upcast(cls: type, version: int, payload: dict[str, Any]) -> dict[str, Any]:
 
 def payload_of(event_value: Any) -> dict[str, Any]:
     """The payload dict of an event (its fields by name)."""
-    return {name: getattr(event_value, name) for name in event_value.FIELDS}
+    return dict(zip(event_value.FIELDS, event_value))
+
+
+def _same_event(self, other: object) -> bool:
+    return type(self) is type(other) and tuple.__eq__(self, other)
+
+
+def _other_event(self, other: object) -> bool:
+    return not _same_event(self, other)
+
+
+def _event_hash(self) -> int:
+    return hash((type(self).__name__, tuple(self)))
 
 
 def frozen(cls):
-    """Events are frozen dataclasses with slots."""
-    return dataclass(frozen=True, slots=True)(cls)
+    """Events are immutable named tuples built from the class's annotations.
+
+    Not dataclasses: replay decodes one event per record, and building a tuple
+    is several times cheaper than a frozen dataclass's __init__. Equality also
+    compares the class, so two events with equal fields but different types
+    never compare equal.
+    """
+    annotations = dict(cls.__dict__.get("__annotations__", {}))
+    built = NamedTuple(cls.__name__, [(name, Any) for name in annotations])
+    for name, value in cls.__dict__.items():
+        if name not in ("__annotations__", "__dict__", "__weakref__"):
+            setattr(built, name, value)
+    built.__module__ = cls.__module__
+    built.__qualname__ = cls.__qualname__
+    built.ANNOTATIONS = {name: str(kind) for name, kind in annotations.items()}
+    built.__eq__, built.__ne__, built.__hash__ = _same_event, _other_event, _event_hash
+    return built
 
 
 # --- cluster ---------------------------------------------------------------
