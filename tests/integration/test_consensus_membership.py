@@ -47,3 +47,52 @@ async def test_a_late_non_voter_receives_everything_and_its_proposals_commit(clu
     assert status["non_voters"] == [observer] and observer not in status["voters"]
     leader_status = await cluster.status(leader)
     assert sorted(leader_status["voters"]) == sorted(cluster.voters)
+
+
+@pytest.fixture
+def voters_only(tmp_path):
+    cluster = ProcessCluster(tmp_path / "voters", voters=3, non_voters=1)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+async def test_a_dead_voter_is_replaced_one_change_at_a_time(voters_only):
+    """Removing a dead voter and adding a fresh one keeps the log committing and lists the new voters everywhere."""
+    cluster = voters_only
+    for node in cluster.voters:
+        cluster.start(node)
+    leader, _term = await cluster.wait_leader(among=cluster.voters)
+    dead = next(n for n in cluster.voters if n != leader)
+    cluster.kill(dead)
+    async with cluster.client(leader) as client:
+        await propose_with_retry(client, b"before the change")
+        await client.call("remove_voter", node=dead)
+    # The replacement starts knowing every current voter, then joins as a voter.
+    replacement = cluster.non_voters.pop()
+    cluster.voters = [n for n in cluster.voters if n != dead] + [replacement]
+    cluster.start(replacement)
+    async with cluster.client(leader) as client:
+        await client.call("add_voter", node=replacement)
+        for i in range(10):
+            await propose_with_retry(client, f"after the change {i}".encode())
+    await cluster.wait_same_head(cluster.voters)
+    for node in cluster.voters:
+        status = await cluster.status(node)
+        assert sorted(status["voters"]) == sorted(cluster.voters)
+
+
+async def test_leadership_moves_to_the_requested_voter(voters_only):
+    """A transfer request moves leadership to the named voter (transfer, check, retry)."""
+    cluster = voters_only
+    for node in cluster.voters:
+        cluster.start(node)
+    leader, _term = await cluster.wait_leader(among=cluster.voters)
+    await cluster.wait_full_mesh()
+    target = next(n for n in cluster.voters if n != leader)
+    async with cluster.client(leader) as client:
+        reply = await client.call("transfer", target=target)
+    assert reply["leader"] == target
+    new_leader, _new_term = await cluster.wait_leader(among=cluster.voters)
+    assert new_leader == target
