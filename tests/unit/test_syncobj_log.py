@@ -1,0 +1,110 @@
+"""SyncObjLog in one process: safe settings, CBOR snapshots, group commit, leadership stream, restart from disk."""
+
+import contextlib
+
+import cbor2
+import pytest
+import trio
+
+from consensus.log import LogError
+from consensus.syncobj_log import SyncObjSettings, _conf, node_address, open_syncobj_log, raft_address, wait_for
+from tests.contract.log_contract import free_node_address
+
+SECRET = "unit-test-cluster-secret"
+
+
+@contextlib.asynccontextmanager
+async def members(tmp_path, count=3, **settings):
+    nodes = [free_node_address() for _ in range(count)]
+    options = SyncObjSettings(password=SECRET, **settings)
+    async with contextlib.AsyncExitStack() as stack:
+        opened = [await stack.enter_async_context(open_syncobj_log(n, nodes, tmp_path / f"m{i}", options))
+                  for i, n in enumerate(nodes)]
+        await wait_for(lambda: any(m.is_leader() for m in opened), 20, "a leader elected")
+        yield opened
+
+
+def test_a_missing_secret_is_refused():
+    """Settings without a password are refused, with the reason and the fix."""
+    with pytest.raises(ValueError, match="cluster secret"):
+        SyncObjSettings(password="")
+
+
+def test_pysyncobj_is_configured_safely(tmp_path):
+    """The pysyncobj configuration has a password, an explicit bind, non-batch mode, tuned timeouts and both files."""
+    conf = _conf(SyncObjSettings(password=SECRET), tmp_path, "127.0.0.1:7001", lambda *a: None, lambda *a: None)
+    conf.validate()
+    assert conf.password == SECRET and conf.bindAddress == "127.0.0.1:7001"
+    assert conf.appendEntriesUseBatch is False and conf.appendEntriesPeriod == 0.05
+    assert (conf.raftMinTimeout, conf.raftMaxTimeout) == (0.3, 0.6)
+    assert conf.leaderFallbackTimeout == 1.0 and conf.connectionRetryTime == 1.0
+    assert conf.journalFile and conf.fullDumpFile and conf.serializer and conf.deserializer
+    assert conf.dynamicMembershipChange is True
+
+
+def test_the_raft_port_is_the_node_port_plus_one():
+    """A node HOST:PORT runs Raft on PORT+1 and the mapping goes both ways."""
+    assert raft_address("10.0.0.5:7000") == "10.0.0.5:7001"
+    assert node_address("10.0.0.5:7001") == "10.0.0.5:7000"
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        raft_address("no-port")
+
+
+async def test_concurrent_proposals_share_raft_entries(tmp_path):
+    """Proposals made while an entry is in flight are packed together: fewer entries than payloads, each its own seq."""
+    async with members(tmp_path) as opened:
+        leader = next(m for m in opened if m.is_leader())
+        seqs = []
+
+        async def propose(i):
+            seqs.append(await leader.propose(f"{i}".encode()))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(propose, i)
+        assert sorted(seqs) == list(range(1, 201))
+        assert leader.payloads_sent == 200 and leader.entries_sent < 50
+
+
+async def test_the_leadership_stream_reports_the_elected_leader(tmp_path):
+    """Every member's leadership stream reports the leader and its term."""
+    async with members(tmp_path) as opened:
+        leader = next(m for m in opened if m.is_leader())
+        for member in opened:
+            with trio.fail_after(10):
+                async for leadership in member.leadership_changes():
+                    if leadership.leader == leader.address:
+                        break
+            assert leadership.term == leader.term() >= 1
+
+
+async def test_snapshots_are_canonical_cbor_and_a_restart_serves_the_same_head(tmp_path):
+    """After compaction the snapshot file is CBOR holding the chain head; restarted members keep every record."""
+    nodes = [free_node_address() for _ in range(3)]
+    options = SyncObjSettings(password=SECRET, log_compaction_min_entries=20)
+    async with contextlib.AsyncExitStack() as stack:
+        opened = [await stack.enter_async_context(open_syncobj_log(n, nodes, tmp_path / f"m{i}", options))
+                  for i, n in enumerate(nodes)]
+        await wait_for(lambda: any(m.is_leader() for m in opened), 20, "a leader elected")
+        leader = next(m for m in opened if m.is_leader())
+        for i in range(60):
+            await leader.propose(f"entry {i}".encode())
+        await wait_for(lambda: (tmp_path / "m0" / "raft.snapshot").exists(), 20, "a snapshot written")
+        head = leader.head()
+    document = cbor2.loads((tmp_path / "m0" / "raft.snapshot").read_bytes())
+    assert document["format"] == 1 and 20 <= document["chain"][0] <= 60
+    async with contextlib.AsyncExitStack() as stack:
+        reopened = [await stack.enter_async_context(open_syncobj_log(n, nodes, tmp_path / f"m{i}", options))
+                    for i, n in enumerate(nodes)]
+        await wait_for(lambda: all(m.head() == head for m in reopened), 30, "every member back at the head")
+        assert [r.payload for r in reopened[0].read()] == [f"entry {i}".encode() for i in range(60)]
+
+
+async def test_a_taken_raft_port_fails_fast_with_a_fix(tmp_path):
+    """Starting a member on a Raft port that is in use raises LogError naming the port."""
+    node = free_node_address()
+    options = SyncObjSettings(password=SECRET)
+    async with open_syncobj_log(node, [node], tmp_path / "first", options):
+        with pytest.raises(LogError, match="cannot listen"):
+            async with open_syncobj_log(node, [node], tmp_path / "second", options):
+                pass
