@@ -43,6 +43,7 @@ _MAX_BODY = 1 << 30
 _CHUNK = 1 << 22
 _sha256 = hashlib.sha256
 _second = itemgetter(1)
+_tuple_new = tuple.__new__
 
 
 class RecordError(ValueError):
@@ -235,8 +236,8 @@ class RecordReader:
     def _record(self, buffer: bytes, view: memoryview, body: int, end: int, position: int) -> Record:
         if end - body < _BODY_FIXED:
             self._fail("record body too short", position)
-        record = Record(_SEQ.unpack_from(buffer, body + 32)[0], buffer[body:body + 32], buffer[end - 32:end],
-                        buffer[body + 40:end - 32])
+        record = _tuple_new(Record, (_SEQ.unpack_from(buffer, body + 32)[0], buffer[body:body + 32],
+                                     buffer[end - 32:end], buffer[body + 40:end - 32]))
         if self.verify_chain:
             head = self.head
             # The fast path of check_link: the body's first len-32 bytes are exactly what the hash covers.

@@ -228,20 +228,23 @@ def _node_capacity(state, e, envelope, seq):
 
 # --- instances -------------------------------------------------------------
 
-def _account(state: ClusterState, instance: Instance, sign: int) -> ClusterState:
-    """Add (1) or remove (-1) an instance's share of its nodes' usage."""
+def _accounted(state: ClusterState, instance: Instance, sign: int):
+    """The usage map with an instance's share of its nodes added (1) or removed (-1)."""
     usage = state.usage
     for node_id, role in ((instance.primary, "primary"), (instance.secondary, "secondary")):
         if node_id:
-            usage = usage.set(node_id, add_usage(usage.get(node_id, NodeUsage()), instance, role, sign))
-    return state.evolve(usage=usage)
+            usage = usage.set(node_id, add_usage(usage.get(node_id, _NO_USAGE), instance, role, sign))
+    return usage
+
+
+_NO_USAGE = NodeUsage()
 
 
 def _replace_instance(state: ClusterState, old: Instance, new: Instance) -> dict:
     """The changes that swap an instance for its new version, keeping usage right."""
     usage = state.usage
     for node_id in {old.primary, old.secondary, new.primary, new.secondary} - {""}:
-        current = usage.get(node_id, NodeUsage())
+        current = usage.get(node_id, _NO_USAGE)
         for instance, sign in ((old, -1), (new, 1)):
             if node_id == instance.primary:
                 current = add_usage(current, instance, "primary", sign)
@@ -262,15 +265,14 @@ def _set_instance(state: ClusterState, instance_id: str, **changes) -> ClusterSt
 @handles(ev.InstanceAdded)
 def _instance_added(state, e, envelope, seq):
     instance = Instance(e.instance, e.name, e.primary, e.secondary, e.disk_template,
-                        tuple(Disk(d["size_mib"]) for d in e.disks),
-                        tuple(Nic(n["mac"], n["mode"], n["link"]) for n in e.nics),
+                        tuple([Disk(d["size_mib"]) for d in e.disks]),
+                        tuple([Nic(n["mac"], n["mode"], n["link"]) for n in e.nics]),
                         e.memory_mib, e.vcpus, e.hypervisor, e.hvparams, e.os, e.admin_state)
     macs = state.macs
     for nic in instance.nics:
         macs = macs.set(nic.mac, instance.id)
-    state = _account(state, instance, 1)
-    return state.evolve(instances=state.instances.set(instance.id, instance),
-                        instance_names=state.instance_names.set(instance.name, instance.id), macs=macs)
+    return {"usage": _accounted(state, instance, 1), "instances": state.instances.set(instance.id, instance),
+            "instance_names": state.instance_names.set(instance.name, instance.id), "macs": macs}
 
 
 @handles(ev.InstanceRemoved)
@@ -282,9 +284,8 @@ def _instance_removed(state, e, envelope, seq):
     for nic in instance.nics:
         if nic.mac in macs:
             macs = macs.delete(nic.mac)
-    state = _account(state, instance, -1)
-    return state.evolve(instances=state.instances.delete(e.instance),
-                        instance_names=state.instance_names.delete(instance.name), macs=macs)
+    return {"usage": _accounted(state, instance, -1), "instances": state.instances.delete(e.instance),
+            "instance_names": state.instance_names.delete(instance.name), "macs": macs}
 
 
 def _instance_changes(state: ClusterState, instance_id: str, **changes) -> dict:
@@ -411,12 +412,14 @@ def _set_job(state: ClusterState, job_id: int, **changes) -> ClusterState:
 
 def _finish_job(state: ClusterState, job_id: int, envelope: Envelope, **changes) -> ClusterState:
     """End a job: it leaves the active set and, once old enough, the state."""
-    if job_id not in state.active_jobs:
-        return state
-    state = _set_job(state, job_id, finished_at=envelope.proposed_at, **changes)
+    job = state.jobs.get(job_id)
+    if job_id not in state.active_jobs or job is None:
+        return {}
+    jobs = state.jobs.set(job_id, job.evolve(finished_at=envelope.proposed_at, **changes))
     window, evicted = state.finished_jobs.push(job_id)
-    jobs = state.jobs.delete(evicted) if evicted is not None and evicted in state.jobs else state.jobs
-    return state.evolve(active_jobs=state.active_jobs.delete(job_id), finished_jobs=window, jobs=jobs)
+    if evicted is not None and evicted in jobs:
+        jobs = jobs.delete(evicted)
+    return {"active_jobs": state.active_jobs.delete(job_id), "finished_jobs": window, "jobs": jobs}
 
 
 @handles(ev.JobAdmitted)

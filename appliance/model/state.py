@@ -211,8 +211,8 @@ class RecentIds(NamedTuple):
 
     def push(self, key: Any) -> RecentIds:
         if len(self.current) >= self.generation:
-            return RecentIds(self.generation, EMPTY.set(key, True), self.current)
-        return RecentIds(self.generation, self.current.set(key, True), self.previous)
+            return _tuple_new(RecentIds, (self.generation, EMPTY.set(key, True), self.current))
+        return _tuple_new(RecentIds, (self.generation, self.current.set(key, True), self.previous))
 
     def plain(self) -> list:
         return [sorted(self.previous), sorted(self.current)]
@@ -395,11 +395,11 @@ def usage_of(instances: immutables.Map) -> immutables.Map:
 def add_usage(usage: NodeUsage, instance: Instance, role: str, sign: int) -> NodeUsage:
     """Usage with one instance added (sign 1) or taken away (sign -1) in a role."""
     disk = instance.disk_mib if instance.disk_template != "diskless" else 0
+    memory, used_disk, vcpus, primaries, secondaries = usage
     if role == "primary":
-        return NodeUsage(usage.memory_mib + sign * instance.memory_mib, usage.disk_mib + sign * disk,
-                         usage.vcpus + sign * instance.vcpus, usage.primaries + sign, usage.secondaries)
-    return NodeUsage(usage.memory_mib, usage.disk_mib + sign * disk, usage.vcpus,
-                     usage.primaries, usage.secondaries + sign)
+        return _tuple_new(NodeUsage, (memory + sign * instance.memory_mib, used_disk + sign * disk,
+                                      vcpus + sign * instance.vcpus, primaries + sign, secondaries))
+    return _tuple_new(NodeUsage, (memory, used_disk + sign * disk, vcpus, primaries, secondaries + sign))
 
 
 def with_indexes(state: ClusterState) -> ClusterState:
