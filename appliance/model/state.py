@@ -342,17 +342,29 @@ def encode_checkpoint(state: ClusterState) -> bytes:
 
 
 def _tuple(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_tuple(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tuple(v) for k, v in value.items()}
+    """Lists become tuples, recursively (checkpoint load is on the path of every 'replay --at')."""
+    kind = type(value)
+    if kind is list:
+        return tuple([_tuple(v) if type(v) in _CONTAINERS else v for v in value])
+    if kind is dict:
+        return {k: _tuple(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
     return value
 
 
+_CONTAINERS = (list, dict)
+
+
+def _row(cls, values: list):
+    if len(values) != len(cls._fields):
+        raise ValueError(f"checkpoint row of {cls.__name__} has {len(values)} fields, expected {len(cls._fields)}; "
+                         "rebuild the checkpoints with 'cairn events checkpoint'")
+    return _tuple_new(cls, [_tuple(v) if type(v) in _CONTAINERS else v for v in values])
+
+
 def _instance_from(values: list) -> Instance:
-    instance = Instance(*[_tuple(v) for v in values])
-    return instance.evolve(disks=tuple(Disk(*d) for d in instance.disks),
-                           nics=tuple(Nic(*n) for n in instance.nics))
+    instance = _row(Instance, values)
+    return instance.evolve(disks=tuple([_tuple_new(Disk, d) for d in instance.disks]),
+                           nics=tuple([_tuple_new(Nic, n) for n in instance.nics]))
 
 
 def decode_checkpoint(data: bytes) -> ClusterState:
@@ -362,13 +374,13 @@ def decode_checkpoint(data: bytes) -> ClusterState:
         raise ValueError(f"checkpoint format {plain.get('format')} is not {CHECKPOINT_FORMAT}; rebuild the checkpoints")
 
     def build(cls, rows):
-        return immutables.Map({key: cls(*[_tuple(v) for v in values]) for key, values in rows})
+        return immutables.Map({key: _row(cls, values) for key, values in rows})
 
     instances = immutables.Map({key: _instance_from(values) for key, values in plain["instances"]})
     jobs = build(Job, plain["jobs"])
     state = ClusterState(
         seq=plain["seq"],
-        cluster=ClusterParams(*[_tuple(v) for v in plain["cluster"]]) if plain["cluster"] else None,
+        cluster=_row(ClusterParams, plain["cluster"]) if plain["cluster"] else None,
         modes=immutables.Map({(m, t): u for m, t, u in plain["modes"]}),
         groups=build(Group, plain["groups"]),
         nodes=build(Node, plain["nodes"]),
