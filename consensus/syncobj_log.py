@@ -184,7 +184,7 @@ class SyncObjLog(EventLog):
         # Tick-thread state: the chain head as the apply step last left it.
         self._chain = ChainHead()
         self._checkpoint: tuple[int, bytes] | None = self._load_checkpoint()
-        self._last_leadership: tuple[str | None, int] | None = None
+        self._last_leadership: tuple | None = None
         self._grace_until: float | None = None
         self._last_tick: float | None = None
         # Only a restart (an existing journal to replay) needs the election grace.
@@ -281,13 +281,15 @@ class SyncObjLog(EventLog):
             log.critical(self.history_error)
 
     def _on_tick(self) -> None:
+        # Runs after every tick, thousands of times a second under load: compare
+        # the raw leader and term first, build names only on a change.
         raft = self._raft
         leader = raft._getLeader()
-        leader_name = node_address(leader.id) if leader is not None else None
-        key = (leader_name, raft.raftCurrentTerm)
+        key = (leader, raft.raftCurrentTerm)
         if key != self._last_leadership:
             self._last_leadership = key
-            self._to_trio(self._leadership_in_trio, Leadership(*key))
+            name = node_address(leader.id) if leader is not None else None
+            self._to_trio(self._leadership_in_trio, Leadership(name, key[1]))
         if leader is not None:
             self._heard_leader = True
         self._hold_back_election()
