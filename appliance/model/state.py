@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 import cbor2
 import immutables
 
+from appliance.model.codec import _CONTAINERS, freeze
+
 # Replay ignores an event id seen within the recent events: ids are kept in two
 # generations of DEDUP_GENERATION events each, so an id is remembered for at
 # least DEDUP_GENERATION and at most 2 * DEDUP_GENERATION events. It is part of
@@ -341,17 +343,8 @@ def encode_checkpoint(state: ClusterState) -> bytes:
     return cbor2.dumps(to_plain(state), canonical=True)
 
 
-def _tuple(value: Any) -> Any:
-    """Lists become tuples, recursively (checkpoint load is on the path of every 'replay --at')."""
-    kind = type(value)
-    if kind is list:
-        return tuple([_tuple(v) if type(v) in _CONTAINERS else v for v in value])
-    if kind is dict:
-        return {k: _tuple(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
-    return value
-
-
-_CONTAINERS = (list, dict)
+# Lists become tuples, recursively, exactly as when an event is decoded.
+_tuple = freeze
 
 
 def _row(cls, values: list):
