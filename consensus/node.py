@@ -184,7 +184,8 @@ async def run_member(args: argparse.Namespace) -> None:
     voters = peers if args.non_voter else sorted(set(peers) | {args.self})
     settings = SyncObjSettings(password=secret.decode("latin-1"), fsync=args.fsync,
                                log_compaction_min_entries=args.compaction_entries,
-                               max_entries_in_flight=args.max_in_flight)
+                               max_entries_in_flight=args.max_in_flight,
+                               pipeline_min_payloads=args.pipeline_min)
     async with open_syncobj_log(args.self, voters, args.data, settings, voter=not args.non_voter,
                                 history_source=HistoryPeers(peers, secret)) as member:
         server = MemberServer(member)
@@ -212,6 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="compact pysyncobj's journal once it holds more Raft entries than this")
     parser.add_argument("--max-in-flight", type=int, default=1,
                         help="Raft entries this member keeps in flight; proposals wait and are packed meanwhile")
+    parser.add_argument("--pipeline-min", type=int, default=8,
+                        help="payloads that must be waiting before a further entry goes in flight")
     parser.add_argument("--switch-interval-ms", type=float, default=5.0,
                         help="the interpreter's thread switch interval (the tick thread and Trio share the GIL)")
     parser.add_argument("--log-level", default="WARNING")

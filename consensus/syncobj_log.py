@@ -84,6 +84,7 @@ class SyncObjSettings:
     max_batch_payloads: int = 4096
     max_batch_bytes: int = 4 << 20
     max_entries_in_flight: int = 1
+    pipeline_min_payloads: int = 8
     # An entry with no answer after this long is given up (its payloads report
     # "outcome unknown") so that new proposals are not held behind it.
     stuck_entry_s: float = 10.0
@@ -441,6 +442,10 @@ class SyncObjLog(EventLog):
     def _send_batches(self) -> None:
         settings = self._settings
         while self._queue and len(self._in_flight) < settings.max_entries_in_flight and not self._closed:
+            # A further entry in flight only pays off when it carries a real
+            # batch; otherwise the payloads wait for the next answer.
+            if self._in_flight and len(self._queue) < settings.pipeline_min_payloads:
+                return
             waiters: list[_Waiter] = []
             size = 0
             while self._queue and len(waiters) < settings.max_batch_payloads:
