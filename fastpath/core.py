@@ -112,8 +112,16 @@ class Engine:
         """The (primary, secondary) of an instance; -1 for none."""
         return self._c.pnode[inst], self._c.snode[inst]
 
-    def define_instance(self, values: dict) -> int:
-        """Add an unplaced instance with the fields of `spec.INSTANCE_FIELDS`; returns its index."""
+    def define_instance(self, values: dict, reuse: int = -1) -> int:
+        """Add an unplaced instance with the fields of `spec.INSTANCE_FIELDS` (or overwrite the unplaced
+        instance `reuse`); returns its index."""
+        if reuse >= 0:
+            if self._c.pnode[reuse] >= 0:
+                raise FastpathError(f"instance {reuse} is placed; only an unplaced instance can be redefined")
+            for name in _INSTANCE_FIELDS:
+                getattr(self._c, name)[reuse] = values[name]
+            self._c.pnode[reuse] = self._c.snode[reuse] = -1
+            return reuse
         if self.count + 1 >= self.capacity:
             raise FastpathError(f"engine holds at most {self.capacity - 1} instances; "
                                 "create it with a larger extra_instances")

@@ -384,8 +384,13 @@ class Engine:
         self.pnode[i], self.snode[i] = np_, ns
         self._rebuild()
 
-    def define_instance(self, values: dict) -> int:
-        """Add an unplaced instance with the fields of `spec.INSTANCE_FIELDS`; returns its index."""
+    def define_instance(self, values: dict, reuse: int = -1) -> int:
+        """Add an unplaced instance with the fields of `spec.INSTANCE_FIELDS` (or overwrite the unplaced
+        instance `reuse`); returns its index."""
+        if reuse >= 0:
+            for name, column in self.it.items():
+                column[reuse] = values[name]
+            return reuse
         for name, column in self.it.items():
             column.append(values[name])
         self.pnode.append(-1)

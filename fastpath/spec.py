@@ -144,21 +144,26 @@ def append_instance(spec: Spec, inst, index: dict[str, int], excls=None, excl=No
     locs = locs or spec.loc_interner
     excl = spec.excl_prefixes if excl is None else excl
     desired = spec.desired_prefixes if desired is None else desired
-    kind = template_kind(inst.template)
-    uses_mem = inst.status in MEMORY_STATUSES and not inst.forthcoming
-    offline = inst.status == "ADMIN_offline"
-    values = dict(
-        mem=inst.mem, dsk=inst.dsk if kind in (KIND_LOCAL, KIND_MIRRORED) else 0, vcpus=inst.vcpus,
-        spindle_use=inst.spindle_use if kind in (KIND_LOCAL, KIND_MIRRORED) else 0,
-        pnode=index[inst.pnode] if inst.pnode else -1, snode=index[inst.snode] if inst.snode else -1,
-        kind=kind, uses_mem=int(uses_mem), uses_cpu=int(not offline),
-        sec_mem=inst.mem if kind == KIND_MIRRORED and not offline and inst.auto_balance else 0,
-        movable=int(kind in (KIND_MIRRORED, KIND_SHARED) and inst.auto_balance),
-        excl_mask=excls.mask([t for t in inst.tags if any(t.startswith(p) for p in excl)]),
-        desired_mask=locs.mask([t for t in inst.tags if any(t.startswith(p) for p in desired)]))
+    values = instance_values(inst, index, excls.mask([t for t in inst.tags if any(t.startswith(p) for p in excl)]),
+                             locs.mask([t for t in inst.tags if any(t.startswith(p) for p in desired)]))
     for name in INSTANCE_FIELDS:
         spec.instances[name].append(values[name])
     spec.instance_names.append(inst.name)
     spec.n_tags = len(excls.ids)
     spec.n_locations = len(locs.ids)
     return len(spec.instance_names) - 1
+
+
+def instance_values(inst, index: dict[str, int], excl_mask: int = 0, desired_mask: int = 0) -> dict:
+    """The engine fields of one instance (`INSTANCE_FIELDS`), its nodes looked up in `index`."""
+    kind = template_kind(inst.template)
+    uses_mem = inst.status in MEMORY_STATUSES and not inst.forthcoming
+    offline = inst.status == "ADMIN_offline"
+    local = kind in (KIND_LOCAL, KIND_MIRRORED)
+    return dict(
+        mem=inst.mem, dsk=inst.dsk if local else 0, vcpus=inst.vcpus, spindle_use=inst.spindle_use if local else 0,
+        pnode=index[inst.pnode] if inst.pnode else -1, snode=index[inst.snode] if inst.snode else -1,
+        kind=kind, uses_mem=int(uses_mem), uses_cpu=int(not offline),
+        sec_mem=inst.mem if kind == KIND_MIRRORED and not offline and inst.auto_balance else 0,
+        movable=int(kind in (KIND_MIRRORED, KIND_SHARED) and inst.auto_balance),
+        excl_mask=excl_mask, desired_mask=desired_mask)

@@ -83,8 +83,47 @@ def iallocator(
         raise typer.Exit(1)
 
 
+def capacity(
+    text_file: Optional[str] = typer.Option(None, "-t", "--text-data", help="Cluster in htools text format."),
+    machine_readable: bool = typer.Option(False, "--machine-readable", help="HTS_* key=value lines (hspace's)."),
+    accept_existing_errors: bool = typer.Option(False, "--accept-existing-errors",
+                                                help="Plan even if the cluster already fails N+1."),
+    disk_template: Optional[str] = typer.Option(None, "--disk-template", help="Template of the new instances."),
+    max_length: int = typer.Option(-1, "-l", "--max-length", help="At most this many allocations per phase."),
+    no_tiered: bool = typer.Option(False, "--no-tiered", help="Skip the tiered phase."),
+    engine: str = typer.Option("c", "--engine", hidden=True, help="c or pure (for testing)."),
+) -> None:
+    """Plan capacity like Ganeti's hspace: how many more instances fit."""
+    from fastpath.capacity import CapacityRequest, plan
+    from fastpath.htools_text import FormatError, parse
+
+    if text_file is None:
+        _fail("capacity of the live cluster is not available yet; give a cluster file with -t FILE")
+    template = {"replicated": "drbd"}.get(disk_template, disk_template)
+    try:
+        cluster = parse(_read(text_file))
+    except FormatError as error:
+        _fail(str(error))
+    request = CapacityRequest(cluster, accept_existing_errors, template, max_length, not no_tiered, engine)
+    values = plan(request)
+    if machine_readable:
+        for key, value in values:
+            typer.echo(f"{key}={value}")
+        return
+    found = dict(values)
+    typer.echo(f"The cluster has {found['HTS_CLUSTER_NODES']} nodes and {found['HTS_INI_INST_CNT']} instances.")
+    if "HTS_TSPEC" in found:
+        typer.echo(f"Tiered allocation: {found['HTS_TRL_INST_CNT'] - found['HTS_INI_INST_CNT']} instances "
+                   f"({found['HTS_TSPEC'].strip(chr(39)) or 'none'})")
+    typer.echo(f"Standard allocation: {found['HTS_ALLOC_INSTANCES']} instances of "
+               f"{found['HTS_SPEC_MEM']} MiB / {found['HTS_SPEC_DSK']} MiB / {found['HTS_SPEC_CPU']} CPU "
+               f"({found['HTS_SPEC_DISK_TEMPLATE']}); most likely failure reason: {found['HTS_ALLOC_FAIL_REASON']}")
+    typer.echo(f"Initial cluster score: {found['HTS_INI_SCORE']}, final: {found['HTS_FIN_SCORE']}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the placement commands to the top-level app."""
     app.command(help="Balance a cluster like Ganeti's hbal (text file with -t).")(balance)
+    app.command(help="Plan capacity like Ganeti's hspace (text file with -t).")(capacity)
     app.command(help="Answer a Ganeti iallocator request like hail (installable as an iallocator script).")(
         iallocator)

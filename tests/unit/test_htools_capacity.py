@@ -1,0 +1,67 @@
+"""Capacity planning (`cairn capacity`): hspace's standard-allocation count, failure reason and final score."""
+
+from pathlib import Path
+
+import pytest
+
+from fastpath.capacity import CapacityRequest, plan
+from fastpath.htools_text import parse
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "htools"
+# X.hspace is `hspace -t X.txt --machine-readable` (Ganeti 3.0.2); X.accept.hspace adds
+# --accept-existing-errors. See tests/data/htools/README.md.
+STANDARD_KEYS = ("HTS_INI_SCORE", "HTS_INI_INST_CNT", "HTS_FIN_SCORE", "HTS_FIN_INST_CNT", "HTS_ALLOC_INSTANCES",
+                 "HTS_ALLOC_FAIL_REASON", "HTS_SPEC_MEM", "HTS_SPEC_DSK", "HTS_SPEC_CPU", "HTS_SPEC_DISK_TEMPLATE",
+                 "HTS_CLUSTER_MEM", "HTS_CLUSTER_DSK", "HTS_CLUSTER_CPU", "HTS_CLUSTER_VCPU", "HTS_CLUSTER_NODES",
+                 "HTS_OK")
+
+
+@pytest.fixture(params=["c", "pure"])
+def implementation(request):
+    """Every test runs against the compiled core and the pure twin."""
+    return request.param
+
+
+def recorded(name: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in (DATA / name).read_text().splitlines() if "=" in line)
+    return {k: v for k, v in pairs}
+
+
+def planned(text_file: str, implementation: str, **args) -> dict[str, str]:
+    cluster = parse((DATA / text_file).read_text())
+    return {k: str(v) for k, v in plan(CapacityRequest(cluster, implementation=implementation, **args))}
+
+
+@pytest.mark.parametrize(("text_file", "answer", "accept"), [
+    ("example.txt", "example.hspace", False), ("n4.txt", "n4.hspace", False), ("n4.txt", "n4.accept.hspace", True)])
+def test_standard_allocation_equals_hspace(implementation, text_file, answer, accept):
+    """Standard-spec allocation count, failure reason, scores and cluster totals equal hspace's."""
+    expected = recorded(answer)
+    got = planned(text_file, implementation, accept_existing_errors=accept)
+    assert {k: got.get(k) for k in STANDARD_KEYS} == {k: expected[k] for k in STANDARD_KEYS}
+
+
+def test_failure_counts_of_the_last_allocation_equal_hspace(implementation):
+    """The per-reason failure counts of the allocation that stopped are hspace's."""
+    expected = recorded("example.hspace")
+    got = planned("example.txt", implementation)
+    keys = [k for k in expected if k.startswith("HTS_ALLOC_FAIL") and k.endswith("_CNT")]
+    assert {k: got[k] for k in keys} == {k: expected[k] for k in keys}
+
+
+def test_existing_n1_failure_stops_allocation(implementation):
+    """Without --accept-existing-errors a cluster failing N+1 gets no new instance (FAILN1)."""
+    got = planned("n4.txt", implementation)
+    assert got["HTS_ALLOC_INSTANCES"] == "0" and got["HTS_ALLOC_FAIL_REASON"] == "FAILN1"
+
+
+def test_allocation_limit_caps_each_phase(implementation):
+    """-l caps the number of allocations."""
+    got = planned("example.txt", implementation, max_allocations=7)
+    assert got["HTS_ALLOC_INSTANCES"] == "7"
+
+
+def test_report_ends_with_ok(implementation):
+    """The machine-readable report ends with HTS_OK=1, as scripts expect."""
+    cluster = parse((DATA / "example.txt").read_text())
+    assert plan(CapacityRequest(cluster, implementation=implementation))[-1] == ("HTS_OK", 1)
