@@ -10,7 +10,9 @@ p50/p99 commit latency. Failover: kill -9 of the leader to the first
 acknowledged proposal, probes every 20 ms through the survivors. When etcd is
 installed, a 3-member etcd cluster on loopback is driven through its v3
 HTTP/JSON gateway (POST /v3/kv/put, 200-byte values) by the same harness,
-one keep-alive connection per task. The last line is the RESULT line.
+one keep-alive connection per task. Both clusters run at once and the
+200-byte runs alternate between them (3 rounds, median), so load from other
+processes on the machine hits both alike. The last line is the RESULT line.
 """
 
 from __future__ import annotations
@@ -74,21 +76,27 @@ async def drive(propose, concurrency: int, seconds: float) -> dict:
 # -- pysyncobj ------------------------------------------------------------------------------
 
 
-async def bench_cairn(cluster: ProcessCluster, seconds: float) -> dict:
-    results = {}
-    leader, _term = await cluster.wait_leader()
-    async with cluster.client(leader) as client:
-        for size in SIZES:
-            for concurrency in CONCURRENCY:
-                def propose(task, n, size=size):
-                    payload = f"{task}:{n}:".encode().ljust(size, b"x")
-                    return client.propose(payload, timeout_s=10.0)
-                await drive(propose, concurrency, min(1.0, seconds / 4))  # warm-up
-                results[(size, concurrency)] = await drive(propose, concurrency, seconds)
-                row = results[(size, concurrency)]
-                print(f"cairn  {size:5d} B  conc {concurrency:4d}: {row['rate']:9.0f} rec/s  "
-                      f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}", flush=True)
-    return results
+def cairn_driver(client, size: int):
+    def propose(task, n):
+        return client.propose(f"{task}:{n}:".encode().ljust(size, b"x"), timeout_s=10.0)
+    return propose
+
+
+def report(system: str, size: int, concurrency: int, row: dict) -> None:
+    print(f"{system:6s} {size:5d} B  conc {concurrency:4d}: {row['rate']:9.0f} /s  p50 {row['p50_ms']:7.2f} ms  "
+          f"p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}", flush=True)
+
+
+def median_row(rows: list[dict]) -> dict:
+    """The run with the median rate (its latencies come with it)."""
+    return sorted(rows, key=lambda r: r["rate"])[len(rows) // 2]
+
+
+async def measure(system: str, propose, size: int, concurrency: int, seconds: float) -> dict:
+    await drive(propose, concurrency, min(1.0, seconds / 4))  # warm-up
+    row = await drive(propose, concurrency, seconds)
+    report(system, size, concurrency, row)
+    return row
 
 
 async def one_failover(cluster: ProcessCluster) -> float:
@@ -226,24 +234,46 @@ async def etcd_leader_port(etcd: EtcdCluster) -> int:
             await trio.sleep(0.2)
 
 
-async def bench_etcd(etcd: EtcdCluster, seconds: float) -> dict:
-    port = await etcd_leader_port(etcd)
-    results = {}
-    value = base64.b64encode(b"v" * 200).decode()
-    for concurrency in CONCURRENCY:
-        connections = [HttpConnection(port) for _ in range(concurrency)]
+class EtcdDriver:
+    """Puts of 200-byte values over one keep-alive connection per task."""
 
-        def put(task, n, connections=connections):
-            key = base64.b64encode(f"bench/{task}/{n}".encode()).decode()
-            return connections[task].post("/v3/kv/put", {"key": key, "value": value})
-        await drive(put, concurrency, min(1.0, seconds / 4))
-        results[(200, concurrency)] = row = await drive(put, concurrency, seconds)
-        print(f"etcd     200 B  conc {concurrency:4d}: {row['rate']:9.0f} puts/s p50 {row['p50_ms']:7.2f} ms  "
-              f"p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}", flush=True)
-        for connection in connections:
+    def __init__(self, port: int, concurrency: int) -> None:
+        self.connections = [HttpConnection(port) for _ in range(concurrency)]
+        self.value = base64.b64encode(b"v" * 200).decode()
+
+    def put(self, task, n):
+        key = base64.b64encode(f"bench/{task}/{n}".encode()).decode()
+        return self.connections[task].post("/v3/kv/put", {"key": key, "value": self.value})
+
+    async def aclose(self) -> None:
+        for connection in self.connections:
             if connection.stream is not None:
                 await connection.stream.aclose()
-    return results
+
+
+async def bench_side_by_side(cluster: ProcessCluster, etcd: EtcdCluster | None, seconds: float,
+                             rounds: int) -> tuple[dict, dict | None]:
+    """200-byte runs alternate between the two systems, `rounds` times, so load from elsewhere hits both alike."""
+    cairn: dict = {}
+    etcd_rows: dict | None = {} if etcd is not None else None
+    leader, _term = await cluster.wait_leader()
+    etcd_port = await etcd_leader_port(etcd) if etcd is not None else None
+    async with cluster.client(leader) as client:
+        for concurrency in CONCURRENCY:
+            cairn_runs, etcd_runs = [], []
+            for _round in range(rounds):
+                cairn_runs.append(await measure("cairn", cairn_driver(client, 200), 200, concurrency, seconds))
+                if etcd is not None:
+                    driver = EtcdDriver(etcd_port, concurrency)
+                    etcd_runs.append(await measure("etcd", driver.put, 200, concurrency, seconds))
+                    await driver.aclose()
+            cairn[(200, concurrency)] = median_row(cairn_runs)
+            if etcd_rows is not None:
+                etcd_rows[(200, concurrency)] = median_row(etcd_runs)
+        for concurrency in CONCURRENCY:
+            cairn[(2048, concurrency)] = await measure("cairn", cairn_driver(client, 2048), 2048, concurrency,
+                                                       seconds)
+    return cairn, etcd_rows
 
 
 def etcd_available(install: bool) -> bool:
@@ -272,26 +302,38 @@ def result_line(cairn: dict, etcd: dict | None, failovers: list[float]) -> str:
     return "RESULT " + " ".join(f"{k}={v}" for k, v in formatted.items())
 
 
+def print_summary(cairn: dict, etcd: dict | None) -> None:
+    print("\nmedian runs (records/s, p50 ms, p99 ms):", flush=True)
+    for (size, concurrency), row in sorted(cairn.items()):
+        line = f"  {size:5d} B conc {concurrency:4d}: cairn {row['rate']:7.0f} {row['p50_ms']:6.2f} {row['p99_ms']:6.2f}"
+        if etcd and (size, concurrency) in etcd:
+            other = etcd[(size, concurrency)]
+            line += (f" | etcd {other['rate']:7.0f} {other['p50_ms']:6.2f} {other['p99_ms']:6.2f}"
+                     f" | ratio {row['rate'] / other['rate']:.2f}")
+        print(line, flush=True)
+
+
 async def run(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="cairn-bench-consensus-"))
     cluster = ProcessCluster(root / "cairn", fsync=args.fsync, extra_args=tuple(args.node_args.split()))
     etcd = None
     try:
         cluster.start_all()
-        await cluster.wait_all_know_leader()
-        print(f"cairn: 3 members, password on, fsync={args.fsync}, group commit", flush=True)
-        cairn = await bench_cairn(cluster, args.seconds)
-        failovers = []
-        for trial in range(args.failovers):
-            failovers.append(await one_failover(cluster))
-            print(f"failover {trial + 1}: {failovers[-1]:.3f} s", flush=True)
-        cluster.close()
-        etcd_results = None
         if not args.no_etcd and etcd_available(install=True):
             (root / "etcd").mkdir()
             etcd = EtcdCluster(root / "etcd")
             etcd.start()
-            etcd_results = await bench_etcd(etcd, args.seconds)
+        await cluster.wait_all_know_leader()
+        print(f"cairn: 3 members, password on, fsync={args.fsync}, group commit; "
+              f"etcd: {'3 members, default flags' if etcd else 'not installed'}", flush=True)
+        cairn, etcd_results = await bench_side_by_side(cluster, etcd, args.seconds, args.rounds)
+        if etcd is not None:
+            etcd.close()
+        failovers = []
+        for trial in range(args.failovers):
+            failovers.append(await one_failover(cluster))
+            print(f"failover {trial + 1}: {failovers[-1]:.3f} s", flush=True)
+        print_summary(cairn, etcd_results)
         print(result_line(cairn, etcd_results, failovers), flush=True)
     finally:
         cluster.close()
@@ -303,6 +345,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per configuration")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per 200-byte configuration")
     parser.add_argument("--failovers", type=int, default=10, help="leader kills for the failover median")
     parser.add_argument("--fsync", choices=("batch", "always"), default="batch")
     parser.add_argument("--no-etcd", action="store_true", help="skip the etcd side")

@@ -70,11 +70,11 @@ class NodeClient:
     async def _read_replies(self) -> None:
         try:
             while True:
-                reply = await self._channel.receive()
-                slot = self._waiting.pop(reply.get("id"), None)
-                if slot is not None:
-                    slot.append(reply)
-                    slot[0].set()
+                for reply in await self._channel.receive_many():
+                    slot = self._waiting.pop(reply.get("id"), None)
+                    if slot is not None:
+                        slot.append(reply)
+                        slot[0].set()
         except (WireError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
             self._fail(error)
 

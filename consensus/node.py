@@ -59,11 +59,11 @@ class MemberServer:
             nursery.start_soon(self._write_replies, channel, outbox_receive)
             try:
                 while True:
-                    request = await channel.receive()
-                    if request.get("op") == "propose":
-                        self._propose_now(request, outbox_send)
-                    else:
-                        nursery.start_soon(self._answer, request, outbox_send)
+                    for request in await channel.receive_many():
+                        if request.get("op") == "propose":
+                            self._propose_now(request, outbox_send)
+                        else:
+                            nursery.start_soon(self._answer, request, outbox_send)
             except (WireError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass  # the client went away; its pending replies are dropped
             finally:

@@ -206,13 +206,15 @@ class SyncObjLog(EventLog):
 
     def _init_trio_side(self) -> None:
         self._head = self._history.head
-        self._tail: collections.deque[Record] = collections.deque()
+        self._tail: collections.deque[Record] = collections.deque(maxlen=self._settings.tail_records)
         self._changed = trio.Event()
         self._leadership = Leadership(None, 0)
         self._leadership_event = trio.Event()
         self._queue: collections.deque[_Waiter] = collections.deque()
         self._in_flight: set[_Batch] = set()
         self._deadlines: list = []
+        self._quorum_checked_at = -1.0
+        self._quorum_cached = False
         self._counter = itertools.count()
         self._closed = False
         self._gap_wakeup = trio.Event()
@@ -366,12 +368,10 @@ class SyncObjLog(EventLog):
     def _committed_in_trio(self, records: list[Record]) -> None:
         if records[-1].seq <= self._head.seq:
             return
-        fresh = [r for r in records if r.seq > self._head.seq]
+        fresh = records if records[0].seq > self._head.seq else [r for r in records if r.seq > self._head.seq]
         if self._tail and fresh[0].seq != self._tail[-1].seq + 1:
             self._tail.clear()
         self._tail.extend(fresh)
-        while len(self._tail) > self._settings.tail_records:
-            self._tail.popleft()
         self._head = ChainHead(fresh[-1].seq, fresh[-1].hash)
         self._wake()
 
@@ -554,9 +554,21 @@ class SyncObjLog(EventLog):
         return []
 
     def has_quorum(self) -> bool:
-        """True when this member reaches a majority of voters (counting itself if it votes)."""
+        """True when this member reaches a majority of voters (counting itself if it votes).
+
+        Cached for 10 ms: every proposal asks, and the answer only changes when
+        a connection comes or goes.
+        """
         if self._closed:
             return False
+        now = trio.current_time()
+        if now - self._quorum_checked_at < 0.01:
+            return self._quorum_cached
+        self._quorum_checked_at = now
+        self._quorum_cached = self._count_quorum()
+        return self._quorum_cached
+
+    def _count_quorum(self) -> bool:
         others = self._voter_nodes()
         connected = sum(1 for n in others if self._raft.isNodeConnected(n)) + (1 if self._voter else 0)
         return connected * 2 > len(others) + (1 if self._voter else 0)

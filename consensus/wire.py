@@ -4,7 +4,8 @@ Every connection starts with a mutual challenge: each side sends a random
 nonce and proves it holds the cluster secret with an HMAC-SHA256 over both
 nonces and its role. Nothing is decoded before the proof checks out except
 the fixed-size handshake, and no message is ever unpickled: bodies are CBOR
-maps. A frame is a 4-byte big-endian length followed by the CBOR body.
+maps. A frame is a 4-byte big-endian length followed by the CBOR body: one
+map, or an array of maps when several messages were queued at once.
 """
 
 from __future__ import annotations
@@ -46,20 +47,28 @@ def _mac(secret: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
 
 
 class _Reader:
-    """Buffered reads of exact byte counts from a stream."""
+    """Buffered reads of exact byte counts from a stream (an offset into the buffer, compacted on refill)."""
 
     def __init__(self, stream: trio.abc.ReceiveStream) -> None:
         self._stream = stream
-        self._buffer = bytearray()
+        self._buffer = b""
+        self._position = 0
 
     async def exactly(self, count: int) -> bytes:
-        while len(self._buffer) < count:
-            chunk = await self._stream.receive_some(max(65536, count - len(self._buffer)))
-            if not chunk:
-                raise WireError("the peer closed the connection")
-            self._buffer += chunk
-        data = bytes(self._buffer[:count])
-        del self._buffer[:count]
+        end = self._position + count
+        if end > len(self._buffer):
+            pending = [self._buffer[self._position:]]
+            have = len(pending[0])
+            while have < count:
+                chunk = await self._stream.receive_some(max(65536, count - have))
+                if not chunk:
+                    raise WireError("the peer closed the connection")
+                pending.append(chunk)
+                have += len(chunk)
+            self._buffer = b"".join(pending)
+            self._position, end = 0, count
+        data = self._buffer[self._position:end]
+        self._position = end
         return data
 
 
@@ -70,28 +79,38 @@ class Channel:
         self.stream = stream
         self._reader = _Reader(stream)
         self._send_lock = trio.Lock()
+        self._backlog: list[dict] = []
 
     async def receive(self) -> dict:
+        """The next message (a frame holding several yields them one by one)."""
+        if not self._backlog:
+            self._backlog = await self.receive_many()
+            self._backlog.reverse()
+        return self._backlog.pop()
+
+    async def receive_many(self) -> list[dict]:
+        """The messages of the next frame: a frame holds one CBOR map or an array of maps."""
         (length,) = _LENGTH.unpack(await self._reader.exactly(_LENGTH.size))
         if length > MAX_FRAME:
             raise WireError(f"frame of {length} bytes is larger than the {MAX_FRAME}-byte limit")
         body = await self._reader.exactly(length)
         try:
-            message = cbor2.loads(body)
+            decoded = cbor2.loads(body)
         except Exception as error:
             raise WireError(f"a frame is not valid CBOR ({error})") from None
-        if not isinstance(message, dict):
+        messages = decoded if isinstance(decoded, list) else [decoded]
+        if not all(isinstance(m, dict) for m in messages):
             raise WireError("a message must be a CBOR map")
-        return message
+        return messages
 
     async def send(self, message: dict) -> None:
         await self.send_many([message])
 
     async def send_many(self, messages: list[dict]) -> None:
-        """Send several messages in one write (replies are coalesced under load)."""
-        data = b"".join(_LENGTH.pack(len(body)) + body for body in map(cbor2.dumps, messages))
+        """Send several messages as one frame (requests and replies are coalesced under load)."""
+        body = cbor2.dumps(messages[0] if len(messages) == 1 else messages)
         async with self._send_lock:
-            await self.stream.send_all(data)
+            await self.stream.send_all(_LENGTH.pack(len(body)) + body)
 
     async def aclose(self) -> None:
         await self.stream.aclose()
