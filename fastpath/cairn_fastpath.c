@@ -11,7 +11,7 @@
 
 enum { FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE,
        FAILOVER_TO_ANY };
-enum { NO_DISK_MOVES = 1, NO_INSTANCE_MOVES = 2, EVAC_MODE = 4, IGNORE_SOFT = 8 };
+enum { NO_DISK_MOVES = 1, NO_INSTANCE_MOVES = 2, EVAC_MODE = 4, IGNORE_SOFT = 8, NO_PRUNING = 16 };
 enum { OK, FAIL_MEM, FAIL_DISK, FAIL_CPU, FAIL_N1, FAIL_TAGS };
 enum { KIND_NONE, KIND_LOCAL, KIND_MIRRORED, KIND_SHARED };
 
@@ -668,26 +668,278 @@ static void consider(cairn_cluster *c, int group, search *s, int i, int kind, in
     }
 }
 
-static void instance_moves(cairn_cluster *c, int group, search *s, int i, int flags)
+/* ---- pruning: a lower bound of the score over every target of one (instance, move kind) --------
+ *
+ * For a drbd instance and one move kind, the nodes other than the target change the same way
+ * whatever the target is (the "fixed" part). The target T only adds the instance as primary or
+ * secondary, which moves each standard-deviation metric by a known step (or, for reserved memory,
+ * by a non-negative one), and never lowers a sum metric. Minimising each metric's variance change
+ * over all targets separately gives a score no candidate of that kind can beat; when it is above
+ * the best score found so far, the kind's candidates need no evaluation at all. Targets whose peer
+ * entries change the fixed part ("special" targets) are always evaluated.
+ */
+
+#define SLOTS 8
+static const int SLOT_METRIC[SLOTS] = {0, 1, 3, 6, 7, 9, 12, 13};
+static const double SLOT_WEIGHT[SLOTS] = {0.5, 1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 0.5};
+static const int SUM_METRICS[] = {2, 4, 5, 11, 17, 18, 19};
+
+typedef struct {
+    int feasible;
+    double mean[SLOTS], m2[SLOTS], sums;
+    double gmin[SLOTS];
+} kind_bound;
+
+/* Per slot, over the group's online nodes: extremes of the step scale c and of c * value, and the
+ * smallest value. They bound the best target of any instance without looking at each target. */
+typedef struct {
+    double cmin[SLOTS], cmax[SLOTS], cxmin[SLOTS], cxmax[SLOTS], xmin[SLOTS];
+} group_extremes;
+
+static double slot_scale(const cairn_cluster *c, int t, int j)
+{
+    switch (j) {
+    case 0: case 7: return 1.0 / c->t_mem[t];
+    case 1: return c->t_dsk[t] > 0 ? 1.0 / c->t_dsk[t] : 0.0;
+    case 3: return 1.0 / c->t_cpu[t] / c->cpu_speed[t];
+    case 6: return 1.0 / c->hi_spindles[t];
+    default: return 1.0;
+    }
+}
+
+static void extremes_init(const cairn_cluster *c, int group, group_extremes *e)
+{
+    for (int j = 0; j < SLOTS; j++) {
+        e->cmin[j] = e->cxmin[j] = e->xmin[j] = INFINITY;
+        e->cmax[j] = e->cxmax[j] = -INFINITY;
+    }
+    for (int t = 0; t < c->n_nodes; t++) {
+        if (c->group[t] != group || c->offline[t])
+            continue;
+        for (int j = 0; j < SLOTS; j++) {
+            double sc = slot_scale(c, t, j), x = c->vals[t * CAIRN_METRICS + SLOT_METRIC[j]];
+            e->cmin[j] = fmin(e->cmin[j], sc), e->cmax[j] = fmax(e->cmax[j], sc);
+            e->cxmin[j] = fmin(e->cxmin[j], sc * x), e->cxmax[j] = fmax(e->cxmax[j], sc * x);
+            e->xmin[j] = fmin(e->xmin[j], x);
+        }
+    }
+}
+
+/* The quick bound: each slot's variance change minimised term by term over all nodes at once.
+ * step[j] is the instance's scale a (the target's step is a * c); ranged marks the reserved-memory
+ * slot, which only grows. */
+static double quick_bound(const kind_bound *kb, const group_extremes *e, const double *step, int ranged, int n)
+{
+    double keep = n > 1 ? 1.0 - 1.0 / n : 1.0, total = kb->sums;
+    for (int j = 0; j < SLOTS; j++) {
+        double a = step[j], g = 0.0;
+        if (j == 2 && ranged) {
+            double d = e->xmin[j] - kb->mean[j];
+            g = d >= 0 ? 0.0 : -d * d / keep;
+        } else if (a != 0.0 && e->cmin[j] <= e->cmax[j]) {
+            g = 2.0 * a * (a > 0 ? e->cxmin[j] : e->cxmax[j])
+                - 2.0 * a * kb->mean[j] * (a * kb->mean[j] > 0 ? e->cmax[j] : e->cmin[j])
+                + a * a * keep * e->cmin[j] * e->cmin[j];
+            if (g > 0)
+                g = 0.0;
+        }
+        double v = n ? (kb->m2[j] + g) / n : 0.0;
+        total += SLOT_WEIGHT[j] * (v > 0 ? sqrt(v) : 0.0);
+    }
+    return total;
+}
+
+static void bound_fixed(const cairn_cluster *c, const stats *s, const touch_set *t, kind_bound *kb)
+{
+    double dsum[CAIRN_METRICS] = {0}, dsq[CAIRN_METRICS] = {0}, doff[CAIRN_METRICS] = {0}, nv[CAIRN_METRICS];
+    for (int j = 0; j < t->n; j++) {
+        int k = t->k[j];
+        const double *ov = c->vals + k * CAIRN_METRICS;
+        node_values(c, k, &t->st[j], nv);
+        for (int m = 0; m < CAIRN_METRICS; m++) {
+            if (c->offline[k]) {
+                doff[m] += nv[m] - ov[m];
+                continue;
+            }
+            double x = ov[m] - s->mean[m], y = nv[m] - s->mean[m];
+            dsum[m] += nv[m] - ov[m];
+            dsq[m] += y * y - x * x;
+        }
+    }
+    for (int j = 0; j < SLOTS; j++) {
+        int m = SLOT_METRIC[j];
+        double shift = s->n_on ? dsum[m] / s->n_on : 0.0;
+        kb->mean[j] = s->mean[m] + shift;
+        kb->m2[j] = s->m2[m] + dsq[m] - s->n_on * shift * shift;
+        kb->gmin[j] = 0.0;
+    }
+    kb->sums = 0.0;
+    for (size_t q = 0; q < sizeof SUM_METRICS / sizeof SUM_METRICS[0]; q++) {
+        int m = SUM_METRICS[q];
+        double v = AGG[m] == 2 ? s->sum_off[m] + doff[m] : AGG[m] == 3 ? (double)s->loc_total
+                                                                       : s->sum_on[m] + dsum[m];
+        kb->sums += WEIGHTS[m] * v;
+    }
+}
+
+static void bound_target(const cairn_cluster *c, int n, kind_bound *kb, int t, const double *delta, int ranged_r)
+{
+    const double *x = c->vals + t * CAIRN_METRICS;
+    double keep = n > 1 ? 1.0 - 1.0 / n : 1.0;
+    for (int j = 0; j < SLOTS; j++) {
+        double d = x[SLOT_METRIC[j]] - kb->mean[j], g;
+        if (j == 2 && ranged_r)
+            g = d >= 0 ? 0.0 : -d * d / keep;
+        else
+            g = delta[j] * (2.0 * d + delta[j] * keep);
+        if (g < kb->gmin[j])
+            kb->gmin[j] = g;
+    }
+}
+
+static double bound_value(const kind_bound *kb, int n)
+{
+    double total = kb->sums;
+    for (int j = 0; j < SLOTS; j++) {
+        double v = n ? (kb->m2[j] + kb->gmin[j]) / n : 0.0;
+        total += SLOT_WEIGHT[j] * (v > 0 ? sqrt(v) : 0.0);
+    }
+    return total;
+}
+
+/* Sum of peer entries: acc[node] += sec_mem of the instances on `k`'s secondary list (by primary). */
+static void peers_of(cairn_cluster *c, int k, long *acc, int sign)
+{
+    for (int j = c->sec_head[k]; j >= 0; j = c->sec_next[j])
+        acc[c->pnode[j]] = sign > 0 ? acc[c->pnode[j]] + c->sec_mem[j] : 0;
+}
+
+static void instance_bounds(cairn_cluster *c, int group, search *s, int i, int flags, kind_bound *kb,
+                            const group_extremes *e)
+{
+    int op = c->pnode[i], os = c->snode[i], soft = (flags & IGNORE_SOFT) != 0;
+    int force_p = soft || c->offline[op], force_s = soft || c->offline[os];
+    long sec = c->sec_mem[i];
+    cairn_nstate int_p, int_s, tmp;
+    touch_set t;
+    st_remove(c, op, &c->state[op], i, 1, -1, &int_p);
+    st_remove(c, os, &c->state[os], i, 2, op, &int_s);
+    for (int k = 0; k < 5; k++)
+        kb[k].feasible = 0;
+    t.n = 0;
+    *touch(&t, os) = int_s;
+    bound_fixed(c, &s->st, &t, &kb[REPLACE_SECONDARY]);
+    kb[REPLACE_SECONDARY].feasible = 1;
+    t.n = 0;
+    *touch(&t, os) = int_s;
+    long r_op = c->state[op].r_mem > sec ? c->state[op].r_mem : sec;
+    if (st_add_sec(c, op, &int_p, i, force_s, r_op, 0, touch(&t, op)) == OK) {
+        bound_fixed(c, &s->st, &t, &kb[REPLACE_AND_FAILOVER]);
+        kb[REPLACE_AND_FAILOVER].feasible = 1;
+    }
+    if (st_add_pri(c, os, &int_s, i, force_p, &tmp) == OK) {
+        t.n = 0;
+        *touch(&t, op) = int_p;
+        long r_os = rmem_with(c, os, op, -sec, -1, 0);
+        if (st_add_sec(c, os, &int_s, i, force_p, r_os > sec ? r_os : sec, 0, touch(&t, os)) == OK) {
+            bound_fixed(c, &s->st, &t, &kb[REPLACE_PRIMARY]);
+            kb[REPLACE_PRIMARY].feasible = 1;
+        }
+        t.n = 0;
+        *touch(&t, op) = int_p;
+        *touch(&t, os) = tmp;
+        bound_fixed(c, &s->st, &t, &kb[FAILOVER_AND_REPLACE]);
+        kb[FAILOVER_AND_REPLACE].feasible = 1;
+    }
+    int n = s->st.n_on;
+    double limit = s->best + 1e-8 * (1.0 + fabs(s->best));
+    double pri_step[SLOTS] = {-(double)(c->mem[i] * c->uses_mem[i]), -(double)c->dsk[i], 0.0,
+                              (double)(c->vcpus[i] * c->uses_cpu[i]), c->dynu, c->dynu,
+                              (double)c->spindle_use[i], -(double)c->mem[i]};
+    double sec_step[SLOTS] = {0.0, -(double)c->dsk[i], 0.0, 0.0, 0.0, c->dynu, (double)c->spindle_use[i], 0.0};
+    int need[5] = {0};
+    for (int k = REPLACE_SECONDARY; k <= FAILOVER_AND_REPLACE; k++) {
+        int as_secondary = k == REPLACE_SECONDARY || k == FAILOVER_AND_REPLACE;
+        if (!kb[k].feasible)
+            continue;
+        if (quick_bound(&kb[k], e, as_secondary ? sec_step : pri_step, as_secondary, n) > limit)
+            kb[k].feasible = 0;
+        else
+            need[k] = 1;
+    }
+    if (!need[1] && !need[2] && !need[3] && !need[4])
+        return;
+    double as_pri[SLOTS], as_sec[SLOTS];
+    for (int tg = 0; tg < c->n_nodes; tg++) {
+        if (c->group[tg] != group || c->offline[tg] || tg == op || tg == os)
+            continue;
+        for (int j = 0; j < SLOTS; j++) {
+            double sc = slot_scale(c, tg, j);
+            as_pri[j] = pri_step[j] * sc;
+            as_sec[j] = sec_step[j] * sc;
+        }
+        if (need[REPLACE_SECONDARY])
+            bound_target(c, n, &kb[REPLACE_SECONDARY], tg, as_sec, 1);
+        if (need[REPLACE_AND_FAILOVER])
+            bound_target(c, n, &kb[REPLACE_AND_FAILOVER], tg, as_pri, 0);
+        if (need[REPLACE_PRIMARY])
+            bound_target(c, n, &kb[REPLACE_PRIMARY], tg, as_pri, 0);
+        if (need[FAILOVER_AND_REPLACE])
+            bound_target(c, n, &kb[FAILOVER_AND_REPLACE], tg, as_sec, 1);
+    }
+}
+
+static int pruning_possible(const cairn_cluster *c)
+{
+    for (int k = 0; k < c->n_nodes; k++)
+        if (c->loc_mask[k])
+            return 0;
+    return 1;
+}
+
+static void instance_moves(cairn_cluster *c, int group, search *s, int i, int flags, int prune,
+                           const group_extremes *e)
 {
     int op = c->pnode[i], os = c->snode[i];
     if (c->kind[i] == KIND_MIRRORED) {
         int sec_offline = c->offline[os];
+        kind_bound kb[5];
+        int skip[5] = {0};
         if (!(flags & NO_INSTANCE_MOVES) && !sec_offline)
             consider(c, group, s, i, FAILOVER, -1, flags);
         if (flags & NO_DISK_MOVES)
             return;
+        prune = prune && c->desired_mask[i] == 0;
+        if (prune) {
+            instance_bounds(c, group, s, i, flags, kb, e);
+            double limit = s->best + 1e-8 * (1.0 + fabs(s->best));
+            for (int k = REPLACE_SECONDARY; k <= FAILOVER_AND_REPLACE; k++)
+                skip[k] = !kb[k].feasible || bound_value(&kb[k], s->st.n_on) > limit;
+            if (skip[REPLACE_AND_FAILOVER])
+                peers_of(c, op, c->acc_c, 1);
+            if (skip[REPLACE_PRIMARY])
+                peers_of(c, os, c->acc_d, 1);
+        }
         for (int t = 0; t < c->n_nodes; t++) {
             if (c->group[t] != group || c->offline[t] || t == op || t == os)
                 continue;
-            consider(c, group, s, i, REPLACE_SECONDARY, t, flags);
+            if (!skip[REPLACE_SECONDARY])
+                consider(c, group, s, i, REPLACE_SECONDARY, t, flags);
             if (flags & NO_INSTANCE_MOVES)
                 continue;
-            consider(c, group, s, i, REPLACE_AND_FAILOVER, t, flags);
+            /* Targets with a peer entry on the old primary (or secondary) change the fixed part. */
+            if (!skip[REPLACE_AND_FAILOVER] || c->acc_c[t] > 0)
+                consider(c, group, s, i, REPLACE_AND_FAILOVER, t, flags);
             if (sec_offline)
                 continue;
-            consider(c, group, s, i, REPLACE_PRIMARY, t, flags);
-            consider(c, group, s, i, FAILOVER_AND_REPLACE, t, flags);
+            if (!skip[REPLACE_PRIMARY] || c->acc_d[t] > 0)
+                consider(c, group, s, i, REPLACE_PRIMARY, t, flags);
+            if (!skip[FAILOVER_AND_REPLACE])
+                consider(c, group, s, i, FAILOVER_AND_REPLACE, t, flags);
+        }
+        if (prune) {
+            peers_of(c, op, c->acc_c, -1);
+            peers_of(c, os, c->acc_d, -1);
         }
     } else if (c->kind[i] == KIND_SHARED && !(flags & NO_INSTANCE_MOVES)) {
         for (int t = 0; t < c->n_nodes; t++)
@@ -707,9 +959,12 @@ int cairn_best_move(cairn_cluster *c, int group, int flags, int only,
     exact_metrics(c, group, 0, metrics);
     s.best = weighted(metrics);
     s.found = 0;
+    int prune = pruning_possible(c) && !(flags & NO_PRUNING);
+    group_extremes extremes;
+    extremes_init(c, group, &extremes);
     for (int i = only < 0 ? 0 : only; i < (only < 0 ? c->n_inst : only + 1); i++)
         if (movable(c, i, group, flags))
-            instance_moves(c, group, &s, i, flags);
+            instance_moves(c, group, &s, i, flags, prune, &extremes);
     if (!s.found)
         return CAIRN_NONE;
     *inst = s.inst;

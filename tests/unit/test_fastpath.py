@@ -161,3 +161,17 @@ def test_c_and_pure_agree_on_random_clusters(case):
     if c_move is not None:
         assert c_move[:3] == pure_move[:3]
         assert c_move[3] == pytest.approx(pure_move[3], rel=1e-12)
+
+
+def test_pruned_and_unpruned_search_choose_the_same_move():
+    """The C core's pruning never changes the chosen move."""
+    from fastpath.spec import NO_PRUNING
+
+    spec = flatten(generate(40, 500, 11))
+    engine = engine_class("c")(spec)
+    for _ in range(5):
+        pruned, full = engine.best_move(0, 0), engine.best_move(0, NO_PRUNING)
+        assert pruned == full
+        if pruned is None:
+            break
+        engine.apply_move(*pruned[:3])
