@@ -25,6 +25,7 @@ class CapacityRequest:
     max_allocations: int = -1
     tiered: bool = True
     implementation: str = "c"
+    tiered_spec: tuple[int, int, int] | None = None  # (memory, disk, cpu); default: the policy's max spec
 
 
 @dataclass
@@ -94,17 +95,22 @@ class _Planner:
     def tiered(self) -> Phase:
         low, high = self.cluster.policy.minmax[-1]
         size = {"memory": high.memory, "disk": high.disk, "cpu": high.cpu}
+        spindles = high.spindle_use
+        if self.request.tiered_spec:
+            # Like hspace's --tiered-alloc, a given start spec uses the standard spindle use.
+            size = dict(zip(("memory", "disk", "cpu"), self.request.tiered_spec))
+            spindles = self.cluster.policy.std.spindle_use
         minimum = {"memory": low.memory, "disk": low.disk, "cpu": low.cpu}
         phase = Phase()
         count = 0
         while not self.limit_reached(phase):
-            failures = self.try_one(size["memory"], size["disk"], size["cpu"], high.spindle_use, phase.allocated)
+            failures = self.try_one(size["memory"], size["disk"], size["cpu"], spindles, phase.allocated)
             if failures is None:
                 phase.allocated += 1
                 count += 1
                 continue
             if count:
-                phase.tiers.append(((size["memory"], size["disk"], size["cpu"], high.spindle_use), count))
+                phase.tiers.append(((size["memory"], size["disk"], size["cpu"], spindles), count))
                 count = 0
             phase.failures = failures
             name = max(FAIL_NAMES[1:], key=lambda n: failures.get(n, 0))
@@ -115,7 +121,7 @@ class _Planner:
                 break
             size[dimension] -= step
         if count:
-            phase.tiers.append(((size["memory"], size["disk"], size["cpu"], high.spindle_use), count))
+            phase.tiers.append(((size["memory"], size["disk"], size["cpu"], spindles), count))
         return self._finish(phase)
 
     def _finish(self, phase: Phase) -> Phase:
@@ -151,8 +157,9 @@ def plan(request: CapacityRequest) -> list[tuple[str, object]]:
         if request.tiered:
             tiered = _Planner(request, _extra(cluster)).tiered()
             high = cluster.policy.minmax[-1][1]
-            out += [("HTS_TSPEC_INI_MEM", high.memory), ("HTS_TSPEC_INI_DSK", high.disk),
-                    ("HTS_TSPEC_INI_CPU", high.cpu), ("HTS_TSPEC_INI_SPN", high.spindle_use),
+            memory, disk, cpu = request.tiered_spec or (high.memory, high.disk, high.cpu)
+            out += [("HTS_TSPEC_INI_MEM", memory), ("HTS_TSPEC_INI_DSK", disk),
+                    ("HTS_TSPEC_INI_CPU", cpu), ("HTS_TSPEC_INI_SPN", high.spindle_use),
                     ("HTS_TSPEC_INI_RQN", required), ("HTS_TSPEC_INI_DISK_TEMPLATE", planner.template),
                     ("HTS_TRL_SCORE", f"{tiered.score:.8f}"), ("HTS_TRL_INST_CNT", tiered.instances),
                     ("HTS_TSPEC", "'" + " ".join(f"{m},{d},{c},{s}={k}" for (m, d, c, s), k in tiered.tiers) + "'")]

@@ -91,6 +91,8 @@ def capacity(
     disk_template: Optional[str] = typer.Option(None, "--disk-template", help="Template of the new instances."),
     max_length: int = typer.Option(-1, "-l", "--max-length", help="At most this many allocations per phase."),
     no_tiered: bool = typer.Option(False, "--no-tiered", help="Skip the tiered phase."),
+    tiered_alloc: Optional[str] = typer.Option(None, "--tiered-alloc",
+                                               help="Start the tiered phase at DISK,RAM,CPU (hspace's order)."),
     engine: str = typer.Option("c", "--engine", hidden=True, help="c or pure (for testing)."),
 ) -> None:
     """Plan capacity like Ganeti's hspace: how many more instances fit."""
@@ -104,7 +106,15 @@ def capacity(
         cluster = parse(_read(text_file))
     except FormatError as error:
         _fail(str(error))
-    request = CapacityRequest(cluster, accept_existing_errors, template, max_length, not no_tiered, engine)
+    tiered_spec = None
+    if tiered_alloc:
+        try:
+            disk, ram, cpu = (int(v) for v in tiered_alloc.split(","))
+        except ValueError:
+            _fail(f"--tiered-alloc '{tiered_alloc}' must be DISK,RAM,CPU in MiB, MiB and CPUs, e.g. 10240,1024,1")
+        tiered_spec = (ram, disk, cpu)
+    request = CapacityRequest(cluster, accept_existing_errors, template, max_length, not no_tiered, engine,
+                              tiered_spec)
     values = plan(request)
     if machine_readable:
         for key, value in values:
