@@ -113,16 +113,17 @@ def move_line(number: int, move: Move, name_width: int, pair_width: int) -> str:
 
 def jobsets(moves: list[Move]) -> list[list[Move]]:
     """Group moves into sets that touch disjoint nodes; sets run one after another, jobs in a set in parallel."""
+    # Like hbal, the greedy grouping scans from the last move back to the first.
     sets: list[list[Move]] = []
     used: set[str] = set()
-    for move in moves:
+    for move in reversed(moves):
         touched = {n for n in (*move.old, *move.new) if n}
         if not sets or touched & used:
             sets.append([])
             used = set()
         sets[-1].append(move)
         used |= touched
-    return sets
+    return [list(reversed(group)) for group in reversed(sets)]
 
 
 def commands(move: Move, running: bool) -> list[str]:

@@ -97,6 +97,7 @@ def test_balance_output_equals_hbal(implementation, answer, args):
 
 @pytest.mark.parametrize(("answer", "args"), [
     ("n20.hbal", {}),
+    ("n20.commands.hbal", {"print_commands": True}),
     ("n20-groups-locations.default.hbal", {"group": "default", "options": BalanceOptions(max_moves=15)}),
     ("n100.l2.hbal", {"options": BalanceOptions(max_moves=2)}),
     ("n100.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True)}),
