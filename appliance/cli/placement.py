@@ -36,7 +36,8 @@ def balance(
     no_disk_moves: bool = typer.Option(False, "--no-disk-moves", help="Only failovers."),
     no_instance_moves: bool = typer.Option(False, "--no-instance-moves", help="Only secondary replacements."),
     evac_mode: bool = typer.Option(False, "-E", "--evac-mode", help="Only move instances off offline nodes."),
-    offline: Optional[str] = typer.Option(None, "-O", "--offline", help="Treat these nodes (comma list) as offline."),
+    offline: Optional[list[str]] = typer.Option(None, "-O", "--offline",
+                                                help="Treat these nodes as offline (repeatable, or a comma list)."),
     group: Optional[str] = typer.Option(None, "-G", "--group", help="Node group (name or uuid) to balance."),
     print_commands: bool = typer.Option(False, "-C", "--print-commands", help="Print the gnt-instance commands."),
     save: Optional[str] = typer.Option(None, "-S", "--save", help="Write PREFIX.original and PREFIX.balanced."),
@@ -54,7 +55,8 @@ def balance(
         _fail("balancing the live cluster is not available yet; give a cluster file with -t FILE")
     options = BalanceOptions(max_length, min_gain, min_gain_limit, epsilon, no_disk_moves, no_instance_moves,
                              evac_mode, ignore_soft_errors)
-    request = HbalRequest(_read(text_file), options, _names(offline), group, print_commands, save,
+    offline_names = [name for item in offline or [] for name in _names(item)]
+    request = HbalRequest(_read(text_file), options, offline_names, group, print_commands, save,
                           _names(exclusion_tags), ignore_dynu, engine)
     try:
         files = run(request, typer.echo)
