@@ -176,3 +176,23 @@ def test_pruned_and_unpruned_search_choose_the_same_move():
         if pruned is None:
             break
         engine.apply_move(*pruned[:3])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(clusters(), st.sampled_from([1, 2]), st.integers(min_value=256, max_value=20000))
+def test_c_and_pure_agree_on_allocation(case, required, memory):
+    """On random clusters both engines choose the same nodes for a new instance and count the same failures."""
+    from fastpath.model import Instance
+    from fastpath.spec import instance_values
+
+    spec, flags = case
+    inst = Instance("new", memory, 20480, 2, "running", True, "", "", "drbd" if required == 2 else "plain")
+    answers = []
+    for implementation in ("c", "pure"):
+        engine = engine_class(implementation)(spec, extra_instances=1)
+        index = engine.define_instance(instance_values(inst, {}))
+        found, counts = engine.best_alloc(0, index, required, None, flags & 8)
+        answers.append((found[:2] if found else None, counts, found[2] if found else None))
+    assert answers[0][:2] == answers[1][:2]
+    if answers[0][2] is not None:
+        assert answers[0][2] == pytest.approx(answers[1][2], rel=1e-12)
