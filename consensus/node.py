@@ -123,10 +123,11 @@ class MemberServer:
 
     async def op_wait(self, request: dict) -> dict:
         target = int(request["seq"])
-        with trio.move_on_after(float(request.get("timeout_s", 30.0))):
-            async for _record in self.member.committed(max(self.member.head().seq, target - 1)):
-                if self.member.head().seq >= target:
-                    break
+        if self.member.head().seq < target:
+            with trio.move_on_after(float(request.get("timeout_s", 30.0))):
+                async for record in self.member.committed(self.member.head().seq):
+                    if record.seq >= target:
+                        break
         return await self.op_head(request)
 
     async def op_status(self, request: dict) -> dict:

@@ -96,3 +96,20 @@ async def test_leadership_moves_to_the_requested_voter(voters_only):
     assert reply["leader"] == target
     new_leader, _new_term = await cluster.wait_leader(among=cluster.voters)
     assert new_leader == target
+
+
+async def test_a_member_answers_wait_once_it_has_the_seq(voters_only):
+    """wait returns at once for a seq already committed and waits for one committed later."""
+    cluster = voters_only
+    for node in cluster.voters:
+        cluster.start(node)
+    leader, _term = await cluster.wait_leader(among=cluster.voters)
+    follower = next(n for n in cluster.voters if n != leader)
+    async with cluster.client(leader) as writer, cluster.client(follower) as reader:
+        seq = await writer.propose(b"first")
+        with trio.fail_after(5):
+            assert (await reader.wait_seq(seq)).seq >= seq
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.propose, b"second")
+            with trio.fail_after(10):
+                assert (await reader.wait_seq(seq + 1)).seq >= seq + 1
