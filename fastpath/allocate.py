@@ -6,7 +6,7 @@ Pure stdlib; the engine does the per-group search.
 from dataclasses import dataclass, field
 
 from fastpath.model import Cluster, Policy
-from fastpath.spec import FAIL_DISK, FAIL_N1, FAIL_NAMES, IGNORE_SOFT, Spec
+from fastpath.spec import FAIL_DISK, FAIL_N1, FAIL_NAMES, IGNORE_SOFT, KIND_MIRRORED, Spec
 
 POLICY_ORDER = {"preferred": 0, "last_resort": 1}
 
@@ -75,6 +75,13 @@ def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, gro
             outcome.failures = {n: outcome.failures[n] for n in FAIL_NAMES if n in outcome.failures}
             outcome.successes = 0
             continue
+        if capacity_check and not _redundant_with(engine, spec, inst, found[0], found[1]):
+            # Only the best candidate is simulated; when it breaks global N+1 the group is refused
+            # (hail would go on to the next candidate), which errs on the safe side.
+            outcome.failures[FAIL_NAMES[FAIL_N1]] = outcome.successes
+            outcome.failures = {n: outcome.failures[n] for n in FAIL_NAMES if n in outcome.failures}
+            outcome.successes = 0
+            continue
         outcome.nodes, outcome.score = (found[0], found[1]), found[2]
     good = [o for o in outcomes if o.nodes is not None]
     good.sort(key=lambda o: (POLICY_ORDER.get(o.policy, 2), o.score))
@@ -85,3 +92,67 @@ def _candidate_count(engine, spec: Spec, group: int, required: int, mask) -> int
     nodes = sum(1 for k in range(spec.n_nodes) if spec.nodes["group"][k] == group and not spec.nodes["offline"][k]
                 and (mask is None or mask[k]))
     return nodes if required == 1 else nodes * (nodes - 1)
+
+
+def _redundant_with(engine, spec: Spec, inst: int, pnode: int, snode: int) -> bool:
+    touched = engine.touched_flags()
+    engine.place(inst, pnode, snode)
+    try:
+        return globally_redundant(engine, spec)
+    finally:
+        engine.restore(inst, -1, -1, touched)
+
+
+def _free_resources(engine, spec: Spec) -> tuple[list[int], list[int], list[list[int]]]:
+    """Each node's unallocated memory and free disk now, and its primaries, from the placement."""
+    nodes, it = spec.nodes, spec.instances
+    memory = list(nodes["mem_base"])
+    disk = list(nodes["f_dsk"])
+    primaries: list[list[int]] = [[] for _ in range(spec.n_nodes)]
+    for i in range(engine.count):
+        p, s = engine.nodes_of(i)
+        p0 = it["pnode"][i] if i < spec.n_instances else -1
+        s0 = it["snode"][i] if i < spec.n_instances else -1
+        # Free disk was reported at load: undo where the instance was, apply where it is.
+        for k in (p0, s0):
+            if k >= 0:
+                disk[k] += it["dsk"][i]
+        for k in (p, s):
+            if k >= 0:
+                disk[k] -= it["dsk"][i]
+        if p >= 0:
+            memory[p] -= it["mem"][i] * it["uses_mem"][i]
+            primaries[p].append(i)
+    return memory, disk, primaries
+
+
+def globally_redundant(engine, spec: Spec) -> bool:
+    """hail's global N+1 test: every node can be emptied, drbd primaries failed over to their
+    secondaries and other instances re-created elsewhere in the group (hard limits only).
+
+    Re-creation puts each instance (largest memory first) on the node with the most free memory
+    that holds it, where hail picks the best-scoring node; the question asked is the same.
+    """
+    it, nodes = spec.instances, spec.nodes
+    memory, disk, primaries = _free_resources(engine, spec)
+    for n in range(spec.n_nodes):
+        mem, dsk = list(memory), list(disk)
+        others = []
+        for i in primaries[n]:
+            s = engine.nodes_of(i)[1]
+            if it["kind"][i] == KIND_MIRRORED and s >= 0:
+                mem[s] -= it["mem"][i] * it["uses_mem"][i]
+                if mem[s] <= 0 or dsk[s] <= 0:
+                    return False
+            else:
+                others.append(i)
+        escape = [k for k in range(spec.n_nodes) if k != n and nodes["group"][k] == nodes["group"][n]]
+        for i in sorted(others, key=lambda i: -it["mem"][i]):
+            need_mem, need_dsk = it["mem"][i] * it["uses_mem"][i], it["dsk"][i]
+            fits = [k for k in escape if mem[k] - need_mem > 0 and (need_dsk == 0 or dsk[k] - need_dsk > 0)]
+            if not fits:
+                return False
+            k = max(fits, key=lambda k: mem[k])
+            mem[k] -= need_mem
+            dsk[k] -= need_dsk
+    return True

@@ -66,3 +66,28 @@ def test_cairn_iallocator_bad_input_exits_1(tmp_path):
     cairn = Path(sys.executable).with_name("cairn")
     result = subprocess.run([str(cairn), "iallocator", str(bad)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stderr.startswith("Error: ")
+
+
+def _demo_session(memory_of_tmp1: int, implementation: str):
+    from fastpath.iallocator import Session, load
+
+    document = json.loads((DATA / "demo-allocate.json").read_text())
+    document["instances"]["tmp1"]["memory"] = memory_of_tmp1
+    options = Options(implementation=implementation)
+    return Session(load(document, options), options, [])
+
+
+def test_demo_cluster_is_globally_redundant(implementation):
+    """Every node of the demo cluster can be emptied: hail's global N+1 test passes."""
+    from fastpath.allocate import globally_redundant
+
+    session = _demo_session(2048, implementation)
+    assert globally_redundant(session.engine, session.spec)
+
+
+def test_unrecreatable_plain_instance_breaks_global_redundancy(implementation):
+    """A plain instance too big for any other node of its group fails the global N+1 test."""
+    from fastpath.allocate import globally_redundant
+
+    session = _demo_session(26000, implementation)
+    assert not globally_redundant(session.engine, session.spec)
