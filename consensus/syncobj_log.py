@@ -31,7 +31,7 @@ from pathlib import Path
 
 import cbor2
 import trio
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import FAIL_REASON, HAS_CRYPTO, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.monotonic import monotonic as pysyncobj_clock
 from pysyncobj.node import TCPNode
 
@@ -98,6 +98,9 @@ class SyncObjSettings:
         if not self.password:
             raise ValueError("a cluster secret is required: without it any TCP peer can run code on this node "
                              "through pickle; pass the contents of the cluster secret file as password")
+        if not HAS_CRYPTO:
+            raise LogError("pysyncobj encrypts with the 'cryptography' package, which is not installed; "
+                           "install it (pip install 'cryptography>=41') before starting a member")
 
 
 def _conf(settings: SyncObjSettings, data_dir: Path, bind: str | None, serializer, deserializer) -> SyncObjConf:
