@@ -13,6 +13,7 @@ the chain.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 FSYNC_POLICIES = ("always", "batch")
 SEGMENT_SUFFIX = ".seg"
 _DEFAULT_SEGMENT_BYTES = 32 << 20
+_INDEX_EVERY = 256
 # A frame is a 10-byte header plus seq, prev_hash and hash (72 bytes) before the payload.
 _FRAME_OVERHEAD = 10 + 72
 
@@ -54,6 +56,9 @@ class HistoryStore:
         # member's history); they are written once the gap has been filled.
         self._pending: list[Record] = []
         self._gap_end: ChainHead | None = None
+        # Per segment, every _INDEX_EVERY-th record: (seq, byte offset, prev_hash),
+        # so a read starts near its first seq instead of at the segment start.
+        self._index: dict[Path, list[tuple[int, int, bytes]]] = {}
         self.head: ChainHead = ChainHead()
         self._open()
 
@@ -84,11 +89,15 @@ class HistoryStore:
         """The last intact record of a segment and the byte offset just after it."""
         last: Record | None = None
         end = 0
+        index: list[tuple[int, int, bytes]] = []
+        self._index[path] = index
         try:
             for offset, record in RecordReader(path, verify_chain=True).with_offsets():
                 if last is None and record.seq != first_seq:
                     raise HistoryDiverged(record.seq, f"segment {path.name} starts at seq {record.seq}; "
                                           "move the history directory away and let the member copy it from a peer")
+                if (record.seq - first_seq) % _INDEX_EVERY == 0:
+                    index.append((record.seq, offset, record.prev_hash))
                 last = record
                 end = offset + _FRAME_OVERHEAD + len(record.payload)
         except HistoryDiverged:
@@ -152,6 +161,8 @@ class HistoryStore:
         # extended; checking the link is enough here, and skipping
         # RecordWriter.append's recomputation halves the hashing per record.
         writer = self._writer
+        if (record.seq - self._segments[-1][0]) % _INDEX_EVERY == 0:
+            self._index.setdefault(writer.path, []).append((record.seq, self._written_bytes, record.prev_hash))
         writer._file.write(encode_record(record))
         if writer.first_seq is None:
             writer.first_seq = record.seq
@@ -232,11 +243,11 @@ class HistoryStore:
         first_seq = max(first_seq, 1)
         if first_seq > stop:
             return
-        for index, (segment_first, path) in enumerate(segments):
-            next_first = segments[index + 1][0] if index + 1 < len(segments) else None
+        for number, (segment_first, path) in enumerate(segments):
+            next_first = segments[number + 1][0] if number + 1 < len(segments) else None
             if next_first is not None and next_first <= first_seq:
                 continue
-            for record in RecordReader(path, verify_chain=True):
+            for record in self._segment_reader(path, segment_first, first_seq):
                 if record.seq < first_seq:
                     continue
                 if record.seq > stop:
@@ -244,6 +255,25 @@ class HistoryStore:
                 yield record
                 if record.seq == stop:
                     return
+
+    def _segment_reader(self, path: Path, segment_first: int, first_seq: int) -> RecordReader:
+        """A reader positioned at the indexed record at or before `first_seq` (the index is built on first use)."""
+        with self._lock:
+            index = self._index.get(path)
+        if index is None:
+            index = []
+            for offset, record in RecordReader(path, verify_chain=True).with_offsets():
+                if (record.seq - segment_first) % _INDEX_EVERY == 0:
+                    index.append((record.seq, offset, record.prev_hash))
+            with self._lock:
+                self._index.setdefault(path, index)
+        with self._lock:
+            position = bisect.bisect_right(index, (first_seq, float("inf"))) - 1
+            entry = index[position] if position >= 0 else None
+        if entry is None or entry[0] == segment_first:
+            return RecordReader(path, verify_chain=True)
+        seq, offset, prev_hash = entry
+        return RecordReader(path, verify_chain=True, offset=offset, head=ChainHead(seq - 1, prev_hash))
 
     def first_seq(self) -> int | None:
         """The seq of the oldest record on disk."""

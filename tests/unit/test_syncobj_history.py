@@ -119,3 +119,26 @@ def test_sync_under_always_keeps_records_readable(tmp_path):
     store.sync()
     store.sync_directory()
     assert list(store.read()) == records
+
+
+def test_a_read_deep_in_a_large_segment_returns_exactly_the_range(tmp_path):
+    """A read that starts far into a segment (through the index) returns exactly the range, chain-checked."""
+    records = chain(3000)
+    store = HistoryStore(tmp_path)
+    store.append(records)
+    assert list(store.read(2500, 2510)) == records[2499:2510]
+    store.close()
+    reopened = HistoryStore(tmp_path)
+    assert list(reopened.read(1000, 1003)) == records[999:1003]
+    assert list(reopened.read(257, 257)) == [records[256]]
+
+
+def test_an_older_segment_is_indexed_on_first_read(tmp_path):
+    """Segments before the open one are indexed lazily and read correctly from the middle."""
+    records = chain(2000)
+    store = HistoryStore(tmp_path, segment_bytes=40_000)
+    store.append(records)
+    store.close()
+    reopened = HistoryStore(tmp_path, segment_bytes=40_000)
+    assert len(list(tmp_path.glob("*.seg"))) > 2
+    assert list(reopened.read(300, 1700)) == records[299:1700]
