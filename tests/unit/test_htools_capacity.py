@@ -65,3 +65,12 @@ def test_report_ends_with_ok(implementation):
     """The machine-readable report ends with HTS_OK=1, as scripts expect."""
     cluster = parse((DATA / "example.txt").read_text())
     assert plan(CapacityRequest(cluster, implementation=implementation))[-1] == ("HTS_OK", 1)
+
+
+def test_n100_capacity_equals_hspace():
+    """On 100 nodes / 1479 instances the standard count (3145), tiers and final score equal hspace's
+    (compiled core only: thousands of allocations are minutes in the pure twin)."""
+    expected = recorded("n100.accept.tiered-std.hspace")
+    got = planned("n100.txt", "c", accept_existing_errors=True, tiered_spec=(1024, 10240, 1))
+    keys = STANDARD_KEYS + ("HTS_TSPEC", "HTS_TRL_INST_CNT")
+    assert {k: got.get(k) for k in keys} == {k: expected[k] for k in keys}
