@@ -302,6 +302,32 @@ def result_line(cairn: dict, etcd: dict | None, failovers: list[float]) -> str:
     return "RESULT " + " ".join(f"{k}={v}" for k, v in formatted.items())
 
 
+async def restart_with_history(cluster: ProcessCluster, records: int) -> tuple[float, float]:
+    """Fill the log to `records`, kill -9 a follower, restart it: seconds until it answers and until it is caught up."""
+    leader, _term = await cluster.wait_leader()
+    async with cluster.client(leader) as client:
+        head = (await client.head()).seq
+        propose = cairn_driver(client, 200)
+        remaining = max(0, records - head)
+
+        async def worker(task: int) -> None:
+            for n in range(task, remaining, 128):
+                await propose(task, n)
+        async with trio.open_nursery() as nursery:
+            for task in range(128):
+                nursery.start_soon(worker, task)
+    await cluster.wait_same_head(cluster.voters, timeout_s=120)
+    follower = next(n for n in cluster.voters if n != leader)
+    cluster.kill(follower)
+    started = time.perf_counter()
+    cluster.start(follower)
+    while await cluster.status(follower, timeout_s=0.5) is None:
+        await trio.sleep(0.02)
+    serving = time.perf_counter() - started
+    await cluster.wait_same_head(cluster.voters, timeout_s=120)
+    return serving, time.perf_counter() - started
+
+
 def print_summary(cairn: dict, etcd: dict | None) -> None:
     print("\nmedian runs (records/s, p50 ms, p99 ms):", flush=True)
     for (size, concurrency), row in sorted(cairn.items()):
@@ -333,6 +359,10 @@ async def run(args: argparse.Namespace) -> None:
         for trial in range(args.failovers):
             failovers.append(await one_failover(cluster))
             print(f"failover {trial + 1}: {failovers[-1]:.3f} s", flush=True)
+        if args.restart_records:
+            serving, caught_up = await restart_with_history(cluster, args.restart_records)
+            print(f"restart of a follower holding {args.restart_records} records: serving after {serving:.2f} s, "
+                  f"caught up after {caught_up:.2f} s", flush=True)
         print_summary(cairn, etcd_results)
         print(result_line(cairn, etcd_results, failovers), flush=True)
     finally:
@@ -349,6 +379,8 @@ def main() -> None:
     parser.add_argument("--failovers", type=int, default=10, help="leader kills for the failover median")
     parser.add_argument("--fsync", choices=("batch", "always"), default="batch")
     parser.add_argument("--no-etcd", action="store_true", help="skip the etcd side")
+    parser.add_argument("--restart-records", type=int, default=100_000,
+                        help="history length for the follower-restart figure (0 skips it)")
     parser.add_argument("--node-args", default="", help="extra arguments for every member process")
     trio.run(run, parser.parse_args())
 
