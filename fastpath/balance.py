@@ -105,8 +105,8 @@ def balance(engine, spec: Spec, group: int, options: BalanceOptions, on_move=Non
 
 def move_line(number: int, move: Move, name_width: int, pair_width: int) -> str:
     """One numbered move line in hbal's layout."""
-    old = f"{move.old[0]}:{move.old[1]}"
-    new = f"{move.new[0]}:{move.new[1]}"
+    old = f"{move.old[0]}:{move.old[1]}" if move.old[1] else move.old[0]
+    new = f"{move.new[0]}:{move.new[1]}" if move.new[1] else move.new[0]
     return f"  {number:3d}. {move.instance:<{name_width}} {old:<{pair_width}} => {new:<{pair_width}} " \
            f"{move.score:12.8f} a={move.code}"
 

@@ -87,6 +87,8 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("n20.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True)}),
     ("n20.no-instance-moves.hbal", {"options": BalanceOptions(no_instance_moves=True, max_moves=10)}),
     ("n20-groups-locations.second.hbal", {"group": "second", "options": BalanceOptions(max_moves=15)}),
+    ("n20-shared.l12.hbal", {"options": BalanceOptions(max_moves=12)}),
+    ("n20-shared.evac.hbal", {"options": BalanceOptions(evac_mode=True, max_moves=6), "offline": ["node-0005"]}),
 ])
 def test_balance_output_equals_hbal(implementation, answer, args):
     """The whole balance output (moves, scores, summary) equals what hbal printed."""
@@ -98,6 +100,7 @@ def test_balance_output_equals_hbal(implementation, answer, args):
 @pytest.mark.parametrize(("answer", "args"), [
     ("n20.hbal", {}),
     ("n20.commands.hbal", {"print_commands": True}),
+    ("n20-shared.commands.hbal", {"print_commands": True}),
     ("n20-groups-locations.default.hbal", {"group": "default", "options": BalanceOptions(max_moves=15)}),
     ("n100.l2.hbal", {"options": BalanceOptions(max_moves=2)}),
     ("n100.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True)}),
