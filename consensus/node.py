@@ -171,11 +171,17 @@ class HistoryPeers:
         for peer in self.peers:
             try:
                 async with open_client(shifted(peer, 2), self.secret) as client:
-                    async for record in client.read_all(first_seq, last_seq):
-                        yield record
-                return
+                    records = [record async for record in client.read_all(first_seq, last_seq)]
             except (OSError, ConnectionError, LogError, TimeoutError) as error:
                 failures.append(f"{peer}: {error}")
+                continue
+            # A peer that lacks part of the range (it may have a gap itself) is
+            # skipped rather than handed on half a copy.
+            if records and records[0].seq == first_seq and records[-1].seq == last_seq:
+                for record in records:
+                    yield record
+                return
+            failures.append(f"{peer}: holds only part of {first_seq}..{last_seq}")
         raise ConnectionError("no peer could serve history: " + "; ".join(failures))
 
 
