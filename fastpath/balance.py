@@ -78,7 +78,7 @@ def balance(engine, spec: Spec, group: int, options: BalanceOptions, on_move=Non
     nodes = [engine.nodes_of(i) for i in range(spec.n_instances)]
     bound = lower_bound(spec, group, [p for p, _ in nodes], [s for _, s in nodes])
     result = BalanceResult(current, current, bound)
-    if current - bound < -options.epsilon:
+    if current - bound < options.epsilon:
         result.already_balanced = True
         return result
     flags = options.flags()

@@ -7,7 +7,7 @@ import copy
 from dataclasses import dataclass, field
 
 from fastpath import engine_class
-from fastpath.balance import BalanceOptions, balance, commands, jobsets, move_line
+from fastpath.balance import BalanceOptions, balance, commands, jobsets, lower_bound, move_line
 from fastpath.htools_text import parse, write
 from fastpath.model import Cluster
 from fastpath.spec import Spec, flatten
@@ -89,28 +89,34 @@ def run(request: HbalRequest, emit) -> dict[str, str]:
     index = {g.uuid: k for k, g in enumerate(cluster.groups)}
     spec = flatten(cluster, index, request.exclusion_tags, set(request.offline), request.ignore_dynu)
     gidx = index[group.uuid]
+    if not cluster.instances:
+        emit("Cluster is empty, exiting.")
+        return {}
     emit(f"Loaded {len(cluster.nodes)} nodes, {len(cluster.instances)} instances")
     members = [k for k in range(spec.n_nodes) if spec.nodes["group"][k] == gidx]
     own = [i for i in range(spec.n_instances) if spec.instances["pnode"][i] in set(members)]
     emit(f"Group size {len(members)} nodes, {len(own)} instances")
     emit(f"Selected node group: {group.name}")
-    if not cluster.instances:
-        emit("Cluster is empty, exiting.")
-        return {}
     bad_nodes, bad_instances = n1_failures(spec, gidx)
     emit(f"Initial check done: {bad_nodes} bad nodes, {bad_instances} bad instances.")
     if bad_nodes:
         emit("Cluster is not N+1 happy, continuing but no guarantee that the cluster will end N+1 happy.")
     engine = engine_class(request.implementation)(spec)
-    emit(f"Initial score: {engine.score(gidx):.8f}")
+    initial = engine.score(gidx)
+    emit(f"Initial score: {initial:.8f}")
     name_width = max(len(n) for n in spec.instance_names)
     pair_width = 2 * max(len(n) for n in spec.node_names) + 1
+    nodes = [engine.nodes_of(i) for i in range(spec.n_instances)]
+    bound = lower_bound(spec, gidx, [p for p, _ in nodes], [s for _, s in nodes])
+    if initial - bound < request.options.epsilon:
+        emit(f"Cluster is already well balanced (initial score {initial:.6f},")
+        emit(f"optimum score due to N+1 reservations {_haskell_g(bound)},")
+        emit(f"minimum score {request.options.epsilon:.6f}).")
+        emit("Nothing to do, exiting")
+        return {}
     emit("Trying to minimize the CV...")
     result = balance(engine, spec, gidx, request.options,
                      on_move=lambda k, m: emit(move_line(k, m, name_width, pair_width)))
-    if result.already_balanced:
-        emit("Cluster is already well balanced.")
-        return {}
     if result.moves:
         emit(f"Cluster score improved from {result.initial:.8f} to {result.final:.8f}")
     else:
@@ -122,6 +128,14 @@ def run(request: HbalRequest, emit) -> dict[str, str]:
         return {f"{request.save_prefix}.original": write(cluster),
                 f"{request.save_prefix}.balanced": write(_balanced_copy(cluster, spec, engine))}
     return {}
+
+
+def _haskell_g(value: float) -> str:
+    """A number the way hbal's printf %g shows it: plain from 0.1 up, else mantissa e exponent (1.1e-2)."""
+    if value == 0 or 0.1 <= abs(value) < 1e7:
+        return f"{value:.6f}".rstrip("0").rstrip(".") if value else "0.0"
+    mantissa, exponent = f"{value:.6e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def _emit_commands(cluster: Cluster, moves, emit) -> None:

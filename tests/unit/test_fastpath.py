@@ -80,6 +80,8 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("example.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True)}),
     ("example.min-gain.hbal", {"options": BalanceOptions(min_gain=1, min_gain_limit=100)}),
     ("example.commands.hbal", {"print_commands": True}),
+    ("example.e10.hbal", {"options": BalanceOptions(epsilon=10)}),
+    ("empty.hbal", {}),
     ("n4.hbal", {}),
     ("n4.l3.hbal", {"options": BalanceOptions(max_moves=3)}),
     ("n4.evac.hbal", {"options": BalanceOptions(evac_mode=True), "offline": ["node-0001"]}),
