@@ -2,7 +2,6 @@
 
 import contextlib
 
-import trio
 
 from consensus.syncobj_log import SyncObjSettings, open_syncobj_log, wait_for
 from tests.contract.log_contract import LogContract, free_node_address
