@@ -90,6 +90,8 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("n20.no-instance-moves.hbal", {"options": BalanceOptions(no_instance_moves=True, max_moves=10)}),
     ("n20-groups-locations.second.hbal", {"group": "second", "options": BalanceOptions(max_moves=15)}),
     ("n20-shared.l12.hbal", {"options": BalanceOptions(max_moves=12)}),
+    ("n20.ignore-soft-errors.hbal", {"options": BalanceOptions(ignore_soft_errors=True, max_moves=8)}),
+    ("n20.ignore-dynu.hbal", {"ignore_dynu": True, "options": BalanceOptions(max_moves=8)}),
     ("n20-shared.evac.hbal", {"options": BalanceOptions(evac_mode=True, max_moves=6), "offline": ["node-0005"]}),
 ])
 def test_balance_output_equals_hbal(implementation, answer, args):
