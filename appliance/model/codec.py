@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from operator import itemgetter
+
 import cbor2
 
 from appliance.model import events
@@ -46,6 +48,7 @@ def freeze(value: Any) -> Any:
 
 _CONTAINERS = (list, dict)
 _tuple_new = tuple.__new__
+_loads = cbor2.loads
 
 
 def envelope_dict(envelope: Envelope) -> dict[str, Any]:
@@ -69,31 +72,40 @@ def encode(envelope: Envelope) -> bytes:
     return cbor2.dumps(envelope_dict(envelope), canonical=True)
 
 
+_ENVELOPE = itemgetter("event_id", "type", "version", "payload", "actor", "reason", "proposed_at")
+
+
 def decode(data: bytes, seq: int | None = None) -> Envelope:
     """Decode an envelope; raise UndecodableEvent for anything this version cannot read."""
     try:
-        raw = cbor2.loads(data)
+        raw = _loads(data)
     except Exception as error:
         raise UndecodableEvent(f"payload is not valid CBOR ({error})", seq) from None
+    # The fast path: a current-version event with exactly its fields (what replay meets nearly always).
+    # Missing keys raise KeyError and wrong shapes fall through to the checked path, which names the fault.
+    if type(raw) is dict and len(raw) == len(ENVELOPE_KEYS):
+        try:
+            event_id, type_number, version, payload, actor, reason, proposed_at = _ENVELOPE(raw)
+            cls = events.REGISTRY.get(type_number)
+            if (cls is not None and version == cls.VERSION and type(payload) is dict
+                    and len(payload) == len(cls.FIELDS) and type(event_id) is bytes
+                    and len(event_id) == EVENT_ID_BYTES):
+                values = cls.GETTER(payload)
+                if cls.CONTAINER_INDEXES:
+                    values = list(values)
+                    for index in cls.CONTAINER_INDEXES:
+                        if type(values[index]) in _CONTAINERS:
+                            values[index] = freeze(values[index])
+                return _tuple_new(Envelope, (event_id, _tuple_new(cls, values), actor, reason, proposed_at))
+        except (KeyError, TypeError):
+            pass
     if not isinstance(raw, dict) or raw.keys() != ENVELOPE_KEYS:
         raise UndecodableEvent("payload is not a Cairn event envelope", seq)
     return from_dict(raw, seq)
 
 
 def from_dict(raw: dict[str, Any], seq: int | None = None) -> Envelope:
-    """Build an envelope from its decoded plain-data form."""
-    cls = events.REGISTRY.get(raw["type"])
-    payload = raw["payload"]
-    event_id = raw["event_id"]
-    # The fast path: a current-version event with exactly its fields (what replay meets nearly always).
-    if (cls is not None and raw["version"] == cls.VERSION and type(payload) is dict
-            and payload.keys() == cls.FIELD_SET and type(event_id) is bytes and len(event_id) == EVENT_ID_BYTES):
-        values = [payload[name] for name in cls.FIELDS]
-        for index in cls.CONTAINER_INDEXES:
-            if type(values[index]) in _CONTAINERS:
-                values[index] = freeze(values[index])
-        return _tuple_new(Envelope, (event_id, _tuple_new(cls, values), raw["actor"], raw["reason"],
-                                     raw["proposed_at"]))
+    """Build an envelope from its decoded plain-data form, checking everything."""
     return _from_dict_checked(raw, seq)
 
 

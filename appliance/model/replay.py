@@ -39,28 +39,56 @@ def apply(state: ClusterState, envelope: Envelope, seq: int | None = None) -> Cl
     if event_id in recent:
         return state.evolve(seq=seq)
     result = HANDLERS[type(envelope.event)](state, envelope.event, envelope, seq)
-    # Hot handlers return only the fields they change, so the state is copied once per event.
+    return _stamped(state, result, seq, recent.push(event_id))
+
+
+_SEQ_INDEX = ClusterState._index["seq"]
+_RECENT_INDEX = ClusterState._index["recent_events"]
+_STATE_INDEX = ClusterState._index
+_tuple_new = tuple.__new__
+
+
+def _stamped(state: ClusterState, result, seq: int, recent) -> ClusterState:
+    """The handler's result with the new seq and dedup window: one state copy per event.
+
+    Hot handlers return only the fields they change (a dict) so that the state
+    is copied once; the others return a whole state.
+    """
+    values = list(result) if type(result) is not dict else list(state)
     if type(result) is dict:
-        return state.evolve(seq=seq, recent_events=recent.push(event_id), **result)
-    return result.evolve(seq=seq, recent_events=recent.push(event_id))
+        for name, value in result.items():
+            values[_STATE_INDEX[name]] = value
+    values[_SEQ_INDEX] = seq
+    values[_RECENT_INDEX] = recent
+    return _tuple_new(ClusterState, values)
 
 
 def fold(records: Iterable, state: ClusterState | None = None, until: int | None = None) -> ClusterState:
     """Apply committed records (anything with `.seq` and `.payload`) in order, up to seq `until`.
 
-    The cyclic garbage collector is paused meanwhile: the state is acyclic, and
-    a full collection walks every object of a large state again and again.
+    This is `apply` in a loop, written out so the loop pays for no calls it
+    does not need. The cyclic garbage collector is paused meanwhile: the state
+    is acyclic, and a full collection walks every object of a large state
+    again and again.
     """
     state = state if state is not None else ClusterState()
-    _apply, _decode = apply, decode
+    handlers, _decode, stamped = HANDLERS, decode, _stamped
+    limit = until if until is not None else float("inf")
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         for record in records:
             seq = record.seq
-            if until is not None and seq > until:
+            if seq > limit:
                 break
-            state = _apply(state, _decode(record.payload, seq), seq)
+            envelope = _decode(record.payload, seq)
+            recent = state.recent_events
+            if envelope.event_id in recent:
+                state = state.evolve(seq=seq)
+                continue
+            event = envelope.event
+            state = stamped(state, handlers[type(event)](state, event, envelope, seq), seq,
+                            recent.push(envelope.event_id))
     finally:
         if was_enabled:
             gc.enable()
@@ -264,10 +292,12 @@ def _set_instance(state: ClusterState, instance_id: str, **changes) -> ClusterSt
 
 @handles(ev.InstanceAdded)
 def _instance_added(state, e, envelope, seq):
-    instance = Instance(e.instance, e.name, e.primary, e.secondary, e.disk_template,
-                        tuple([Disk(d["size_mib"]) for d in e.disks]),
-                        tuple([Nic(n["mac"], n["mode"], n["link"]) for n in e.nics]),
-                        e.memory_mib, e.vcpus, e.hypervisor, e.hvparams, e.os, e.admin_state)
+    # Built with tuple.__new__ (all sixteen fields given), the cheapest way to make a named tuple.
+    instance = _tuple_new(Instance, (
+        e.instance, e.name, e.primary, e.secondary, e.disk_template,
+        tuple([_tuple_new(Disk, (d["size_mib"],)) for d in e.disks]),
+        tuple([_tuple_new(Nic, (n["mac"], n["mode"], n["link"])) for n in e.nics]),
+        e.memory_mib, e.vcpus, e.hypervisor, e.hvparams, e.os, e.admin_state, "unknown", "", ()))
     macs = state.macs
     for nic in instance.nics:
         macs = macs.set(nic.mac, instance.id)

@@ -121,3 +121,19 @@ def test_json_export_form_names_who_and_why():
     line = codec.to_json_ready(sample_envelope(events.UserAdded), seq=5)
     assert (line["seq"], line["name"], line["actor"]) == (5, "UserAdded", "admin")
     assert line["reason"].startswith("golden") and line["event_id"] == bytes(range(16)).hex()
+
+
+def test_a_renamed_field_stops_loudly():
+    """A payload with the right number of fields but a wrong name raises UndecodableEvent."""
+    raw = codec.envelope_dict(sample_envelope(events.UserAdded))
+    raw["payload"]["rank"] = raw["payload"].pop("role")
+    with pytest.raises(UndecodableEvent, match="fields"):
+        codec.decode(cbor2.dumps(raw, canonical=True))
+
+
+def test_an_extra_envelope_key_stops_loudly():
+    """An envelope with an unknown key instead of a known one is not a Cairn envelope."""
+    raw = codec.envelope_dict(sample_envelope(events.UserAdded))
+    raw["who"] = raw.pop("actor")
+    with pytest.raises(UndecodableEvent, match="envelope"):
+        codec.decode(cbor2.dumps(raw, canonical=True))
