@@ -49,8 +49,11 @@ def n1_clean(engine, spec: Spec, group: int) -> bool:
 
 def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, group_indices: list[int],
              mask=None, ignore_soft: bool = False, capacity_check: bool = True,
-             policy_of=None) -> tuple[GroupOutcome | None, list[GroupOutcome]]:
-    """Try every group; return the chosen outcome (policy order, then score) and all outcomes."""
+             policy_of=None, whole_cluster: bool = True) -> tuple[GroupOutcome | None, list[GroupOutcome]]:
+    """Try every group; return the chosen outcome (policy order, then score) and all outcomes.
+
+    Like hail, candidates are scored over the whole cluster, or over their own group when the
+    request names the group (`whole_cluster` False)."""
     outcomes = []
     flags = IGNORE_SOFT if ignore_soft else 0
     for g in group_indices:
@@ -63,7 +66,7 @@ def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, gro
         if violation:
             outcome.failures = {FAIL_NAMES[FAIL_DISK]: 1}
             continue
-        found, counts = engine.best_alloc(g, inst, required, mask, flags)
+        found, counts = engine.best_alloc(g, inst, required, mask, flags, -1 if whole_cluster else g)
         outcome.failures = {FAIL_NAMES[k]: counts[k] for k in range(1, len(FAIL_NAMES)) if counts[k]}
         candidates = _candidate_count(engine, spec, g, required, mask)
         outcome.successes = candidates - sum(counts)
@@ -111,17 +114,17 @@ def _free_resources(engine, spec: Spec) -> tuple[list[int], list[int], list[list
     primaries: list[list[int]] = [[] for _ in range(spec.n_nodes)]
     for i in range(engine.count):
         p, s = engine.nodes_of(i)
-        p0 = it["pnode"][i] if i < spec.n_instances else -1
-        s0 = it["snode"][i] if i < spec.n_instances else -1
+        dsk = engine.instance_value(i, "dsk")
         # Free disk was reported at load: undo where the instance was, apply where it is.
-        for k in (p0, s0):
-            if k >= 0:
-                disk[k] += it["dsk"][i]
+        if i < spec.n_instances:
+            for k in (it["pnode"][i], it["snode"][i]):
+                if k >= 0:
+                    disk[k] += dsk
         for k in (p, s):
             if k >= 0:
-                disk[k] -= it["dsk"][i]
+                disk[k] -= dsk
         if p >= 0:
-            memory[p] -= it["mem"][i] * it["uses_mem"][i]
+            memory[p] -= engine.instance_value(i, "mem") * engine.instance_value(i, "uses_mem")
             primaries[p].append(i)
     return memory, disk, primaries
 
@@ -133,22 +136,23 @@ def globally_redundant(engine, spec: Spec) -> bool:
     Re-creation puts each instance (largest memory first) on the node with the most free memory
     that holds it, where hail picks the best-scoring node; the question asked is the same.
     """
-    it, nodes = spec.instances, spec.nodes
+    nodes = spec.nodes
+    value = engine.instance_value
     memory, disk, primaries = _free_resources(engine, spec)
     for n in range(spec.n_nodes):
         mem, dsk = list(memory), list(disk)
         others = []
         for i in primaries[n]:
             s = engine.nodes_of(i)[1]
-            if it["kind"][i] == KIND_MIRRORED and s >= 0:
-                mem[s] -= it["mem"][i] * it["uses_mem"][i]
+            if value(i, "kind") == KIND_MIRRORED and s >= 0:
+                mem[s] -= value(i, "mem") * value(i, "uses_mem")
                 if mem[s] <= 0 or dsk[s] <= 0:
                     return False
             else:
                 others.append(i)
         escape = [k for k in range(spec.n_nodes) if k != n and nodes["group"][k] == nodes["group"][n]]
-        for i in sorted(others, key=lambda i: -it["mem"][i]):
-            need_mem, need_dsk = it["mem"][i] * it["uses_mem"][i], it["dsk"][i]
+        for i in sorted(others, key=lambda i: -value(i, "mem")):
+            need_mem, need_dsk = value(i, "mem") * value(i, "uses_mem"), value(i, "dsk")
             fits = [k for k in escape if mem[k] - need_mem > 0 and (need_dsk == 0 or dsk[k] - need_dsk > 0)]
             if not fits:
                 return False

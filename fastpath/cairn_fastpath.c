@@ -86,13 +86,26 @@ static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, d
 }
 
 /* A group's location-exclusion value; group -1 means the whole cluster. */
+/* Count of one (location, exclusion tag) key over all groups: the whole-cluster map. */
+static long merged_count(const cairn_cluster *c, int l, int t)
+{
+    long count = 0;
+    for (int g = 0; g < c->n_groups; g++)
+        count += c->loccnt[((size_t)g * 64 + (size_t)l) * (size_t)(c->n_tags > 0 ? c->n_tags : 1) + (size_t)t];
+    return count;
+}
+
+/* A group's location-exclusion value; group -1 means the map merged over the whole cluster. */
 static long loc_total(const cairn_cluster *c, int group)
 {
     long total = 0;
-    if (group >= 0)
-        return c->loc_totals[group];
-    for (int g = 0; g < c->n_groups; g++)
-        total += c->loc_totals[g];
+    if (group >= 0 || c->n_groups == 1)
+        return c->loc_totals[group >= 0 ? group : 0];
+    for (int l = 0; l < 64; l++)
+        for (int t = 0; t < (c->n_tags > 0 ? c->n_tags : 1); t++) {
+            long count = merged_count(c, l, t);
+            total += count > 1 ? count - 1 : 0;
+        }
     return total;
 }
 
@@ -1015,6 +1028,24 @@ int cairn_place(cairn_cluster *c, int inst, int pnode, int snode)
 
 /* ---- allocation ------------------------------------------------------------------------------- */
 
+/* Change of the whole-cluster location-exclusion value when a new instance lands on p. */
+static long merged_new_delta(const cairn_cluster *c, int i, int p)
+{
+    long delta = 0;
+    uint64_t locs = counted_locs(c, p);
+    while (locs) {
+        int l = __builtin_ctzll(locs);
+        locs &= locs - 1;
+        uint64_t bits = c->excl_mask[i];
+        while (bits) {
+            int t = __builtin_ctzll(bits);
+            bits &= bits - 1;
+            delta += merged_count(c, l, t) >= 1;
+        }
+    }
+    return delta;
+}
+
 static int alloc_ok(const cairn_cluster *c, int k, int group, const unsigned char *mask)
 {
     return c->group[k] == group && !c->offline[k] && (mask == NULL || mask[k]);
@@ -1042,7 +1073,7 @@ int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int requi
         t.n = 0;
         int status = st_add_pri(c, p, &c->state[p], inst, force, touch(&t, p));
         t.st[0].loc_v += loc_contrib(c, inst, p, -1);
-        long ld = loc_delta(c, inst, -1, p);
+        long ld = scope >= 0 || c->n_groups == 1 ? loc_delta(c, inst, -1, p) : merged_new_delta(c, inst, p);
         if (required == 1) {
             if (status != OK) {
                 fail_counts[status]++;

@@ -112,6 +112,10 @@ class Engine:
         """The (primary, secondary) of an instance; -1 for none."""
         return self._c.pnode[inst], self._c.snode[inst]
 
+    def instance_value(self, inst: int, name: str):
+        """One field (of `spec.INSTANCE_FIELDS`) of an instance as the engine holds it."""
+        return getattr(self._c, name)[inst]
+
     def define_instance(self, values: dict, reuse: int = -1) -> int:
         """Add an unplaced instance with the fields of `spec.INSTANCE_FIELDS` (or overwrite the unplaced
         instance `reuse`); returns its index."""

@@ -81,19 +81,19 @@ def evacuate_one(session, inst: int, mode: str, groups: list[int] | None = None,
     return _move_both(session, inst, groups if groups is not None else [session.group_of_node(p)], excluded)
 
 
-def _try_pair_prefix(session, inst: int, t1: int, flags: int):
-    """Replace the secondary with t1 and fail over (hail's first two steps); None if a step is refused."""
+def _try_pair_prefix(session, inst: int, t1: int, flags: int) -> str | None:
+    """Replace the secondary with t1 and fail over (hail's first two steps); the failure, or None."""
     engine = session.engine
     group = session.group_of_node(engine.nodes_of(inst)[0])
     status, _ = engine.eval_move(group, inst, REPLACE_SECONDARY, t1, flags)
     if status != OK:
-        return None
+        return f"Changing secondary to new primary: {FAIL_NAMES[status]}"
     engine.apply_move(inst, REPLACE_SECONDARY, t1)
     status, _ = engine.eval_move(group, inst, FAILOVER, -1, flags)
     if status != OK:
-        return None
+        return f"Failing over to new primary: {FAIL_NAMES[status]}"
     engine.apply_move(inst, FAILOVER, -1)
-    return True
+    return None
 
 
 def _move_both(session, inst: int, groups: list[int], excluded: set[int]):
@@ -104,26 +104,50 @@ def _move_both(session, inst: int, groups: list[int], excluded: set[int]):
     p, s = engine.nodes_of(inst)
     flags = 8 if session.options.ignore_soft_errors else 0
     saved = engine.touched_flags()
-    best = None
+    best, last_failure = None, None
     for group in groups:
         avail = [k for k in range(spec.n_nodes) if spec.nodes["group"][k] == group and not spec.nodes["offline"][k]
                  and k not in (p, s) and k not in excluded]
         for t1 in avail:
-            if _try_pair_prefix(session, inst, t1, flags):
-                for t2 in avail:
-                    if t2 == t1:
-                        continue
-                    status, score = engine.eval_move(group, inst, REPLACE_SECONDARY, t2, flags)
-                    if status == OK and (best is None or score <= best[2]):
-                        best = (t1, t2, score)
+            failure = _try_pair_prefix(session, inst, t1, flags)
+            for t2 in avail:
+                if t2 == t1:
+                    continue
+                if failure is not None:
+                    last_failure = failure
+                    continue
+                status, score = engine.eval_move(group, inst, REPLACE_SECONDARY, t2, flags)
+                if status != OK:
+                    last_failure = f"Changing secondary to final secondary: {FAIL_NAMES[status]}"
+                elif best is None or score <= best[2]:
+                    best = (t1, t2, score)
             engine.restore(inst, p, s, saved)
     if best is None:
-        return "Can't find any good nodes for relocation: no nodes available"
+        reason = f"Allocation failed: {last_failure}" if last_failure else "no nodes available"
+        return f"Can't find any good nodes for relocation: {reason}"
     t1, t2, _ = best
     engine.apply_move(inst, REPLACE_SECONDARY, t1)
     engine.apply_move(inst, FAILOVER, -1)
     engine.apply_move(inst, REPLACE_SECONDARY, t2)
     return (t1, t2), [replace_disks(name, session.names[t1]), migrate(name), replace_disks(name, session.names[t2])]
+
+
+def target_group(session, inst: int, groups: list[int]):
+    """hail's change-group first step: the group the instance would be allocated to, or the failure text."""
+    from fastpath.allocate import allocate
+
+    engine, spec = session.engine, session.spec
+    required = 2 if spec.instances["kind"][inst] == KIND_MIRRORED else 1
+    # Like hail, the instance stays where it is while a copy of it is tried in the target groups.
+    values = {name: column[inst] for name, column in spec.instances.items()}
+    values["pnode"] = values["snode"] = -1
+    session.spare = engine.define_instance(values, session.spare)
+    chosen, outcomes = allocate(engine, spec, session.cluster, session.spare, required, groups, None,
+                                session.options.ignore_soft_errors, session.options.capacity_checks)
+    if chosen is None:
+        return ", ".join(f"Group {o.name} ({o.policy}): No valid allocation solutions, failure reasons: "
+                         f"{o.reasons()}" for o in outcomes)
+    return chosen.index
 
 
 def evacuated_nodes(session, names: list[str], mode: str) -> set[int]:
@@ -149,7 +173,14 @@ def evacuate_many(session, names: list[str], mode: str, groups: list[int] | None
         if name not in index:
             failed.append([name, f"Unknown instance '{name}'"])
             continue
-        outcome = evacuate_one(session, index[name], mode, groups, excluded)
+        targets = groups
+        if groups is not None:
+            chosen = target_group(session, index[name], groups)
+            if isinstance(chosen, str):
+                failed.append([name, chosen])
+                continue
+            targets = [chosen]
+        outcome = evacuate_one(session, index[name], mode, targets, excluded)
         if isinstance(outcome, str):
             failed.append([name, outcome])
             continue

@@ -122,7 +122,8 @@ class Session:
         self.spec = flatten(cluster, self.group_index)
         self.index = {name: k for k, name in enumerate(self.spec.node_names)}
         self.new = [append_instance(self.spec, inst, {}) for inst in new_instances]
-        self.engine = engine_class(options.implementation)(self.spec)
+        self.engine = engine_class(options.implementation)(self.spec, extra_instances=1)
+        self.spare = -1  # an unplaced engine slot for trial copies of existing instances
         self.names = self.spec.node_names
 
     def group_of_node(self, node: int) -> int:
@@ -165,7 +166,7 @@ def _allocate_one(session: Session, request: dict, inst: int, obj: dict):
 
     return allocate(session.engine, session.spec, session.cluster, inst, required,
                     _allocation_groups(session, request), mask, session.options.ignore_soft_errors,
-                    session.options.capacity_checks, violation)
+                    session.options.capacity_checks, violation, whole_cluster=not request.get("group_name"))
 
 
 def _group_text(outcome) -> str:
@@ -180,14 +181,15 @@ def answer_allocate(document: dict, options: Options) -> dict:
     request = document["request"]
     session = Session(load(document, options), options, [_new_instance(request)])
     chosen, outcomes = _allocate_one(session, request, session.new[0], request)
-    return _allocation_response(session, chosen, outcomes)
+    return _allocation_response(session, chosen, outcomes, not request.get("group_name"))
 
 
-def _allocation_response(session: Session, chosen, outcomes) -> dict:
+def _allocation_response(session: Session, chosen, outcomes, say_group: bool = True) -> dict:
     if chosen is None:
         text = ", ".join(_group_text(o) for o in outcomes)
         return {"success": False, "info": f"Request failed: {text}", "result": []}
-    parts = [f"Selected group: {chosen.name}"]
+    # hail names the selected group unless the request named it.
+    parts = [f"Selected group: {chosen.name}"] if say_group else []
     for o in outcomes:
         if o.nodes is None:
             parts.append(_group_text(o))

@@ -189,7 +189,7 @@ class Engine:
             elif agg == 2:
                 out.append(_fsum_in_order(v[m] for v in offline))
             else:
-                total = sum(self.loc_total.values()) if group < 0 else self.loc_total.get(group, 0)
+                total = self._merged_loc_total() if group < 0 else self.loc_total.get(group, 0)
                 out.append(float(total + loc_delta))
         return out
 
@@ -384,6 +384,12 @@ class Engine:
         self.pnode[i], self.snode[i] = np_, ns
         self._rebuild()
 
+    def instance_value(self, i: int, name: str):
+        """One field (of `spec.INSTANCE_FIELDS`) of an instance as the engine holds it."""
+        if name in ("pnode", "snode"):
+            return (self.pnode if name == "pnode" else self.snode)[i]
+        return self.it[name][i]
+
     def define_instance(self, values: dict, reuse: int = -1) -> int:
         """Add an unplaced instance with the fields of `spec.INSTANCE_FIELDS` (or overwrite the unplaced
         instance `reuse`); returns its index."""
@@ -408,7 +414,7 @@ class Engine:
                  and (mask is None or mask[k])]
         for p in nodes:
             status, st_p = self._add_pri(p, self.state[p], i, force)
-            loc_delta = self._loc_delta_new(i, p)
+            loc_delta = self._loc_delta_new(i, p, scope)
             if required == 1:
                 if status != OK:
                     counts[status] += 1
@@ -436,10 +442,24 @@ class Engine:
                     best = (p, q, value)
         return best, counts
 
-    def _loc_delta_new(self, i: int, p: int) -> int:
+    def _loc_delta_new(self, i: int, p: int, scope: int) -> int:
         g = self.nd["group"][p]
+        if scope >= 0:
+            return sum(1 for l in _bits(self._counted_locs(p)) for t in _bits(self.it["excl_mask"][i])
+                       if self.loccnt.get((g, l, t), 0) >= 1)
+        merged = self._merged_counts()
         return sum(1 for l in _bits(self._counted_locs(p)) for t in _bits(self.it["excl_mask"][i])
-                   if self.loccnt.get((g, l, t), 0) >= 1)
+                   if merged.get((l, t), 0) >= 1)
+
+    def _merged_counts(self) -> dict:
+        merged: dict = {}
+        for (_, l, t), count in self.loccnt.items():
+            merged[(l, t)] = merged.get((l, t), 0) + count
+        return merged
+
+    def _merged_loc_total(self) -> int:
+        """The location-exclusion value of the map merged over the whole cluster."""
+        return sum(count - 1 for count in self._merged_counts().values() if count > 1)
 
     def nodes_of(self, i: int) -> tuple[int, int]:
         """The (primary, secondary) of instance i; -1 for none."""

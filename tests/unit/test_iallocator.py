@@ -25,7 +25,10 @@ def implementation(request):
 @pytest.mark.parametrize("name", REQUESTS)
 def test_answer_equals_hail(implementation, name, capacity):
     """The one-line JSON answer equals hail's, byte for byte."""
-    expected = (DATA / f"{name}{'' if capacity else '.nocap'}.hail").read_text().strip()
+    answer_file = DATA / f"{name}{'' if capacity else '.nocap'}.hail"
+    if not answer_file.exists():
+        pytest.skip("hail 3.0.2 crashes on this request (IntMap.!: key not found); no answer to compare")
+    expected = answer_file.read_text().strip()
     text = (DATA / f"{name}.json").read_text()
     assert answer(text, Options(capacity_checks=capacity, implementation=implementation)) == expected
 
