@@ -103,7 +103,7 @@ class _Interner:
 
 
 def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_exclusion: list[str] = (),
-            offline: set[str] = frozenset(), ignore_dynu: bool = False, group_of_instances: bool = True) -> Spec:
+            offline: set[str] = frozenset(), ignore_dynu: bool = False) -> Spec:
     """The flat arrays of a cluster; nodes named in `offline` are treated as offline."""
     group_index = group_index or {g.uuid: k for k, g in enumerate(cluster.groups)}
     excl, loc_prefixes, desired = _prefixes(cluster, list(extra_exclusion))
