@@ -203,3 +203,14 @@ def test_c_and_pure_agree_on_allocation(case, required, memory):
     assert answers[0][:2] == answers[1][:2]
     if answers[0][2] is not None:
         assert answers[0][2] == pytest.approx(answers[1][2], rel=1e-12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=3, max_value=30), st.integers(min_value=0, max_value=300),
+       st.integers(min_value=0, max_value=10**6), st.sampled_from([0, 2, 4, 8]))
+def test_pruning_is_exact_on_random_clusters(nodes, instances, seed, flags):
+    """With or without the C core's pruning the chosen move is the same, on random clusters."""
+    from fastpath.spec import NO_PRUNING
+
+    engine = engine_class("c")(flatten(generate(nodes, instances, seed)))
+    assert engine.best_move(0, flags) == engine.best_move(0, flags | NO_PRUNING)
