@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from consensus.record import ChainHead, Record, RecordError, RecordReader, RecordWriter, check_link, encode_record
+from consensus.record import ChainHead, Record, RecordError, RecordReader, RecordWriter, check_link
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,7 @@ class HistoryStore:
         writer = self._writer
         if (record.seq - self._segments[-1][0]) % _INDEX_EVERY == 0:
             self._index.setdefault(writer.path, []).append((record.seq, self._written_bytes, record.prev_hash))
-        writer._file.write(encode_record(record))
-        if writer.first_seq is None:
-            writer.first_seq = record.seq
-        writer.head = record
-        writer.count += 1
+        writer.append_linked(record)
         self._written_bytes += _FRAME_OVERHEAD + len(record.payload)
         self.head = ChainHead(record.seq, record.hash)
         self._dirty = True
@@ -218,7 +214,7 @@ class HistoryStore:
             if self._writer is None or not self._dirty:
                 return
             self._writer.flush()
-            descriptor = os.dup(self._writer._file.fileno())
+            descriptor = os.dup(self._writer.fileno())
             self._dirty = False
         try:
             os.fsync(descriptor)

@@ -141,6 +141,25 @@ class RecordWriter:
         self.head = record
         self.count += 1
 
+    def append_linked(self, record: Record) -> None:
+        """Write a record whose hash the caller computed itself (with next_record): only its link is checked.
+
+        The history writer uses this on the commit path, where recomputing
+        every hash a second time would double the hashing per record.
+        """
+        head = self.head
+        if head is not None and (record.seq != head.seq + 1 or record.prev_hash != head.hash):
+            raise RecordError(head.seq + 1, f"record seq {record.seq} does not link to seq {head.seq}")
+        self._file.write(encode_record(record))
+        if self.first_seq is None:
+            self.first_seq = record.seq
+        self.head = record
+        self.count += 1
+
+    def fileno(self) -> int:
+        """The file descriptor, for fsync."""
+        return self._file.fileno()
+
     def append_payload(self, payload: bytes) -> Record:
         """Chain a payload onto the last record and write it."""
         record = next_record(self.head or ChainHead(), payload)

@@ -160,3 +160,14 @@ def test_large_payloads_cross_read_chunks(tmp_path):
     big.append(next_record(big[0], b"small"))
     write_records(tmp_path / "big.log", big)
     assert list(read_records(tmp_path / "big.log")) == big
+
+
+def test_append_linked_refuses_a_record_that_does_not_link(tmp_path):
+    """The trusted append still checks seq and prev_hash, and reads back checked."""
+    records = chain(3)
+    with RecordWriter(tmp_path / "f.log") as writer:
+        writer.append_linked(records[0])
+        with pytest.raises(RecordError):
+            writer.append_linked(records[2])
+        writer.append_linked(records[1])
+    assert list(read_records(tmp_path / "f.log")) == records[:2]
