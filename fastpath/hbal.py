@@ -30,6 +30,10 @@ class HbalRequest:
     exclusion_tags: list[str] = field(default_factory=list)
     ignore_dynu: bool = False
     implementation: str = "c"
+    select_instances: list[str] = field(default_factory=list)
+    exclude_instances: list[str] = field(default_factory=list)
+    max_cpu: float | None = None
+    min_disk: float | None = None
 
 
 def select_group(cluster: Cluster, wanted: str | None):
@@ -62,6 +66,37 @@ def n1_failures(spec: Spec, group: int) -> tuple[int, int]:
     return len(bad), instances
 
 
+def policy_violations(spec: Spec, group: int) -> int:
+    """Online nodes of the group over their vCPU ratio or spindle limit (hbal warns about them)."""
+    nodes, inst = spec.nodes, spec.instances
+    cpus = list(nodes["node_cpus"])
+    spindles = [0] * spec.n_nodes
+    for i in range(spec.n_instances):
+        p, s = inst["pnode"][i], inst["snode"][i]
+        if p >= 0:
+            cpus[p] += inst["vcpus"][i] * inst["uses_cpu"][i]
+            spindles[p] += inst["spindle_use"][i]
+        if s >= 0:
+            spindles[s] += inst["spindle_use"][i]
+    return sum(1 for k in range(spec.n_nodes) if nodes["group"][k] == group and not nodes["offline"][k]
+               and (spindles[k] > nodes["hi_spindles"][k] or cpus[k] / nodes["t_cpu"][k] > nodes["vcpu_ratio"][k]))
+
+
+def _apply_limits(spec: Spec, request: HbalRequest) -> None:
+    """--select-instances / --exclude-instances, --max-cpu and --min-disk, applied to the arrays."""
+    names = set(spec.instance_names)
+    for name in request.select_instances + request.exclude_instances:
+        if name not in names:
+            raise HbalError(f"Unknown instance '{name}'; check the names given to --select/--exclude-instances")
+    for i, name in enumerate(spec.instance_names):
+        if (request.select_instances and name not in request.select_instances) or name in request.exclude_instances:
+            spec.instances["movable"][i] = 0
+    if request.max_cpu is not None:
+        spec.nodes["vcpu_ratio"] = [request.max_cpu] * spec.n_nodes
+    if request.min_disk is not None:
+        spec.nodes["lo_dsk"] = [request.min_disk * t for t in spec.nodes["t_dsk"]]
+
+
 def _balanced_copy(cluster: Cluster, spec: Spec, engine) -> Cluster:
     # Like hbal's -S, the saved file keeps each node's load-time free memory and updates free disk.
     out = copy.deepcopy(cluster)
@@ -88,6 +123,7 @@ def run(request: HbalRequest, emit) -> dict[str, str]:
         raise HbalError(f"unknown node(s) given to -O: {', '.join(unknown)}; check the names in the file")
     index = {g.uuid: k for k, g in enumerate(cluster.groups)}
     spec = flatten(cluster, index, request.exclusion_tags, set(request.offline), request.ignore_dynu)
+    _apply_limits(spec, request)
     gidx = index[group.uuid]
     if not cluster.instances:
         emit("Cluster is empty, exiting.")
@@ -101,6 +137,14 @@ def run(request: HbalRequest, emit) -> dict[str, str]:
     emit(f"Initial check done: {bad_nodes} bad nodes, {bad_instances} bad instances.")
     if bad_nodes:
         emit("Cluster is not N+1 happy, continuing but no guarantee that the cluster will end N+1 happy.")
+    violating = policy_violations(spec, gidx)
+    if violating:
+        emit(f"The cluster contains {violating} policy-violating nodes.")
+        if request.options.ignore_soft_errors:
+            emit("Continuing, ignoring soft errors.")
+        else:
+            emit("Continuing, but the set of moves might be too restricted; consider using the "
+                 "--ignore-soft-errors option.")
     engine = engine_class(request.implementation)(spec)
     initial = engine.score(gidx)
     emit(f"Initial score: {initial:.8f}")

@@ -44,6 +44,10 @@ def balance(
     ignore_soft_errors: bool = typer.Option(False, "--ignore-soft-errors", help="Skip soft placement checks."),
     exclusion_tags: Optional[str] = typer.Option(None, "--exclusion-tags", help="Extra exclusion tag prefixes."),
     ignore_dynu: bool = typer.Option(False, "--ignore-dynu", help="Ignore dynamic utilisation (loads 0)."),
+    select_instances: Optional[str] = typer.Option(None, "--select-instances", help="Only move these instances."),
+    exclude_instances: Optional[str] = typer.Option(None, "--exclude-instances", help="Never move these instances."),
+    max_cpu: Optional[float] = typer.Option(None, "--max-cpu", help="Override the vCPU ratio limit."),
+    min_disk: Optional[float] = typer.Option(None, "--min-disk", help="Minimum free disk fraction per node."),
     engine: str = typer.Option("c", "--engine", hidden=True, help="c or pure (for testing)."),
 ) -> None:
     """Balance the cluster like Ganeti's hbal: greedy moves that lower the cluster score."""
@@ -57,7 +61,8 @@ def balance(
                              evac_mode, ignore_soft_errors)
     offline_names = [name for item in offline or [] for name in _names(item)]
     request = HbalRequest(_read(text_file), options, offline_names, group, print_commands, save,
-                          _names(exclusion_tags), ignore_dynu, engine)
+                          _names(exclusion_tags), ignore_dynu, engine, _names(select_instances),
+                          _names(exclude_instances), max_cpu, min_disk)
     try:
         files = run(request, typer.echo)
     except (HbalError, FormatError) as error:

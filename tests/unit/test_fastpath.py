@@ -92,6 +92,10 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("n20-shared.l12.hbal", {"options": BalanceOptions(max_moves=12)}),
     ("n20.ignore-soft-errors.hbal", {"options": BalanceOptions(ignore_soft_errors=True, max_moves=8)}),
     ("n20.ignore-dynu.hbal", {"ignore_dynu": True, "options": BalanceOptions(max_moves=8)}),
+    ("n20.min-disk.hbal", {"min_disk": 0.3, "options": BalanceOptions(max_moves=8)}),
+    ("n20.select.hbal", {"select_instances": ["inst-00022", "inst-00163", "inst-00001"],
+                         "options": BalanceOptions(max_moves=5)}),
+    ("n20.exclude.hbal", {"exclude_instances": ["inst-00022", "inst-00163"], "options": BalanceOptions(max_moves=5)}),
     ("n20-shared.evac.hbal", {"options": BalanceOptions(evac_mode=True, max_moves=6), "offline": ["node-0005"]}),
 ])
 def test_balance_output_equals_hbal(implementation, answer, args):
