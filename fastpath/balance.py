@@ -6,7 +6,8 @@ Pure stdlib; the engine (C or pure twin) does the scoring and the search.
 from dataclasses import dataclass, field
 
 from fastpath.spec import (EVAC_MODE, FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, NO_DISK_MOVES,
-                           NO_INSTANCE_MOVES, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, REPLACE_SECONDARY, Spec)
+                           NO_INSTANCE_MOVES, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, REPLACE_SECONDARY,
+                           RESTRICTED_MIGRATION, Spec)
 
 
 @dataclass
@@ -21,11 +22,13 @@ class BalanceOptions:
     no_instance_moves: bool = False
     evac_mode: bool = False
     ignore_soft_errors: bool = False
+    restricted_migration: bool = False
 
     def flags(self) -> int:
         """The engine's step flags for these options."""
         return ((NO_DISK_MOVES if self.no_disk_moves else 0) | (NO_INSTANCE_MOVES if self.no_instance_moves else 0)
-                | (EVAC_MODE if self.evac_mode else 0) | (IGNORE_SOFT if self.ignore_soft_errors else 0))
+                | (EVAC_MODE if self.evac_mode else 0) | (IGNORE_SOFT if self.ignore_soft_errors else 0)
+                | (RESTRICTED_MIGRATION if self.restricted_migration else 0))
 
 
 @dataclass

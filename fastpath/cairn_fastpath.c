@@ -11,7 +11,8 @@
 
 enum { FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE,
        FAILOVER_TO_ANY };
-enum { NO_DISK_MOVES = 1, NO_INSTANCE_MOVES = 2, EVAC_MODE = 4, IGNORE_SOFT = 8, NO_PRUNING = 16 };
+enum { NO_DISK_MOVES = 1, NO_INSTANCE_MOVES = 2, EVAC_MODE = 4, IGNORE_SOFT = 8, NO_PRUNING = 16,
+       RESTRICTED_MIGRATION = 32 };
 enum { OK, FAIL_MEM, FAIL_DISK, FAIL_CPU, FAIL_N1, FAIL_TAGS };
 enum { KIND_NONE, KIND_LOCAL, KIND_MIRRORED, KIND_SHARED };
 
@@ -938,14 +939,15 @@ static void instance_moves(cairn_cluster *c, int group, search *s, int i, int fl
                 continue;
             if (!skip[REPLACE_SECONDARY])
                 consider(c, group, s, i, REPLACE_SECONDARY, t, flags);
-            if (flags & NO_INSTANCE_MOVES)
+            /* Restricted migration keeps only secondary replacements unless the primary is offline. */
+            if (flags & NO_INSTANCE_MOVES || ((flags & RESTRICTED_MIGRATION) && !c->offline[op]))
                 continue;
             /* Targets with a peer entry on the old primary (or secondary) change the fixed part. */
             if (!skip[REPLACE_AND_FAILOVER] || c->acc_c[t] > 0)
                 consider(c, group, s, i, REPLACE_AND_FAILOVER, t, flags);
             if (sec_offline)
                 continue;
-            if (!skip[REPLACE_PRIMARY] || c->acc_d[t] > 0)
+            if (!(flags & RESTRICTED_MIGRATION) && (!skip[REPLACE_PRIMARY] || c->acc_d[t] > 0))
                 consider(c, group, s, i, REPLACE_PRIMARY, t, flags);
             if (!skip[FAILOVER_AND_REPLACE])
                 consider(c, group, s, i, FAILOVER_AND_REPLACE, t, flags);

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from fastpath.spec import (AGGREGATION, EVAC_MODE, FAIL_CPU, FAIL_DISK, FAIL_INTERNAL, FAIL_MEM, FAIL_TAGS,
                            FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_LOCAL,
                            KIND_MIRRORED, KIND_SHARED, NO_DISK_MOVES, NO_INSTANCE_MOVES, OK, REPLACE_AND_FAILOVER,
-                           REPLACE_PRIMARY, REPLACE_SECONDARY, WEIGHTS, Spec)
+                           REPLACE_PRIMARY, REPLACE_SECONDARY, RESTRICTED_MIGRATION, WEIGHTS, Spec)
 
 # Per-node derived state, one list per node: the indices of its fields.
 I_MEM, ALL_MEM, F_DSK, U_CPU, PCNT, SCNT, INST_SP, R_MEM, FAIL, TAGS_V, LOC_V = range(11)
@@ -476,16 +476,19 @@ class Engine:
                 yield FAILOVER, -1
             if flags & NO_DISK_MOVES:
                 return
+            # Restricted migration keeps only secondary replacements unless the primary is offline.
+            restricted = bool(flags & RESTRICTED_MIGRATION) and not nd["offline"][op]
             for t in targets:
                 if t in (op, os_):
                     continue
                 yield REPLACE_SECONDARY, t
-                if flags & NO_INSTANCE_MOVES:
+                if flags & NO_INSTANCE_MOVES or restricted:
                     continue
                 yield REPLACE_AND_FAILOVER, t
                 if sec_offline:
                     continue
-                yield REPLACE_PRIMARY, t
+                if not flags & RESTRICTED_MIGRATION:
+                    yield REPLACE_PRIMARY, t
                 yield FAILOVER_AND_REPLACE, t
         elif it["kind"][i] == KIND_SHARED and not flags & NO_INSTANCE_MOVES:
             for t in targets:

@@ -12,7 +12,7 @@ from fastpath.model import LOCAL_STORAGE, MEMORY_STATUSES, MIRRORED, SHARED, TEM
 FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY = range(6)
 
 # Step flags. NO_PRUNING turns off the C core's exact lower-bound pruning (same answers, slower).
-NO_DISK_MOVES, NO_INSTANCE_MOVES, EVAC_MODE, IGNORE_SOFT, NO_PRUNING = 1, 2, 4, 8, 16
+NO_DISK_MOVES, NO_INSTANCE_MOVES, EVAC_MODE, IGNORE_SOFT, NO_PRUNING, RESTRICTED_MIGRATION = 1, 2, 4, 8, 16, 32
 
 # Placement failure reasons, numbered as hail names them.
 FAIL_NAMES = ("OK", "FailMem", "FailDisk", "FailCPU", "FailN1", "FailTags", "FailMig", "FailDiskCount",

@@ -42,6 +42,8 @@ def balance(
     print_commands: bool = typer.Option(False, "-C", "--print-commands", help="Print the gnt-instance commands."),
     save: Optional[str] = typer.Option(None, "-S", "--save", help="Write PREFIX.original and PREFIX.balanced."),
     ignore_soft_errors: bool = typer.Option(False, "--ignore-soft-errors", help="Skip soft placement checks."),
+    restricted_migration: bool = typer.Option(False, "--restricted-migration",
+                                              help="No moves that migrate to a new primary (unless it is offline)."),
     exclusion_tags: Optional[str] = typer.Option(None, "--exclusion-tags", help="Extra exclusion tag prefixes."),
     ignore_dynu: bool = typer.Option(False, "--ignore-dynu", help="Ignore dynamic utilisation (loads 0)."),
     select_instances: Optional[str] = typer.Option(None, "--select-instances", help="Only move these instances."),
@@ -58,7 +60,7 @@ def balance(
     if text_file is None:
         _fail("balancing the live cluster is not available yet; give a cluster file with -t FILE")
     options = BalanceOptions(max_length, min_gain, min_gain_limit, epsilon, no_disk_moves, no_instance_moves,
-                             evac_mode, ignore_soft_errors)
+                             evac_mode, ignore_soft_errors, restricted_migration)
     offline_names = [name for item in offline or [] for name in _names(item)]
     request = HbalRequest(_read(text_file), options, offline_names, group, print_commands, save,
                           _names(exclusion_tags), ignore_dynu, engine, _names(select_instances),
