@@ -20,7 +20,7 @@ typedef struct {
     double *t_mem, *t_dsk, *t_cpu, *cpu_speed, *hi_spindles, *vcpu_ratio, *lo_dsk;
     long *mem_base, *f_mem, *f_dsk0, *node_cpus;
     int *offline, *group;
-    uint64_t *loc_mask;
+    uint64_t *loc_mask, *mig_mask, *rmig_mask;
     long *mem, *dsk, *vcpus, *spindle_use, *sec_mem;
     int *kind, *uses_mem, *uses_cpu, *movable;
     uint64_t *excl_mask, *desired_mask;

@@ -13,7 +13,7 @@ enum { FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILO
        FAILOVER_TO_ANY };
 enum { NO_DISK_MOVES = 1, NO_INSTANCE_MOVES = 2, EVAC_MODE = 4, IGNORE_SOFT = 8, NO_PRUNING = 16,
        RESTRICTED_MIGRATION = 32 };
-enum { OK, FAIL_MEM, FAIL_DISK, FAIL_CPU, FAIL_N1, FAIL_TAGS };
+enum { OK, FAIL_MEM, FAIL_DISK, FAIL_CPU, FAIL_N1, FAIL_TAGS, FAIL_MIG };
 enum { KIND_NONE, KIND_LOCAL, KIND_MIRRORED, KIND_SHARED };
 
 static const double WEIGHTS[CAIRN_METRICS] = {0.5, 0.5, 1.0, 1.0, 4.0, 16.0, 0.5, 1.0, 1.0, 1.0, 1.0,
@@ -495,6 +495,23 @@ static void move_location(cairn_cluster *c, touch_set *t, int i, int op, int os,
     *touch(t, np) = tmp;
 }
 
+/* Whether an instance may migrate from node a to node b: a's migration classes are all receivable on b. */
+static int migration_ok(const cairn_cluster *c, int a, int b)
+{
+    return (c->mig_mask[a] & ~c->rmig_mask[b]) == 0;
+}
+
+/* hbal's migration-tag checks per move kind (replacing only the secondary migrates nothing). */
+static int migrations_ok(const cairn_cluster *c, int kind, int op, int os, int target)
+{
+    switch (kind) {
+    case FAILOVER: case FAILOVER_AND_REPLACE: return migration_ok(c, op, os);
+    case FAILOVER_TO_ANY: case REPLACE_AND_FAILOVER: return migration_ok(c, op, target);
+    case REPLACE_PRIMARY: return migration_ok(c, op, os) && migration_ok(c, os, target);
+    default: return 1;
+    }
+}
+
 /* The states of the nodes a move touches, following hbal's sequence and force flags per kind. */
 static int move_states(cairn_cluster *c, int i, int kind, int target, int flags, touch_set *t, long *ldelta)
 {
@@ -507,6 +524,8 @@ static int move_states(cairn_cluster *c, int i, int kind, int target, int flags,
     t->n = 0;
     *ldelta = 0;
     new_nodes(kind, op, os, target, &np, &ns);
+    if (!migrations_ok(c, kind, op, os, target))
+        return FAIL_MIG;
     switch (kind) {
     case FAILOVER:
         st_remove(c, op, &c->state[op], i, 1, -1, &int_p);

@@ -12,7 +12,7 @@ from fastpath.spec import MAX_TAGS, Spec
 _STATUS = {lib.CAIRN_EINVAL: "invalid argument"}
 _NODE_ARRAYS = (("double", ("t_mem", "t_dsk", "t_cpu", "cpu_speed", "hi_spindles", "vcpu_ratio", "lo_dsk")),
                 ("long", ("mem_base", "f_mem", "node_cpus")), ("int", ("offline", "group")),
-                ("uint64_t", ("loc_mask",)))
+                ("uint64_t", ("loc_mask", "mig_mask", "rmig_mask")))
 _INSTANCE_ARRAYS = (("long", ("mem", "dsk", "vcpus", "spindle_use", "sec_mem")),
                     ("int", ("kind", "uses_mem", "uses_cpu", "movable", "pnode", "snode")),
                     ("uint64_t", ("excl_mask", "desired_mask")))

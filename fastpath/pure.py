@@ -7,7 +7,7 @@ C is incremental (the C re-checks near-best candidates exactly, so both choose t
 import math
 from collections.abc import Sequence
 
-from fastpath.spec import (AGGREGATION, EVAC_MODE, FAIL_CPU, FAIL_DISK, FAIL_INTERNAL, FAIL_MEM, FAIL_TAGS,
+from fastpath.spec import (AGGREGATION, EVAC_MODE, FAIL_CPU, FAIL_DISK, FAIL_INTERNAL, FAIL_MEM, FAIL_MIG, FAIL_TAGS,
                            FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_LOCAL,
                            KIND_MIRRORED, KIND_SHARED, NO_DISK_MOVES, NO_INSTANCE_MOVES, OK, REPLACE_AND_FAILOVER,
                            REPLACE_PRIMARY, REPLACE_SECONDARY, RESTRICTED_MIGRATION, WEIGHTS, Spec)
@@ -312,6 +312,8 @@ class Engine:
         np_, ns = _new_nodes(kind, op, os_, target)
         new = {}
         status = OK
+        if not self._migrations_ok(kind, op, os_, target):
+            return FAIL_MIG, new, 0
         if kind == FAILOVER:
             int_p = self._remove(op, self.state[op], i, 1, -1)
             int_s = self._remove(os_, self.state[os_], i, 2, op)
@@ -353,6 +355,19 @@ class Engine:
             return status, new, 0
         self._move_location(i, op, os_, np_, ns, new)
         return OK, new, self._loc_delta(i, op, np_)
+
+    def _migration_ok(self, a: int, b: int) -> bool:
+        return self.nd["mig_mask"][a] & ~self.nd["rmig_mask"][b] == 0
+
+    def _migrations_ok(self, kind: int, op: int, os_: int, target: int) -> bool:
+        """hbal's migration-tag checks per move kind (replacing only the secondary migrates nothing)."""
+        if kind in (FAILOVER, FAILOVER_AND_REPLACE):
+            return self._migration_ok(op, os_)
+        if kind in (FAILOVER_TO_ANY, REPLACE_AND_FAILOVER):
+            return self._migration_ok(op, target)
+        if kind == REPLACE_PRIMARY:
+            return self._migration_ok(op, os_) and self._migration_ok(os_, target)
+        return True
 
     def _move_location(self, i: int, op: int, os_: int, np_: int, ns: int, new: dict) -> None:
         # The instance's location contribution belongs to its primary node.

@@ -31,7 +31,7 @@ AGGREGATION = (0, 0, 1, 0, 2, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 3, 1)
 MAX_TAGS = 64
 
 NODE_FIELDS = ("t_mem", "mem_base", "f_mem", "t_dsk", "f_dsk", "t_cpu", "cpu_speed", "node_cpus", "hi_spindles",
-               "vcpu_ratio", "lo_dsk", "offline", "group", "loc_mask")
+               "vcpu_ratio", "lo_dsk", "offline", "group", "loc_mask", "mig_mask", "rmig_mask")
 INSTANCE_FIELDS = ("mem", "dsk", "vcpus", "spindle_use", "pnode", "snode", "kind", "uses_mem", "uses_cpu",
                    "sec_mem", "movable", "excl_mask", "desired_mask")
 # Instance storage kinds the engines need: 0 none (file, diskless), 1 local non-mirrored (plain),
@@ -75,6 +75,24 @@ def template_kind(template: str) -> int:
     return KIND_NONE
 
 
+def _migration_masks(cluster: Cluster) -> list[tuple[int, int]]:
+    """Per node: (its migration classes, the classes it may receive), as bit masks.
+
+    Node tags `PREFIX:...` with cluster tag `htools:migration:PREFIX` are migration classes;
+    `htools:allowmigration:X::Y` lets nodes of class Y receive from class X.
+    """
+    prefixes = [t[len("htools:migration:"):] + ":" for t in cluster.tags if t.startswith("htools:migration:")]
+    allowed = [t[len("htools:allowmigration:"):].split("::", 1) for t in cluster.tags
+               if t.startswith("htools:allowmigration:") and "::" in t]
+    classes = _Interner("migration")
+    out = []
+    for node in cluster.nodes:
+        own = [t for t in node.tags if any(t.startswith(p) for p in prefixes)]
+        receive = own + [src for src, dst in allowed if dst in own]
+        out.append((classes.mask(own), classes.mask(receive)))
+    return out
+
+
 def _prefixes(cluster: Cluster, extra_exclusion: list[str]) -> tuple[list[str], list[str], list[str]]:
     excl = [t[len("htools:iextags:"):] for t in cluster.tags if t.startswith("htools:iextags:")]
     excl += [x + ":" for x in extra_exclusion]
@@ -115,7 +133,8 @@ def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_e
     for inst in cluster.instances:
         if inst.status in MEMORY_STATUSES and not inst.forthcoming:
             primary_mem[inst.pnode] += inst.mem
-    for node in cluster.nodes:
+    migration = _migration_masks(cluster)
+    for k, node in enumerate(cluster.nodes):
         policy = cluster.policy_of(node.group)
         # htools freezes the memory it cannot explain at load time (xMem); only positive values count.
         missing = int(node.t_mem) - node.n_mem - primary_mem[node.name] - node.f_mem
@@ -124,7 +143,8 @@ def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_e
                       cpu_speed=float(node.cpu_speed), node_cpus=node.node_cpus,
                       hi_spindles=policy.spindle_ratio * node.spindles, vcpu_ratio=policy.vcpu_ratio, lo_dsk=0.0,
                       offline=int(node.offline or node.name in offline), group=group_index[node.group],
-                      loc_mask=locs.mask([t for t in node.tags if any(t.startswith(p) for p in loc_prefixes)]))
+                      loc_mask=locs.mask([t for t in node.tags if any(t.startswith(p) for p in loc_prefixes)]),
+                      mig_mask=migration[k][0], rmig_mask=migration[k][1])
         for name in NODE_FIELDS:
             spec.nodes[name].append(values[name])
         spec.node_names.append(node.name)
