@@ -22,6 +22,7 @@ class GroupOutcome:
     score: float = 0.0
     successes: int = 0
     failures: dict[str, int] = field(default_factory=dict)
+    error: str = ""
 
     def reasons(self) -> str:
         """hail's failure list, e.g. 'FailMem: 6, FailDisk: 2'."""
@@ -65,6 +66,10 @@ def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, gro
         violation = policy_of(g) if policy_of else None
         if violation:
             outcome.failures = {FAIL_NAMES[FAIL_DISK]: 1}
+            continue
+        online = _candidate_count(engine, spec, g, 1, mask)
+        if online < required:
+            outcome.error = "Not enough online nodes"
             continue
         found, counts = engine.best_alloc(g, inst, required, mask, flags, -1 if whole_cluster else g)
         outcome.failures = {FAIL_NAMES[k]: counts[k] for k in range(1, len(FAIL_NAMES)) if counts[k]}

@@ -57,14 +57,15 @@ static long u_mem(const cairn_cluster *c, int k, const cairn_nstate *st) { retur
 
 static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, double *v)
 {
+    /* Offline nodes loaded with unknown resources have zero totals; their ratios are unused. */
     double t_mem = c->t_mem[k], t_dsk = c->t_dsk[k];
     double p_dsk = t_dsk > 0 ? (double)st->f_dsk / t_dsk : 1.0;
-    double r = (double)st->r_mem / t_mem;
-    double cpu = (double)st->u_cpu / c->t_cpu[k] / c->cpu_speed[k];
-    double sp = (double)st->inst_sp / c->hi_spindles[k];
+    double r = t_mem != 0 ? (double)st->r_mem / t_mem : 0.0;
+    double cpu = c->t_cpu[k] != 0 && c->cpu_speed[k] != 0 ? (double)st->u_cpu / c->t_cpu[k] / c->cpu_speed[k] : 0.0;
+    double sp = c->hi_spindles[k] != 0 ? (double)st->inst_sp / c->hi_spindles[k] : 0.0;
     long both = st->pcnt + st->scnt;
     double load = (double)st->pcnt * c->dynu;
-    v[0] = (double)u_mem(c, k, st) / t_mem;
+    v[0] = t_mem != 0 ? (double)u_mem(c, k, st) / t_mem : 0.0;
     v[1] = p_dsk;
     v[2] = st->fail ? (double)both : 0.0;
     v[3] = r;
@@ -77,7 +78,7 @@ static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, d
     v[10] = load;
     v[11] = (double)st->tags_v;
     v[12] = sp;
-    v[13] = (double)(c->forth_base[k] - st->all_mem) / t_mem;
+    v[13] = t_mem != 0 ? (double)(c->forth_base[k] - st->all_mem) / t_mem : 0.0;
     v[14] = p_dsk;
     v[15] = cpu;
     v[16] = sp;

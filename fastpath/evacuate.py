@@ -145,8 +145,9 @@ def target_group(session, inst: int, groups: list[int]):
     chosen, outcomes = allocate(engine, spec, session.cluster, session.spare, required, groups, None,
                                 session.options.ignore_soft_errors, session.options.capacity_checks)
     if chosen is None:
-        return ", ".join(f"Group {o.name} ({o.policy}): No valid allocation solutions, failure reasons: "
-                         f"{o.reasons()}" for o in outcomes)
+        from fastpath.iallocator import group_text
+
+        return ", ".join(group_text(o) for o in outcomes)
     return chosen.index
 
 

@@ -169,7 +169,10 @@ def _allocate_one(session: Session, request: dict, inst: int, obj: dict):
                     session.options.capacity_checks, violation, whole_cluster=not request.get("group_name"))
 
 
-def _group_text(outcome) -> str:
+def group_text(outcome) -> str:
+    """hail's text for a group that got no solution."""
+    if outcome.error:
+        return f"Group {outcome.name}: error {outcome.error}"
     if outcome.nodes is None:
         return (f"Group {outcome.name} ({outcome.policy}): No valid allocation solutions, failure reasons: "
                 f"{outcome.reasons()}")
@@ -186,13 +189,13 @@ def answer_allocate(document: dict, options: Options) -> dict:
 
 def _allocation_response(session: Session, chosen, outcomes, say_group: bool = True) -> dict:
     if chosen is None:
-        text = ", ".join(_group_text(o) for o in outcomes)
+        text = ", ".join(group_text(o) for o in outcomes)
         return {"success": False, "info": f"Request failed: {text}", "result": []}
     # hail names the selected group unless the request named it.
     parts = [f"Selected group: {chosen.name}"] if say_group else []
     for o in outcomes:
         if o.nodes is None:
-            parts.append(_group_text(o))
+            parts.append(group_text(o))
             continue
         nodes = "/".join(session.names[k] for k in o.nodes if k >= 0)
         parts.append(f"Group {o.name} ({o.policy}): score: {o.score:.8f}, successes {o.successes}, "
@@ -211,7 +214,7 @@ def answer_multi_allocate(document: dict, options: Options) -> dict:
         chosen, outcomes = _allocate_one(session, request, inst, obj)
         if chosen is None:
             # As with hail, one instance that fits nowhere fails the whole request.
-            text = ", ".join(_group_text(o) for o in outcomes)
+            text = ", ".join(group_text(o) for o in outcomes)
             return {"success": False, "info": f"Request failed: {text}", "result": []}
         session.engine.place(inst, chosen.nodes[0], chosen.nodes[1])
         allocated.append([obj["name"], [session.names[k] for k in chosen.nodes if k >= 0]])

@@ -158,12 +158,14 @@ class Engine:
         """The 20 per-node values of the cost function for node k in state st."""
         nd, dynu = self.nd, self.spec.dynu
         t_mem, t_dsk = nd["t_mem"][k], nd["t_dsk"][k]
-        p_mem = self._u_mem(k, st) / t_mem
+        # Offline nodes loaded with unknown resources have zero totals; their ratios are unused.
+        inv_mem = 1.0 / t_mem if t_mem else 0.0
+        p_mem = self._u_mem(k, st) / t_mem if t_mem else 0.0
         p_dsk = st[F_DSK] / t_dsk if t_dsk > 0 else 1.0
-        r = st[R_MEM] / t_mem
-        cpu = st[U_CPU] / nd["t_cpu"][k] / nd["cpu_speed"][k]
-        sp = st[INST_SP] / nd["hi_spindles"][k]
-        forth = (self.forth_base[k] - st[ALL_MEM]) / t_mem
+        r = st[R_MEM] / t_mem if t_mem else 0.0
+        cpu = st[U_CPU] / nd["t_cpu"][k] / nd["cpu_speed"][k] if nd["t_cpu"][k] and nd["cpu_speed"][k] else 0.0
+        sp = st[INST_SP] / nd["hi_spindles"][k] if nd["hi_spindles"][k] else 0.0
+        forth = (self.forth_base[k] - st[ALL_MEM]) / t_mem if inv_mem else 0.0
         both = st[PCNT] + st[SCNT]
         n1 = float(both) if st[FAIL] else 0.0
         load = st[PCNT] * dynu
