@@ -9,14 +9,13 @@ within the dedup window changes nothing.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Iterable
 
 from appliance.model import events as ev
 from appliance.model.codec import Envelope, decode
 from appliance.model.state import (
     ClusterParams, ClusterState, Disk, Group, Instance, Job, JOB_FINISHED, Nic, Node, NodeUsage, User,
-    add_usage,
+    add_usage, gc_paused,
 )
 
 # A handler returns the next state, or (on hot paths) a dict of the state fields it changes.
@@ -74,9 +73,7 @@ def fold(records: Iterable, state: ClusterState | None = None, until: int | None
     state = state if state is not None else ClusterState()
     handlers, _decode, stamped = HANDLERS, decode, _stamped
     limit = until if until is not None else float("inf")
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         for record in records:
             seq = record.seq
             if seq > limit:
@@ -89,9 +86,6 @@ def fold(records: Iterable, state: ClusterState | None = None, until: int | None
             event = envelope.event
             state = stamped(state, handlers[type(event)](state, event, envelope, seq), seq,
                             recent.push(envelope.event_id))
-    finally:
-        if was_enabled:
-            gc.enable()
     return state
 
 
