@@ -454,6 +454,13 @@ static int st_add_sec(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
     return OK;
 }
 
+/* hbal re-adds the primary of a secondary replacement, so its N+1 flag takes the after-move test. */
+static void refreshed_primary(const cairn_cluster *c, int op, cairn_nstate *out)
+{
+    *out = c->state[op];
+    out->fail = u_mem(c, op, out) <= out->r_mem;
+}
+
 static cairn_nstate *touch(touch_set *t, int k)
 {
     for (int j = 0; j < t->n; j++)
@@ -544,6 +551,7 @@ static int move_states(cairn_cluster *c, int i, int kind, int target, int flags,
         status = st_add_sec(c, target, &c->state[target], i, force_s, rmem_with(c, target, op, sec, -1, 0), 0,
                             touch(t, target));
         st_remove(c, os, &c->state[os], i, 2, op, touch(t, os));
+        refreshed_primary(c, op, touch(t, op));
         break;
     case REPLACE_PRIMARY:
         st_remove(c, op, &c->state[op], i, 1, -1, touch(t, op));
@@ -862,6 +870,7 @@ static void instance_bounds(cairn_cluster *c, int group, search *s, int i, int f
         kb[k].feasible = 0;
     t.n = 0;
     *touch(&t, os) = int_s;
+    refreshed_primary(c, op, touch(&t, op));
     bound_fixed(c, &s->st, &t, &kb[REPLACE_SECONDARY]);
     kb[REPLACE_SECONDARY].feasible = 1;
     t.n = 0;

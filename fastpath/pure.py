@@ -330,6 +330,10 @@ class Engine:
             status, new[target] = self._add_sec(target, self.state[target], i, force_s,
                                                 self._rmem_with(target, [(op, sec)]))
             new[os_] = self._remove(os_, self.state[os_], i, 2, op)
+            # hbal re-adds the primary, so its N+1 flag takes the after-move test.
+            primary = list(self.state[op])
+            primary[FAIL] = int(self._u_mem(op, primary) <= primary[R_MEM])
+            new[op] = primary
         elif kind == REPLACE_PRIMARY:
             new[op] = self._remove(op, self.state[op], i, 1, -1)
             int_s = self._remove(os_, self.state[os_], i, 2, op)

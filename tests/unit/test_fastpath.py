@@ -93,6 +93,8 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("n20.ignore-soft-errors.hbal", {"options": BalanceOptions(ignore_soft_errors=True, max_moves=8)}),
     ("n20.ignore-dynu.hbal", {"ignore_dynu": True, "options": BalanceOptions(max_moves=8)}),
     ("n20.min-disk.hbal", {"min_disk": 0.3, "options": BalanceOptions(max_moves=8)}),
+    ("fuzz-109.hbal", {"options": BalanceOptions(no_instance_moves=True)}),
+    ("fuzz-124.hbal", {"options": BalanceOptions(no_instance_moves=True), "offline": ["node-0003"]}),
     ("n20-migration.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
     ("n20-migration.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True, max_moves=10)}),
     ("n20.restricted.hbal", {"options": BalanceOptions(restricted_migration=True, max_moves=8)}),
