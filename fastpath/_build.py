@@ -35,6 +35,8 @@ typedef struct {
     long *acc_a, *acc_b, *acc_c, *acc_d;
     double *vals;
     long *loc_totals;         /* n_groups */
+    long *top_val;            /* n_nodes * 2: the two largest peer entries */
+    int *top_peer;            /* n_nodes * 2: their peers (-1: none) */
     int initialised;
 } cairn_cluster;
 int cairn_stddev(const double *values, size_t n, double *out);

@@ -207,44 +207,47 @@ static void stats_init(const cairn_cluster *c, int group, stats *s)
     s->loc_total = loc_total(c, group);
 }
 
+/* Metrics of equal value per node share one standard deviation: the approximate score sums each
+ * distinct deviation once with the weights of its copies (the exact re-check scores them apart). */
+#define SLOTS 8
+static const int SLOT_METRIC[SLOTS] = {0, 1, 3, 6, 7, 9, 12, 13};
+static const double SLOT_WEIGHT[SLOTS] = {0.5, 1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 0.5};
+static const int ONLINE_SUMS[] = {2, 11, 17, 19};
+static const int OFFLINE_SUMS[] = {4, 5};
+
 static double approx_with(const cairn_cluster *c, const stats *s, const touch_set *t, long loc_delta)
 {
-    double dsum[CAIRN_METRICS] = {0}, dsq[CAIRN_METRICS] = {0}, doff[CAIRN_METRICS] = {0};
+    double dsum[CAIRN_METRICS] = {0}, dsq[SLOTS] = {0}, doff[CAIRN_METRICS] = {0};
     double nv[CAIRN_METRICS];
     for (int j = 0; j < t->n; j++) {
         int k = t->k[j];
         const double *ov = c->vals + k * CAIRN_METRICS;
         node_values(c, k, &t->st[j], nv);
-        for (int m = 0; m < CAIRN_METRICS; m++) {
-            if (c->offline[k]) {
-                doff[m] += nv[m] - ov[m];
-                continue;
-            }
+        if (c->offline[k]) {
+            for (size_t j2 = 0; j2 < sizeof OFFLINE_SUMS / sizeof OFFLINE_SUMS[0]; j2++)
+                doff[OFFLINE_SUMS[j2]] += nv[OFFLINE_SUMS[j2]] - ov[OFFLINE_SUMS[j2]];
+            continue;
+        }
+        for (size_t j2 = 0; j2 < sizeof ONLINE_SUMS / sizeof ONLINE_SUMS[0]; j2++)
+            dsum[ONLINE_SUMS[j2]] += nv[ONLINE_SUMS[j2]] - ov[ONLINE_SUMS[j2]];
+        for (int q = 0; q < SLOTS; q++) {
+            int m = SLOT_METRIC[q];
             double x = ov[m] - s->mean[m], y = nv[m] - s->mean[m];
             dsum[m] += nv[m] - ov[m];
-            dsq[m] += y * y - x * x;
+            dsq[q] += y * y - x * x;
         }
     }
-    double total = 0.0;
-    for (int m = 0; m < CAIRN_METRICS; m++) {
-        double value;
-        if (AGG[m] == 0) {
-            if (s->n_on == 0) {
-                value = 0.0;
-            } else {
-                double shift = dsum[m] / s->n_on;
-                double m2 = s->m2[m] + dsq[m] - s->n_on * shift * shift;
-                value = m2 > 0 ? sqrt(m2 / s->n_on) : 0.0;
-            }
-        } else if (AGG[m] == 1) {
-            value = s->sum_on[m] + dsum[m];
-        } else if (AGG[m] == 2) {
-            value = s->sum_off[m] + doff[m];
-        } else {
-            value = (double)(s->loc_total + loc_delta);
-        }
-        total += WEIGHTS[m] * value;
+    double total = WEIGHTS[18] * (double)(s->loc_total + loc_delta);
+    for (int q = 0; q < SLOTS && s->n_on > 0; q++) {
+        int m = SLOT_METRIC[q];
+        double shift = dsum[m] / s->n_on;
+        double m2 = s->m2[m] + dsq[q] - s->n_on * shift * shift;
+        total += SLOT_WEIGHT[q] * (m2 > 0 ? sqrt(m2 / s->n_on) : 0.0);
     }
+    for (size_t j = 0; j < sizeof ONLINE_SUMS / sizeof ONLINE_SUMS[0]; j++)
+        total += WEIGHTS[ONLINE_SUMS[j]] * (s->sum_on[ONLINE_SUMS[j]] + dsum[ONLINE_SUMS[j]]);
+    for (size_t j = 0; j < sizeof OFFLINE_SUMS / sizeof OFFLINE_SUMS[0]; j++)
+        total += WEIGHTS[OFFLINE_SUMS[j]] * (s->sum_off[OFFLINE_SUMS[j]] + doff[OFFLINE_SUMS[j]]);
     return total;
 }
 
@@ -342,9 +345,48 @@ static void loccnt_change(cairn_cluster *c, int i, int p, int sign)
     }
 }
 
+/* Node k's two largest peer entries (peer -1: none), which rebuild keeps: with them most
+ * reserved-memory questions about one changed entry are answered without walking k's secondaries. */
+static long top_peers(cairn_cluster *c, int k)
+{
+    long *acc = c->acc_a, *val = c->top_val + 2 * k;
+    int *peer = c->top_peer + 2 * k;
+    peer[0] = peer[1] = -1;
+    val[0] = val[1] = 0;
+    for (int j = c->sec_head[k]; j >= 0; j = c->sec_next[j])
+        acc[c->pnode[j]] += c->sec_mem[j];
+    for (int j = c->sec_head[k]; j >= 0; j = c->sec_next[j]) {
+        int p = c->pnode[j];
+        if (p == peer[0] || p == peer[1])
+            continue;
+        if (peer[0] < 0 || acc[p] > val[0]) {
+            peer[1] = peer[0], val[1] = val[0];
+            peer[0] = p, val[0] = acc[p];
+        } else if (peer[1] < 0 || acc[p] > val[1]) {
+            peer[1] = p, val[1] = acc[p];
+        }
+    }
+    for (int j = c->sec_head[k]; j >= 0; j = c->sec_next[j])
+        acc[c->pnode[j]] = 0;
+    return val[0] > 0 ? val[0] : 0;
+}
+
+static long max2(long a, long b) { return a > b ? a : b; }
+
 /* Node k's reserved memory after adding d1 to peer p1's entry and d2 to p2's (p < 0: none). */
 static long rmem_with(cairn_cluster *c, int k, int p1, long d1, int p2, long d2)
 {
+    if (p1 >= 0 && p2 < 0) {
+        const int *peer = c->top_peer + 2 * k;
+        const long *val = c->top_val + 2 * k;
+        if (p1 == peer[0])
+            return max2(max2(val[0] + d1, val[1]), 0);
+        if (p1 == peer[1])
+            return max2(val[0], val[1] + d1);
+        /* Any other entry is at most the second largest. */
+        if (d1 <= 0 || val[0] >= val[1] + d1)
+            return val[0];
+    }
     long *acc = c->acc_a, best = 0;
     for (int j = c->sec_head[k]; j >= 0; j = c->sec_next[j])
         acc[c->pnode[j]] += c->sec_mem[j];
@@ -353,12 +395,11 @@ static long rmem_with(cairn_cluster *c, int k, int p1, long d1, int p2, long d2)
     if (p2 >= 0)
         acc[p2] += d2;
     for (int j = c->sec_head[k]; j >= 0; j = c->sec_next[j])
-        if (acc[c->pnode[j]] > best)
-            best = acc[c->pnode[j]];
-    if (p1 >= 0 && acc[p1] > best)
-        best = acc[p1];
-    if (p2 >= 0 && acc[p2] > best)
-        best = acc[p2];
+        best = max2(best, acc[c->pnode[j]]);
+    if (p1 >= 0)
+        best = max2(best, acc[p1]);
+    if (p2 >= 0)
+        best = max2(best, acc[p2]);
     for (int j = c->sec_head[k]; j >= 0; j = c->sec_next[j])
         acc[c->pnode[j]] = 0;
     if (p1 >= 0)
@@ -637,7 +678,7 @@ int cairn_rebuild(cairn_cluster *c)
     }
     for (int k = 0; k < c->n_nodes; k++) {
         cairn_nstate *st = &c->state[k];
-        st->r_mem = rmem_with(c, k, -1, 0, -1, 0);
+        st->r_mem = top_peers(c, k);
         st->fail = c->touched[k] ? u_mem(c, k, st) <= st->r_mem : c->f_mem[k] < st->r_mem;
         if (!c->initialised)
             c->forth_base[k] = c->f_mem[k] + st->i_mem;
@@ -721,9 +762,6 @@ static void consider(cairn_cluster *c, int group, search *s, int i, int kind, in
  * entries change the fixed part ("special" targets) are always evaluated.
  */
 
-#define SLOTS 8
-static const int SLOT_METRIC[SLOTS] = {0, 1, 3, 6, 7, 9, 12, 13};
-static const double SLOT_WEIGHT[SLOTS] = {0.5, 1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 0.5};
 static const int SUM_METRICS[] = {2, 4, 5, 11, 17, 18, 19};
 
 typedef struct {

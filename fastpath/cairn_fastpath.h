@@ -41,6 +41,8 @@ typedef struct {
     long *acc_a, *acc_b, *acc_c, *acc_d; /* zeroed scratch */
     double *vals;             /* n_nodes * 20 */
     long *loc_totals;         /* n_groups */
+    long *top_val;            /* n_nodes * 2: the two largest peer entries */
+    int *top_peer;            /* n_nodes * 2: their peers (-1: none) */
     int initialised;
 } cairn_cluster;
 

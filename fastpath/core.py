@@ -67,6 +67,7 @@ class Engine:
         c.loccnt = self._array("int", groups * 64 * MAX_TAGS)
         c.loc_totals = self._array("long", groups)
         c.vals = self._array("double", n * 20)
+        c.top_val, c.top_peer = self._array("long", 2 * n), self._array("int", 2 * n)
         _check(lib.cairn_rebuild(c), "rebuild")
 
     def _array(self, ctype: str, size: int, values: Sequence = ()):

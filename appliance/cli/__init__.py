@@ -1,25 +1,43 @@
 """The `cairn` command line: thin typer commands over the model, ops, fastpath and the API.
 
-Each command group lives in its own module and registers itself here.
+Each command group lives in its own module and registers itself here. `balance`, `capacity` and
+`iallocator` first try a lean path that does not import typer or the model (see
+`appliance.cli.placement`), so they start about as fast as Python itself; `app` is built on first
+use.
 """
 
-import typer
+import sys
 
-from appliance.cli import events as _events
-from appliance.cli import placement as _placement
+HELP = "Cairn: highly available VMs on a few commodity servers, managed through one replicated event log."
 
-app = typer.Typer(
-    name="cairn",
-    help="Cairn: highly available VMs on a few commodity servers, managed through one replicated event log.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 
-app.add_typer(_events.app, name="events")
-_placement.register(app)
+def _build_app():
+    import typer
+
+    from appliance.cli import events as _events
+    from appliance.cli import placement as _placement
+
+    built = typer.Typer(name="cairn", help=HELP, no_args_is_help=True, add_completion=False,
+                        pretty_exceptions_enable=False)
+    built.add_typer(_events.app, name="events")
+    _placement.register(built)
+    return built
+
+
+def __getattr__(name: str):
+    # The typer app is built lazily (PEP 562) so that the lean placement path never imports typer.
+    if name == "app":
+        globals()["app"] = _build_app()
+        return globals()["app"]
+    raise AttributeError(f"module 'appliance.cli' has no attribute '{name}'")
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    from appliance.cli.placement import lean_main
+
+    code = lean_main(sys.argv[1:])
+    if code is not None:
+        sys.stdout.flush()
+        sys.exit(code)
+    __getattr__("app")()

@@ -1,64 +1,112 @@
 """`cairn balance`, `cairn capacity` and `cairn iallocator`: Ganeti's hbal, hspace and hail on fastpath.
 
-Imports of fastpath happen inside the commands, so `cairn iallocator` starts fast as a Ganeti
-iallocator script.
+The options of the three commands are declared once, in `COMMANDS`. `lean_main` parses a
+well-formed command line from that table without importing typer, so that the commands start
+about as fast as Python does (Ganeti runs an iallocator as a whole process per request, and
+operators time hbal the same way); anything it does not recognise (`--help`, a bad or unknown
+option) goes to the typer commands that `register` builds from the same table, which print
+typer's help and error texts.
 """
 
+from __future__ import annotations
+
+import sys
 from pathlib import Path
-from typing import Optional
-
-import typer
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"cairn: {message}", err=True)
-    raise typer.Exit(code)
+class Opt:
+    """One option (or, with kind "arg", the positional argument) of a placement command.
+
+    A plain class rather than a NamedTuple or dataclass: the lean path must not pay for `typing`.
+    """
+
+    __slots__ = ("name", "flags", "kind", "default", "help", "hidden")
+
+    def __init__(self, name: str, flags: tuple[str, ...], kind: str, default: object, help: str,
+                 hidden: bool = False):
+        # kind is "str", "int", "float", "optfloat", "flag", "list" or "arg".
+        self.name, self.flags, self.kind, self.default, self.help, self.hidden = (name, flags, kind, default,
+                                                                                  help, hidden)
+
+
+class Failed(Exception):
+    """The command stops with this message on stderr and exit code 1."""
+
+
+ENGINE = Opt("engine", ("--engine",), "str", "c", "c or pure (for testing).", True)
+TEXT_FILE = Opt("text_file", ("-t", "--text-data"), "str", None, "Cluster in htools text format.")
+IGNORE_SOFT = Opt("ignore_soft_errors", ("--ignore-soft-errors",), "flag", False, "Skip soft placement checks.")
+
+BALANCE = (
+    TEXT_FILE,
+    Opt("max_length", ("-l", "--max-length"), "int", -1, "At most this many moves (-1: no limit)."),
+    Opt("min_gain", ("-g", "--min-gain"), "float", 0.01, "Minimum gain per step below --min-gain-limit."),
+    Opt("min_gain_limit", ("--min-gain-limit",), "float", 0.1, "Score under which -g applies."),
+    Opt("epsilon", ("-e", "--epsilon"), "float", 1e-9, "Stop within this much of the lower bound."),
+    Opt("no_disk_moves", ("--no-disk-moves",), "flag", False, "Only failovers."),
+    Opt("no_instance_moves", ("--no-instance-moves",), "flag", False, "Only secondary replacements."),
+    Opt("evac_mode", ("-E", "--evac-mode"), "flag", False, "Only move instances off offline nodes."),
+    Opt("offline", ("-O", "--offline"), "list", None, "Treat these nodes as offline (repeatable, or a comma list)."),
+    Opt("group", ("-G", "--group"), "str", None, "Node group (name or uuid) to balance."),
+    Opt("print_commands", ("-C", "--print-commands"), "flag", False, "Print the gnt-instance commands."),
+    Opt("save", ("-S", "--save"), "str", None, "Write PREFIX.original and PREFIX.balanced."),
+    IGNORE_SOFT,
+    Opt("restricted_migration", ("--restricted-migration",), "flag", False,
+        "No moves that migrate to a new primary (unless it is offline)."),
+    Opt("exclusion_tags", ("--exclusion-tags",), "str", None, "Extra exclusion tag prefixes."),
+    Opt("ignore_dynu", ("--ignore-dynu",), "flag", False, "Ignore dynamic utilisation (loads 0)."),
+    Opt("select_instances", ("--select-instances",), "str", None, "Only move these instances."),
+    Opt("exclude_instances", ("--exclude-instances",), "str", None, "Never move these instances."),
+    Opt("max_cpu", ("--max-cpu",), "optfloat", None, "Override the vCPU ratio limit."),
+    Opt("min_disk", ("--min-disk",), "optfloat", None, "Minimum free disk fraction per node."),
+    ENGINE,
+)
+IALLOCATOR = (
+    Opt("request_file", (), "arg", None, "The iallocator request (JSON); '-' reads stdin."),
+    Opt("no_capacity_checks", ("--no-capacity-checks",), "flag", False, "Skip the global N+1 check."),
+    IGNORE_SOFT,
+    Opt("static_kvm_node_memory", ("--static-kvm-node-memory",), "int", 4096,
+        "Reserved node memory on kvm clusters (0: as reported)."),
+    ENGINE,
+)
+CAPACITY = (
+    TEXT_FILE,
+    Opt("machine_readable", ("--machine-readable",), "flag", False, "HTS_* key=value lines (hspace's)."),
+    Opt("accept_existing_errors", ("--accept-existing-errors",), "flag", False,
+        "Plan even if the cluster already fails N+1."),
+    Opt("disk_template", ("--disk-template",), "str", None, "Template of the new instances."),
+    Opt("max_length", ("-l", "--max-length"), "int", -1, "At most this many allocations per phase."),
+    Opt("no_tiered", ("--no-tiered",), "flag", False, "Skip the tiered phase."),
+    Opt("tiered_alloc", ("--tiered-alloc",), "str", None, "Start the tiered phase at DISK,RAM,CPU (hspace's order)."),
+    ENGINE,
+)
+
+
+def _out(line: str) -> None:
+    print(line, file=sys.stdout)
 
 
 def _read(path: str) -> str:
     try:
-        return Path(path).read_text() if path != "-" else typer.get_text_stream("stdin").read()
+        return Path(path).read_text() if path != "-" else sys.stdin.read()
     except OSError as error:
-        _fail(f"cannot read '{path}': {error.strerror}; check the path")
-    return ""
+        raise Failed(f"cannot read '{path}': {error.strerror}; check the path") from None
 
 
-def _names(text: Optional[str]) -> list[str]:
+def _names(text: str | None) -> list[str]:
     return [n for n in (text or "").split(",") if n]
 
 
-def balance(
-    text_file: Optional[str] = typer.Option(None, "-t", "--text-data", help="Cluster in htools text format."),
-    max_length: int = typer.Option(-1, "-l", "--max-length", help="At most this many moves (-1: no limit)."),
-    min_gain: float = typer.Option(0.01, "-g", "--min-gain", help="Minimum gain per step below --min-gain-limit."),
-    min_gain_limit: float = typer.Option(0.1, "--min-gain-limit", help="Score under which -g applies."),
-    epsilon: float = typer.Option(1e-9, "-e", "--epsilon", help="Stop within this much of the lower bound."),
-    no_disk_moves: bool = typer.Option(False, "--no-disk-moves", help="Only failovers."),
-    no_instance_moves: bool = typer.Option(False, "--no-instance-moves", help="Only secondary replacements."),
-    evac_mode: bool = typer.Option(False, "-E", "--evac-mode", help="Only move instances off offline nodes."),
-    offline: Optional[list[str]] = typer.Option(None, "-O", "--offline",
-                                                help="Treat these nodes as offline (repeatable, or a comma list)."),
-    group: Optional[str] = typer.Option(None, "-G", "--group", help="Node group (name or uuid) to balance."),
-    print_commands: bool = typer.Option(False, "-C", "--print-commands", help="Print the gnt-instance commands."),
-    save: Optional[str] = typer.Option(None, "-S", "--save", help="Write PREFIX.original and PREFIX.balanced."),
-    ignore_soft_errors: bool = typer.Option(False, "--ignore-soft-errors", help="Skip soft placement checks."),
-    restricted_migration: bool = typer.Option(False, "--restricted-migration",
-                                              help="No moves that migrate to a new primary (unless it is offline)."),
-    exclusion_tags: Optional[str] = typer.Option(None, "--exclusion-tags", help="Extra exclusion tag prefixes."),
-    ignore_dynu: bool = typer.Option(False, "--ignore-dynu", help="Ignore dynamic utilisation (loads 0)."),
-    select_instances: Optional[str] = typer.Option(None, "--select-instances", help="Only move these instances."),
-    exclude_instances: Optional[str] = typer.Option(None, "--exclude-instances", help="Never move these instances."),
-    max_cpu: Optional[float] = typer.Option(None, "--max-cpu", help="Override the vCPU ratio limit."),
-    min_disk: Optional[float] = typer.Option(None, "--min-disk", help="Minimum free disk fraction per node."),
-    engine: str = typer.Option("c", "--engine", hidden=True, help="c or pure (for testing)."),
-) -> None:
+def balance(text_file, max_length, min_gain, min_gain_limit, epsilon, no_disk_moves, no_instance_moves, evac_mode,
+            offline, group, print_commands, save, ignore_soft_errors, restricted_migration, exclusion_tags,
+            ignore_dynu, select_instances, exclude_instances, max_cpu, min_disk, engine) -> int:
     """Balance the cluster like Ganeti's hbal: greedy moves that lower the cluster score."""
     from fastpath.balance import BalanceOptions
     from fastpath.hbal import HbalError, HbalRequest, run
     from fastpath.htools_text import FormatError
 
     if text_file is None:
-        _fail("balancing the live cluster is not available yet; give a cluster file with -t FILE")
+        raise Failed("balancing the live cluster is not available yet; give a cluster file with -t FILE")
     options = BalanceOptions(max_length, min_gain, min_gain_limit, epsilon, no_disk_moves, no_instance_moves,
                              evac_mode, ignore_soft_errors, restricted_migration)
     offline_names = [name for item in offline or [] for name in _names(item)]
@@ -66,83 +114,163 @@ def balance(
                           _names(exclusion_tags), ignore_dynu, engine, _names(select_instances),
                           _names(exclude_instances), max_cpu, min_disk)
     try:
-        files = run(request, typer.echo)
+        files = run(request, _out)
     except (HbalError, FormatError) as error:
-        _fail(str(error))
+        raise Failed(str(error)) from None
     for path, content in files.items():
         Path(path).write_text(content)
+    return 0
 
 
-def iallocator(
-    request_file: str = typer.Argument(..., help="The iallocator request (JSON); '-' reads stdin."),
-    no_capacity_checks: bool = typer.Option(False, "--no-capacity-checks", help="Skip the global N+1 check."),
-    ignore_soft_errors: bool = typer.Option(False, "--ignore-soft-errors", help="Skip soft placement checks."),
-    static_kvm_node_memory: int = typer.Option(4096, "--static-kvm-node-memory",
-                                               help="Reserved node memory on kvm clusters (0: as reported)."),
-    engine: str = typer.Option("c", "--engine", hidden=True, help="c or pure (for testing)."),
-) -> None:
+def iallocator(request_file, no_capacity_checks, ignore_soft_errors, static_kvm_node_memory, engine) -> int:
     """Answer a Ganeti iallocator request like hail: one line of JSON on stdout."""
     from fastpath.iallocator import Options, RequestError, answer
 
     options = Options(not no_capacity_checks, ignore_soft_errors, static_kvm_node_memory, engine)
     try:
-        typer.echo(answer(_read(request_file), options))
+        _out(answer(_read(request_file), options))
     except RequestError as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1)
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
-def capacity(
-    text_file: Optional[str] = typer.Option(None, "-t", "--text-data", help="Cluster in htools text format."),
-    machine_readable: bool = typer.Option(False, "--machine-readable", help="HTS_* key=value lines (hspace's)."),
-    accept_existing_errors: bool = typer.Option(False, "--accept-existing-errors",
-                                                help="Plan even if the cluster already fails N+1."),
-    disk_template: Optional[str] = typer.Option(None, "--disk-template", help="Template of the new instances."),
-    max_length: int = typer.Option(-1, "-l", "--max-length", help="At most this many allocations per phase."),
-    no_tiered: bool = typer.Option(False, "--no-tiered", help="Skip the tiered phase."),
-    tiered_alloc: Optional[str] = typer.Option(None, "--tiered-alloc",
-                                               help="Start the tiered phase at DISK,RAM,CPU (hspace's order)."),
-    engine: str = typer.Option("c", "--engine", hidden=True, help="c or pure (for testing)."),
-) -> None:
+def _tiered_spec(tiered_alloc: str | None):
+    if not tiered_alloc:
+        return None
+    try:
+        disk, ram, cpu = (int(v) for v in tiered_alloc.split(","))
+    except ValueError:
+        raise Failed(f"--tiered-alloc '{tiered_alloc}' must be DISK,RAM,CPU in MiB, MiB and CPUs, "
+                     "e.g. 10240,1024,1") from None
+    return ram, disk, cpu
+
+
+def capacity(text_file, machine_readable, accept_existing_errors, disk_template, max_length, no_tiered, tiered_alloc,
+             engine) -> int:
     """Plan capacity like Ganeti's hspace: how many more instances fit."""
     from fastpath.capacity import CapacityRequest, plan
     from fastpath.htools_text import FormatError, parse
 
     if text_file is None:
-        _fail("capacity of the live cluster is not available yet; give a cluster file with -t FILE")
+        raise Failed("capacity of the live cluster is not available yet; give a cluster file with -t FILE")
     template = {"replicated": "drbd"}.get(disk_template, disk_template)
     try:
         cluster = parse(_read(text_file))
     except FormatError as error:
-        _fail(str(error))
-    tiered_spec = None
-    if tiered_alloc:
-        try:
-            disk, ram, cpu = (int(v) for v in tiered_alloc.split(","))
-        except ValueError:
-            _fail(f"--tiered-alloc '{tiered_alloc}' must be DISK,RAM,CPU in MiB, MiB and CPUs, e.g. 10240,1024,1")
-        tiered_spec = (ram, disk, cpu)
+        raise Failed(str(error)) from None
     request = CapacityRequest(cluster, accept_existing_errors, template, max_length, not no_tiered, engine,
-                              tiered_spec)
+                              _tiered_spec(tiered_alloc))
     values = plan(request)
     if machine_readable:
         for key, value in values:
-            typer.echo(f"{key}={value}")
-        return
+            _out(f"{key}={value}")
+        return 0
     found = dict(values)
-    typer.echo(f"The cluster has {found['HTS_CLUSTER_NODES']} nodes and {found['HTS_INI_INST_CNT']} instances.")
+    _out(f"The cluster has {found['HTS_CLUSTER_NODES']} nodes and {found['HTS_INI_INST_CNT']} instances.")
     if "HTS_TSPEC" in found:
-        typer.echo(f"Tiered allocation: {found['HTS_TRL_INST_CNT'] - found['HTS_INI_INST_CNT']} instances "
-                   f"({found['HTS_TSPEC'].strip(chr(39)) or 'none'})")
-    typer.echo(f"Standard allocation: {found['HTS_ALLOC_INSTANCES']} instances of "
-               f"{found['HTS_SPEC_MEM']} MiB / {found['HTS_SPEC_DSK']} MiB / {found['HTS_SPEC_CPU']} CPU "
-               f"({found['HTS_SPEC_DISK_TEMPLATE']}); most likely failure reason: {found['HTS_ALLOC_FAIL_REASON']}")
-    typer.echo(f"Initial cluster score: {found['HTS_INI_SCORE']}, final: {found['HTS_FIN_SCORE']}")
+        _out(f"Tiered allocation: {found['HTS_TRL_INST_CNT'] - found['HTS_INI_INST_CNT']} instances "
+             f"({found['HTS_TSPEC'].strip(chr(39)) or 'none'})")
+    _out(f"Standard allocation: {found['HTS_ALLOC_INSTANCES']} instances of "
+         f"{found['HTS_SPEC_MEM']} MiB / {found['HTS_SPEC_DSK']} MiB / {found['HTS_SPEC_CPU']} CPU "
+         f"({found['HTS_SPEC_DISK_TEMPLATE']}); most likely failure reason: {found['HTS_ALLOC_FAIL_REASON']}")
+    _out(f"Initial cluster score: {found['HTS_INI_SCORE']}, final: {found['HTS_FIN_SCORE']}")
+    return 0
 
 
-def register(app: typer.Typer) -> None:
-    """Add the placement commands to the top-level app."""
-    app.command(help="Balance a cluster like Ganeti's hbal (text file with -t).")(balance)
-    app.command(help="Plan capacity like Ganeti's hspace (text file with -t).")(capacity)
-    app.command(help="Answer a Ganeti iallocator request like hail (installable as an iallocator script).")(
-        iallocator)
+# name: (help in `cairn --help`, options, implementation)
+COMMANDS = {
+    "balance": ("Balance a cluster like Ganeti's hbal (text file with -t).", BALANCE, balance),
+    "capacity": ("Plan capacity like Ganeti's hspace (text file with -t).", CAPACITY, capacity),
+    "iallocator": ("Answer a Ganeti iallocator request like hail (installable as an iallocator script).",
+                   IALLOCATOR, iallocator),
+}
+CONVERT = {"str": str, "int": int, "float": float, "optfloat": float}
+
+
+def _run(implementation, values: dict) -> int:
+    try:
+        return implementation(**values)
+    except Failed as error:
+        print(f"cairn: {error}", file=sys.stderr)
+        return 1
+
+
+def _parse(options: tuple[Opt, ...], args: list[str]) -> dict | None:
+    """The parameter values of a well-formed command line, or None for anything else (help, errors)."""
+    by_flag = {flag: opt for opt in options for flag in opt.flags}
+    values = {opt.name: opt.default for opt in options}
+    positional = [opt for opt in options if opt.kind == "arg"]
+    args = list(args)
+    while args:
+        arg = args.pop(0)
+        flag, _, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        opt = by_flag.get(flag)
+        if opt is None:
+            if arg.startswith("-") and arg != "-" or not positional:
+                return None
+            values[positional.pop(0).name] = arg
+            continue
+        if opt.kind == "flag":
+            if inline:
+                return None
+            values[opt.name] = True
+            continue
+        if not inline and not args:
+            return None
+        text = inline or args.pop(0)
+        if opt.kind == "list":
+            values[opt.name] = (values[opt.name] or []) + [text]
+            continue
+        try:
+            values[opt.name] = CONVERT[opt.kind](text)
+        except ValueError:
+            return None
+    return None if positional else values
+
+
+def lean_main(argv: list[str]) -> int | None:
+    """Run `cairn balance|capacity|iallocator ...` without typer: the exit code, or None to let typer
+    handle the command line (help, unknown options, bad values)."""
+    if not argv or argv[0] not in COMMANDS:
+        return None
+    _, options, implementation = COMMANDS[argv[0]]
+    values = _parse(options, argv[1:])
+    return None if values is None else _run(implementation, values)
+
+
+def _annotation(opt: Opt):
+    from typing import Optional
+
+    return {"str": Optional[str], "int": int, "float": float, "optfloat": Optional[float], "flag": bool,
+            "list": Optional[list[str]], "arg": str}[opt.kind]
+
+
+def _typer_command(name: str, options: tuple[Opt, ...], implementation):
+    """A typer command with the parameters of `options` that runs `implementation`."""
+    import inspect
+
+    import typer
+
+    def command(**values) -> None:
+        code = _run(implementation, values)
+        if code:
+            raise typer.Exit(code)
+
+    parameters = []
+    for opt in options:
+        default = (typer.Argument(..., help=opt.help) if opt.kind == "arg" else
+                   typer.Option(opt.default, *opt.flags, help=opt.help, hidden=opt.hidden))
+        parameters.append(inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=_annotation(opt)))
+    command.__signature__ = inspect.Signature(parameters)
+    command.__annotations__ = {opt.name: _annotation(opt) for opt in options}
+    command.__name__ = name
+    command.__doc__ = implementation.__doc__
+    return command
+
+
+def register(app) -> None:
+    """Add the placement commands to the top-level typer app."""
+    for name, (help_text, options, implementation) in COMMANDS.items():
+        app.command(name=name, help=help_text)(_typer_command(name, options, implementation))

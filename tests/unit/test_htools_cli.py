@@ -1,5 +1,7 @@
 """The placement CLI: `cairn balance -t`, `cairn capacity -t` and their files and errors."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -59,3 +61,43 @@ def test_capacity_tiered_alloc_matches_hspace_tiers():
     # hspace -t n20.txt --machine-readable --accept-existing-errors --tiered-alloc 10240,1024,1 printed these.
     assert "HTS_TSPEC='1024,10240,1,1=414 960,10240,1,1=5 896,10240,1,1=1'" in result.output
     assert "HTS_ALLOC_INSTANCES=414" in result.output
+
+
+def test_lean_path_prints_what_the_typer_command_prints(capsys):
+    """The lean command-line path gives the typer command's output for the same options."""
+    from appliance.cli.placement import lean_main
+
+    args = ["balance", "-t", str(DATA / "n4.txt"), "-O", "node-0001", "--evac-mode"]
+    assert lean_main(args) == 0
+    assert capsys.readouterr().out == runner.invoke(app, args).output
+
+
+def test_lean_path_leaves_help_and_bad_options_to_typer():
+    """--help, unknown options, missing values and bad numbers go to typer (None), which explains them."""
+    from appliance.cli.placement import lean_main
+
+    for args in (["balance", "--help"], ["balance", "--bogus"], ["balance", "-t"], ["balance", "-l", "x"],
+                 ["iallocator"], ["iallocator", "a.json", "b.json"], ["events", "verify"]):
+        assert lean_main(args) is None, args
+    assert "No such option: --bogus" in runner.invoke(app, ["balance", "--bogus"]).output
+
+
+def test_lean_path_reports_errors_like_the_command(capsys):
+    """A failing lean run prints the command's error text on stderr and exits 1."""
+    from appliance.cli.placement import lean_main
+
+    assert lean_main(["balance"]) == 1
+    assert "give a cluster file with -t FILE" in capsys.readouterr().err
+
+
+def test_placement_commands_do_not_import_typer():
+    """`cairn balance` as a process never imports typer or the model (it starts as fast as Python)."""
+    code = ("import sys; sys.argv = ['cairn', 'balance', '-t', sys.argv[1], '-l', '1']\n"
+            "from appliance.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('typer', 'click', 'pydantic') "
+            "or m.startswith('appliance.model')]\n"
+            "print('HEAVY', heavy)")
+    result = subprocess.run([sys.executable, "-c", code, str(DATA / "n4.txt")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.splitlines()[-1] == "HEAVY []"
