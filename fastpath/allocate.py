@@ -79,21 +79,49 @@ def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, gro
             continue
         if capacity_check and not n1_clean(engine, spec, g):
             # The group already fails N+1, so hail's global capacity check rejects every candidate.
-            outcome.failures[FAIL_NAMES[FAIL_N1]] = outcome.successes
-            outcome.failures = {n: outcome.failures[n] for n in FAIL_NAMES if n in outcome.failures}
-            outcome.successes = 0
+            _reject_n1(outcome, outcome.successes)
             continue
-        if capacity_check and not _redundant_with(engine, spec, inst, found[0], found[1]):
-            # Only the best candidate is simulated; when it breaks global N+1 the group is refused
-            # (hail would go on to the next candidate), which errs on the safe side.
-            outcome.failures[FAIL_NAMES[FAIL_N1]] = outcome.successes
-            outcome.failures = {n: outcome.failures[n] for n in FAIL_NAMES if n in outcome.failures}
-            outcome.successes = 0
-            continue
+        if capacity_check:
+            found = _first_redundant(engine, spec, inst, outcome, found,
+                                     (g, inst, required, mask, flags, -1 if whole_cluster else g))
+            if found is None:
+                continue
         outcome.nodes, outcome.score = (found[0], found[1]), found[2]
     good = [o for o in outcomes if o.nodes is not None]
     good.sort(key=lambda o: (POLICY_ORDER.get(o.policy, 2), o.score))
     return (good[0] if good else None), outcomes
+
+
+# hail simulates the global N+1 check for every candidate. Each check here costs a search and a
+# simulation, so at most this many candidates are checked (see _first_redundant).
+MAX_N1_CANDIDATES = 64
+
+
+def _reject_n1(outcome: GroupOutcome, count: int) -> None:
+    """Count `count` more candidates as failing the global N+1 check (hail's FailN1)."""
+    outcome.failures[FAIL_NAMES[FAIL_N1]] = outcome.failures.get(FAIL_NAMES[FAIL_N1], 0) + count
+    outcome.failures = {n: outcome.failures[n] for n in FAIL_NAMES if n in outcome.failures}
+    outcome.successes -= count
+
+
+def _first_redundant(engine, spec: Spec, inst: int, outcome: GroupOutcome, found, search_args):
+    """hail's choice under its global N+1 check: the best candidate, in hail's score order, that
+    keeps the cluster globally N+1 redundant.
+
+    Like hail 3.0.2, every candidate that fails the check counts as FailN1, also those ranked below
+    the chosen one. Only the first MAX_N1_CANDIDATES candidates are simulated: the rest count as
+    passing, or, when none of those passed, the group is refused with all of them as FailN1."""
+    chosen, rejected = None, 0
+    for _ in range(MAX_N1_CANDIDATES):
+        if found is None:
+            break
+        if not _redundant_with(engine, spec, inst, found[0], found[1]):
+            rejected += 1
+        elif chosen is None:
+            chosen = found
+        found = engine.best_alloc(*search_args, after=found)[0]
+    _reject_n1(outcome, rejected if chosen is not None or found is None else outcome.successes)
+    return chosen
 
 
 def _candidate_count(engine, spec: Spec, group: int, required: int, mask) -> int:

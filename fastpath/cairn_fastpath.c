@@ -1121,9 +1121,22 @@ static int alloc_ok(const cairn_cluster *c, int k, int group, const unsigned cha
 }
 
 /* Candidates come from `group`; scores are over `scope` (hail scores over the whole cluster: -1).
- * Of equal scores the last candidate wins, as in hail. */
+ * Of equal scores the last candidate wins, as in hail. `after` (primary, secondary, score; NULL:
+ * none) asks for the best candidate ranking below that one: hail's next candidate when the global
+ * N+1 check rejects it. */
+/* Whether candidate (p, q) with `score` ranks below the candidate `after` (hail's order: lower
+ * score first, of equal scores the later candidate first); after[0] < 0 admits every candidate. */
+static int ranks_after(const cairn_cluster *c, const double *after, int p, int q, double score)
+{
+    if (after == NULL || after[0] < 0)
+        return 1;
+    long order = (long)p * (c->n_nodes + 1) + q + 1;
+    long after_order = (long)after[0] * (c->n_nodes + 1) + (long)after[1] + 1;
+    return score > after[2] || (score == after[2] && order < after_order);
+}
+
 int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
-                     int flags, int *pnode, int *snode, double *score, long *fail_counts)
+                     int flags, const double *after, int *pnode, int *snode, double *score, long *fail_counts)
 {
     search s;
     double metrics[CAIRN_METRICS];
@@ -1152,7 +1165,7 @@ int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int requi
             if (s.found && approx > s.best + 1e-8 * (1.0 + fabs(s.best)))
                 continue;
             double exact = exact_with(c, scope, &t, ld);
-            if (!s.found || exact <= s.best) {
+            if ((!s.found || exact <= s.best) && ranks_after(c, after, p, -1, exact)) {
                 s.best = exact, s.found = 1, s.inst = p, s.target = -1;
             }
             continue;
@@ -1180,7 +1193,7 @@ int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int requi
             if (s.found && approx > s.best + 1e-8 * (1.0 + fabs(s.best)))
                 continue;
             double exact = exact_with(c, scope, &t, ld);
-            if (!s.found || exact <= s.best) {
+            if ((!s.found || exact <= s.best) && ranks_after(c, after, p, q, exact)) {
                 s.best = exact, s.found = 1, s.inst = p, s.target = q;
             }
         }

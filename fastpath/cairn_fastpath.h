@@ -56,6 +56,7 @@ int cairn_best_move(cairn_cluster *c, int group, int flags, int only,
 int cairn_apply_move(cairn_cluster *c, int inst, int kind, int target);
 int cairn_place(cairn_cluster *c, int inst, int pnode, int snode);
 int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
-                     int flags, int *pnode, int *snode, double *score, long *fail_counts);
+                     int flags, const double *after, int *pnode, int *snode, double *score,
+                     long *fail_counts);
 
 #endif

@@ -139,14 +139,17 @@ class Engine:
         return i
 
     def best_alloc(self, group: int, inst: int, required: int, mask: Sequence[bool] | None,
-                   flags: int, scope: int = -1) -> tuple[tuple[int, int, float] | None, list[int]]:
+                   flags: int, scope: int = -1,
+                   after: tuple[int, int, float] | None = None) -> tuple[tuple[int, int, float] | None, list[int]]:
         """The best (primary, secondary, score over `scope`, -1 all nodes) for an unplaced instance in
-        `group`, and failure counts by reason; of equal scores the last candidate wins, as in hail."""
+        `group`, and failure counts by reason; of equal scores the last candidate wins, as in hail.
+        With `after` (a candidate found before), the best one ranking below it."""
         p, s, score = ffi.new("int *"), ffi.new("int *"), ffi.new("double *")
         counts = ffi.new("long[10]")
         cmask = ffi.new("unsigned char[]", [1 if m else 0 for m in mask]) if mask is not None else ffi.NULL
-        code = _check(lib.cairn_best_alloc(self._c, group, scope, inst, required, cmask, flags, p, s, score, counts),
-                      "best alloc")
+        cafter = ffi.new("double[3]", list(after)) if after is not None else ffi.NULL
+        code = _check(lib.cairn_best_alloc(self._c, group, scope, inst, required, cmask, flags, cafter, p, s, score,
+                                           counts), "best alloc")
         found = None if code == lib.CAIRN_NONE else (p[0], s[0], score[0])
         return found, list(counts)
 

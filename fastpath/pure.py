@@ -425,9 +425,10 @@ class Engine:
         self.count += 1
         return self.count - 1
 
-    def best_alloc(self, group: int, i: int, required: int, mask, flags: int, scope: int = -1):
+    def best_alloc(self, group: int, i: int, required: int, mask, flags: int, scope: int = -1, after=None):
         """The best (primary, secondary, score over `scope`, -1 all nodes) for an unplaced instance in
-        `group`, and failure counts by reason; of equal scores the last candidate wins, as in hail."""
+        `group`, and failure counts by reason; of equal scores the last candidate wins, as in hail.
+        With `after` (a candidate found before), the best one ranking below it."""
         force = bool(flags & IGNORE_SOFT)
         counts = [0] * 10
         best = None
@@ -442,7 +443,7 @@ class Engine:
                     continue
                 st_p[LOC_V] += self._loc_contrib(i, p, -1)
                 value = self.score(scope, {p: st_p}, loc_delta)
-                if best is None or value <= best[2]:
+                if (best is None or value <= best[2]) and self._ranks_after(after, p, -1, value):
                     best = (p, -1, value)
                 continue
             for q in nodes:
@@ -459,9 +460,16 @@ class Engine:
                 pair = list(st_p)
                 pair[LOC_V] = self.state[p][LOC_V] + self._loc_contrib(i, p, q)
                 value = self.score(scope, {p: pair, q: st_q}, loc_delta)
-                if best is None or value <= best[2]:
+                if (best is None or value <= best[2]) and self._ranks_after(after, p, q, value):
                     best = (p, q, value)
         return best, counts
+
+    def _ranks_after(self, after, p: int, q: int, value: float) -> bool:
+        # hail's order: lower score first; of equal scores the later candidate first.
+        if after is None:
+            return True
+        order, after_order = p * (self.n + 1) + q + 1, after[0] * (self.n + 1) + after[1] + 1
+        return value > after[2] or (value == after[2] and order < after_order)
 
     def _loc_delta_new(self, i: int, p: int, scope: int) -> int:
         g = self.nd["group"][p]

@@ -94,3 +94,22 @@ def test_unrecreatable_plain_instance_breaks_global_redundancy(implementation):
 
     session = _demo_session(26000, implementation)
     assert not globally_redundant(session.engine, session.spec)
+
+
+def test_next_candidate_follows_hails_order(implementation):
+    """best_alloc(after=...) walks the candidates in hail's order: scores never fall, each once."""
+    from fastpath.iallocator import Session, _new_instance, load
+
+    document = json.loads((DATA / "globaln1-next-drbd.json").read_text())
+    options = Options(implementation=implementation)
+    session = Session(load(document, options), options, [_new_instance(document["request"])])
+    seen, found = [], None
+    while True:
+        found = session.engine.best_alloc(0, session.new[0], 2, None, 0, -1, after=found)[0]
+        if found is None:
+            break
+        seen.append(found)
+    # hail --no-capacity-checks on this request: 6 successes, the best n3/n4 at 2.24117990.
+    assert len(seen) == len({(p, s) for p, s, _ in seen}) == 6
+    assert [score for _, _, score in seen] == sorted(score for _, _, score in seen)
+    assert [session.names[k] for k in seen[0][:2]] == ["n3", "n4"] and f"{seen[0][2]:.8f}" == "2.24117990"
