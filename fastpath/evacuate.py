@@ -14,28 +14,45 @@ def replace_disks(instance: str, node: str) -> dict:
 
 def migrate(instance: str, target: str | None = None) -> dict:
     """The opcode that moves an instance's primary (to its secondary, or to `target` for shared storage)."""
-    op = {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": instance, "allow_runtime_changes": False,
-          "ignore_ipolicy": False, "cleanup": False, "allow_failover": True, "ignore_hvversions": True}
+    op = {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": instance}
     if target is not None:
-        op["target_node"] = target
-    return op
+        op["target_node"] = target  # hail prints it second
+    return {**op, "allow_runtime_changes": False, "ignore_ipolicy": False, "cleanup": False, "allow_failover": True,
+            "ignore_hvversions": True}
+
+
+def _targets(session, inst: int, excluded: set[int]):
+    """The candidate targets of a one-node move, in node order: online nodes of the instance's group
+    other than its own and the excluded ones."""
+    spec = session.spec
+    p, s = session.engine.nodes_of(inst)
+    group = session.group_of_node(p)
+    return [t for t in range(spec.n_nodes) if spec.nodes["group"][t] == group and not spec.nodes["offline"][t]
+            and t not in (p, s) and t not in excluded]
+
+
+def _evaluate(session, inst: int, kind: int, target: int) -> tuple[int, float]:
+    group = session.group_of_node(session.engine.nodes_of(inst)[0])
+    return session.engine.eval_move(group, inst, kind, target, 8 if session.options.ignore_soft_errors else 0)
 
 
 def best_target(session, inst: int, kind: int, excluded: set[int] = frozenset()) -> tuple[int, float] | None:
     """The target node with the lowest score after the move (even if the score gets worse); of equal
     scores the last node wins, as in hail's evacuation fold."""
-    engine, spec = session.engine, session.spec
-    p, s = engine.nodes_of(inst)
-    group = session.group_of_node(p)
-    flags = 8 if session.options.ignore_soft_errors else 0
     best = None
-    for t in range(spec.n_nodes):
-        if spec.nodes["group"][t] != group or spec.nodes["offline"][t] or t in (p, s) or t in excluded:
-            continue
-        status, score = engine.eval_move(group, inst, kind, t, flags)
+    for t in _targets(session, inst, excluded):
+        status, score = _evaluate(session, inst, kind, t)
         if status == OK and (best is None or score <= best[1]):
             best = (t, score)
     return best
+
+
+def no_target_text(session, inst: int, kind: int, excluded: set[int] = frozenset()) -> str:
+    """hail's text when no target fits a one-node move: each candidate's failure, in node order
+    (nothing after the colon when there is no candidate at all)."""
+    failures = "".join(f" Node {session.names[t]} failed: {FAIL_NAMES[_evaluate(session, inst, kind, t)[0]]};"
+                       for t in _targets(session, inst, excluded))
+    return f"Can't find any good node: {failures}"
 
 
 def _template_error(session, inst: int) -> str:
@@ -56,7 +73,7 @@ def evacuate_one(session, inst: int, mode: str, groups: list[int] | None = None,
             return _template_error(session, inst)
         best = best_target(session, inst, REPLACE_SECONDARY, excluded)
         if best is None:
-            return "Can't find any good node: no nodes available"
+            return no_target_text(session, inst, REPLACE_SECONDARY, excluded)
         engine.apply_move(inst, REPLACE_SECONDARY, best[0])
         return engine.nodes_of(inst), [replace_disks(name, session.names[best[0]])]
     if mode == "primary-only":
@@ -69,13 +86,13 @@ def evacuate_one(session, inst: int, mode: str, groups: list[int] | None = None,
             return engine.nodes_of(inst), [migrate(name)]
         best = best_target(session, inst, FAILOVER_TO_ANY, excluded)
         if best is None:
-            return "Can't find any good node: no nodes available"
+            return no_target_text(session, inst, FAILOVER_TO_ANY, excluded)
         engine.apply_move(inst, FAILOVER_TO_ANY, best[0])
         return engine.nodes_of(inst), [migrate(name, session.names[best[0]])]
     if kind == KIND_SHARED:
         best = best_target(session, inst, FAILOVER_TO_ANY, excluded)
         if best is None:
-            return "Can't find any good node: no nodes available"
+            return no_target_text(session, inst, FAILOVER_TO_ANY, excluded)
         engine.apply_move(inst, FAILOVER_TO_ANY, best[0])
         return engine.nodes_of(inst), [migrate(name, session.names[best[0]])]
     return _move_both(session, inst, groups if groups is not None else [session.group_of_node(p)], excluded)

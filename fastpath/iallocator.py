@@ -226,7 +226,7 @@ def answer_multi_allocate(document: dict, options: Options) -> dict:
 
 def answer_relocate(document: dict, options: Options) -> dict:
     """hail's answer to relocate: a new secondary (drbd) or primary (shared storage) for one instance."""
-    from fastpath.evacuate import best_target
+    from fastpath.evacuate import best_target, no_target_text
 
     request = document["request"]
     session = Session(load(document, options), options, [])
@@ -242,9 +242,10 @@ def answer_relocate(document: dict, options: Options) -> dict:
     if kind == KIND_MIRRORED and given != [session.names[secondary]]:
         return {"success": False, "info": "Request failed: Unsupported request: excluded nodes not equal to "
                 f"instance's secondary({secondary} versus {json.dumps(given)})", "result": []}
-    best = best_target(session, inst, REPLACE_SECONDARY if kind == KIND_MIRRORED else FAILOVER_TO_ANY)
+    move = REPLACE_SECONDARY if kind == KIND_MIRRORED else FAILOVER_TO_ANY
+    best = best_target(session, inst, move)
     if best is None:
-        return {"success": False, "info": "Request failed: no valid node for the relocation", "result": []}
+        return {"success": False, "info": f"Request failed: {no_target_text(session, inst, move)}", "result": []}
     return {"success": True, "info": "Request successful: success", "result": [session.names[best[0]]]}
 
 
