@@ -6,7 +6,8 @@ Pure stdlib; the engine does the per-group search.
 from dataclasses import dataclass, field
 
 from fastpath.model import Cluster, Policy
-from fastpath.spec import FAIL_DISK, FAIL_N1, FAIL_NAMES, IGNORE_SOFT, KIND_MIRRORED, Spec
+from fastpath.spec import (ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_DISK, FAIL_N1, FAIL_NAMES, IGNORE_SOFT,
+                           KIND_MIRRORED, Spec)
 
 POLICY_ORDER = {"preferred": 0, "last_resort": 1}
 
@@ -71,22 +72,8 @@ def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, gro
         if online < required:
             outcome.error = "Not enough online nodes"
             continue
-        found, counts = engine.best_alloc(g, inst, required, mask, flags, -1 if whole_cluster else g)
-        outcome.failures = {FAIL_NAMES[k]: counts[k] for k in range(1, len(FAIL_NAMES)) if counts[k]}
-        candidates = _candidate_count(engine, spec, g, required, mask)
-        outcome.successes = candidates - sum(counts)
-        if found is None:
-            continue
-        if capacity_check and not n1_clean(engine, spec, g):
-            # The group already fails N+1, so hail's global capacity check rejects every candidate.
-            _reject_n1(outcome, outcome.successes)
-            continue
-        if capacity_check:
-            found = _first_redundant(engine, spec, inst, outcome, found,
-                                     (g, inst, required, mask, flags, -1 if whole_cluster else g))
-            if found is None:
-                continue
-        outcome.nodes, outcome.score = (found[0], found[1]), found[2]
+        try_group(engine, spec, outcome, (g, inst, required, mask, flags, -1 if whole_cluster else g),
+                  capacity_check)
     good = [o for o in outcomes if o.nodes is not None]
     good.sort(key=lambda o: (POLICY_ORDER.get(o.policy, 2), o.score))
     return (good[0] if good else None), outcomes
@@ -124,10 +111,36 @@ def _first_redundant(engine, spec: Spec, inst: int, outcome: GroupOutcome, found
     return chosen
 
 
+def try_group(engine, spec: Spec, outcome: GroupOutcome, search_args: tuple, capacity_check: bool) -> None:
+    """hail's search in one group, `search_args` being best_alloc's (group, instance, required nodes,
+    mask, flags, score scope): fills the outcome's failures, successes and, if any, nodes and score."""
+    group, inst, required, mask = search_args[:4]
+    found, counts = engine.best_alloc(*search_args)
+    outcome.failures = {FAIL_NAMES[k]: counts[k] for k in range(1, len(FAIL_NAMES)) if counts[k]}
+    outcome.successes = _candidate_count(engine, spec, group, required, mask) - sum(counts)
+    if found is None:
+        return
+    if capacity_check and not n1_clean(engine, spec, group):
+        # The group already fails N+1, so hail's global capacity check rejects every candidate.
+        _reject_n1(outcome, outcome.successes)
+        return
+    if capacity_check:
+        found = _first_redundant(engine, spec, inst, outcome, found, search_args)
+    if found is not None:
+        outcome.nodes, outcome.score = (found[0], found[1]), found[2]
+
+
 def _candidate_count(engine, spec: Spec, group: int, required: int, mask) -> int:
-    nodes = sum(1 for k in range(spec.n_nodes) if spec.nodes["group"][k] == group and not spec.nodes["offline"][k]
-                and (mask is None or mask[k]))
-    return nodes if required == 1 else nodes * (nodes - 1)
+    """How many candidates best_alloc tries: nodes (or ordered pairs) allowed by the mask's roles."""
+    def allowed(k: int, role: int) -> bool:
+        value = ALLOC_EITHER if mask is None else int(mask[k])
+        return spec.nodes["group"][k] == group and (not spec.nodes["offline"][k] if value == ALLOC_EITHER
+                                                    else value == role)
+    primaries = {k for k in range(spec.n_nodes) if allowed(k, ALLOC_PRIMARY)}
+    if required == 1:
+        return len(primaries)
+    secondaries = {k for k in range(spec.n_nodes) if allowed(k, ALLOC_SECONDARY)}
+    return len(primaries) * len(secondaries) - len(primaries & secondaries)
 
 
 def _redundant_with(engine, spec: Spec, inst: int, pnode: int, snode: int) -> bool:

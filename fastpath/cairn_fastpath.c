@@ -1115,9 +1115,17 @@ static long merged_new_delta(const cairn_cluster *c, int i, int p)
     return delta;
 }
 
-static int alloc_ok(const cairn_cluster *c, int k, int group, const unsigned char *mask)
+/* Whether node k may take the new instance in `role` (ALLOC_PRIMARY or ALLOC_SECONDARY). mask[k]
+ * (NULL: 1 everywhere) is 0 (never), 1 (either role if online) or the one role it may take, offline
+ * or not (hail's allocate-secondary fixes the primary and tries every other node of its group). */
+enum { ALLOC_EITHER = 1, ALLOC_SECONDARY = 2, ALLOC_PRIMARY = 3 };
+
+static int alloc_ok(const cairn_cluster *c, int k, int group, const unsigned char *mask, int role)
 {
-    return c->group[k] == group && !c->offline[k] && (mask == NULL || mask[k]);
+    int allowed = mask == NULL ? ALLOC_EITHER : mask[k];
+    if (c->group[k] != group)
+        return 0;
+    return allowed == ALLOC_EITHER ? !c->offline[k] : allowed == role;
 }
 
 /* Candidates come from `group`; scores are over `scope` (hail scores over the whole cluster: -1).
@@ -1150,7 +1158,7 @@ int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int requi
     long sec = c->sec_mem[inst];
     for (int p = 0; p < c->n_nodes; p++) {
         touch_set t;
-        if (!alloc_ok(c, p, group, mask))
+        if (!alloc_ok(c, p, group, mask, ALLOC_PRIMARY))
             continue;
         t.n = 0;
         int status = st_add_pri(c, p, &c->state[p], inst, force, touch(&t, p));
@@ -1175,7 +1183,7 @@ int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int requi
             if (c->snode[j] >= 0)
                 c->acc_b[c->snode[j]] += c->sec_mem[j];
         for (int q = 0; q < c->n_nodes; q++) {
-            if (q == p || !alloc_ok(c, q, group, mask))
+            if (q == p || !alloc_ok(c, q, group, mask, ALLOC_SECONDARY))
                 continue;
             if (status != OK) {
                 fail_counts[status]++;

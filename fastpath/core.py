@@ -146,7 +146,7 @@ class Engine:
         With `after` (a candidate found before), the best one ranking below it."""
         p, s, score = ffi.new("int *"), ffi.new("int *"), ffi.new("double *")
         counts = ffi.new("long[10]")
-        cmask = ffi.new("unsigned char[]", [1 if m else 0 for m in mask]) if mask is not None else ffi.NULL
+        cmask = ffi.new("unsigned char[]", [int(m) for m in mask]) if mask is not None else ffi.NULL
         cafter = ffi.new("double[3]", list(after)) if after is not None else ffi.NULL
         code = _check(lib.cairn_best_alloc(self._c, group, scope, inst, required, cmask, flags, cafter, p, s, score,
                                            counts), "best alloc")

@@ -8,9 +8,10 @@ import json
 from dataclasses import dataclass
 
 from fastpath import engine_class
-from fastpath.allocate import allocate, policy_violation
+from fastpath.allocate import GroupOutcome, allocate, policy_violation, try_group
 from fastpath.model import Cluster, Group, Instance, Node, Policy, Spec as PolicySpec
-from fastpath.spec import FAILOVER_TO_ANY, KIND_MIRRORED, KIND_SHARED, REPLACE_SECONDARY, append_instance, flatten
+from fastpath.spec import (ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_MIRRORED,
+                           KIND_SHARED, REPLACE_SECONDARY, append_instance, flatten)
 
 ADMIN_STATES = {"up": "running", "down": "ADMIN_down", "offline": "ADMIN_offline"}
 
@@ -174,9 +175,19 @@ def group_text(outcome) -> str:
     if outcome.error:
         return f"Group {outcome.name}: error {outcome.error}"
     if outcome.nodes is None:
-        return (f"Group {outcome.name} ({outcome.policy}): No valid allocation solutions, failure reasons: "
-                f"{outcome.reasons()}")
+        return f"Group {outcome.name} ({outcome.policy}): {_no_solution_text(outcome)}"
     return ""
+
+
+def _no_solution_text(outcome) -> str:
+    return f"No valid allocation solutions, failure reasons: {outcome.reasons()}"
+
+
+def _solution_text(session: Session, outcome) -> str:
+    """hail's description of a group's solution: score, successes, failures and nodes."""
+    nodes = "/".join(session.names[k] for k in outcome.nodes if k >= 0)
+    return (f"score: {outcome.score:.8f}, successes {outcome.successes}, failures {sum(outcome.failures.values())} "
+            f"({outcome.reasons()}) for node(s) {nodes}")
 
 
 def answer_allocate(document: dict, options: Options) -> dict:
@@ -197,11 +208,37 @@ def _allocation_response(session: Session, chosen, outcomes, say_group: bool = T
         if o.nodes is None:
             parts.append(group_text(o))
             continue
-        nodes = "/".join(session.names[k] for k in o.nodes if k >= 0)
-        parts.append(f"Group {o.name} ({o.policy}): score: {o.score:.8f}, successes {o.successes}, "
-                     f"failures {sum(o.failures.values())} ({o.reasons()}) for node(s) {nodes}")
+        parts.append(f"Group {o.name} ({o.policy}): {_solution_text(session, o)}")
     result = [session.names[k] for k in chosen.nodes if k >= 0]
     return {"success": True, "info": "Request successful: " + ", ".join(parts), "result": result}
+
+
+def answer_allocate_secondary(document: dict, options: Options) -> dict:
+    """hail's answer to allocate-secondary (converting an instance to drbd): the best secondary for
+    it with its primary kept, any other node of the primary's group as candidate."""
+    name = _key(document["request"], "name", "the request")
+    obj = _key(document, "instances", "the document").get(name)
+    if obj is None:
+        raise RequestError(f"Unknown instance '{name}'")
+    if len(obj.get("nodes", [])) > 1:
+        return {"success": False, "info": "Request failed: Instance already has a secondary", "result": []}
+    session = Session(load(document, options), options, [_instance(name, {**obj, "nodes": [],
+                                                                           "disk_template": "drbd"})])
+    inst = session.spec.instance_names.index(name)
+    primary = session.engine.nodes_of(inst)[0]
+    group = session.group_of_node(primary)
+    # Like hail, the instance leaves its primary and comes back to it as a drbd instance.
+    session.engine.place(inst, -1, -1)
+    mask = [ALLOC_PRIMARY if k == primary else ALLOC_SECONDARY if session.group_of_node(k) == group else
+            ALLOC_NEVER for k in range(session.spec.n_nodes)]
+    outcome = GroupOutcome(session.cluster.groups[group].name, session.cluster.groups[group].alloc_policy, group)
+    flags = IGNORE_SOFT if options.ignore_soft_errors else 0
+    try_group(session.engine, session.spec, outcome, (group, session.new[0], 2, mask, flags, -1),
+              options.capacity_checks)
+    if outcome.nodes is None:
+        return {"success": False, "info": f"Request failed: {_no_solution_text(outcome)}", "result": []}
+    return {"success": True, "info": f"Request successful: {_solution_text(session, outcome)}",
+            "result": session.names[outcome.nodes[1]]}
 
 
 def answer_multi_allocate(document: dict, options: Options) -> dict:
@@ -280,7 +317,8 @@ def answer_change_group(document: dict, options: Options) -> dict:
 
 
 HANDLERS = {"allocate": answer_allocate, "multi-allocate": answer_multi_allocate, "relocate": answer_relocate,
-            "node-evacuate": answer_node_evacuate, "change-group": answer_change_group}
+            "node-evacuate": answer_node_evacuate, "change-group": answer_change_group,
+            "allocate-secondary": answer_allocate_secondary}
 
 
 def answer(text: str, options: Options | None = None) -> str:

@@ -7,8 +7,8 @@ C is incremental (the C re-checks near-best candidates exactly, so both choose t
 import math
 from collections.abc import Sequence
 
-from fastpath.spec import (AGGREGATION, EVAC_MODE, FAIL_CPU, FAIL_DISK, FAIL_INTERNAL, FAIL_MEM, FAIL_MIG, FAIL_TAGS,
-                           FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_LOCAL,
+from fastpath.spec import (AGGREGATION, ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECONDARY, EVAC_MODE, FAIL_CPU, FAIL_DISK,
+                           FAIL_INTERNAL, FAIL_MEM, FAIL_MIG, FAIL_TAGS, FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_LOCAL,
                            KIND_MIRRORED, KIND_SHARED, NO_DISK_MOVES, NO_INSTANCE_MOVES, OK, REPLACE_AND_FAILOVER,
                            REPLACE_PRIMARY, REPLACE_SECONDARY, RESTRICTED_MIGRATION, WEIGHTS, Spec)
 
@@ -432,9 +432,8 @@ class Engine:
         force = bool(flags & IGNORE_SOFT)
         counts = [0] * 10
         best = None
-        nodes = [k for k in range(self.n) if self.nd["group"][k] == group and not self.nd["offline"][k]
-                 and (mask is None or mask[k])]
-        for p in nodes:
+        primaries, secondaries = (self._alloc_nodes(group, mask, role) for role in (ALLOC_PRIMARY, ALLOC_SECONDARY))
+        for p in primaries:
             status, st_p = self._add_pri(p, self.state[p], i, force)
             loc_delta = self._loc_delta_new(i, p, scope)
             if required == 1:
@@ -446,7 +445,7 @@ class Engine:
                 if (best is None or value <= best[2]) and self._ranks_after(after, p, -1, value):
                     best = (p, -1, value)
                 continue
-            for q in nodes:
+            for q in secondaries:
                 if q == p:
                     continue
                 if status != OK:
@@ -463,6 +462,13 @@ class Engine:
                 if (best is None or value <= best[2]) and self._ranks_after(after, p, q, value):
                     best = (p, q, value)
         return best, counts
+
+    def _alloc_nodes(self, group: int, mask, role: int) -> list[int]:
+        # mask[k]: 0 never, 1 either role if online, or the one role the node may take, offline or not.
+        def allowed(k: int) -> bool:
+            value = 1 if mask is None else int(mask[k])
+            return not self.nd["offline"][k] if value == ALLOC_EITHER else value == role
+        return [k for k in range(self.n) if self.nd["group"][k] == group and allowed(k)]
 
     def _ranks_after(self, after, p: int, q: int, value: float) -> bool:
         # hail's order: lower score first; of equal scores the later candidate first.

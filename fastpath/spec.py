@@ -14,6 +14,10 @@ FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND
 # Step flags. NO_PRUNING turns off the C core's exact lower-bound pruning (same answers, slower).
 NO_DISK_MOVES, NO_INSTANCE_MOVES, EVAC_MODE, IGNORE_SOFT, NO_PRUNING, RESTRICTED_MIGRATION = 1, 2, 4, 8, 16, 32
 
+# Allocation mask values per node: never, either role (online nodes), only as secondary (offline
+# too), only as primary. The last two serve hail's allocate-secondary, which fixes the primary.
+ALLOC_NEVER, ALLOC_EITHER, ALLOC_SECONDARY, ALLOC_PRIMARY = range(4)
+
 # Placement failure reasons, numbered as hail names them.
 FAIL_NAMES = ("OK", "FailMem", "FailDisk", "FailCPU", "FailN1", "FailTags", "FailMig", "FailDiskCount",
               "FailSpindles", "FailInternal")

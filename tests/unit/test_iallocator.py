@@ -48,7 +48,7 @@ def test_missing_request_key_is_named():
 def test_unsupported_request_type_fails_cleanly():
     """An unknown request type gets a failed answer, not a crash."""
     document = json.loads((DATA / "demo-allocate.json").read_text())
-    document["request"] = {"type": "allocate-secondary", "name": "tmp1"}
+    document["request"] = {"type": "allocate-tertiary", "name": "tmp1"}
     response = json.loads(answer(json.dumps(document)))
     assert response["success"] is False and "not supported" in response["info"]
 
@@ -113,3 +113,11 @@ def test_next_candidate_follows_hails_order(implementation):
     assert len(seen) == len({(p, s) for p, s, _ in seen}) == 6
     assert [score for _, _, score in seen] == sorted(score for _, _, score in seen)
     assert [session.names[k] for k in seen[0][:2]] == ["n3", "n4"] and f"{seen[0][2]:.8f}" == "2.24117990"
+
+
+def test_allocate_secondary_of_unknown_instance_is_an_error(implementation):
+    """allocate-secondary for an instance the document does not list fails with hail's error text."""
+    document = json.loads((DATA / "allocsec-demo.json").read_text())
+    document["request"]["name"] = "nope"
+    with pytest.raises(RequestError, match="Unknown instance 'nope'"):
+        answer(json.dumps(document), Options(implementation=implementation))
