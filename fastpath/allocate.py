@@ -24,6 +24,7 @@ class GroupOutcome:
     successes: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     error: str = ""
+    message: str = ""  # the whole text for a group hail did not try (not connected to the networks)
 
     def reasons(self) -> str:
         """hail's failure list, e.g. 'FailMem: 6, FailDisk: 2'."""
@@ -51,17 +52,22 @@ def n1_clean(engine, spec: Spec, group: int) -> bool:
 
 def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, group_indices: list[int],
              mask=None, ignore_soft: bool = False, capacity_check: bool = True,
-             policy_of=None, whole_cluster: bool = True) -> tuple[GroupOutcome | None, list[GroupOutcome]]:
+             policy_of=None, whole_cluster: bool = True,
+             unconnected=None) -> tuple[GroupOutcome | None, list[GroupOutcome]]:
     """Try every group; return the chosen outcome (policy order, then score) and all outcomes.
 
     Like hail, candidates are scored over the whole cluster, or over their own group when the
-    request names the group (`whole_cluster` False)."""
-    outcomes = []
+    request names the group (`whole_cluster` False). `unconnected(g)` says why group g lacks a
+    network the instance needs (None: it has them all); hail lists those groups first, untried."""
+    outcomes, skipped = [], []
     flags = IGNORE_SOFT if ignore_soft else 0
     for g in group_indices:
         group = cluster.groups[g]
         outcome = GroupOutcome(group.name, group.alloc_policy, g)
-        outcomes.append(outcome)
+        outcome.message = (unconnected(g) if unconnected else None) or ""
+        (skipped if outcome.message else outcomes).append(outcome)
+        if outcome.message:
+            continue
         if group.alloc_policy == "unallocable":
             continue
         violation = policy_of(g) if policy_of else None
@@ -76,7 +82,7 @@ def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, gro
                   capacity_check)
     good = [o for o in outcomes if o.nodes is not None]
     good.sort(key=lambda o: (POLICY_ORDER.get(o.policy, 2), o.score))
-    return (good[0] if good else None), outcomes
+    return (good[0] if good else None), skipped + outcomes
 
 
 # hail simulates the global N+1 check for every candidate. Each check here costs a search and a

@@ -159,10 +159,13 @@ def target_group(session, inst: int, groups: list[int]):
     values = {name: column[inst] for name, column in spec.instances.items()}
     values["pnode"] = values["snode"] = -1
     session.spare = engine.define_instance(values, session.spare)
+    from fastpath.iallocator import group_text, network_check
+
+    instance = session.cluster.instances[inst]
     chosen, outcomes = allocate(engine, spec, session.cluster, session.spare, required, groups, None,
-                                session.options.ignore_soft_errors, session.options.capacity_checks)
+                                session.options.ignore_soft_errors, session.options.capacity_checks,
+                                unconnected=network_check(session.cluster, instance.networks, instance.name))
     if chosen is None:
-        from fastpath.iallocator import group_text
 
         return ", ".join(group_text(o) for o in outcomes)
     return chosen.index

@@ -85,7 +85,12 @@ def _instance(name: str, obj: dict) -> Instance:
                     pnode=nodes[0] if nodes else "", snode=nodes[1] if len(nodes) > 1 else "",
                     template=obj.get("disk_template", "plain"), tags=list(obj.get("tags", [])),
                     spindle_use=int(obj.get("spindle_use", 1)), forthcoming=bool(obj.get("forthcoming", False)),
-                    disks=disks or [dsk])
+                    disks=disks or [dsk], networks=nic_networks(obj))
+
+
+def nic_networks(obj: dict) -> list[str]:
+    """The networks an instance's NICs name (hail allocates only to groups connected to all)."""
+    return [nic["network"] for nic in obj.get("nics", []) if isinstance(nic, dict) and nic.get("network")]
 
 
 def load(document: dict, options: Options) -> Cluster:
@@ -167,11 +172,27 @@ def _allocate_one(session: Session, request: dict, inst: int, obj: dict):
 
     return allocate(session.engine, session.spec, session.cluster, inst, required,
                     _allocation_groups(session, request), mask, session.options.ignore_soft_errors,
-                    session.options.capacity_checks, violation, whole_cluster=not request.get("group_name"))
+                    session.options.capacity_checks, violation, whole_cluster=not request.get("group_name"),
+                    unconnected=network_check(session.cluster, nic_networks(obj), obj.get("name", ""),
+                                              bool(request.get("group_name"))))
+
+
+def network_check(cluster: Cluster, networks: list[str], name: str, named: bool = False):
+    """hail's network test for instance `name`: a group must be connected to every network its NICs
+    name; the function gives the text for a group that is not (None for one that is)."""
+    def unconnected(g: int) -> str | None:
+        group = cluster.groups[g]
+        if set(networks) <= set(group.networks):
+            return None
+        return (f"{'The group' if named else 'group'} {group.name} is not connected to a network required by "
+                f"instance {name}")
+    return unconnected
 
 
 def group_text(outcome) -> str:
     """hail's text for a group that got no solution."""
+    if outcome.message:
+        return outcome.message
     if outcome.error:
         return f"Group {outcome.name}: error {outcome.error}"
     if outcome.nodes is None:

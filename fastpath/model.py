@@ -95,6 +95,7 @@ class Instance:
     spindles: str = "-"
     forthcoming: bool = False
     disks: list[int] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)  # of its NICs (iallocator input only)
 
 
 @dataclass
