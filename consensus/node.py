@@ -59,11 +59,13 @@ class MemberServer:
             nursery.start_soon(self._write_replies, channel, outbox_receive)
             try:
                 while True:
-                    for request in await channel.receive_many():
-                        if request.get("op") == "propose":
-                            self._propose_now(request, outbox_send)
-                        else:
-                            nursery.start_soon(self._answer, request, outbox_send)
+                    requests = await channel.receive_many()
+                    with self.member.submitting_together():
+                        for request in requests:
+                            if request.get("op") == "propose":
+                                self._propose_now(request, outbox_send)
+                            else:
+                                nursery.start_soon(self._answer, request, outbox_send)
             except (WireError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass  # the client went away; its pending replies are dropped
             finally:

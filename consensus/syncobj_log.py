@@ -126,6 +126,46 @@ def _conf(settings: SyncObjSettings, data_dir: Path, bind: str | None, serialize
     )
 
 
+class _RaftNode(SyncObj):
+    """pysyncobj's SyncObj, minus one AppendEntries round per entry when the next entry is already queued.
+
+    In non-batch mode pysyncobj tells the followers about a new commit index
+    with an AppendEntries of its own right after applying, and every follower
+    answers it: half the Raft messages (each pickled, compressed and
+    encrypted) of a busy leader. When a command is already queued, the
+    AppendEntries that carries it goes out later in the same tick with the
+    same commit index, so the separate one is skipped. With nothing queued
+    it is still sent at once, so followers (and proposals forwarded through
+    them) hear of commits as before.
+    """
+
+    def _SyncObj__applyLogEntries(self) -> bool:  # overrides the name-mangled private method (pin <0.4)
+        send_now = SyncObj._SyncObj__applyLogEntries(self)
+        return send_now and not self._commands_queued()
+
+    def _SyncObj__onMessageReceived(self, node, message) -> None:  # overrides a name-mangled private method
+        # pysyncobj moves a follower's next index back to whatever a success
+        # answer says, so an answer to an older AppendEntries (the slower
+        # follower's, arriving after the next entry went out) makes the leader
+        # send entries again that the follower already has; it then truncates
+        # and re-appends applied entries ("truncating already-applied log
+        # entries"). A success answer only proves the follower holds the log
+        # up to that point, so it may move the next index forward, never back;
+        # a refusal (reset) still moves it back as before.
+        if message.get("type") != "next_node_idx" or not message.get("success") or message.get("reset"):
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            return
+        next_index = self._SyncObj__raftNextIndex
+        sent_up_to = next_index.get(node)
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
+        if sent_up_to is not None and node in next_index and next_index[node] < sent_up_to:
+            next_index[node] = sent_up_to
+
+    def _commands_queued(self) -> bool:
+        queue = getattr(getattr(self, "_SyncObj__commandsQueue", None), "_FastQueue__queue", None)
+        return bool(queue)
+
+
 class _Entries(SyncObjConsumer):
     """The replicated part: one method that applies a packed batch of payloads."""
 
@@ -197,7 +237,7 @@ class SyncObjLog(EventLog):
         peers = [raft_address(v) for v in voters if v != self_node]
         own = raft_address(self_node) if voter else None
         conf = _conf(settings, self._data_dir, own, self._write_snapshot, self._read_snapshot)
-        self._raft = SyncObj(own, peers, conf=conf, consumers=[self._entries])
+        self._raft = _RaftNode(own, peers, conf=conf, consumers=[self._entries])
         self._raft.addOnTickCallback(self._on_tick)
         try:
             if voter:
@@ -213,6 +253,11 @@ class SyncObjLog(EventLog):
         self._changed = trio.Event()
         self._leadership = Leadership(None, 0)
         self._leadership_event = trio.Event()
+        # The queue and the in-flight set are shared by Trio and the tick thread
+        # (both pack entries); re-entrant because put() may answer at once.
+        self._group_lock = threading.RLock()
+        self._packing = False
+        self._holding = 0  # Trio only: submitting_together() blocks open
         self._queue: collections.deque[_Waiter] = collections.deque()
         self._in_flight: set[_Batch] = set()
         self._deadlines: list = []
@@ -422,27 +467,65 @@ class SyncObjLog(EventLog):
             raise NoQuorum(f"{self.address} reaches fewer than a majority of voters; nothing can commit "
                            "now, retry when the voters are back")
         waiter = _Waiter(bytes(payload), on_done, trio.current_time() + timeout_s)
-        self._queue.append(waiter)
         heapq.heappush(self._deadlines, (waiter.deadline, next(self._counter), waiter))
-        self._send_batches()
+        with self._group_lock:
+            self._queue.append(waiter)
+            if not self._holding:
+                self._send_batches_locked()
+
+    @contextlib.contextmanager
+    def submitting_together(self) -> Iterator[None]:
+        """Proposals submitted inside the block are packed into entries together when it ends.
+
+        Otherwise the first proposal of a burst (a client frame holding many)
+        would leave alone in an entry while the rest wait for it.
+        """
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            if not self._holding:
+                with self._group_lock:
+                    self._send_batches_locked()
 
     def _expire(self, now: float) -> None:
         """Resolve proposals whose deadline passed; unsent ones are dropped from the queue."""
         while self._deadlines and self._deadlines[0][0] <= now:
             _deadline, _n, waiter = heapq.heappop(self._deadlines)
-            if waiter.resolved:
-                continue
-            if waiter.sent:
+            with self._group_lock:
+                # Decided under the lock: the tick thread may be packing this waiter right now.
+                unsent = not waiter.sent and not waiter.resolved
+                waiter.resolved = waiter.resolved or unsent
+            if unsent:
+                waiter.on_done(None, self._unsent_failure())
+            else:
                 waiter.resolve(None, OutcomeUnknown("no answer in time; the payload may still commit; retry "
                                                     "with the same payload (its event id makes the retry harmless)"))
-            elif not self.has_quorum():
-                waiter.resolve(None, NoQuorum("the voters were lost while the proposal waited; it was not sent "
-                                              "and did not commit; retry when the voters are back"))
-            else:
-                waiter.resolve(None, Overloaded("the proposal waited behind other entries and was not sent; "
-                                                "it did not commit; retry, or propose less at once"))
 
-    def _send_batches(self) -> None:
+    def _unsent_failure(self) -> LogError:
+        if not self.has_quorum():
+            return NoQuorum("the voters were lost while the proposal waited; it was not sent and did not "
+                            "commit; retry when the voters are back")
+        return Overloaded("the proposal waited behind other entries and was not sent; it did not commit; "
+                          "retry, or propose less at once")
+
+    def _send_batches_locked(self) -> None:
+        """Pack waiting payloads into Raft entries while the in-flight limit allows; the group lock is held.
+
+        Runs on Trio (a proposal arrives) and on the tick thread (an entry was
+        answered), so the next entry leaves in the same tick that committed
+        the previous one, without waiting for Trio to be scheduled.
+        """
+        if self._packing:
+            return  # re-entered from put(): the loop below goes on by itself
+        self._packing = True
+        try:
+            self._pack_entries_locked()
+        finally:
+            self._packing = False
+
+    def _pack_entries_locked(self) -> None:
         settings = self._settings
         while self._queue and len(self._in_flight) < settings.max_entries_in_flight and not self._closed:
             # A further entry in flight only pays off when it carries a real
@@ -462,21 +545,26 @@ class SyncObjLog(EventLog):
                 size += len(waiter.payload)
             if not waiters:
                 continue
-            batch = _Batch(waiters, trio.current_time())
+            batch = _Batch(waiters, pysyncobj_clock())
             self._in_flight.add(batch)
             self.entries_sent += 1
             self.payloads_sent += len(waiters)
             encoded = cbor2.dumps([w.payload for w in waiters])
+            # Put under the lock so that entries enter pysyncobj's queue in the order they were packed.
             self._entries.put(encoded, callback=functools.partial(self._answered_on_tick, batch))
 
     def _answered_on_tick(self, batch: _Batch, result, error) -> None:
-        self._to_trio(self._answered, batch, result, error)
+        # Usually the tick thread; also Trio, re-entrantly from put(), when pysyncobj's queue is full.
+        with self._group_lock:
+            live = batch in self._in_flight
+            self._in_flight.discard(batch)
+            if live:
+                self.entry_seconds += pysyncobj_clock() - batch.sent_at
+                self._send_batches_locked()
+        if live:
+            self._to_trio(self._answered, batch, result, error)
 
     def _answered(self, batch: _Batch, result, error) -> None:
-        if batch not in self._in_flight:
-            return
-        self._in_flight.discard(batch)
-        self.entry_seconds += trio.current_time() - batch.sent_at
         if error == FAIL_REASON.SUCCESS:
             for index, waiter in enumerate(batch.waiters):
                 waiter.resolve(result + index)
@@ -484,7 +572,6 @@ class SyncObjLog(EventLog):
             failure = self._failure(error)
             for waiter in batch.waiters:
                 waiter.resolve(None, failure)
-        self._send_batches()
 
     def _failure(self, error) -> LogError:
         name = _REASON_NAMES.get(error, str(error))
@@ -501,14 +588,16 @@ class SyncObjLog(EventLog):
         """Give up entries that never got an answer (no leader, a dropped forward) so new ones can flow."""
         while not self._closed:
             await trio.sleep(0.02)
-            now = trio.current_time()
-            self._expire(now)
-            for batch in [b for b in self._in_flight if now - b.sent_at > self._settings.stuck_entry_s]:
-                self._in_flight.discard(batch)
+            self._expire(trio.current_time())
+            now = pysyncobj_clock()
+            with self._group_lock:
+                stuck = [b for b in self._in_flight if now - b.sent_at > self._settings.stuck_entry_s]
+                self._in_flight.difference_update(stuck)
+                self._send_batches_locked()
+            for batch in stuck:
                 for waiter in batch.waiters:
                     waiter.resolve(None, OutcomeUnknown("no answer from the leader; the payload may still "
                                                         "commit; retry with the same payload"))
-            self._send_batches()
 
     # -- Trio side: reading --------------------------------------------------------------
 
@@ -729,12 +818,14 @@ class SyncObjLog(EventLog):
     async def aclose(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        for waiter in list(self._queue) + [w for b in self._in_flight for w in b.waiters]:
+        with self._group_lock:
+            self._closed = True
+            waiting = list(self._queue) + [w for b in self._in_flight for w in b.waiters]
+            self._queue.clear()
+            self._in_flight.clear()
+        for waiter in waiting:
             waiter.resolve(None, LogClosed("the log was closed while the proposal waited; it may have "
                                            "committed; retry with the same payload on another member"))
-        self._queue.clear()
-        self._in_flight.clear()
         self._wake()
         self._leadership_event.set()
         self._gap_wakeup.set()
