@@ -3,7 +3,7 @@
 Pure stdlib; the engine does the per-group search.
 """
 
-from dataclasses import dataclass, field
+from fastpath.record import field, record
 
 from fastpath.model import Cluster, Policy
 from fastpath.spec import (ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_DISK, FAIL_N1, FAIL_NAMES, IGNORE_SOFT,
@@ -12,7 +12,7 @@ from fastpath.spec import (ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_DI
 POLICY_ORDER = {"preferred": 0, "last_resort": 1}
 
 
-@dataclass
+@record
 class GroupOutcome:
     """How one group fared for one allocation."""
 

@@ -3,14 +3,14 @@
 Pure stdlib; the engine (C or pure twin) does the scoring and the search.
 """
 
-from dataclasses import dataclass, field
+from fastpath.record import field, record
 
 from fastpath.spec import (EVAC_MODE, FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, NO_DISK_MOVES,
                            NO_INSTANCE_MOVES, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, REPLACE_SECONDARY,
                            RESTRICTED_MIGRATION, Spec)
 
 
-@dataclass
+@record
 class BalanceOptions:
     """hbal's balancing options, with hbal's defaults."""
 
@@ -31,7 +31,7 @@ class BalanceOptions:
                 | (RESTRICTED_MIGRATION if self.restricted_migration else 0))
 
 
-@dataclass
+@record
 class Move:
     """One accepted move, with names, as hbal prints it."""
 
@@ -44,7 +44,7 @@ class Move:
     index: int
 
 
-@dataclass
+@record
 class BalanceResult:
     """The outcome of a balancing run."""
 

@@ -4,7 +4,7 @@ Pure stdlib; allocations go through `fastpath.allocate` on an engine. Written fr
 in shared/reference/htools.md section 7.2.
 """
 
-from dataclasses import dataclass, field
+from fastpath.record import field, record
 
 from fastpath import engine_class
 from fastpath.allocate import allocate
@@ -15,7 +15,7 @@ from fastpath.spec import FAIL_NAMES, MIRRORED, flatten, instance_values
 SHRINK = {"FailMem": ("memory", 64), "FailDisk": ("disk", 256), "FailCPU": ("cpu", 1)}
 
 
-@dataclass
+@record
 class CapacityRequest:
     """What to plan for."""
 
@@ -28,7 +28,7 @@ class CapacityRequest:
     tiered_spec: tuple[int, int, int] | None = None  # (memory, disk, cpu); default: the policy's max spec
 
 
-@dataclass
+@record
 class Phase:
     """The outcome of one allocation phase."""
 

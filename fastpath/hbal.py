@@ -4,7 +4,7 @@ The CLI only parses options and prints what `run` emits.
 """
 
 import copy
-from dataclasses import dataclass, field
+from fastpath.record import field, record
 
 from fastpath import engine_class
 from fastpath.balance import BalanceOptions, balance, commands, jobsets, lower_bound, move_line
@@ -17,7 +17,7 @@ class HbalError(Exception):
     """A fatal error with hbal's exit code 1."""
 
 
-@dataclass
+@record
 class HbalRequest:
     """What one balance run was asked for."""
 

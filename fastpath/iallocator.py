@@ -5,7 +5,7 @@ Written from the protocol description in shared/reference/htools.md section 4.
 """
 
 import json
-from dataclasses import dataclass
+from fastpath.record import record
 
 from fastpath import engine_class
 from fastpath.allocate import GroupOutcome, allocate, policy_violation, try_group
@@ -20,7 +20,7 @@ class RequestError(ValueError):
     """The request document is not a valid iallocator message."""
 
 
-@dataclass
+@record
 class Options:
     """hail's command-line options that change answers."""
 

@@ -3,7 +3,7 @@
 This is the parsed, name-keyed form; `fastpath.arrays` flattens it for the engines.
 """
 
-from dataclasses import dataclass, field
+from fastpath.record import field, record
 
 # Disk templates as htools names them; Cairn's `replicated` is htools `drbd`.
 TEMPLATES = ("diskless", "file", "sharedfile", "plain", "blockdev", "drbd", "rbd", "ext", "gluster")
@@ -16,7 +16,7 @@ CAIRN_TO_HTOOLS = {"replicated": "drbd", "file": "file", "diskless": "diskless"}
 HTOOLS_TO_CAIRN = {"drbd": "replicated"}
 
 
-@dataclass
+@record
 class Spec:
     """One instance spec: the six values of an htools policy spec."""
 
@@ -32,7 +32,7 @@ class Spec:
         return [self.memory, self.cpu, self.disk, self.disk_count, self.nic_count, self.spindle_use]
 
 
-@dataclass
+@record
 class Policy:
     """An instance policy: std spec, (min, max) pairs, allowed templates and the two ratios."""
 
@@ -44,7 +44,7 @@ class Policy:
     spindle_ratio: float = 32.0
 
 
-@dataclass
+@record
 class Group:
     """A node group."""
 
@@ -55,7 +55,7 @@ class Group:
     networks: list[str] = field(default_factory=list)
 
 
-@dataclass
+@record
 class Node:
     """A node with its load-time figures (MiB, CPUs)."""
 
@@ -77,7 +77,7 @@ class Node:
     cpu_speed: float = 1.0
 
 
-@dataclass
+@record
 class Instance:
     """An instance: its size, status, nodes and template."""
 
@@ -98,7 +98,7 @@ class Instance:
     networks: list[str] = field(default_factory=list)  # of its NICs (iallocator input only)
 
 
-@dataclass
+@record
 class Cluster:
     """A whole htools cluster description, in file order (order decides ties)."""
 

@@ -4,7 +4,7 @@
 file order, with node and instance references as indices. Both engines take exactly this.
 """
 
-from dataclasses import dataclass, field
+from fastpath.record import field, record
 
 from fastpath.model import LOCAL_STORAGE, MEMORY_STATUSES, MIRRORED, SHARED, TEMPLATES, Cluster
 
@@ -43,7 +43,7 @@ INSTANCE_FIELDS = ("mem", "dsk", "vcpus", "spindle_use", "pnode", "snode", "kind
 KIND_NONE, KIND_LOCAL, KIND_MIRRORED, KIND_SHARED = range(4)
 
 
-@dataclass
+@record
 class Spec:
     """Flat per-node and per-instance arrays; `capacity` instances fit, `count` are defined."""
 
