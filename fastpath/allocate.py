@@ -3,9 +3,8 @@
 Pure stdlib; the engine does the per-group search.
 """
 
-from fastpath.record import field, record
-
 from fastpath.model import Cluster, Policy
+from fastpath.record import field, record
 from fastpath.spec import (ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_DISK, FAIL_N1, FAIL_NAMES, IGNORE_SOFT,
                            KIND_MIRRORED, Spec)
 

@@ -4,7 +4,6 @@ Pure stdlib; the engine (C or pure twin) does the scoring and the search.
 """
 
 from fastpath.record import field, record
-
 from fastpath.spec import (EVAC_MODE, FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, NO_DISK_MOVES,
                            NO_INSTANCE_MOVES, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, REPLACE_SECONDARY,
                            RESTRICTED_MIGRATION, Spec)

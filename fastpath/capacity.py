@@ -4,11 +4,10 @@ Pure stdlib; allocations go through `fastpath.allocate` on an engine. Written fr
 in shared/reference/htools.md section 7.2.
 """
 
-from fastpath.record import field, record
-
 from fastpath import engine_class
 from fastpath.allocate import allocate
 from fastpath.model import Cluster, Instance
+from fastpath.record import field, record
 from fastpath.spec import FAIL_NAMES, MIRRORED, flatten, instance_values
 
 # Shrink steps of the tiered phase per failing dimension.

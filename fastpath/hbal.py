@@ -3,13 +3,11 @@
 The CLI only parses options and prints what `run` emits.
 """
 
-import copy
-from fastpath.record import field, record
-
 from fastpath import engine_class
 from fastpath.balance import BalanceOptions, balance, commands, jobsets, lower_bound, move_line
 from fastpath.htools_text import parse, write
 from fastpath.model import Cluster
+from fastpath.record import field, record
 from fastpath.spec import Spec, flatten
 
 
@@ -99,6 +97,8 @@ def _apply_limits(spec: Spec, request: HbalRequest) -> None:
 
 def _balanced_copy(cluster: Cluster, spec: Spec, engine) -> Cluster:
     # Like hbal's -S, the saved file keeps each node's load-time free memory and updates free disk.
+    import copy  # only -S needs it; every balance process would pay its import
+
     out = copy.deepcopy(cluster)
     names = spec.node_names
     by_name = {n.name: n for n in out.nodes}

@@ -5,11 +5,11 @@ Written from the protocol description in shared/reference/htools.md section 4.
 """
 
 import json
-from fastpath.record import record
 
 from fastpath import engine_class
 from fastpath.allocate import GroupOutcome, allocate, policy_violation, try_group
 from fastpath.model import Cluster, Group, Instance, Node, Policy, Spec as PolicySpec
+from fastpath.record import record
 from fastpath.spec import (ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_MIRRORED,
                            KIND_SHARED, REPLACE_SECONDARY, append_instance, flatten)
 

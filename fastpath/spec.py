@@ -4,9 +4,8 @@
 file order, with node and instance references as indices. Both engines take exactly this.
 """
 
-from fastpath.record import field, record
-
 from fastpath.model import LOCAL_STORAGE, MEMORY_STATUSES, MIRRORED, SHARED, TEMPLATES, Cluster
+from fastpath.record import field, record
 
 # Move kinds, in the order hbal tries them for one target node.
 FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY = range(6)
