@@ -34,10 +34,16 @@ def __getattr__(name: str):
 
 def main() -> None:
     """Console-script entry point."""
+    import gc
+
+    # A placement command is one short process that leaves no cyclic garbage worth collecting;
+    # the collector's passes over the parsed cluster would cost it about 2 ms.
+    gc.disable()
     from appliance.cli.placement import lean_main
 
     code = lean_main(sys.argv[1:])
     if code is not None:
         sys.stdout.flush()
         sys.exit(code)
+    gc.enable()
     __getattr__("app")()
