@@ -65,7 +65,7 @@ def _wrap(error: RecordError) -> EventFileError:
 def verify(path: str | os.PathLike, require_seal: bool = True) -> FileSummary:
     """Check the chain, every CRC and hash, the seal, and that every payload decodes."""
     try:
-        for record in records(path):
+        for record in RecordReader(path, check_crc=True):
             codec.decode(record.payload, record.seq)
         return verify_file(path, require_seal=require_seal) if require_seal else _open_summary(path)
     except RecordError as error:

@@ -27,7 +27,6 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
-from operator import itemgetter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -42,7 +41,7 @@ _BODY_FIXED = 8 + 32 + 32
 _MAX_BODY = 1 << 30
 _CHUNK = 1 << 22
 _sha256 = hashlib.sha256
-_second = itemgetter(1)
+_crc32 = zlib.crc32
 _tuple_new = tuple.__new__
 
 
@@ -200,24 +199,40 @@ class RecordReader:
     """
 
     def __init__(self, path: str | os.PathLike, verify_chain: bool = True, offset: int = 0,
-                 head: ChainHead | Record | None = None) -> None:
+                 head: ChainHead | Record | None = None, check_crc: bool | None = None) -> None:
         self.path = Path(path)
         self.verify_chain = verify_chain
+        # A verified chain covers every byte a reader uses (the hash covers the whole body), so
+        # by default the CRC is checked only without it; verify_file checks both, so that an
+        # edit of the CRC field itself is caught too.
+        self.check_crc = not verify_chain if check_crc is None else check_crc
         self.offset = offset
         self.head = head
         self.seal: Seal | None = None
         self.count = 0
+        self.position = offset
 
     def __iter__(self) -> Iterator[Record]:
-        return map(_second, self.with_offsets())
+        return self._records()
 
     def with_offsets(self) -> Iterator[tuple[int, Record]]:
         """Yield (byte offset of the frame, record) for every record."""
+        for record in self._records():
+            yield self.position, record
+
+    def _records(self) -> Iterator[Record]:
+        """Every record in order; `position` is the byte offset of the frame just yielded.
+
+        The hot loop of every replay: the frame, its CRC, the record and the
+        chain link are handled inline, through memoryviews, so a body is never
+        copied as a whole and no call is paid that the common case does not need.
+        """
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             buffer, view = b"", memoryview(b"")
             position, start = self.offset, 0
-            header = _FRAME.size
+            header, body_fixed, unpack_frame, unpack_seq = _FRAME.size, _BODY_FIXED, _FRAME.unpack_from, _SEQ.unpack_from
+            check_crc = self.check_crc
             while True:
                 if len(buffer) - start < header:
                     buffer = buffer[start:] + f.read(_CHUNK)
@@ -226,22 +241,46 @@ class RecordReader:
                         return
                     if len(buffer) < header:
                         self._fail("file ends inside a frame header (truncated)", position)
-                magic, length, crc = _FRAME.unpack_from(buffer, start)
-                if magic not in (RECORD_MAGIC, SEAL_MAGIC) or length > _MAX_BODY:
+                magic, length, crc = unpack_frame(buffer, start)
+                if (magic != RECORD_MAGIC and magic != SEAL_MAGIC) or length > _MAX_BODY:
                     self._fail("not a record frame (bad magic or length)", position)
                 end = start + header + length
                 if end > len(buffer):
                     buffer = self._fill(f, buffer[start:], end - start, position)
                     view, end, start = memoryview(buffer), end - start, 0
-                # The frame is checked through a memoryview, so the body is never copied as a whole.
-                if zlib.crc32(view[start + header:end]) != crc:
+                body = start + header
+                # Seals have no hash, so their CRC is always checked; a record's CRC also names the
+                # fault when its hash check fails (see _check).
+                if (magic == SEAL_MAGIC or check_crc) and _crc32(view[body:end]) != crc:
                     self._fail("CRC mismatch (the record was changed)", position)
                 if magic == SEAL_MAGIC:
-                    self._read_seal(buffer[start + header:end], position, buffer[end:end + 1] or f.read(1))
+                    self._read_seal(buffer[body:end], position, buffer[end:end + 1] or f.read(1))
                     return
-                yield position, self._record(buffer, view, start + header, end, position)
+                if length < body_fixed:
+                    self._fail("record body too short", position)
+                record = _tuple_new(Record, (unpack_seq(buffer, body + 32)[0], buffer[body:body + 32],
+                                             buffer[end - 32:end], buffer[body + 40:end - 32]))
+                self._check(record, view, body, end, position, crc)
+                self.position = position
+                yield record
                 position += end - start
                 start = end
+
+    def _check(self, record: Record, view: memoryview, body: int, end: int, position: int, crc: int) -> None:
+        """Check the record's hash and its link to the one before (when verifying), then take it as the head."""
+        if self.verify_chain:
+            head = self.head
+            # The fast path of check_link: the body's first len-32 bytes are exactly what the hash covers.
+            linked = head is not None and record[0] == head.seq + 1 and record[1] == head.hash
+            if not linked or _sha256(view[body:end - 32]).digest() != record[2]:
+                if _crc32(view[body:end]) != crc:
+                    self._fail("CRC mismatch (the record was changed)", position)
+                try:
+                    check_link(head, record)
+                except RecordError as error:
+                    raise RecordError(error.seq, error.reason, position) from None
+        self.head = record
+        self.count += 1
 
     def _fill(self, f: BinaryIO, partial: bytes, needed: int, position: int) -> bytes:
         """Read on until `partial` holds `needed` bytes (a record larger than what is buffered)."""
@@ -251,24 +290,6 @@ class RecordReader:
                 self._fail("file ends inside a record (truncated)", position)
             partial += more
         return partial
-
-    def _record(self, buffer: bytes, view: memoryview, body: int, end: int, position: int) -> Record:
-        if end - body < _BODY_FIXED:
-            self._fail("record body too short", position)
-        record = _tuple_new(Record, (_SEQ.unpack_from(buffer, body + 32)[0], buffer[body:body + 32],
-                                     buffer[end - 32:end], buffer[body + 40:end - 32]))
-        if self.verify_chain:
-            head = self.head
-            # The fast path of check_link: the body's first len-32 bytes are exactly what the hash covers.
-            linked = head is not None and record.seq == head.seq + 1 and record.prev_hash == head.hash
-            if not linked or _sha256(view[body:end - 32]).digest() != record.hash:
-                try:
-                    check_link(head, record)
-                except RecordError as error:
-                    raise RecordError(error.seq, error.reason, position) from None
-        self.head = record
-        self.count += 1
-        return record
 
     def _read_seal(self, body: bytes, position: int, trailing: bytes) -> None:
         if len(body) != _SEAL_BODY.size:
@@ -306,7 +327,7 @@ class FileSummary:
 
 def verify_file(path: str | os.PathLike, require_seal: bool = True) -> FileSummary:
     """Check every frame, CRC, hash and link of a file; raise RecordError naming the first bad seq."""
-    reader = RecordReader(path)
+    reader = RecordReader(path, check_crc=True)
     first_seq = None
     for record in reader:
         if first_seq is None:

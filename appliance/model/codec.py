@@ -72,6 +72,10 @@ def encode(envelope: Envelope) -> bytes:
     return cbor2.dumps(envelope_dict(envelope), canonical=True)
 
 
+# Per type number: the class, its current version, its field count, its getter and container fields.
+_FAST = {number: (cls, cls.VERSION, len(cls.FIELDS), cls.GETTER, cls.CONTAINER_INDEXES)
+         for number, cls in events.REGISTRY.items()}
+_ENVELOPE_SIZE = len(ENVELOPE_KEYS)
 _ENVELOPE = itemgetter("event_id", "type", "version", "payload", "actor", "reason", "proposed_at")
 
 
@@ -83,17 +87,16 @@ def decode(data: bytes, seq: int | None = None) -> Envelope:
         raise UndecodableEvent(f"payload is not valid CBOR ({error})", seq) from None
     # The fast path: a current-version event with exactly its fields (what replay meets nearly always).
     # Missing keys raise KeyError and wrong shapes fall through to the checked path, which names the fault.
-    if type(raw) is dict and len(raw) == len(ENVELOPE_KEYS):
+    if type(raw) is dict and len(raw) == _ENVELOPE_SIZE:
         try:
             event_id, type_number, version, payload, actor, reason, proposed_at = _ENVELOPE(raw)
-            cls = events.REGISTRY.get(type_number)
-            if (cls is not None and version == cls.VERSION and type(payload) is dict
-                    and len(payload) == len(cls.FIELDS) and type(event_id) is bytes
-                    and len(event_id) == EVENT_ID_BYTES):
-                values = cls.GETTER(payload)
-                if cls.CONTAINER_INDEXES:
+            cls, current, size, getter, containers = _FAST[type_number]
+            if (version == current and type(payload) is dict and len(payload) == size
+                    and type(event_id) is bytes and len(event_id) == EVENT_ID_BYTES):
+                values = getter(payload)
+                if containers:
                     values = list(values)
-                    for index in cls.CONTAINER_INDEXES:
+                    for index in containers:
                         if type(values[index]) in _CONTAINERS:
                             values[index] = freeze(values[index])
                 return _tuple_new(Envelope, (event_id, _tuple_new(cls, values), actor, reason, proposed_at))

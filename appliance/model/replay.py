@@ -15,7 +15,7 @@ from appliance.model import events as ev
 from appliance.model.codec import Envelope, decode
 from appliance.model.state import (
     ClusterParams, ClusterState, Disk, Group, Instance, Job, JOB_FINISHED, Nic, Node, NodeUsage, User,
-    add_usage, gc_paused,
+    NO_IDS, RecentIds, add_usage, gc_paused, used_disk_mib,
 )
 
 # A handler returns the next state, or (on hot paths) a dict of the state fields it changes.
@@ -45,6 +45,7 @@ _SEQ_INDEX = ClusterState._index["seq"]
 _RECENT_INDEX = ClusterState._index["recent_events"]
 _STATE_INDEX = ClusterState._index
 _tuple_new = tuple.__new__
+_NEVER = float("inf")
 
 
 def _stamped(state: ClusterState, result, seq: int, recent) -> ClusterState:
@@ -80,12 +81,19 @@ def fold(records: Iterable, state: ClusterState | None = None, until: int | None
                 break
             envelope = _decode(record.payload, seq)
             recent = state.recent_events
-            if envelope.event_id in recent:
+            event_id = envelope.event_id
+            # RecentIds.__contains__ and the common case of RecentIds.push (at the head), written out.
+            generation, start, count, current, previous = recent
+            if event_id in previous or current.get(event_id, _NEVER) < count:
                 state = state.evolve(seq=seq)
                 continue
+            if count - start < generation and len(current) == count - start and current is not NO_IDS:
+                current[event_id] = count
+                recent = _tuple_new(RecentIds, (generation, start, count + 1, current, previous))
+            else:
+                recent = recent.push(event_id)
             event = envelope.event
-            state = stamped(state, handlers[type(event)](state, event, envelope, seq), seq,
-                            recent.push(envelope.event_id))
+            state = stamped(state, handlers[type(event)](state, event, envelope, seq), seq, recent)
     return state
 
 
@@ -251,11 +259,23 @@ def _node_capacity(state, e, envelope, seq):
 # --- instances -------------------------------------------------------------
 
 def _accounted(state: ClusterState, instance: Instance, sign: int):
-    """The usage map with an instance's share of its nodes added (1) or removed (-1)."""
+    """The usage map with an instance's share of its nodes added (1) or removed (-1).
+
+    The same sums as `state.add_usage`, written out for the two roles: this runs
+    for every instance added or removed.
+    """
     usage = state.usage
-    for node_id, role in ((instance.primary, "primary"), (instance.secondary, "secondary")):
-        if node_id:
-            usage = usage.set(node_id, add_usage(usage.get(node_id, _NO_USAGE), instance, role, sign))
+    disk = sign * used_disk_mib(instance)
+    primary, secondary = instance.primary, instance.secondary
+    if primary:
+        memory, used, vcpus, primaries, secondaries = usage.get(primary, _NO_USAGE)
+        usage = usage.set(primary, _tuple_new(NodeUsage, (
+            memory + sign * instance.memory_mib, used + disk, vcpus + sign * instance.vcpus,
+            primaries + sign, secondaries)))
+    if secondary:
+        memory, used, vcpus, primaries, secondaries = usage.get(secondary, _NO_USAGE)
+        usage = usage.set(secondary, _tuple_new(NodeUsage, (memory, used + disk, vcpus, primaries,
+                                                            secondaries + sign)))
     return usage
 
 
@@ -312,27 +332,45 @@ def _instance_removed(state, e, envelope, seq):
             "instance_names": state.instance_names.delete(instance.name), "macs": macs}
 
 
-def _instance_changes(state: ClusterState, instance_id: str, **changes) -> dict:
-    """The changes to fields of an instance that do not affect usage (the hot path of replay)."""
+_ADMIN_STATE = Instance._index["admin_state"]
+_OBSERVED_STATE = Instance._index["observed_state"]
+_OBSERVED_NODE = Instance._index["observed_node"]
+
+
+def _admin_state(state: ClusterState, instance_id: str, value: str) -> dict:
+    """The changes that set an instance's admin state (the hot path of replay: no copy when unchanged)."""
     instance = state.instances.get(instance_id)
-    if instance is None:
+    if instance is None or instance[_ADMIN_STATE] == value:
         return {}
-    return {"instances": state.instances.set(instance_id, instance.evolve(**changes))}
+    values = list(instance)
+    values[_ADMIN_STATE] = value
+    return {"instances": state.instances.set(instance_id, _tuple_new(Instance, values))}
+
+
+def _observed(state: ClusterState, instance_id: str, value: str, node_id: str) -> dict:
+    """The changes that record what a node saw of an instance (no copy when nothing changed)."""
+    instance = state.instances.get(instance_id)
+    if instance is None or (instance[_OBSERVED_STATE] == value and instance[_OBSERVED_NODE] == node_id):
+        return {}
+    values = list(instance)
+    values[_OBSERVED_STATE] = value
+    values[_OBSERVED_NODE] = node_id
+    return {"instances": state.instances.set(instance_id, _tuple_new(Instance, values))}
 
 
 @handles(ev.InstanceStartupRequested)
 def _instance_startup(state, e, envelope, seq):
-    return _instance_changes(state, e.instance, admin_state="up")
+    return _admin_state(state, e.instance, "up")
 
 
 @handles(ev.InstanceShutdownRequested)
 def _instance_shutdown(state, e, envelope, seq):
-    return _instance_changes(state, e.instance, admin_state="down")
+    return _admin_state(state, e.instance, "down")
 
 
 @handles(ev.InstanceRebootRequested)
 def _instance_reboot(state, e, envelope, seq):
-    return _instance_changes(state, e.instance, admin_state="up")
+    return _admin_state(state, e.instance, "up")
 
 
 @handles(ev.InstanceModified)
@@ -409,12 +447,12 @@ def _instance_migrated(state, e, envelope, seq):
 
 @handles(ev.InstanceObservedRunning)
 def _instance_observed_running(state, e, envelope, seq):
-    return _instance_changes(state, e.instance, observed_state="running", observed_node=e.node)
+    return _observed(state, e.instance, "running", e.node)
 
 
 @handles(ev.InstanceObservedStopped)
 def _instance_observed_stopped(state, e, envelope, seq):
-    return _instance_changes(state, e.instance, observed_state="stopped", observed_node=e.node)
+    return _observed(state, e.instance, "stopped", e.node)
 
 
 # --- jobs ------------------------------------------------------------------

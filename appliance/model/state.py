@@ -142,7 +142,7 @@ class Instance(NamedTuple):
 
     @property
     def disk_mib(self) -> int:
-        return sum(d.size_mib for d in self.disks)
+        return sum([disk[0] for disk in self.disks])
 
 
 @entity
@@ -173,57 +173,81 @@ class Job(NamedTuple):
 
 @entity
 class Window(NamedTuple):
-    """A persistent ring of the last `size` keys with O(1) membership; used for event ids and job ids."""
+    """A persistent ring of the last `size` keys; used for finished job ids (one Map.set per push)."""
     size: int
     count: int = 0
-    ring: immutables.Map = EMPTY
-    members: immutables.Map = EMPTY
+    ring: immutables.Map = EMPTY      # slot (count % size) -> key
 
     def __contains__(self, key: Any) -> bool:
-        return key in self.members
+        return key in self.ring.values()
 
     def push(self, key: Any) -> tuple[Window, Any]:
         """Add a key; return the new window and the key that fell out (or None)."""
-        slot = self.count % self.size
-        evicted = self.ring.get(slot)
-        members = self.members
-        if evicted is not None:
-            members = members.delete(evicted)
-        return Window(self.size, self.count + 1, self.ring.set(slot, key), members.set(key, self.count)), evicted
+        size, count, ring = self
+        slot = count % size
+        return _tuple_new(Window, (size, count + 1, ring.set(slot, key))), ring.get(slot)
 
     def ordered(self) -> list:
         """Keys oldest first."""
-        return [key for _, key in sorted((n, key) for key, n in self.members.items())]
+        size, count, ring = self
+        return [ring[n % size] for n in range(max(0, count - size), count)]
 
     @classmethod
     def rebuilt(cls, size: int, count: int, keys: list) -> Window:
         start = count - len(keys)
-        ring = {(start + i) % size: key for i, key in enumerate(keys)}
-        members = {key: start + i for i, key in enumerate(keys)}
-        return cls(size, count, immutables.Map(ring), immutables.Map(members))
+        return cls(size, count, immutables.Map({(start + i) % size: key for i, key in enumerate(keys)}))
 
 
-@entity
+NO_IDS: dict = {}     # the empty generation every fresh window starts from; never written to
+_NEVER = float("inf")
+
+
 class RecentIds(NamedTuple):
-    """The dedup window: the ids of recent events in two generations, one Map.set per event."""
+    """The dedup window: the ids of recent events in two generations.
+
+    The current generation is a plain dict (id -> position in this history)
+    shared by every snapshot of one line of history: a push at the head adds
+    one key in place, and a snapshot behind the head sees only the keys below
+    its own `count`. A push from a snapshot that is not at the head (a fork:
+    someone already went on from it) copies the part it sees first, so no
+    snapshot ever sees another's future. A full generation is never written
+    to again. Taking a snapshot stays O(1); only a fork pays a copy of at most
+    one generation. Reads that copy (`plain`) take the dict in one C call, so
+    a reader on another thread never sees it change under it.
+    """
     generation: int
-    current: immutables.Map = EMPTY
-    previous: immutables.Map = EMPTY
+    start: int = 0            # the position of the current generation's first id
+    count: int = 0            # ids pushed in this history up to this snapshot
+    current: dict = NO_IDS
+    previous: dict = NO_IDS
 
     def __contains__(self, key: Any) -> bool:
-        return key in self.current or key in self.previous
+        return key in self.previous or self.current.get(key, _NEVER) < self.count
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is RecentIds and self.generation == other.generation and self.plain() == other.plain()
+
+    __hash__ = None  # type: ignore[assignment]
 
     def push(self, key: Any) -> RecentIds:
-        if len(self.current) >= self.generation:
-            return _tuple_new(RecentIds, (self.generation, EMPTY.set(key, True), self.current))
-        return _tuple_new(RecentIds, (self.generation, self.current.set(key, True), self.previous))
+        generation, start, count, current, previous = self
+        if count - start >= generation:
+            return _tuple_new(RecentIds, (generation, count, count + 1, {key: count}, current))
+        if len(current) != count - start or current is NO_IDS:
+            current = {k: n for k, n in current.copy().items() if n < count}
+        current[key] = count
+        return _tuple_new(RecentIds, (generation, start, count + 1, current, previous))
+
+    def _current_ids(self) -> list:
+        count = self.count
+        return [key for key, n in self.current.copy().items() if n < count]
 
     def plain(self) -> list:
-        return [sorted(self.previous), sorted(self.current)]
+        return [sorted(self.previous), sorted(self._current_ids())]
 
     @classmethod
     def rebuilt(cls, generation: int, previous: list, current: list) -> RecentIds:
-        return cls(generation, immutables.Map(dict.fromkeys(current, True)), immutables.Map(dict.fromkeys(previous, True)))
+        return cls(generation, 0, len(current), {key: n for n, key in enumerate(current)}, dict.fromkeys(previous, True))
 
 
 @entity
@@ -423,12 +447,19 @@ def usage_of(instances: immutables.Map) -> immutables.Map:
 
 def add_usage(usage: NodeUsage, instance: Instance, role: str, sign: int) -> NodeUsage:
     """Usage with one instance added (sign 1) or taken away (sign -1) in a role."""
-    disk = instance.disk_mib if instance.disk_template != "diskless" else 0
+    disk = used_disk_mib(instance)
     memory, used_disk, vcpus, primaries, secondaries = usage
     if role == "primary":
         return _tuple_new(NodeUsage, (memory + sign * instance.memory_mib, used_disk + sign * disk,
                                       vcpus + sign * instance.vcpus, primaries + sign, secondaries))
     return _tuple_new(NodeUsage, (memory, used_disk + sign * disk, vcpus, primaries, secondaries + sign))
+
+
+def used_disk_mib(instance: Instance) -> int:
+    """The disk an instance takes on each of its nodes (diskless takes none)."""
+    if instance.disk_template == "diskless":
+        return 0
+    return sum([disk[0] for disk in instance.disks])
 
 
 def with_indexes(state: ClusterState) -> ClusterState:

@@ -58,6 +58,30 @@ def test_every_single_byte_edit_is_caught(sealed_file):
     sealed_file.write_bytes(original)
 
 
+def test_a_chain_verifying_reader_refuses_every_edit_the_crc_would_catch(sealed_file):
+    """Reading with the chain verified skips the CRC, yet any flipped byte outside a CRC field still fails.
+
+    The hash covers the whole body; only an edit of a record's CRC field itself leaves the
+    records intact, and verify_file, which checks both, refuses that too.
+    """
+    original = sealed_file.read_bytes()
+    # The first record takes the checked path (no head to link to), which reads the CRC too.
+    offsets = [offset for offset, _ in RecordReader(sealed_file).with_offsets()][1:]
+    crc_fields = {offset + 6 + i for offset in offsets for i in range(4)}
+    for position in range(len(original)):
+        damaged = bytearray(original)
+        damaged[position] ^= 0x41
+        sealed_file.write_bytes(bytes(damaged))
+        if position in crc_fields:
+            assert list(RecordReader(sealed_file)) == chain(40)
+            with pytest.raises(RecordError):
+                verify_file(sealed_file)
+        else:
+            with pytest.raises(RecordError):
+                list(RecordReader(sealed_file))
+    sealed_file.write_bytes(original)
+
+
 def test_an_edit_names_the_damaged_seq(tmp_path):
     """An edit inside record 7's payload is reported as seq 7."""
     records = chain(10)

@@ -162,3 +162,53 @@ def test_digest_changes_with_any_fact():
     box.commit(ev.TagsAdded("cluster", "", ("prod",)))
     assert box.state.digest() != before
     assert box.state.evolve().digest() == box.state.digest()
+
+
+def test_dedup_window_snapshots_never_see_a_later_push():
+    """A snapshot taken before pushes (the shared generation grows in place) still sees only its own ids."""
+    head = RecentIds(3)
+    for key in "ab":
+        head = head.push(key)
+    snapshot = head
+    head = head.push("c")
+    assert "c" in head and "c" not in snapshot
+    assert snapshot.plain() == [[], ["a", "b"]]
+
+
+def test_dedup_window_fork_copies_and_leaves_the_other_line_alone():
+    """Pushing from a snapshot behind the head (a fork) copies its part; neither line sees the other's ids."""
+    base = RecentIds(4).push("a").push("b")
+    one = base.push("c").push("d")
+    other = base.push("x")
+    assert "x" in other and "c" not in other and "d" not in other
+    assert "x" not in one and all(k in one for k in "abcd")
+    assert one.plain() == [[], ["a", "b", "c", "d"]] and other.plain() == [[], ["a", "b", "x"]]
+    assert "x" not in base and base.plain() == [[], ["a", "b"]]
+
+
+def _reference_window(generation: int, pushes: list) -> list:
+    """The dedup rule stated plainly: generations of `generation` ids, the current and the previous one kept."""
+    generations = [[]]
+    for key in pushes:
+        if len(generations[-1]) >= generation:
+            generations.append([])
+        generations[-1].append(key)
+    previous = generations[-2] if len(generations) > 1 else []
+    return [sorted(previous), sorted(generations[-1])]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 4), st.lists(st.tuples(st.integers(0, 30), st.integers(0, 10**6)), max_size=40))
+def test_dedup_window_with_random_forks_matches_the_plain_rule(generation, steps):
+    """Random pushes from random earlier snapshots: every snapshot equals the plain rule for its own line."""
+    lines = [(RecentIds(generation), [])]
+    for pick, key in steps:
+        window, pushed = lines[pick % len(lines)]
+        if key in window:
+            continue
+        lines.append((window.push(key), pushed + [key]))
+    every_key = {key for _, key in steps}
+    for window, pushed in lines:
+        previous, current = _reference_window(generation, pushed)
+        assert window.plain() == [previous, current]
+        assert {key for key in every_key if key in window} == set(previous) | set(current)
