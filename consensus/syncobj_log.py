@@ -283,7 +283,16 @@ class SyncObjLog(EventLog):
         """
         with self._post_lock:
             self._posted.append((function, args))
-            if self._drain_scheduled:
+        self._wake_trio()
+
+    def _to_trio_soon(self, function, *args) -> None:
+        """Queue `function(*args)` for Trio without waking it: the next _to_trio or the end of this tick does."""
+        with self._post_lock:
+            self._posted.append((function, args))
+
+    def _wake_trio(self) -> None:
+        with self._post_lock:
+            if self._drain_scheduled or not self._posted:
                 return
             self._drain_scheduled = True
         try:
@@ -315,7 +324,12 @@ class SyncObjLog(EventLog):
             return first
         self._chain = ChainHead(head.seq, head.hash)
         self._write_history(records)
-        self._to_trio(self._committed_in_trio, records)
+        if self._in_flight:
+            # The answer to this member's own entry follows at once and wakes
+            # Trio for both: one wake-up (and one GIL hand-over) per entry.
+            self._to_trio_soon(self._committed_in_trio, records)
+        else:
+            self._to_trio(self._committed_in_trio, records)
         return first
 
     def _write_history(self, records: list[Record]) -> None:
@@ -344,6 +358,7 @@ class SyncObjLog(EventLog):
         if leader is not None:
             self._heard_leader = True
         self._hold_back_election()
+        self._wake_trio()  # for records queued by _to_trio_soon whose answer went elsewhere
 
     def _hold_back_election(self) -> None:
         """Postpone this member's election deadline where pysyncobj would campaign too eagerly (no pre-vote).
