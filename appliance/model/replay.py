@@ -457,10 +457,14 @@ def _instance_observed_stopped(state, e, envelope, seq):
 
 # --- jobs ------------------------------------------------------------------
 
+_NEW_JOB = tuple(Job._field_defaults[name] for name in Job._fields[7:])
+
+
 @handles(ev.JobSubmitted)
 def _job_submitted(state, e, envelope, seq):
-    job = Job(state.next_job_id, e.operations, e.request_id, envelope.actor, envelope.reason,
-              envelope.proposed_at, seq)
+    # Every field given, through tuple.__new__: a named tuple's own __new__ with defaults costs several times more.
+    job = _tuple_new(Job, (state.next_job_id, e.operations, e.request_id, envelope.actor, envelope.reason,
+                           envelope.proposed_at, seq) + _NEW_JOB)
     return state.evolve(jobs=state.jobs.set(job.id, job), next_job_id=job.id + 1,
                         active_jobs=state.active_jobs.set(job.id, True))
 
