@@ -51,6 +51,8 @@ int cairn_place(cairn_cluster *c, int inst, int pnode, int snode);
 int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
                      int flags, const double *after, int *pnode, int *snode, double *score,
                      long *fail_counts);
+int cairn_alloc_all(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
+                    int flags, long cap, int *pnodes, int *snodes, double *scores, long *count, long *fail_counts);
 """
 
 ffibuilder = FFI()

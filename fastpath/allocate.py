@@ -3,10 +3,11 @@
 Pure stdlib; the engine does the per-group search.
 """
 
+from fastpath.globaln1 import CandidateCheck
 from fastpath.model import Cluster, Policy
 from fastpath.record import field, record
 from fastpath.spec import (ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_DISK, FAIL_N1, FAIL_NAMES, IGNORE_SOFT,
-                           KIND_MIRRORED, Spec)
+                           Spec)
 
 POLICY_ORDER = {"preferred": 0, "last_resort": 1}
 
@@ -84,11 +85,6 @@ def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, gro
     return (good[0] if good else None), skipped + outcomes
 
 
-# hail simulates the global N+1 check for every candidate. Each check here costs a search and a
-# simulation, so at most this many candidates are checked (see _first_redundant).
-MAX_N1_CANDIDATES = 64
-
-
 def _reject_n1(outcome: GroupOutcome, count: int) -> None:
     """Count `count` more candidates as failing the global N+1 check (hail's FailN1)."""
     outcome.failures[FAIL_NAMES[FAIL_N1]] = outcome.failures.get(FAIL_NAMES[FAIL_N1], 0) + count
@@ -96,23 +92,27 @@ def _reject_n1(outcome: GroupOutcome, count: int) -> None:
     outcome.successes -= count
 
 
-def _first_redundant(engine, spec: Spec, inst: int, outcome: GroupOutcome, found, search_args):
+def hail_order(n_nodes: int, candidates: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
+    """Candidates in hail's order: lower score first, of equal scores the later one (in scan order) first."""
+    return sorted(candidates, key=lambda c: (c[2], -(c[0] * (n_nodes + 1) + c[1] + 1)))
+
+
+def _first_redundant(engine, spec: Spec, inst: int, outcome: GroupOutcome, search_args):
     """hail's choice under its global N+1 check: the best candidate, in hail's score order, that
     keeps the cluster globally N+1 redundant.
 
-    Like hail 3.0.2, every candidate that fails the check counts as FailN1, also those ranked below
-    the chosen one. Only the first MAX_N1_CANDIDATES candidates are simulated: the rest count as
-    passing, or, when none of those passed, the group is refused with all of them as FailN1."""
+    Like hail 3.0.2, every candidate is checked and every one that fails counts as FailN1, also
+    those ranked below the chosen one (fastpath.globaln1 makes the check incremental)."""
+    group, _, required, mask = search_args[:4]
+    candidates = engine.all_allocs(*search_args, cap=_candidate_count(engine, spec, group, required, mask))[0]
+    check = CandidateCheck(engine, spec, inst)
     chosen, rejected = None, 0
-    for _ in range(MAX_N1_CANDIDATES):
-        if found is None:
-            break
-        if not _redundant_with(engine, spec, inst, found[0], found[1]):
+    for found in hail_order(spec.n_nodes, candidates):
+        if not check.redundant(found[0], found[1]):
             rejected += 1
         elif chosen is None:
             chosen = found
-        found = engine.best_alloc(*search_args, after=found)[0]
-    _reject_n1(outcome, rejected if chosen is not None or found is None else outcome.successes)
+    _reject_n1(outcome, rejected)
     return chosen
 
 
@@ -130,7 +130,7 @@ def try_group(engine, spec: Spec, outcome: GroupOutcome, search_args: tuple, cap
         _reject_n1(outcome, outcome.successes)
         return
     if capacity_check:
-        found = _first_redundant(engine, spec, inst, outcome, found, search_args)
+        found = _first_redundant(engine, spec, inst, outcome, search_args)
     if found is not None:
         outcome.nodes, outcome.score = (found[0], found[1]), found[2]
 
@@ -146,68 +146,3 @@ def _candidate_count(engine, spec: Spec, group: int, required: int, mask) -> int
         return len(primaries)
     secondaries = {k for k in range(spec.n_nodes) if allowed(k, ALLOC_SECONDARY)}
     return len(primaries) * len(secondaries) - len(primaries & secondaries)
-
-
-def _redundant_with(engine, spec: Spec, inst: int, pnode: int, snode: int) -> bool:
-    touched = engine.touched_flags()
-    engine.place(inst, pnode, snode)
-    try:
-        return globally_redundant(engine, spec)
-    finally:
-        engine.restore(inst, -1, -1, touched)
-
-
-def _free_resources(engine, spec: Spec) -> tuple[list[int], list[int], list[list[int]]]:
-    """Each node's unallocated memory and free disk now, and its primaries, from the placement."""
-    nodes, it = spec.nodes, spec.instances
-    memory = list(nodes["mem_base"])
-    disk = list(nodes["f_dsk"])
-    primaries: list[list[int]] = [[] for _ in range(spec.n_nodes)]
-    for i in range(engine.count):
-        p, s = engine.nodes_of(i)
-        dsk = engine.instance_value(i, "dsk")
-        # Free disk was reported at load: undo where the instance was, apply where it is.
-        if i < spec.n_instances:
-            for k in (it["pnode"][i], it["snode"][i]):
-                if k >= 0:
-                    disk[k] += dsk
-        for k in (p, s):
-            if k >= 0:
-                disk[k] -= dsk
-        if p >= 0:
-            memory[p] -= engine.instance_value(i, "mem") * engine.instance_value(i, "uses_mem")
-            primaries[p].append(i)
-    return memory, disk, primaries
-
-
-def globally_redundant(engine, spec: Spec) -> bool:
-    """hail's global N+1 test: every node can be emptied, drbd primaries failed over to their
-    secondaries and other instances re-created elsewhere in the group (hard limits only).
-
-    Re-creation puts each instance (largest memory first) on the node with the most free memory
-    that holds it, where hail picks the best-scoring node; the question asked is the same.
-    """
-    nodes = spec.nodes
-    value = engine.instance_value
-    memory, disk, primaries = _free_resources(engine, spec)
-    for n in range(spec.n_nodes):
-        mem, dsk = list(memory), list(disk)
-        others = []
-        for i in primaries[n]:
-            s = engine.nodes_of(i)[1]
-            if value(i, "kind") == KIND_MIRRORED and s >= 0:
-                mem[s] -= value(i, "mem") * value(i, "uses_mem")
-                if mem[s] <= 0 or dsk[s] <= 0:
-                    return False
-            else:
-                others.append(i)
-        escape = [k for k in range(spec.n_nodes) if k != n and nodes["group"][k] == nodes["group"][n]]
-        for i in sorted(others, key=lambda i: -value(i, "mem")):
-            need_mem, need_dsk = value(i, "mem") * value(i, "uses_mem"), value(i, "dsk")
-            fits = [k for k in escape if mem[k] - need_mem > 0 and (need_dsk == 0 or dsk[k] - need_dsk > 0)]
-            if not fits:
-                return False
-            k = max(fits, key=lambda k: mem[k])
-            mem[k] -= need_mem
-            dsk[k] -= need_dsk
-    return True

@@ -1143,8 +1143,29 @@ static int ranks_after(const cairn_cluster *c, const double *after, int p, int q
     return score > after[2] || (score == after[2] && order < after_order);
 }
 
-int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
-                     int flags, const double *after, int *pnode, int *snode, double *score, long *fail_counts)
+/* Every valid candidate of an allocation scan, in scan order (primary, then secondary). */
+typedef struct {
+    long n, cap;
+    int *pnode, *snode;
+    double *score;
+} alloc_list;
+
+/* Record a candidate: into the list when collecting all, else keep it if it is the best ranking after `after`. */
+static void alloc_offer(const cairn_cluster *c, search *s, alloc_list *all, const double *after, int p, int q,
+                        double exact)
+{
+    if (all != NULL) {
+        if (all->n < all->cap)
+            all->pnode[all->n] = p, all->snode[all->n] = q, all->score[all->n] = exact;
+        all->n++;
+        return;
+    }
+    if ((!s->found || exact <= s->best) && ranks_after(c, after, p, q, exact))
+        s->best = exact, s->found = 1, s->inst = p, s->target = q;
+}
+
+static int alloc_scan(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
+                      int flags, const double *after, alloc_list *all, search *sp, long *fail_counts)
 {
     search s;
     double metrics[CAIRN_METRICS];
@@ -1169,13 +1190,10 @@ int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int requi
                 fail_counts[status]++;
                 continue;
             }
-            double approx = approx_with(c, &s.st, &t, ld);
+            double approx = all == NULL ? approx_with(c, &s.st, &t, ld) : 0.0;
             if (s.found && approx > s.best + 1e-8 * (1.0 + fabs(s.best)))
                 continue;
-            double exact = exact_with(c, scope, &t, ld);
-            if ((!s.found || exact <= s.best) && ranks_after(c, after, p, -1, exact)) {
-                s.best = exact, s.found = 1, s.inst = p, s.target = -1;
-            }
+            alloc_offer(c, &s, all, after, p, -1, exact_with(c, scope, &t, ld));
             continue;
         }
         /* Peer entries for primary p on every node, from p's primaries. */
@@ -1197,22 +1215,42 @@ int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int requi
                 continue;
             }
             t.st[0].loc_v = c->state[p].loc_v + loc_contrib(c, inst, p, q);
-            double approx = approx_with(c, &s.st, &t, ld);
+            double approx = all == NULL ? approx_with(c, &s.st, &t, ld) : 0.0;
             if (s.found && approx > s.best + 1e-8 * (1.0 + fabs(s.best)))
                 continue;
-            double exact = exact_with(c, scope, &t, ld);
-            if ((!s.found || exact <= s.best) && ranks_after(c, after, p, q, exact)) {
-                s.best = exact, s.found = 1, s.inst = p, s.target = q;
-            }
+            alloc_offer(c, &s, all, after, p, q, exact_with(c, scope, &t, ld));
         }
         for (int j = c->pri_head[p]; j >= 0; j = c->pri_next[j])
             if (c->snode[j] >= 0)
                 c->acc_b[c->snode[j]] = 0;
     }
+    *sp = s;
+    return CAIRN_OK;
+}
+
+int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
+                     int flags, const double *after, int *pnode, int *snode, double *score, long *fail_counts)
+{
+    search s;
+    int code = alloc_scan(c, group, scope, inst, required, mask, flags, after, NULL, &s, fail_counts);
+    if (code != CAIRN_OK)
+        return code;
     if (!s.found)
         return CAIRN_NONE;
     *pnode = s.inst;
     *snode = s.target;
     *score = s.best;
     return CAIRN_OK;
+}
+
+int cairn_alloc_all(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
+                    int flags, long cap, int *pnodes, int *snodes, double *scores, long *count, long *fail_counts)
+{
+    search s;
+    alloc_list all = {0, cap, pnodes, snodes, scores};
+    int code = alloc_scan(c, group, scope, inst, required, mask, flags, NULL, &all, &s, fail_counts);
+    *count = all.n;
+    if (code == CAIRN_OK && all.n > cap)
+        return CAIRN_EINVAL;
+    return code;
 }

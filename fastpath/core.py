@@ -153,6 +153,19 @@ class Engine:
         found = None if code == lib.CAIRN_NONE else (p[0], s[0], score[0])
         return found, list(counts)
 
+    def all_allocs(self, group: int, inst: int, required: int, mask: Sequence[bool] | None, flags: int,
+                   scope: int = -1, cap: int = 0) -> tuple[list[tuple[int, int, float]], list[int]]:
+        """Every valid (primary, secondary, exact score over `scope`) for an unplaced instance in
+        `group`, in scan order (primary, then secondary), and failure counts by reason; `cap` bounds
+        the candidates (at least as many as best_alloc tries)."""
+        cap = max(cap, 1)
+        pnodes, snodes, scores = ffi.new("int[]", cap), ffi.new("int[]", cap), ffi.new("double[]", cap)
+        count, counts = ffi.new("long *"), ffi.new("long[10]")
+        cmask = ffi.new("unsigned char[]", [int(m) for m in mask]) if mask is not None else ffi.NULL
+        _check(lib.cairn_alloc_all(self._c, group, scope, inst, required, cmask, flags, cap, pnodes, snodes, scores,
+                                   count, counts), "all allocs")
+        return [(pnodes[k], snodes[k], scores[k]) for k in range(count[0])], list(counts)
+
     def touched_flags(self) -> list[int]:
         """Which nodes moves have touched (their N+1 test switches from reported to computed memory)."""
         return [self._c.touched[k] for k in range(self.n)]

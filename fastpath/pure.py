@@ -429,9 +429,19 @@ class Engine:
         """The best (primary, secondary, score over `scope`, -1 all nodes) for an unplaced instance in
         `group`, and failure counts by reason; of equal scores the last candidate wins, as in hail.
         With `after` (a candidate found before), the best one ranking below it."""
+        best = None
+        candidates, counts = self.all_allocs(group, i, required, mask, flags, scope)
+        for p, q, value in candidates:
+            if (best is None or value <= best[2]) and self._ranks_after(after, p, q, value):
+                best = (p, q, value)
+        return best, counts
+
+    def all_allocs(self, group: int, i: int, required: int, mask, flags: int, scope: int = -1, cap: int = 0):
+        """Every valid (primary, secondary, exact score over `scope`) for an unplaced instance in
+        `group`, in scan order (primary, then secondary), and failure counts by reason."""
         force = bool(flags & IGNORE_SOFT)
         counts = [0] * 10
-        best = None
+        found = []
         primaries, secondaries = (self._alloc_nodes(group, mask, role) for role in (ALLOC_PRIMARY, ALLOC_SECONDARY))
         for p in primaries:
             status, st_p = self._add_pri(p, self.state[p], i, force)
@@ -441,9 +451,7 @@ class Engine:
                     counts[status] += 1
                     continue
                 st_p[LOC_V] += self._loc_contrib(i, p, -1)
-                value = self.score(scope, {p: st_p}, loc_delta)
-                if (best is None or value <= best[2]) and self._ranks_after(after, p, -1, value):
-                    best = (p, -1, value)
+                found.append((p, -1, self.score(scope, {p: st_p}, loc_delta)))
                 continue
             for q in secondaries:
                 if q == p:
@@ -458,10 +466,8 @@ class Engine:
                     continue
                 pair = list(st_p)
                 pair[LOC_V] = self.state[p][LOC_V] + self._loc_contrib(i, p, q)
-                value = self.score(scope, {p: pair, q: st_q}, loc_delta)
-                if (best is None or value <= best[2]) and self._ranks_after(after, p, q, value):
-                    best = (p, q, value)
-        return best, counts
+                found.append((p, q, self.score(scope, {p: pair, q: st_q}, loc_delta)))
+        return found, counts
 
     def _alloc_nodes(self, group: int, mask, role: int) -> list[int]:
         # mask[k]: 0 never, 1 either role if online, or the one role the node may take, offline or not.

@@ -82,7 +82,7 @@ def _demo_session(memory_of_tmp1: int, implementation: str):
 
 def test_demo_cluster_is_globally_redundant(implementation):
     """Every node of the demo cluster can be emptied: hail's global N+1 test passes."""
-    from fastpath.allocate import globally_redundant
+    from fastpath.globaln1 import globally_redundant
 
     session = _demo_session(2048, implementation)
     assert globally_redundant(session.engine, session.spec)
@@ -90,7 +90,7 @@ def test_demo_cluster_is_globally_redundant(implementation):
 
 def test_unrecreatable_plain_instance_breaks_global_redundancy(implementation):
     """A plain instance too big for any other node of its group fails the global N+1 test."""
-    from fastpath.allocate import globally_redundant
+    from fastpath.globaln1 import globally_redundant
 
     session = _demo_session(26000, implementation)
     assert not globally_redundant(session.engine, session.spec)
@@ -121,3 +121,61 @@ def test_allocate_secondary_of_unknown_instance_is_an_error(implementation):
     document["request"]["name"] = "nope"
     with pytest.raises(RequestError, match="Unknown instance 'nope'"):
         answer(json.dumps(document), Options(implementation=implementation))
+
+
+def _check_documents():
+    """Requests whose candidates both pass and fail hail's global N+1 test, and generated clusters."""
+    from fastpath.generate import generate
+    from fastpath.iallocator import request_document
+
+    documents = [json.loads((DATA / f"{name}.json").read_text())
+                 for name in ("globaln1-next", "globaln1-next-drbd", "demo-allocate", "demo-allocate-plain",
+                              "n4-alloc", "n20-alloc")]
+    request = {"type": "allocate", "name": "new", "required_nodes": 2, "disk_template": "drbd", "memory": 512,
+               "vcpus": 1, "disk_space_total": 1024, "disks": [{"size": 1024}], "nics": [], "tags": [],
+               "spindle_use": 1}
+    documents += [request_document(generate(nodes, 3 * nodes, seed), request) for nodes, seed in ((6, 1), (9, 7))]
+    return documents
+
+
+def test_incremental_global_n1_equals_full_simulation(implementation):
+    """CandidateCheck answers, for every valid candidate, what placing it and simulating every
+    node's evacuation answers (both outcomes occur)."""
+    from fastpath.globaln1 import CandidateCheck, globally_redundant
+    from fastpath.iallocator import Session, _new_instance, load
+
+    seen = set()
+    for document in _check_documents():
+        options = Options(implementation=implementation)
+        session = Session(load(document, options), options, [_new_instance(document["request"])])
+        engine, inst = session.engine, session.new[0]
+        required = document["request"].get("required_nodes", 1)
+        check = CandidateCheck(engine, session.spec, inst)
+        for group in sorted(set(session.spec.nodes["group"])):
+            for p, s, _ in engine.all_allocs(group, inst, required, None, 0, cap=10_000)[0]:
+                touched = engine.touched_flags()
+                engine.place(inst, p, s)
+                full = globally_redundant(engine, session.spec)
+                engine.restore(inst, -1, -1, touched)
+                assert check.redundant(p, s) == full, (document["request"]["name"], p, s)
+                seen.add(full)
+    assert seen == {True, False}
+
+
+def test_all_candidates_in_hails_order_equal_the_walk(implementation):
+    """all_allocs sorted by hail_order is the sequence best_alloc(after=...) walks."""
+    from fastpath.allocate import hail_order
+    from fastpath.iallocator import Session, _new_instance, load
+
+    for document in _check_documents():
+        options = Options(implementation=implementation)
+        session = Session(load(document, options), options, [_new_instance(document["request"])])
+        inst, required = session.new[0], document["request"].get("required_nodes", 1)
+        walk, found = [], None
+        while True:
+            found = session.engine.best_alloc(0, inst, required, None, 0, -1, after=found)[0]
+            if found is None:
+                break
+            walk.append(found)
+        everything = session.engine.all_allocs(0, inst, required, None, 0, cap=10_000)[0]
+        assert walk and hail_order(session.spec.n_nodes, everything) == walk

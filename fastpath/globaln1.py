@@ -1,0 +1,155 @@
+"""hail's global N+1 check for every allocation candidate of a group, exact and incremental.
+
+hail (3.0.2, without `--no-capacity-checks`) asks of each candidate whether the cluster with the
+new instance placed stays globally N+1 redundant: every node can be emptied, its drbd primaries
+failed over and its other instances re-created elsewhere in its group. A candidate only lowers
+resources on its primary (memory and disk) and secondary (disk), so a node's evacuation comes out
+as without the candidate unless the evacuation used one of those nodes (a failover target or a
+node an instance was re-created on) or the node is one of them: re-created instances go to the
+node with most free memory that holds them, and lowering a node that was never chosen changes no
+choice, nor makes a failed step succeed. Each node's evacuation is simulated once without the
+candidate; per candidate only the nodes whose evacuation touched its primary or secondary, and
+those two, are simulated again. The answer is the one a full simulation per candidate gives.
+"""
+
+from bisect import insort
+
+from fastpath.spec import KIND_MIRRORED, Spec
+
+
+def free_resources(engine, spec: Spec) -> tuple[list[int], list[int], list[list[int]]]:
+    """Each node's unallocated memory and free disk now, and its primaries, from the placement."""
+    nodes, it = spec.nodes, spec.instances
+    memory = list(nodes["mem_base"])
+    disk = list(nodes["f_dsk"])
+    primaries: list[list[int]] = [[] for _ in range(spec.n_nodes)]
+    for i in range(engine.count):
+        p, s = engine.nodes_of(i)
+        dsk = engine.instance_value(i, "dsk")
+        # Free disk was reported at load: undo where the instance was, apply where it is.
+        if i < spec.n_instances:
+            for k in (it["pnode"][i], it["snode"][i]):
+                if k >= 0:
+                    disk[k] += dsk
+        for k in (p, s):
+            if k >= 0:
+                disk[k] -= dsk
+        if p >= 0:
+            memory[p] -= engine.instance_value(i, "mem") * engine.instance_value(i, "uses_mem")
+            primaries[p].append(i)
+    return memory, disk, primaries
+
+
+class Evacuation:
+    """Node evacuations (hard limits only) over free resources that differ from `memory`, the base,
+    only on a few nodes named per run.
+
+    Re-creation takes the node with most free memory that holds the instance (of equals the first
+    in node order): the nodes whose memory is as in the base are walked in the base's order and the
+    first that fits is their best; the few others are compared directly."""
+
+    def __init__(self, engine, spec: Spec, memory: list[int]):
+        self.engine = engine
+        group = spec.nodes["group"]
+        self.order = {g: [k for k in sorted(range(spec.n_nodes), key=lambda k: (-memory[k], k)) if group[k] == g]
+                      for g in set(group)}
+        self.group = group
+        value = engine.instance_value
+        # Per instance: drbd?, memory it takes, memory (the re-creation order), disk.
+        self.facts = [(value(i, "kind") == KIND_MIRRORED, value(i, "mem") * value(i, "uses_mem"), value(i, "mem"),
+                       value(i, "dsk")) for i in range(engine.count)]
+        self.secondaries = [engine.nodes_of(i)[1] for i in range(engine.count)]
+
+    def run(self, n: int, memory: list[int], disk: list[int], primaries: list[int],
+            placed: tuple[int, int, int] = (-1, -1, -1)) -> tuple[bool, set[int]]:
+        """Whether node n can be emptied, and the nodes the evacuation used: drbd primaries fail
+        over to their secondaries, other instances are re-created (largest memory first) on the
+        node of n's group with most free memory that holds them, where hail picks the best-scoring
+        node; the question asked is the same. `memory` may differ from the base on placed[1] only."""
+        mem: dict[int, int] = {}  # free memory where this evacuation changed it
+        dsk: dict[int, int] = {}
+        used: set[int] = set()
+        others = []
+        for i in primaries:
+            drbd, need_mem, _, _ = self.facts[i]
+            s = placed[2] if i == placed[0] else self.secondaries[i]
+            if drbd and s >= 0:
+                used.add(s)
+                mem[s] = mem.get(s, memory[s]) - need_mem
+                if mem[s] <= 0 or disk[s] <= 0:
+                    return False, used
+            else:
+                others.append(i)
+        dirty = used | {placed[1]}
+        for i in sorted(others, key=lambda i: -self.facts[i][2]):
+            _, need_mem, _, need_dsk = self.facts[i]
+            k = self._target(n, memory, disk, mem, dsk, dirty, need_mem, need_dsk)
+            if k < 0:
+                return False, used
+            used.add(k)
+            dirty.add(k)
+            mem[k] = mem.get(k, memory[k]) - need_mem
+            dsk[k] = dsk.get(k, disk[k]) - need_dsk
+        return True, used
+
+    def _target(self, n: int, memory: list[int], disk: list[int], mem: dict[int, int], dsk: dict[int, int],
+                dirty: set[int], need_mem: int, need_dsk: int) -> int:
+        """The node of n's group (not n) with most free memory that holds the instance, -1 if none."""
+        def fits(k: int) -> bool:
+            return mem.get(k, memory[k]) - need_mem > 0 and (need_dsk == 0 or dsk.get(k, disk[k]) - need_dsk > 0)
+        best = -1
+        for k in self.order[self.group[n]]:
+            if k != n and k not in dirty and fits(k):
+                best = k
+                break
+        for k in dirty:
+            if k >= 0 and k != n and self.group[k] == self.group[n] and fits(k) and (
+                    best < 0 or (mem.get(k, memory[k]), -k) > (mem.get(best, memory[best]), -best)):
+                best = k
+        return best
+
+
+def globally_redundant(engine, spec: Spec) -> bool:
+    """hail's global N+1 test on the placement as it is."""
+    memory, disk, primaries = free_resources(engine, spec)
+    evacuation = Evacuation(engine, spec, memory)
+    return all(evacuation.run(n, memory, disk, primaries[n])[0] for n in range(spec.n_nodes))
+
+
+class CandidateCheck:
+    """hail's global N+1 test for the candidates (primary, secondary) of one unplaced instance."""
+
+    def __init__(self, engine, spec: Spec, inst: int):
+        self.inst = inst
+        self.memory, self.disk, self.primaries = free_resources(engine, spec)
+        self.evacuation = Evacuation(engine, spec, self.memory)
+        self.need_mem = engine.instance_value(inst, "mem") * engine.instance_value(inst, "uses_mem")
+        self.need_dsk = engine.instance_value(inst, "dsk")
+        self.users: list[set[int]] = [set() for _ in range(spec.n_nodes)]  # k: nodes whose evacuation used k
+        self.failing = set()
+        for n in range(spec.n_nodes):
+            ok, used = self.evacuation.run(n, self.memory, self.disk, self.primaries[n])
+            if not ok:
+                self.failing.add(n)
+            for k in used:
+                self.users[k].add(n)
+
+    def redundant(self, pnode: int, snode: int) -> bool:
+        """Whether the cluster stays globally N+1 redundant with the instance on (pnode, snode)."""
+        changed = {pnode} if snode < 0 else {pnode, snode}
+        again = set(changed).union(*(self.users[k] for k in changed))
+        if self.failing - again:
+            return False
+        memory, disk = list(self.memory), list(self.disk)
+        memory[pnode] -= self.need_mem
+        for k in changed:
+            disk[k] -= self.need_dsk
+        placed = (self.inst, pnode, snode)
+        for n in sorted(again):
+            primaries = self.primaries[n]
+            if n == pnode:
+                primaries = list(primaries)
+                insort(primaries, self.inst)
+            if not self.evacuation.run(n, memory, disk, primaries, placed)[0]:
+                return False
+        return True
