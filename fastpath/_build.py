@@ -19,12 +19,14 @@ typedef struct {
     double dynu;
     double *t_mem, *t_dsk, *t_cpu, *cpu_speed, *hi_spindles, *vcpu_ratio, *lo_dsk;
     long *mem_base, *f_mem, *f_dsk0, *node_cpus;
+    long *forth_mem, *forth_dsk, *forth_cpu, *forth_sp;
     int *offline, *group;
     uint64_t *loc_mask, *mig_mask, *rmig_mask;
     long *mem, *dsk, *vcpus, *spindle_use, *sec_mem;
     int *kind, *uses_mem, *uses_cpu, *movable;
     uint64_t *excl_mask, *desired_mask;
     int *pnode, *snode;
+    int *forth_pnode;
     cairn_nstate *state;
     long *dsk_delta, *forth_base;
     int *touched;
@@ -37,6 +39,7 @@ typedef struct {
     long *loc_totals;         /* n_groups */
     long *top_val;            /* n_nodes * 2: the two largest peer entries */
     int *top_peer;            /* n_nodes * 2: their peers (-1: none) */
+    int has_forth;
     int initialised;
 } cairn_cluster;
 int cairn_stddev(const double *values, size_t n, double *out);

@@ -78,10 +78,12 @@ static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, d
     v[10] = load;
     v[11] = (double)st->tags_v;
     v[12] = sp;
-    v[13] = t_mem != 0 ? (double)(c->forth_base[k] - st->all_mem) / t_mem : 0.0;
-    v[14] = p_dsk;
-    v[15] = cpu;
-    v[16] = sp;
+    /* htools' *_forth metrics also count the forthcoming instances, which the state leaves out. */
+    v[13] = t_mem != 0 ? (double)(c->forth_base[k] - st->all_mem - c->forth_mem[k]) / t_mem : 0.0;
+    v[14] = t_dsk > 0 ? (double)(st->f_dsk - c->forth_dsk[k]) / t_dsk : 1.0;
+    v[15] = c->t_cpu[k] != 0 && c->cpu_speed[k] != 0
+                ? (double)(st->u_cpu + c->forth_cpu[k]) / c->t_cpu[k] / c->cpu_speed[k] : 0.0;
+    v[16] = c->hi_spindles[k] != 0 ? (double)(st->inst_sp + c->forth_sp[k]) / c->hi_spindles[k] : 0.0;
     v[17] = (double)st->loc_v;
     v[18] = 0.0;
     v[19] = r;
@@ -217,6 +219,9 @@ static const int OFFLINE_SUMS[] = {4, 5};
 
 static double approx_with(const cairn_cluster *c, const stats *s, const touch_set *t, long loc_delta)
 {
+    /* The slots assume each *_forth metric equals its plain twin; forthcoming instances break that. */
+    if (c->has_forth)
+        return -INFINITY;
     double dsum[CAIRN_METRICS] = {0}, dsq[SLOTS] = {0}, doff[CAIRN_METRICS] = {0};
     double nv[CAIRN_METRICS];
     for (int j = 0; j < t->n; j++) {
@@ -432,6 +437,19 @@ static void st_remove(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
     out->fail = u_mem(c, k, out) <= out->r_mem;
 }
 
+/* Free memory counting forthcoming instances and every primary, running or not (htools' fMemForth). */
+static long forth_mem_free(const cairn_cluster *c, int k, const cairn_nstate *st)
+{
+    return c->forth_base[k] - st->all_mem - c->forth_mem[k];
+}
+
+/* htools' disk limits counting forthcoming instances (free disk, its reserve, spindle use). */
+static int forth_disk_fails(const cairn_cluster *c, int k, const cairn_nstate *st)
+{
+    long f_dsk = st->f_dsk - c->forth_dsk[k];
+    return f_dsk <= 0 || (double)f_dsk < c->lo_dsk[k] || (double)(st->inst_sp + c->forth_sp[k]) > c->hi_spindles[k];
+}
+
 static int st_add_pri(cairn_cluster *c, int k, const cairn_nstate *in, int i, int force, cairn_nstate *out)
 {
     long clash = tag_count_at_least(c, k, i, 1);
@@ -458,8 +476,12 @@ static int st_add_pri(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
             return FAIL_CPU;
         if (clash > 0)
             return FAIL_TAGS;
-        if (c->forth_base[k] - out->all_mem <= 0)
+        if (forth_mem_free(c, k, out) <= 0)
             return FAIL_MEM;
+        if (local && forth_disk_fails(c, k, out))
+            return FAIL_DISK;
+        if ((double)(out->u_cpu + c->forth_cpu[k]) / c->t_cpu[k] > c->vcpu_ratio[k])
+            return FAIL_CPU;
     }
     out->fail = new_fail;
     out->tags_v += clash;
@@ -487,7 +509,9 @@ static int st_add_sec(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
             return FAIL_MEM;
         if (new_fail && !in->fail)
             return FAIL_MEM;
-        if (needed >= c->forth_base[k] - out->all_mem)
+        if (forth_disk_fails(c, k, out))
+            return FAIL_DISK;
+        if (needed >= forth_mem_free(c, k, out))
             return FAIL_MEM;
     }
     out->r_mem = r_mem;
@@ -665,7 +689,9 @@ int cairn_rebuild(cairn_cluster *c)
     memset(c->tagcnt, 0, sizeof(int) * (size_t)c->n_nodes * (size_t)ntags(c));
     memset(c->loccnt, 0, sizeof(int) * (size_t)c->n_groups * 64 * (size_t)ntags(c));
     memset(c->loc_totals, 0, sizeof(long) * (size_t)c->n_groups);
+    c->has_forth = 0;
     for (int k = 0; k < c->n_nodes; k++) {
+        c->has_forth |= c->forth_mem[k] != 0 || c->forth_dsk[k] != 0 || c->forth_cpu[k] != 0 || c->forth_sp[k] != 0;
         c->state[k].f_dsk = c->f_dsk0[k] + c->dsk_delta[k];
         c->state[k].u_cpu = c->node_cpus[k];
         c->sec_head[k] = c->pri_head[k] = -1;
@@ -675,6 +701,11 @@ int cairn_rebuild(cairn_cluster *c)
             return CAIRN_EINVAL;
         if (c->pnode[i] >= 0)
             add_instance_state(c, i);
+        else if (c->forth_pnode[i] >= 0) {
+            /* A forthcoming instance counts only in its primary's exclusion tags (htools' pTags). */
+            c->state[c->forth_pnode[i]].tags_v += tag_count_at_least(c, c->forth_pnode[i], i, 1);
+            tag_change(c, c->forth_pnode[i], i, 1);
+        }
     }
     for (int k = 0; k < c->n_nodes; k++) {
         cairn_nstate *st = &c->state[k];
@@ -990,7 +1021,7 @@ static void instance_moves(cairn_cluster *c, int group, search *s, int i, int fl
             consider(c, group, s, i, FAILOVER, -1, flags);
         if (flags & NO_DISK_MOVES)
             return;
-        prune = prune && c->desired_mask[i] == 0;
+        prune = prune && c->desired_mask[i] == 0 && !c->has_forth;
         if (prune) {
             instance_bounds(c, group, s, i, flags, kb, e);
             double limit = s->best + 1e-8 * (1.0 + fabs(s->best));

@@ -23,6 +23,7 @@ typedef struct {
     /* nodes */
     double *t_mem, *t_dsk, *t_cpu, *cpu_speed, *hi_spindles, *vcpu_ratio, *lo_dsk;
     long *mem_base, *f_mem, *f_dsk0, *node_cpus;
+    long *forth_mem, *forth_dsk, *forth_cpu, *forth_sp;  /* what forthcoming instances take (htools *_forth) */
     int *offline, *group;
     uint64_t *loc_mask, *mig_mask, *rmig_mask;
     /* instances, cap_inst long */
@@ -30,6 +31,7 @@ typedef struct {
     int *kind, *uses_mem, *uses_cpu, *movable;
     uint64_t *excl_mask, *desired_mask;
     int *pnode, *snode;
+    int *forth_pnode;         /* a forthcoming instance's primary (its pnode is -1), else -1 */
     /* state and scratch: n_nodes long unless noted */
     cairn_nstate *state;
     long *dsk_delta, *forth_base;
@@ -43,6 +45,7 @@ typedef struct {
     long *loc_totals;         /* n_groups */
     long *top_val;            /* n_nodes * 2: the two largest peer entries */
     int *top_peer;            /* n_nodes * 2: their peers (-1: none) */
+    int has_forth;            /* some node has forthcoming use: no slot-sharing approximations */
     int initialised;
 } cairn_cluster;
 

@@ -11,7 +11,8 @@ from fastpath.spec import MAX_TAGS, Spec
 
 _STATUS = {lib.CAIRN_EINVAL: "invalid argument"}
 _NODE_ARRAYS = (("double", ("t_mem", "t_dsk", "t_cpu", "cpu_speed", "hi_spindles", "vcpu_ratio", "lo_dsk")),
-                ("long", ("mem_base", "f_mem", "node_cpus")), ("int", ("offline", "group")),
+                ("long", ("mem_base", "f_mem", "node_cpus", "forth_mem", "forth_dsk", "forth_cpu", "forth_sp")),
+                ("int", ("offline", "group")),
                 ("uint64_t", ("loc_mask", "mig_mask", "rmig_mask")))
 _INSTANCE_ARRAYS = (("long", ("mem", "dsk", "vcpus", "spindle_use", "sec_mem")),
                     ("int", ("kind", "uses_mem", "uses_cpu", "movable", "pnode", "snode")),
@@ -56,6 +57,10 @@ class Engine:
         for ctype, names in _INSTANCE_ARRAYS:
             for name in names:
                 setattr(c, name, self._array(ctype, self.capacity, spec.instances[name]))
+        c.forth_pnode = self._array("int", self.capacity, [-1] * self.capacity)
+        for i in spec.forthcoming:
+            c.forth_pnode[i] = c.pnode[i]
+            c.pnode[i] = c.snode[i] = -1
         c.state = self._array("cairn_nstate", n)
         for name in ("dsk_delta", "forth_base", "acc_a", "acc_b", "acc_c", "acc_d"):
             setattr(c, name, self._array("long", n))

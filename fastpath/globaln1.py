@@ -23,11 +23,12 @@ def free_resources(engine, spec: Spec) -> tuple[list[int], list[int], list[list[
     memory = list(nodes["mem_base"])
     disk = list(nodes["f_dsk"])
     primaries: list[list[int]] = [[] for _ in range(spec.n_nodes)]
+    forthcoming = set(spec.forthcoming)  # left out by the engines (htools' real figures omit them)
     for i in range(engine.count):
         p, s = engine.nodes_of(i)
         dsk = engine.instance_value(i, "dsk")
         # Free disk was reported at load: undo where the instance was, apply where it is.
-        if i < spec.n_instances:
+        if i < spec.n_instances and i not in forthcoming:
             for k in (it["pnode"][i], it["snode"][i]):
                 if k >= 0:
                     disk[k] += dsk

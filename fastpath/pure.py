@@ -54,6 +54,9 @@ class Engine:
         self.nd, self.it = nd, it
         self.pnode = list(it["pnode"])
         self.snode = list(it["snode"])
+        self.forth_pnode = {i: self.pnode[i] for i in spec.forthcoming}
+        for i in spec.forthcoming:
+            self.pnode[i] = self.snode[i] = -1
         self.count = spec.n_instances
         self.touched = [0] * self.n
         self.dsk_delta = [0] * self.n
@@ -75,6 +78,9 @@ class Engine:
         it = self.it
         for i in range(self.count):
             p, s = self.pnode[i], self.snode[i]
+            if p < 0 and self.forth_pnode.get(i, -1) >= 0:
+                # A forthcoming instance counts only in its primary's exclusion tags (htools' pTags).
+                self.state[self.forth_pnode[i]][TAGS_V] += self._tag_add(self.forth_pnode[i], i)
             if p < 0:
                 continue
             st = self.state[p]
@@ -165,12 +171,17 @@ class Engine:
         r = st[R_MEM] / t_mem if t_mem else 0.0
         cpu = st[U_CPU] / nd["t_cpu"][k] / nd["cpu_speed"][k] if nd["t_cpu"][k] and nd["cpu_speed"][k] else 0.0
         sp = st[INST_SP] / nd["hi_spindles"][k] if nd["hi_spindles"][k] else 0.0
-        forth = (self.forth_base[k] - st[ALL_MEM]) / t_mem if inv_mem else 0.0
+        # htools' *_forth metrics also count the forthcoming instances, which the state leaves out.
+        forth = (self.forth_base[k] - st[ALL_MEM] - nd["forth_mem"][k]) / t_mem if inv_mem else 0.0
+        dsk_forth = (st[F_DSK] - nd["forth_dsk"][k]) / t_dsk if t_dsk > 0 else 1.0
+        cpu_forth = ((st[U_CPU] + nd["forth_cpu"][k]) / nd["t_cpu"][k] / nd["cpu_speed"][k]
+                     if nd["t_cpu"][k] and nd["cpu_speed"][k] else 0.0)
+        sp_forth = (st[INST_SP] + nd["forth_sp"][k]) / nd["hi_spindles"][k] if nd["hi_spindles"][k] else 0.0
         both = st[PCNT] + st[SCNT]
         n1 = float(both) if st[FAIL] else 0.0
         load = st[PCNT] * dynu
         return [p_mem, p_dsk, n1, r, float(both), float(st[PCNT]), cpu, load, load, both * dynu, load,
-                float(st[TAGS_V]), sp, forth, p_dsk, cpu, sp, float(st[LOC_V]), 0.0, r]
+                float(st[TAGS_V]), sp, forth, dsk_forth, cpu_forth, sp_forth, float(st[LOC_V]), 0.0, r]
 
     def metrics(self, group: int, overrides: dict | None = None, loc_delta: int = 0) -> list[float]:
         """The 20 metric values over the nodes of `group`, with some node states replaced."""
@@ -236,7 +247,14 @@ class Engine:
         return max(peers.values(), default=0)
 
     def _forth(self, k: int, st: list) -> int:
-        return self.forth_base[k] - st[ALL_MEM]
+        # Free memory counting forthcoming instances and every primary, running or not (fMemForth).
+        return self.forth_base[k] - st[ALL_MEM] - self.nd["forth_mem"][k]
+
+    def _forth_disk_fails(self, k: int, st: list) -> bool:
+        # htools' disk limits counting forthcoming instances (free disk, its reserve, spindle use).
+        f_dsk = st[F_DSK] - self.nd["forth_dsk"][k]
+        return f_dsk <= 0 or f_dsk < self.nd["lo_dsk"][k] or st[INST_SP] + self.nd["forth_sp"][k] > \
+            self.nd["hi_spindles"][k]
 
     def _add_pri(self, k: int, st: list, i: int, force: bool) -> tuple[int, list]:
         """Node k takes instance i as a primary; hbal's hard checks, then its soft ones unless forced."""
@@ -265,9 +283,12 @@ class Engine:
                 return FAIL_CPU, st
             if clash > 0:
                 return FAIL_TAGS, st
-            # The forthcoming-aware free memory counts every primary, running or not.
             if self._forth(k, st) <= 0:
                 return FAIL_MEM, st
+            if local and self._forth_disk_fails(k, st):
+                return FAIL_DISK, st
+            if (st[U_CPU] + nd["forth_cpu"][k]) / nd["t_cpu"][k] > nd["vcpu_ratio"][k]:
+                return FAIL_CPU, st
         st[FAIL] = new_fail
         st[TAGS_V] += clash
         return OK, st
@@ -294,6 +315,8 @@ class Engine:
                 return FAIL_MEM, st
             if new_fail and not st[FAIL]:
                 return FAIL_MEM, st
+            if self._forth_disk_fails(k, st):
+                return FAIL_DISK, st
             if needed >= self._forth(k, st):
                 return FAIL_MEM, st
         st[R_MEM] = r_mem

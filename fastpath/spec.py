@@ -34,7 +34,8 @@ AGGREGATION = (0, 0, 1, 0, 2, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 3, 1)
 MAX_TAGS = 64
 
 NODE_FIELDS = ("t_mem", "mem_base", "f_mem", "t_dsk", "f_dsk", "t_cpu", "cpu_speed", "node_cpus", "hi_spindles",
-               "vcpu_ratio", "lo_dsk", "offline", "group", "loc_mask", "mig_mask", "rmig_mask")
+               "vcpu_ratio", "lo_dsk", "offline", "group", "loc_mask", "mig_mask", "rmig_mask", "forth_mem", "forth_dsk",
+               "forth_cpu", "forth_sp")
 INSTANCE_FIELDS = ("mem", "dsk", "vcpus", "spindle_use", "pnode", "snode", "kind", "uses_mem", "uses_cpu",
                    "sec_mem", "movable", "excl_mask", "desired_mask")
 # Instance storage kinds the engines need: 0 none (file, diskless), 1 local non-mirrored (plain),
@@ -53,6 +54,9 @@ class Spec:
     n_tags: int = 0
     n_locations: int = 0
     dynu: float = 1.0
+    # Forthcoming instances (indices): htools counts them only in the *_forth metrics, which the
+    # nodes' forth_* fields carry; the engines leave them unplaced.
+    forthcoming: list[int] = field(default_factory=list)
 
     @property
     def n_nodes(self) -> int:
@@ -137,6 +141,7 @@ def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_e
         if inst.status in MEMORY_STATUSES and not inst.forthcoming:
             primary_mem[inst.pnode] += inst.mem
     migration = _migration_masks(cluster)
+    forth = _forthcoming_use(cluster)
     for k, node in enumerate(cluster.nodes):
         policy = cluster.policy_of(node.group)
         # htools freezes the memory it cannot explain at load time (xMem); only positive values count.
@@ -147,18 +152,37 @@ def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_e
                       hi_spindles=policy.spindle_ratio * node.spindles, vcpu_ratio=policy.vcpu_ratio, lo_dsk=0.0,
                       offline=int(node.offline or node.name in offline), group=group_index[node.group],
                       loc_mask=locs.mask([t for t in node.tags if any(t.startswith(p) for p in loc_prefixes)]),
-                      mig_mask=migration[k][0], rmig_mask=migration[k][1])
+                      mig_mask=migration[k][0], rmig_mask=migration[k][1], **forth[k])
         for name in NODE_FIELDS:
             spec.nodes[name].append(values[name])
         spec.node_names.append(node.name)
     index = {name: k for k, name in enumerate(spec.node_names)}
     for inst in cluster.instances:
+        if inst.forthcoming:
+            spec.forthcoming.append(len(spec.instance_names))
         append_instance(spec, inst, index, excls, excl, desired, locs)
     spec.n_tags = len(excls.ids)
     spec.n_locations = len(locs.ids)
     spec.excl_interner, spec.loc_interner = excls, locs  # kept for instances added later
     spec.excl_prefixes, spec.desired_prefixes = excl, desired
     return spec
+
+
+def _forthcoming_use(cluster) -> list[dict[str, int]]:
+    """What forthcoming instances take on each node, as htools' *_forth metrics count it: memory
+    and (online ones) CPUs on the primary, local disk and spindle use on primary and secondary."""
+    use = {n.name: dict(forth_mem=0, forth_dsk=0, forth_cpu=0, forth_sp=0) for n in cluster.nodes}
+    for inst in cluster.instances:
+        if not inst.forthcoming or not inst.pnode:
+            continue
+        local = template_kind(inst.template) in (KIND_LOCAL, KIND_MIRRORED)
+        use[inst.pnode]["forth_mem"] += inst.mem
+        use[inst.pnode]["forth_cpu"] += inst.vcpus if inst.status != "ADMIN_offline" else 0
+        for name in (inst.pnode, inst.snode):
+            if name and local:
+                use[name]["forth_dsk"] += inst.dsk
+                use[name]["forth_sp"] += inst.spindle_use
+    return [use[n.name] for n in cluster.nodes]
 
 
 def append_instance(spec: Spec, inst, index: dict[str, int], excls=None, excl=None, desired=None, locs=None) -> int:

@@ -179,3 +179,15 @@ def test_all_candidates_in_hails_order_equal_the_walk(implementation):
             walk.append(found)
         everything = session.engine.all_allocs(0, inst, required, None, 0, cap=10_000)[0]
         assert walk and hail_order(session.spec.n_nodes, everything) == walk
+
+
+@pytest.mark.parametrize("request_name", ["demo-evac-secondary", "demo-relocate", "demo-change-group",
+                                          "allocsec-demo"])
+def test_moving_a_forthcoming_instance_is_refused(implementation, request_name):
+    """A request that would move a forthcoming instance is refused by name, not answered wrongly."""
+    document = json.loads((DATA / f"{request_name}.json").read_text())
+    request = document["request"]
+    name = request.get("name") or request["instances"][0]
+    document["instances"][name]["forthcoming"] = True
+    with pytest.raises(RequestError, match=f"'{name}' is forthcoming"):
+        answer(json.dumps(document), Options(implementation=implementation))
