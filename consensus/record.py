@@ -232,7 +232,7 @@ class RecordReader:
             buffer, view = b"", memoryview(b"")
             position, start = self.offset, 0
             header, body_fixed, unpack_frame, unpack_seq = _FRAME.size, _BODY_FIXED, _FRAME.unpack_from, _SEQ.unpack_from
-            check_crc = self.check_crc
+            check_crc, verify = self.check_crc, self.verify_chain
             while True:
                 if len(buffer) - start < header:
                     buffer = buffer[start:] + f.read(_CHUNK)
@@ -260,27 +260,29 @@ class RecordReader:
                     self._fail("record body too short", position)
                 record = _tuple_new(Record, (unpack_seq(buffer, body + 32)[0], buffer[body:body + 32],
                                              buffer[end - 32:end], buffer[body + 40:end - 32]))
-                self._check(record, view, body, end, position, crc)
+                head = self.head
+                # The fast path of _check, written out: linked to the head, and the body's first
+                # len-32 bytes are exactly what the hash covers.
+                if (not verify or head is None or record[0] != head.seq + 1 or record[1] != head.hash
+                        or _sha256(view[body:end - 32]).digest() != record[2]):
+                    self._check(record, view, body, end, position, crc)
+                self.head = record
+                self.count += 1
                 self.position = position
                 yield record
                 position += end - start
                 start = end
 
     def _check(self, record: Record, view: memoryview, body: int, end: int, position: int, crc: int) -> None:
-        """Check the record's hash and its link to the one before (when verifying), then take it as the head."""
-        if self.verify_chain:
-            head = self.head
-            # The fast path of check_link: the body's first len-32 bytes are exactly what the hash covers.
-            linked = head is not None and record[0] == head.seq + 1 and record[1] == head.hash
-            if not linked or _sha256(view[body:end - 32]).digest() != record[2]:
-                if _crc32(view[body:end]) != crc:
-                    self._fail("CRC mismatch (the record was changed)", position)
-                try:
-                    check_link(head, record)
-                except RecordError as error:
-                    raise RecordError(error.seq, error.reason, position) from None
-        self.head = record
-        self.count += 1
+        """The checked path of a record the fast path could not vouch for: name the fault, or accept it."""
+        if not self.verify_chain:
+            return
+        if _crc32(view[body:end]) != crc:
+            self._fail("CRC mismatch (the record was changed)", position)
+        try:
+            check_link(self.head, record)
+        except RecordError as error:
+            raise RecordError(error.seq, error.reason, position) from None
 
     def _fill(self, f: BinaryIO, partial: bytes, needed: int, position: int) -> bytes:
         """Read on until `partial` holds `needed` bytes (a record larger than what is buffered)."""

@@ -72,7 +72,7 @@ def fold(records: Iterable, state: ClusterState | None = None, until: int | None
     again and again.
     """
     state = state if state is not None else ClusterState()
-    handlers, _decode, stamped = HANDLERS, decode, _stamped
+    handlers, _decode, index, seq_index, recent_index = HANDLERS, decode, _STATE_INDEX, _SEQ_INDEX, _RECENT_INDEX
     limit = until if until is not None else float("inf")
     with gc_paused():
         for record in records:
@@ -93,7 +93,17 @@ def fold(records: Iterable, state: ClusterState | None = None, until: int | None
             else:
                 recent = recent.push(event_id)
             event = envelope.event
-            state = stamped(state, handlers[type(event)](state, event, envelope, seq), seq, recent)
+            result = handlers[type(event)](state, event, envelope, seq)
+            # _stamped, written out.
+            if type(result) is dict:
+                values = list(state)
+                for name, value in result.items():
+                    values[index[name]] = value
+            else:
+                values = list(result)
+            values[seq_index] = seq
+            values[recent_index] = recent
+            state = _tuple_new(ClusterState, values)
     return state
 
 
@@ -296,14 +306,6 @@ def _replace_instance(state: ClusterState, old: Instance, new: Instance) -> dict
     return {"usage": usage, "instances": state.instances.set(new.id, new)}
 
 
-def _set_instance(state: ClusterState, instance_id: str, **changes) -> ClusterState:
-    """Change fields of an instance that do not affect usage."""
-    instance = state.instances.get(instance_id)
-    if instance is None:
-        return state
-    return state.evolve(instances=state.instances.set(instance_id, instance.evolve(**changes)))
-
-
 @handles(ev.InstanceAdded)
 def _instance_added(state, e, envelope, seq):
     # Built with tuple.__new__ (all sixteen fields given), the cheapest way to make a named tuple.
@@ -404,37 +406,39 @@ def _instance_disk_grown(state, e, envelope, seq):
 def _instance_nic_added(state, e, envelope, seq):
     old = state.instances.get(e.instance)
     if old is None:
-        return state
-    state = _set_instance(state, e.instance, nics=old.nics + (Nic(e.mac, e.mode, e.link),))
-    return state.evolve(macs=state.macs.set(e.mac, e.instance))
+        return {}
+    return {"instances": state.instances.set(e.instance, old.evolve(nics=old.nics + (Nic(e.mac, e.mode, e.link),))),
+            "macs": state.macs.set(e.mac, e.instance)}
 
 
 @handles(ev.InstanceNicRemoved)
 def _instance_nic_removed(state, e, envelope, seq):
     old = state.instances.get(e.instance)
     if old is None or not 0 <= e.nic_index < len(old.nics):
-        return state
+        return {}
     mac = old.nics[e.nic_index].mac
-    state = _set_instance(state, e.instance, nics=old.nics[:e.nic_index] + old.nics[e.nic_index + 1:])
-    return state.evolve(macs=state.macs.delete(mac) if mac in state.macs else state.macs)
+    nics = old.nics[:e.nic_index] + old.nics[e.nic_index + 1:]
+    return {"instances": state.instances.set(e.instance, old.evolve(nics=nics)),
+            "macs": state.macs.delete(mac) if mac in state.macs else state.macs}
 
 
 @handles(ev.InstanceNicModified)
 def _instance_nic_modified(state, e, envelope, seq):
     old = state.instances.get(e.instance)
     if old is None or not 0 <= e.nic_index < len(old.nics):
-        return state
+        return {}
     nic = Nic(old.nics[e.nic_index].mac, e.mode, e.link)
-    return _set_instance(state, e.instance, nics=old.nics[:e.nic_index] + (nic,) + old.nics[e.nic_index + 1:])
+    nics = old.nics[:e.nic_index] + (nic,) + old.nics[e.nic_index + 1:]
+    return {"instances": state.instances.set(e.instance, old.evolve(nics=nics))}
 
 
 @handles(ev.InstanceRenamed)
 def _instance_renamed(state, e, envelope, seq):
     old = state.instances.get(e.instance)
     if old is None:
-        return state
-    state = _set_instance(state, e.instance, name=e.name)
-    return state.evolve(instance_names=state.instance_names.delete(old.name).set(e.name, e.instance))
+        return {}
+    return {"instances": state.instances.set(e.instance, old.evolve(name=e.name)),
+            "instance_names": state.instance_names.delete(old.name).set(e.name, e.instance)}
 
 
 @handles(ev.InstanceMigrated)
@@ -469,11 +473,12 @@ def _job_submitted(state, e, envelope, seq):
                         active_jobs=state.active_jobs.set(job.id, True))
 
 
-def _set_job(state: ClusterState, job_id: int, **changes) -> ClusterState:
+def _set_job(state: ClusterState, job_id: int, **changes) -> dict:
+    """The changes that update an unfinished job (a dict, so the state is copied once)."""
     job = state.jobs.get(job_id)
     if job is None or job.status in JOB_FINISHED:
-        return state
-    return state.evolve(jobs=state.jobs.set(job_id, job.evolve(**changes)))
+        return {}
+    return {"jobs": state.jobs.set(job_id, job.evolve(**changes))}
 
 
 def _finish_job(state: ClusterState, job_id: int, envelope: Envelope, **changes) -> ClusterState:
