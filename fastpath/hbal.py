@@ -54,13 +54,14 @@ def n1_failures(spec: Spec, group: int) -> tuple[int, int]:
     """(online nodes failing N+1 at load, distinct instances on them), as hbal's initial check reports."""
     nodes, inst = spec.nodes, spec.instances
     peers: list[dict[int, int]] = [dict() for _ in range(spec.n_nodes)]
-    for i in range(spec.n_instances):
+    real = [i for i in range(spec.n_instances) if i not in set(spec.forthcoming)]  # htools' pList/sList
+    for i in real:
         p, s = inst["pnode"][i], inst["snode"][i]
         if p >= 0 and s >= 0:
             peers[s][p] = peers[s].get(p, 0) + inst["sec_mem"][i]
     bad = {k for k in range(spec.n_nodes) if nodes["group"][k] == group and not nodes["offline"][k]
            and nodes["f_mem"][k] < max(peers[k].values(), default=0)}
-    instances = sum(1 for i in range(spec.n_instances) if inst["pnode"][i] in bad or inst["snode"][i] in bad)
+    instances = sum(1 for i in real if inst["pnode"][i] in bad or inst["snode"][i] in bad)
     return len(bad), instances
 
 
@@ -69,7 +70,10 @@ def policy_violations(spec: Spec, group: int) -> int:
     nodes, inst = spec.nodes, spec.instances
     cpus = list(nodes["node_cpus"])
     spindles = [0] * spec.n_nodes
+    forthcoming = set(spec.forthcoming)  # htools' real figures leave them out
     for i in range(spec.n_instances):
+        if i in forthcoming:
+            continue
         p, s = inst["pnode"][i], inst["snode"][i]
         if p >= 0:
             cpus[p] += inst["vcpus"][i] * inst["uses_cpu"][i]

@@ -104,6 +104,7 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
                          "options": BalanceOptions(max_moves=5)}),
     ("n20.exclude.hbal", {"exclude_instances": ["inst-00022", "inst-00163"], "options": BalanceOptions(max_moves=5)}),
     ("n20-shared.evac.hbal", {"options": BalanceOptions(evac_mode=True, max_moves=6), "offline": ["node-0005"]}),
+    ("n20-forth.l5.hbal", {"options": BalanceOptions(max_moves=5)}),
 ])
 def test_balance_output_equals_hbal(implementation, answer, args):
     """The whole balance output (moves, scores, summary) equals what hbal printed."""
