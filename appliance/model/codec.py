@@ -37,12 +37,19 @@ class Envelope(NamedTuple):
 
 
 def freeze(value: Any) -> Any:
-    """Lists become tuples (recursively), so decoded events compare equal to built ones."""
+    """Lists become tuples (recursively), so decoded events compare equal to built ones.
+
+    Only ever called on freshly decoded data, which nothing else holds: a dict
+    without lists or dicts in it is returned as it is, not copied.
+    """
     kind = type(value)
     if kind is list:
         return tuple([freeze(v) if type(v) in _CONTAINERS else v for v in value])
     if kind is dict:
-        return {k: freeze(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
+        for v in value.values():
+            if type(v) in _CONTAINERS:
+                return {k: freeze(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
+        return value
     return value
 
 
