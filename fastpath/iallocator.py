@@ -400,6 +400,8 @@ def request_document(cluster: Cluster, request: dict, hypervisor: str = "xen-pvm
                              "spindle_use": i.spindle_use, "tags": list(i.tags), "nics": [],
                              "nodes": [x for x in (i.pnode, i.snode) if x],
                              "admin_state": states.get(i.status, "down")}
+        if i.forthcoming:
+            instances[i.name]["forthcoming"] = True
     groups = {g.uuid: {"name": g.name, "alloc_policy": g.alloc_policy, "networks": list(g.networks),
                        "tags": list(g.tags), "ipolicy": _policy_json(cluster.policy_of(g.uuid))}
               for g in cluster.groups}
