@@ -92,6 +92,10 @@ class SyncObjSettings:
     # long has passed since the first connection, so that a member that
     # replayed a long journal does not depose a healthy leader (P8, P9).
     startup_grace_s: float = 2.5
+    # When a follower sees its connection to the leader close (the leader's
+    # process died), the remaining voters campaign in address order this far
+    # apart instead of after their election timeouts; 0 turns this off.
+    leader_loss_campaign_step_s: float = 0.1
     tail_records: int = 10_000
 
     def __post_init__(self) -> None:
@@ -113,6 +117,7 @@ def _conf(settings: SyncObjSettings, data_dir: Path, bind: str | None, serialize
         raftMaxTimeout=settings.raft_max_timeout_s,
         leaderFallbackTimeout=settings.leader_fallback_timeout_s,
         connectionRetryTime=settings.connection_retry_time_s,
+        connectionTimeout=max(3.5, settings.raft_max_timeout_s),  # pysyncobj's default, or what validate() asks
         journalFile=str(data_dir / "raft.journal"),
         fullDumpFile=str(data_dir / "raft.snapshot"),
         serializer=serializer,
@@ -160,6 +165,28 @@ class _RaftNode(SyncObj):
         SyncObj._SyncObj__onMessageReceived(self, node, message)
         if sent_up_to is not None and node in next_index and next_index[node] < sent_up_to:
             next_index[node] = sent_up_to
+
+    # Seconds between the early campaigns of the remaining voters (see below).
+    leader_loss_campaign_step_s = 0.1
+
+    def _SyncObj__onNodeDisconnected(self, node) -> None:  # overrides a name-mangled private method
+        # A leader whose process died (crash, kill -9, OOM, restart) closes its
+        # sockets and the followers see it at once; only a silent loss (a dead
+        # machine, a partition) needs the full election timeout. The remaining
+        # voters campaign in address order, one step apart: the first at once,
+        # the next one step later if no vote request reached it meanwhile. All
+        # at once would split the vote (the close wakes them together). A
+        # leader that is still alive is disrupted no more than before: without
+        # the connection it sends this follower no heartbeats, so the follower
+        # would campaign after its timeout anyway (reconnecting takes 1 s).
+        SyncObj._SyncObj__onNodeDisconnected(self, node)
+        own = self._SyncObj__selfNode
+        if node is None or own is None or node != self._SyncObj__raftLeader or not self.leader_loss_campaign_step_s:
+            return
+        remaining = sorted([own.id] + [other.id for other in self._SyncObj__otherNodes if other != node])
+        deadline = pysyncobj_clock() + self.leader_loss_campaign_step_s * remaining.index(own.id)
+        if deadline < self._SyncObj__raftElectionDeadline:
+            self._SyncObj__raftElectionDeadline = deadline
 
     def _commands_queued(self) -> bool:
         queue = getattr(getattr(self, "_SyncObj__commandsQueue", None), "_FastQueue__queue", None)
@@ -238,6 +265,7 @@ class SyncObjLog(EventLog):
         own = raft_address(self_node) if voter else None
         conf = _conf(settings, self._data_dir, own, self._write_snapshot, self._read_snapshot)
         self._raft = _RaftNode(own, peers, conf=conf, consumers=[self._entries])
+        self._raft.leader_loss_campaign_step_s = settings.leader_loss_campaign_step_s
         self._raft.addOnTickCallback(self._on_tick)
         try:
             if voter:
@@ -446,6 +474,7 @@ class SyncObjLog(EventLog):
         self._gap_wakeup.set()
 
     def _leadership_in_trio(self, leadership: Leadership) -> None:
+        log.info("term %d: leader %s", leadership.term, leadership.leader or "unknown")
         self._leadership = leadership
         self._leadership_event.set()
         self._leadership_event = trio.Event()

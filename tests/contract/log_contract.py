@@ -7,7 +7,9 @@ member that accepts proposals (a leader, or a member that forwards to one).
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
+from pathlib import Path
 
 import pytest
 import trio
@@ -17,13 +19,16 @@ from consensus.record import GENESIS_HASH, ChainHead, check_link
 
 
 def free_node_address() -> str:
-    """A 127.0.0.1:PORT whose ports PORT, PORT+1 and PORT+2 are free right now."""
-    for _attempt in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port > 65000:
-            continue
+    """A 127.0.0.1:PORT whose ports PORT, PORT+1 and PORT+2 are free right now, below the ephemeral range.
+
+    Outside the kernel's ephemeral range, so that no outgoing connection (a
+    client, a peer) can take a member's port while the member is down and make
+    its restart fail with a bind error.
+    """
+    low = ephemeral_port_range()[0]
+    rng = random.Random()
+    for _attempt in range(500):
+        port = rng.randrange(10_000, max(low - 3, 10_100))
         sockets = []
         try:
             for offset in range(3):
@@ -36,7 +41,16 @@ def free_node_address() -> str:
         finally:
             for s in sockets:
                 s.close()
-    raise RuntimeError("no three consecutive free ports on 127.0.0.1; free some ports and retry")
+    raise RuntimeError(f"no three consecutive free ports on 127.0.0.1 between 10000 and {low}; free some and retry")
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux's default when unreadable)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 async def drain(log: EventLog, after_seq: int, count: int, timeout_s: float = 10.0) -> list:

@@ -69,7 +69,7 @@ class ProcessCluster:
         peers = [v for v in self.voters if v != node]
         command = [sys.executable, "-m", "consensus.node", "--self", node, "--peers", ",".join(peers),
                    "--data", str(self.data_dir(node)), "--secret-file", str(self.secret_file),
-                   "--fsync", self.fsync, *self.extra_args]
+                   "--fsync", self.fsync, "--log-level", "INFO", *self.extra_args]
         if node in self.non_voters:
             command.append("--non-voter")
         log_file = open(self.root / (node.replace(":", "_") + ".log"), "ab")
@@ -102,6 +102,13 @@ class ProcessCluster:
     def alive(self) -> list[str]:
         return [n for n, p in self.processes.items() if p.poll() is None]
 
+    def check_none_failed(self) -> None:
+        """Raise, with its log's last lines, if a member exited on its own (not killed by the test)."""
+        for node, process in self.processes.items():
+            if process.poll() not in (None, -signal.SIGKILL):
+                tail = " | ".join(self.log_text(node).splitlines()[-4:])
+                raise RuntimeError(f"member {node} exited with status {process.returncode}: {tail}")
+
     def close(self) -> None:
         for node in list(self.processes):
             self.kill(node)
@@ -129,18 +136,32 @@ class ProcessCluster:
     async def wait_leader(self, among: list[str] | None = None, timeout_s: float = 30.0,
                           not_in: tuple[str, ...] = ()) -> tuple[str, int]:
         """The leader (and its term) once a live member reports itself leader with quorum."""
-        with trio.fail_after(timeout_s):
+        with trio.move_on_after(timeout_s):
             while True:
                 for node in among or self.alive():
                     status = await self.status(node)
                     if status and status["is_leader"] and node not in not_in:
                         return node, status["term"]
                 await trio.sleep(0.05)
+        raise TimeoutError(f"no leader (other than {list(not_in)}) within {timeout_s} s; "
+                           f"members now: {await self.describe()}")
+
+    async def describe(self) -> str:
+        """Each live member's view (state, term, leader, connections) and its log's last lines, for a failure message."""
+        parts = []
+        for node in self.alive():
+            status = await self.status(node)
+            view = {k: status.get(k) for k in ("raft_state", "term", "leader", "connected_voters", "has_quorum",
+                                               "commit_idx", "log_len")} if status else "no answer"
+            tail = " | ".join(self.log_text(node).splitlines()[-6:])
+            parts.append(f"{node}: {view}; log: {tail}")
+        return "; ".join(parts)
 
     async def wait_all_know_leader(self, timeout_s: float = 30.0) -> str:
-        """Every live member names the same connected leader."""
+        """Every live member names the same connected leader (and none has exited on its own)."""
         with trio.fail_after(timeout_s):
             while True:
+                self.check_none_failed()
                 leaders = set()
                 for node in self.alive():
                     status = await self.status(node)

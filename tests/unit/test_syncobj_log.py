@@ -128,6 +128,42 @@ async def test_a_busy_leader_sends_one_append_entries_per_entry(tmp_path):
         assert len(sends) < 1.5 * entries
 
 
+async def test_followers_campaign_at_once_when_the_leader_process_goes(tmp_path):
+    """A leader whose process stops closes its connections; a follower then campaigns well before its election timeout."""
+    nodes = [free_node_address() for _ in range(3)]
+    # Election timeouts of 8-9 s: a new leader within 4 s can only come from the early campaign.
+    options = SyncObjSettings(password=SECRET, raft_min_timeout_s=8.0, raft_max_timeout_s=9.0)
+    stops = [trio.Event() for _ in nodes]
+    stopped = [trio.Event() for _ in nodes]
+
+    async def member(i, task_status=trio.TASK_STATUS_IGNORED):
+        try:
+            async with open_syncobj_log(nodes[i], nodes, tmp_path / f"m{i}", options) as log:
+                task_status.started(log)
+                await stops[i].wait()
+        finally:
+            stopped[i].set()
+
+    async with trio.open_nursery() as nursery:
+        opened = [await nursery.start(member, i) for i in range(len(nodes))]
+        try:
+            await wait_for(lambda: any(m.is_leader() for m in opened), 40, "a first leader elected")
+            index = next(i for i, m in enumerate(opened) if m.is_leader())
+            old_term = opened[index].term()
+            survivors = [m for i, m in enumerate(opened) if i != index]
+            await wait_for(lambda: all(m.leader() == opened[index].address for m in survivors), 20,
+                           "the followers know the leader")
+            stops[index].set()
+            await stopped[index].wait()
+            await wait_for(lambda: any(m.is_leader() for m in survivors), 4, "a new leader before any election timeout")
+            new_leader = next(m for m in survivors if m.is_leader())
+            assert new_leader.term() > old_term
+            assert await new_leader.propose(b"after the leader went") >= 1
+        finally:
+            for stop in stops:
+                stop.set()
+
+
 async def test_the_leadership_stream_reports_the_elected_leader(tmp_path):
     """Every member's leadership stream reports the leader and its term."""
     async with members(tmp_path) as opened:
