@@ -6,7 +6,7 @@ Pure stdlib; the engine does the per-group search.
 from fastpath.globaln1 import CandidateCheck
 from fastpath.model import Cluster, Policy
 from fastpath.record import field, record
-from fastpath.spec import (ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_DISK, FAIL_N1, FAIL_NAMES, IGNORE_SOFT,
+from fastpath.spec import (ALLOC_EITHER, ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_DISK, FAIL_N1, FAIL_NAMES, IGNORE_SOFT,
                            Spec)
 
 POLICY_ORDER = {"preferred": 0, "last_resort": 1}
@@ -43,11 +43,6 @@ def policy_violation(policy: Policy, mem: int, vcpus: int, disks: list[int], nic
                 and all(low.disk <= d <= high.disk for d in disks)):
             return None
     return "the instance spec is outside every min/max pair of the instance policy"
-
-
-def n1_clean(engine, spec: Spec, group: int) -> bool:
-    """Whether no online node of the group fails N+1 (the precondition of hail's capacity check)."""
-    return engine.metrics(group)[2] == 0
 
 
 def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, group_indices: list[int],
@@ -102,18 +97,45 @@ def _first_redundant(engine, spec: Spec, inst: int, outcome: GroupOutcome, searc
     keeps the cluster globally N+1 redundant.
 
     Like hail 3.0.2, every candidate is checked and every one that fails counts as FailN1, also
-    those ranked below the chosen one (fastpath.globaln1 makes the check incremental)."""
-    group, _, required, mask = search_args[:4]
-    candidates = engine.all_allocs(*search_args, cap=_candidate_count(engine, spec, group, required, mask))[0]
+    those ranked below the chosen one (fastpath.globaln1 makes the check incremental). Candidates
+    that fail it for sure (some node's evacuation fails and they do not touch it) are not listed."""
     check = CandidateCheck(engine, spec, inst)
-    chosen, rejected = None, 0
-    for found in hail_order(spec.n_nodes, candidates):
-        if not check.redundant(found[0], found[1]):
-            rejected += 1
-        elif chosen is None:
-            chosen = found
-    _reject_n1(outcome, rejected)
+    chosen, passed = None, 0
+    for found in hail_order(spec.n_nodes, _possible_candidates(engine, spec, check, search_args)):
+        if check.redundant(found[0], found[1]):
+            passed += 1
+            if chosen is None:
+                chosen = found
+    _reject_n1(outcome, outcome.successes - passed)
     return chosen
+
+
+def _possible_candidates(engine, spec: Spec, check: CandidateCheck, search_args) -> list[tuple[int, int, float]]:
+    """The valid candidates (primary, secondary, score) that may pass the global N+1 check: all of
+    them when no node's evacuation fails, else those a per-primary mask of possible roles admits."""
+    group, inst, required, mask, flags, scope = search_args
+    if not check.failing:
+        return engine.all_allocs(*search_args, cap=_candidate_count(engine, spec, group, required, mask))[0]
+    primaries = [k for k in range(spec.n_nodes) if _allowed(spec, mask, group, k, ALLOC_PRIMARY)]
+    if required == 1:
+        passing = {p for p in primaries if check.primary_may_pass(p)}
+        if not passing:
+            return []
+        roles = [ALLOC_PRIMARY if k in passing else ALLOC_NEVER for k in range(spec.n_nodes)]
+        return engine.all_allocs(group, inst, 1, roles, flags, scope, cap=len(passing))[0]
+    found = []
+    for p in primaries:
+        wanted = check.secondaries(p)
+        partners = [k for k in (range(spec.n_nodes) if wanted is None else sorted(wanted))
+                    if k != p and _allowed(spec, mask, group, k, ALLOC_SECONDARY)]
+        if not partners:
+            continue
+        roles = [ALLOC_NEVER] * spec.n_nodes
+        roles[p] = ALLOC_PRIMARY
+        for k in partners:
+            roles[k] = ALLOC_SECONDARY
+        found += engine.all_allocs(group, inst, 2, roles, flags, scope, cap=len(partners))[0]
+    return found
 
 
 def try_group(engine, spec: Spec, outcome: GroupOutcome, search_args: tuple, capacity_check: bool) -> None:
@@ -123,26 +145,23 @@ def try_group(engine, spec: Spec, outcome: GroupOutcome, search_args: tuple, cap
     found, counts = engine.best_alloc(*search_args)
     outcome.failures = {FAIL_NAMES[k]: counts[k] for k in range(1, len(FAIL_NAMES)) if counts[k]}
     outcome.successes = _candidate_count(engine, spec, group, required, mask) - sum(counts)
-    if found is None:
-        return
-    if capacity_check and not n1_clean(engine, spec, group):
-        # The group already fails N+1, so hail's global capacity check rejects every candidate.
-        _reject_n1(outcome, outcome.successes)
-        return
-    if capacity_check:
+    if found is not None and capacity_check:
         found = _first_redundant(engine, spec, inst, outcome, search_args)
     if found is not None:
         outcome.nodes, outcome.score = (found[0], found[1]), found[2]
 
 
+def _allowed(spec: Spec, mask, group: int, k: int, role: int) -> bool:
+    """Whether node k may take the new instance in `role`, as the engines' allocation masks say."""
+    value = ALLOC_EITHER if mask is None else int(mask[k])
+    return spec.nodes["group"][k] == group and (not spec.nodes["offline"][k] if value == ALLOC_EITHER
+                                                else value == role)
+
+
 def _candidate_count(engine, spec: Spec, group: int, required: int, mask) -> int:
     """How many candidates best_alloc tries: nodes (or ordered pairs) allowed by the mask's roles."""
-    def allowed(k: int, role: int) -> bool:
-        value = ALLOC_EITHER if mask is None else int(mask[k])
-        return spec.nodes["group"][k] == group and (not spec.nodes["offline"][k] if value == ALLOC_EITHER
-                                                    else value == role)
-    primaries = {k for k in range(spec.n_nodes) if allowed(k, ALLOC_PRIMARY)}
+    primaries = {k for k in range(spec.n_nodes) if _allowed(spec, mask, group, k, ALLOC_PRIMARY)}
     if required == 1:
         return len(primaries)
-    secondaries = {k for k in range(spec.n_nodes) if allowed(k, ALLOC_SECONDARY)}
+    secondaries = {k for k in range(spec.n_nodes) if _allowed(spec, mask, group, k, ALLOC_SECONDARY)}
     return len(primaries) * len(secondaries) - len(primaries & secondaries)

@@ -122,6 +122,10 @@ class Engine:
         """One field (of `spec.INSTANCE_FIELDS`) of an instance as the engine holds it."""
         return getattr(self._c, name)[inst]
 
+    def instance_column(self, name: str) -> list:
+        """One field (of `spec.INSTANCE_FIELDS`) of every defined instance, in index order."""
+        return ffi.unpack(getattr(self._c, name), self.count)
+
     def define_instance(self, values: dict, reuse: int = -1) -> int:
         """Add an unplaced instance with the fields of `spec.INSTANCE_FIELDS` (or overwrite the unplaced
         instance `reuse`); returns its index."""

@@ -2,14 +2,24 @@
 
 hail (3.0.2, without `--no-capacity-checks`) asks of each candidate whether the cluster with the
 new instance placed stays globally N+1 redundant: every node can be emptied, its drbd primaries
-failed over and its other instances re-created elsewhere in its group. A candidate only lowers
-resources on its primary (memory and disk) and secondary (disk), so a node's evacuation comes out
-as without the candidate unless the evacuation used one of those nodes (a failover target or a
-node an instance was re-created on) or the node is one of them: re-created instances go to the
-node with most free memory that holds them, and lowering a node that was never chosen changes no
-choice, nor makes a failed step succeed. Each node's evacuation is simulated once without the
-candidate; per candidate only the nodes whose evacuation touched its primary or secondary, and
-those two, are simulated again. The answer is the one a full simulation per candidate gives.
+failed over and its other instances re-created elsewhere in its group. The failovers are htools'
+`move` of a Failover with soft errors ignored: the migration tags must allow it, the secondary
+must keep free memory and free disk above 0, the old primary (unless offline) free disk above 0.
+A group that already fails N+1 usually fails this simulation too, but not always (a down drbd
+instance is reserved for on its secondary yet takes no memory there when failed over), so only
+the simulation decides.
+
+A candidate only lowers resources on its primary (memory and disk) and secondary (disk), so a
+node's evacuation comes out as without the candidate unless the evacuation used one of those
+nodes (a failover target or a node an instance was re-created on) or the node is one of them:
+re-created instances go to the node with most free memory that holds them, and lowering a node
+that was never chosen changes no choice, nor makes a failed step succeed. Each node's evacuation
+is simulated once without the candidate; per candidate only the nodes whose evacuation touched
+its primary or secondary, and those two, are simulated again. The answer is the one a full
+simulation per candidate gives. For the same reason a candidate fails outright when some node's
+evacuation failed without touching its primary or secondary; `CandidateCheck.secondaries` lists,
+per primary, the only secondaries that can pass, so a group with many failing nodes costs a few
+set operations per primary instead of one scored candidate per pair.
 """
 
 from bisect import insort
@@ -24,9 +34,10 @@ def free_resources(engine, spec: Spec) -> tuple[list[int], list[int], list[list[
     disk = list(nodes["f_dsk"])
     primaries: list[list[int]] = [[] for _ in range(spec.n_nodes)]
     forthcoming = set(spec.forthcoming)  # left out by the engines (htools' real figures omit them)
+    column = engine.instance_column
+    pnodes, snodes, dsks, mems, uses = (column(name) for name in ("pnode", "snode", "dsk", "mem", "uses_mem"))
     for i in range(engine.count):
-        p, s = engine.nodes_of(i)
-        dsk = engine.instance_value(i, "dsk")
+        p, s, dsk = pnodes[i], snodes[i], dsks[i]
         # Free disk was reported at load: undo where the instance was, apply where it is.
         if i < spec.n_instances and i not in forthcoming:
             for k in (it["pnode"][i], it["snode"][i]):
@@ -36,7 +47,7 @@ def free_resources(engine, spec: Spec) -> tuple[list[int], list[int], list[list[
             if k >= 0:
                 disk[k] -= dsk
         if p >= 0:
-            memory[p] -= engine.instance_value(i, "mem") * engine.instance_value(i, "uses_mem")
+            memory[p] -= mems[i] * uses[i]
             primaries[p].append(i)
     return memory, disk, primaries
 
@@ -55,11 +66,13 @@ class Evacuation:
         self.order = {g: [k for k in sorted(range(spec.n_nodes), key=lambda k: (-memory[k], k)) if group[k] == g]
                       for g in set(group)}
         self.group = group
-        value = engine.instance_value
+        kinds, mems, uses, dsks = (engine.instance_column(name) for name in ("kind", "mem", "uses_mem", "dsk"))
         # Per instance: drbd?, memory it takes, memory (the re-creation order), disk.
-        self.facts = [(value(i, "kind") == KIND_MIRRORED, value(i, "mem") * value(i, "uses_mem"), value(i, "mem"),
-                       value(i, "dsk")) for i in range(engine.count)]
-        self.secondaries = [engine.nodes_of(i)[1] for i in range(engine.count)]
+        self.facts = [(kind == KIND_MIRRORED, mem * use, mem, dsk) for kind, mem, use, dsk in zip(kinds, mems, uses, dsks)]
+        self.secondaries = engine.instance_column("snode")
+        nodes = spec.nodes
+        self.offline = nodes["offline"]
+        self.mig, self.rmig = nodes["mig_mask"], nodes["rmig_mask"]  # htools' checkMigration
 
     def run(self, n: int, memory: list[int], disk: list[int], primaries: list[int],
             placed: tuple[int, int, int] = (-1, -1, -1)) -> tuple[bool, set[int]]:
@@ -77,7 +90,9 @@ class Evacuation:
             if drbd and s >= 0:
                 used.add(s)
                 mem[s] = mem.get(s, memory[s]) - need_mem
-                if mem[s] <= 0 or disk[s] <= 0:
+                # htools' forced failover: hard limits on the new primary, free disk on the old one.
+                if (mem[s] <= 0 or disk[s] <= 0 or (disk[n] <= 0 and not self.offline[n])
+                        or self.mig[n] & ~self.rmig[s]):
                     return False, used
             else:
                 others.append(i)
@@ -127,13 +142,36 @@ class CandidateCheck:
         self.need_mem = engine.instance_value(inst, "mem") * engine.instance_value(inst, "uses_mem")
         self.need_dsk = engine.instance_value(inst, "dsk")
         self.users: list[set[int]] = [set() for _ in range(spec.n_nodes)]  # k: nodes whose evacuation used k
+        self.used: list[set[int]] = []  # n: the nodes n's evacuation used
         self.failing = set()
         for n in range(spec.n_nodes):
             ok, used = self.evacuation.run(n, self.memory, self.disk, self.primaries[n])
             if not ok:
                 self.failing.add(n)
+            self.used.append(used)
             for k in used:
                 self.users[k].add(n)
+        # k: the failing evacuations a candidate on k simulates again (k is their node or they used k).
+        self.hits = [self.failing & (self.users[k] | {k}) for k in range(spec.n_nodes)]
+        self.most_hits = max(map(len, self.hits), default=0)
+
+    def primary_may_pass(self, pnode: int) -> bool:
+        """Whether a one-node candidate on pnode can pass (else it fails the check for sure)."""
+        return len(self.hits[pnode]) == len(self.failing)
+
+    def secondaries(self, pnode: int) -> set[int] | None:
+        """The only nodes s with which candidate (pnode, s) can pass; None: any node may.
+
+        Every failing evacuation the primary leaves as it is must be one the secondary simulates
+        again: the secondary is its node or one it used."""
+        left = len(self.failing) - len(self.hits[pnode])
+        if left == 0:
+            return None
+        if left > self.most_hits:
+            return set()
+        rest = self.failing - self.hits[pnode]
+        first = min(rest)
+        return {s for s in self.used[first] | {first} if s != pnode and rest <= self.hits[s]}
 
     def redundant(self, pnode: int, snode: int) -> bool:
         """Whether the cluster stays globally N+1 redundant with the instance on (pnode, snode)."""

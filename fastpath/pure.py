@@ -434,6 +434,11 @@ class Engine:
             return (self.pnode if name == "pnode" else self.snode)[i]
         return self.it[name][i]
 
+    def instance_column(self, name: str) -> list:
+        """One field (of `spec.INSTANCE_FIELDS`) of every defined instance, in index order."""
+        column = {"pnode": self.pnode, "snode": self.snode}.get(name) or self.it[name]
+        return list(column[:self.count])
+
     def define_instance(self, values: dict, reuse: int = -1) -> int:
         """Add an unplaced instance with the fields of `spec.INSTANCE_FIELDS` (or overwrite the unplaced
         instance `reuse`); returns its index."""

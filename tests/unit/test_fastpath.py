@@ -197,19 +197,24 @@ def test_pruned_and_unpruned_search_choose_the_same_move():
         engine.apply_move(*pruned[:3])
 
 
+def _engines_with_new_instance(spec, required: int, memory: int):
+    """Each engine (C, then pure) over spec with one unplaced new instance, and that instance's index."""
+    from fastpath.model import Instance
+    from fastpath.spec import instance_values
+
+    inst = Instance("new", memory, 20480, 2, "running", True, "", "", "drbd" if required == 2 else "plain")
+    for implementation in ("c", "pure"):
+        engine = engine_class(implementation)(spec, extra_instances=1)
+        yield engine, engine.define_instance(instance_values(inst, {}))
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(clusters(), st.sampled_from([1, 2]), st.integers(min_value=256, max_value=20000))
 def test_c_and_pure_agree_on_allocation(case, required, memory):
     """On random clusters both engines choose the same nodes for a new instance and count the same failures."""
-    from fastpath.model import Instance
-    from fastpath.spec import instance_values
-
     spec, flags = case
-    inst = Instance("new", memory, 20480, 2, "running", True, "", "", "drbd" if required == 2 else "plain")
     answers = []
-    for implementation in ("c", "pure"):
-        engine = engine_class(implementation)(spec, extra_instances=1)
-        index = engine.define_instance(instance_values(inst, {}))
+    for engine, index in _engines_with_new_instance(spec, required, memory):
         found, counts = engine.best_alloc(0, index, required, None, flags & 8)
         answers.append((found[:2] if found else None, counts, found[2] if found else None))
     assert answers[0][:2] == answers[1][:2]
@@ -226,3 +231,23 @@ def test_pruning_is_exact_on_random_clusters(nodes, instances, seed, flags):
 
     engine = engine_class("c")(flatten(generate(nodes, instances, seed)))
     assert engine.best_move(0, flags) == engine.best_move(0, flags | NO_PRUNING)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(clusters(), st.sampled_from([1, 2]), st.integers(min_value=256, max_value=20000))
+def test_c_and_pure_agree_on_the_global_n1_check(case, required, memory):
+    """On random clusters both engines see the same failing evacuations, leave the same candidates
+    after the fast rejection and give each the same global N+1 verdict."""
+    from fastpath.allocate import _possible_candidates
+    from fastpath.globaln1 import CandidateCheck
+    from fastpath.spec import INSTANCE_FIELDS
+
+    spec, flags = case
+    answers = []
+    for engine, index in _engines_with_new_instance(spec, required, memory):
+        assert all(engine.instance_column(name) == [engine.instance_value(i, name) for i in range(engine.count)]
+                   for name in INSTANCE_FIELDS)
+        check = CandidateCheck(engine, spec, index)
+        possible = _possible_candidates(engine, spec, check, (0, index, required, None, flags & 8, -1))
+        answers.append((check.failing, [(p, s, check.redundant(p, s)) for p, s, _ in possible]))
+    assert answers[0] == answers[1]

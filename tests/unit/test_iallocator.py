@@ -130,7 +130,8 @@ def _check_documents():
 
     documents = [json.loads((DATA / f"{name}.json").read_text())
                  for name in ("globaln1-next", "globaln1-next-drbd", "demo-allocate", "demo-allocate-plain",
-                              "n4-alloc", "n20-alloc")]
+                              "n4-alloc", "n20-alloc", "forth-gen-2", "forth-gen-72", "globaln1-mig",
+                              "globaln1-fulldisk")]
     request = {"type": "allocate", "name": "new", "required_nodes": 2, "disk_template": "drbd", "memory": 512,
                "vcpus": 1, "disk_space_total": 1024, "disks": [{"size": 1024}], "nics": [], "tags": [],
                "spindle_use": 1}
@@ -160,6 +161,57 @@ def test_incremental_global_n1_equals_full_simulation(implementation):
                 assert check.redundant(p, s) == full, (document["request"]["name"], p, s)
                 seen.add(full)
     assert seen == {True, False}
+
+
+def _request_session(document: dict, implementation: str):
+    from fastpath.iallocator import Session, _new_instance, load
+
+    options = Options(implementation=implementation)
+    return Session(load(document, options), options, [_new_instance(document["request"])])
+
+
+def test_possible_candidates_keep_every_passing_one(implementation):
+    """The candidates left after the fast rejection are valid ones with their exact scores, and
+    include every candidate that passes the global N+1 check (both outcomes occur)."""
+    from fastpath.allocate import _possible_candidates
+    from fastpath.globaln1 import CandidateCheck
+
+    rejected_fast = passed = 0
+    for document in _check_documents():
+        session = _request_session(document, implementation)
+        engine, inst = session.engine, session.new[0]
+        required = document["request"].get("required_nodes", 1)
+        check = CandidateCheck(engine, session.spec, inst)
+        for group in sorted(set(session.spec.nodes["group"])):
+            search_args = (group, inst, required, None, 0, -1)
+            everything = set(engine.all_allocs(*search_args, cap=10_000)[0])
+            possible = _possible_candidates(engine, session.spec, check, search_args)
+            passing = {c for c in everything if check.redundant(c[0], c[1])}
+            assert len(possible) == len(set(possible)) and passing <= set(possible) <= everything
+            rejected_fast += len(everything) - len(possible)
+            passed += len(passing)
+    assert rejected_fast > 0 and passed > 0
+
+
+def test_group_failing_n1_through_a_down_instance_can_pass(implementation):
+    """A group that fails N+1 only through the reservation for a down drbd instance (which takes no
+    memory when failed over) still passes hail's simulation (generated seed 2, hail took node-0004)."""
+    from fastpath.globaln1 import CandidateCheck
+
+    session = _request_session(json.loads((DATA / "forth-gen-2.json").read_text()), implementation)
+    assert session.engine.metrics(0)[2] > 0
+    check = CandidateCheck(session.engine, session.spec, session.new[0])
+    assert check.redundant(session.names.index("node-0004"), -1)
+
+
+@pytest.mark.parametrize("name", ["globaln1-mig", "globaln1-fulldisk"])
+def test_failover_limits_break_global_redundancy(implementation, name):
+    """A drbd failover the migration tags forbid, or from a primary without free disk, leaves the
+    node unevacuable: the demo cluster is no longer globally N+1 redundant."""
+    from fastpath.globaln1 import globally_redundant
+
+    session = _request_session(json.loads((DATA / f"{name}.json").read_text()), implementation)
+    assert not globally_redundant(session.engine, session.spec)
 
 
 def test_all_candidates_in_hails_order_equal_the_walk(implementation):
