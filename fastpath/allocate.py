@@ -116,7 +116,7 @@ def _possible_candidates(engine, spec: Spec, check: CandidateCheck, search_args)
     group, inst, required, mask, flags, scope = search_args
     if not check.failing:
         return engine.all_allocs(*search_args, cap=_candidate_count(engine, spec, group, required, mask))[0]
-    primaries = [k for k in range(spec.n_nodes) if _allowed(spec, mask, group, k, ALLOC_PRIMARY)]
+    primaries = [k for k in range(spec.n_nodes) if role_allowed(spec, mask, group, k, ALLOC_PRIMARY)]
     if required == 1:
         passing = {p for p in primaries if check.primary_may_pass(p)}
         if not passing:
@@ -127,7 +127,7 @@ def _possible_candidates(engine, spec: Spec, check: CandidateCheck, search_args)
     for p in primaries:
         wanted = check.secondaries(p)
         partners = [k for k in (range(spec.n_nodes) if wanted is None else sorted(wanted))
-                    if k != p and _allowed(spec, mask, group, k, ALLOC_SECONDARY)]
+                    if k != p and role_allowed(spec, mask, group, k, ALLOC_SECONDARY)]
         if not partners:
             continue
         roles = [ALLOC_NEVER] * spec.n_nodes
@@ -151,7 +151,7 @@ def try_group(engine, spec: Spec, outcome: GroupOutcome, search_args: tuple, cap
         outcome.nodes, outcome.score = (found[0], found[1]), found[2]
 
 
-def _allowed(spec: Spec, mask, group: int, k: int, role: int) -> bool:
+def role_allowed(spec: Spec, mask, group: int, k: int, role: int) -> bool:
     """Whether node k may take the new instance in `role`, as the engines' allocation masks say."""
     value = ALLOC_EITHER if mask is None else int(mask[k])
     return spec.nodes["group"][k] == group and (not spec.nodes["offline"][k] if value == ALLOC_EITHER
@@ -160,8 +160,8 @@ def _allowed(spec: Spec, mask, group: int, k: int, role: int) -> bool:
 
 def _candidate_count(engine, spec: Spec, group: int, required: int, mask) -> int:
     """How many candidates best_alloc tries: nodes (or ordered pairs) allowed by the mask's roles."""
-    primaries = {k for k in range(spec.n_nodes) if _allowed(spec, mask, group, k, ALLOC_PRIMARY)}
+    primaries = {k for k in range(spec.n_nodes) if role_allowed(spec, mask, group, k, ALLOC_PRIMARY)}
     if required == 1:
         return len(primaries)
-    secondaries = {k for k in range(spec.n_nodes) if _allowed(spec, mask, group, k, ALLOC_SECONDARY)}
+    secondaries = {k for k in range(spec.n_nodes) if role_allowed(spec, mask, group, k, ALLOC_SECONDARY)}
     return len(primaries) * len(secondaries) - len(primaries & secondaries)

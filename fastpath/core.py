@@ -122,6 +122,15 @@ class Engine:
         """One field (of `spec.INSTANCE_FIELDS`) of an instance as the engine holds it."""
         return getattr(self._c, name)[inst]
 
+    def node_state(self, k: int) -> dict:
+        """Node k's figures as the engine holds them: free memory for moves, reserved memory, N+1
+        flag, free disk, used CPUs, all primaries' memory, the forthcoming-aware memory base and
+        the exclusion tags present (bit mask)."""
+        st = self._c.state[k]
+        tags = sum(1 << t for t in range(MAX_TAGS) if self._c.tagcnt[k * MAX_TAGS + t] >= 1)
+        return {"u_mem": self._c.mem_base[k] - st.i_mem, "r_mem": st.r_mem, "fail": st.fail, "f_dsk": st.f_dsk,
+                "u_cpu": st.u_cpu, "all_mem": st.all_mem, "forth_base": self._c.forth_base[k], "tags": tags}
+
     def instance_column(self, name: str) -> list:
         """One field (of `spec.INSTANCE_FIELDS`) of every defined instance, in index order."""
         return ffi.unpack(getattr(self._c, name), self.count)

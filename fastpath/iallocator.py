@@ -6,7 +6,7 @@ Written from the protocol description in shared/reference/htools.md section 4.
 
 import json
 
-from fastpath import engine_class
+from fastpath import dedicated, engine_class
 from fastpath.allocate import GroupOutcome, allocate, policy_violation, try_group
 from fastpath.model import Cluster, Group, Instance, Node, Policy, Spec as PolicySpec
 from fastpath.record import record
@@ -130,6 +130,7 @@ class Session:
         self.new = [append_instance(self.spec, inst, {}) for inst in new_instances]
         self.engine = engine_class(options.implementation)(self.spec, extra_instances=1)
         self.spare = -1  # an unplaced engine slot for trial copies of existing instances
+        self.used_spindles: dict[int, int] = {}  # node: free spindles this request's instances took
         self.names = self.spec.node_names
 
     def group_of_node(self, node: int) -> int:
@@ -170,11 +171,39 @@ def _allocate_one(session: Session, request: dict, inst: int, obj: dict):
                                 len(obj.get("nics", [])) or 1, int(obj.get("spindle_use", 1)),
                                 obj.get("disk_template", "plain"))
 
-    return allocate(session.engine, session.spec, session.cluster, inst, required,
-                    _allocation_groups(session, request), mask, session.options.ignore_soft_errors,
-                    session.options.capacity_checks, violation, whole_cluster=not request.get("group_name"),
-                    unconnected=network_check(session.cluster, nic_networks(obj), obj.get("name", ""),
-                                              bool(request.get("group_name"))))
+    groups = _allocation_groups(session, request)
+    unconnected = network_check(session.cluster, nic_networks(obj), obj.get("name", ""),
+                                bool(request.get("group_name")))
+    if _dedicated(session, request, groups):
+        return dedicated.allocate(dedicated.Dedicated(session.engine, session.spec, session.cluster,
+                                                      session.used_spindles),
+                                  _dedicated_instance(session, inst, obj), required, groups, mask,
+                                  session.options.ignore_soft_errors,
+                                  network_check(session.cluster, nic_networks(obj), obj.get("name", ""), True))
+    return allocate(session.engine, session.spec, session.cluster, inst, required, groups, mask,
+                    session.options.ignore_soft_errors, session.options.capacity_checks, violation,
+                    whole_cluster=not request.get("group_name"), unconnected=unconnected)
+
+
+def _dedicated(session: Session, request: dict, groups: list[int]) -> bool:
+    """hail's test for its dedicated allocation: every node of the named group, or of every group
+    that is not unallocable, has exclusive storage."""
+    cluster = session.cluster
+    wanted = groups if request.get("group_name") else [g for g in groups
+                                                       if cluster.groups[g].alloc_policy != "unallocable"]
+    return dedicated.is_dedicated(session.spec, wanted)
+
+
+def _dedicated_instance(session: Session, inst: int, obj: dict) -> dedicated.NewInstance:
+    """The new instance as the dedicated checks see it: the engine's figures, the request's disks."""
+    value = session.engine.instance_value
+    disks = obj.get("disks", [])
+    spindles = sum(int(d["spindles"]) for d in disks) if all("spindles" in d for d in disks) else None
+    return dedicated.NewInstance(*(value(inst, name) for name in ("mem", "dsk", "vcpus", "kind", "uses_mem",
+                                                                  "uses_cpu", "sec_mem", "excl_mask")),
+                                 disks=[int(d.get("size", 0)) for d in disks], spindles=spindles,
+                                 template=obj.get("disk_template", "plain"),
+                                 spindle_use=int(obj.get("spindle_use", 1)))
 
 
 def network_check(cluster: Cluster, networks: list[str], name: str, named: bool = False):
@@ -207,7 +236,8 @@ def _no_solution_text(outcome) -> str:
 def _solution_text(session: Session, outcome) -> str:
     """hail's description of a group's solution: score, successes, failures and nodes."""
     nodes = "/".join(session.names[k] for k in outcome.nodes if k >= 0)
-    return (f"score: {outcome.score:.8f}, successes {outcome.successes}, failures {sum(outcome.failures.values())} "
+    score = dedicated.metric_text(outcome.score) if isinstance(outcome.score, tuple) else f"{outcome.score:.8f}"
+    return (f"score: {score}, successes {outcome.successes}, failures {sum(outcome.failures.values())} "
             f"({outcome.reasons()}) for node(s) {nodes}")
 
 
@@ -285,6 +315,10 @@ def answer_multi_allocate(document: dict, options: Options) -> dict:
             text = ", ".join(group_text(o) for o in outcomes)
             return {"success": False, "info": f"Request failed: {text}", "result": []}
         session.engine.place(inst, chosen.nodes[0], chosen.nodes[1])
+        spindles = [int(d["spindles"]) for d in obj.get("disks", []) if "spindles" in d]
+        for k in chosen.nodes:
+            if k >= 0:
+                session.used_spindles[k] = session.used_spindles.get(k, 0) + sum(spindles)
         allocated.append([obj["name"], [session.names[k] for k in chosen.nodes if k >= 0]])
     info = f"{len(failed)} instances failed to allocate and {len(allocated)} were allocated successfully"
     if failed:

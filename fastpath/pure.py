@@ -434,6 +434,15 @@ class Engine:
             return (self.pnode if name == "pnode" else self.snode)[i]
         return self.it[name][i]
 
+    def node_state(self, k: int) -> dict:
+        """Node k's figures as the engine holds them: free memory for moves, reserved memory, N+1
+        flag, free disk, used CPUs, all primaries' memory, the forthcoming-aware memory base and
+        the exclusion tags present (bit mask)."""
+        st = self.state[k]
+        tags = sum(1 << t for t in range(self.T) if self.tagcnt[k * self.T + t] >= 1)
+        return {"u_mem": self._u_mem(k, st), "r_mem": st[R_MEM], "fail": st[FAIL], "f_dsk": st[F_DSK],
+                "u_cpu": st[U_CPU], "all_mem": st[ALL_MEM], "forth_base": self.forth_base[k], "tags": tags}
+
     def instance_column(self, name: str) -> list:
         """One field (of `spec.INSTANCE_FIELDS`) of every defined instance, in index order."""
         column = {"pnode": self.pnode, "snode": self.snode}.get(name) or self.it[name]

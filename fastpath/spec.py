@@ -35,7 +35,9 @@ MAX_TAGS = 64
 
 NODE_FIELDS = ("t_mem", "mem_base", "f_mem", "t_dsk", "f_dsk", "t_cpu", "cpu_speed", "node_cpus", "hi_spindles",
                "vcpu_ratio", "lo_dsk", "offline", "group", "loc_mask", "mig_mask", "rmig_mask", "forth_mem", "forth_dsk",
-               "forth_cpu", "forth_sp")
+               "forth_cpu", "forth_sp", "excl", "f_sp")
+# excl (exclusive storage) and f_sp (free spindles as reported) serve hail's dedicated allocation
+# (fastpath.dedicated); the engines do not read them.
 INSTANCE_FIELDS = ("mem", "dsk", "vcpus", "spindle_use", "pnode", "snode", "kind", "uses_mem", "uses_cpu",
                    "sec_mem", "movable", "excl_mask", "desired_mask")
 # Instance storage kinds the engines need: 0 none (file, diskless), 1 local non-mirrored (plain),
@@ -152,7 +154,8 @@ def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_e
                       hi_spindles=policy.spindle_ratio * node.spindles, vcpu_ratio=policy.vcpu_ratio, lo_dsk=0.0,
                       offline=int(node.offline or node.name in offline), group=group_index[node.group],
                       loc_mask=locs.mask([t for t in node.tags if any(t.startswith(p) for p in loc_prefixes)]),
-                      mig_mask=migration[k][0], rmig_mask=migration[k][1], **forth[k])
+                      mig_mask=migration[k][0], rmig_mask=migration[k][1], excl=int(node.excl_stor),
+                      f_sp=node.free_spindles, **forth[k])
         for name in NODE_FIELDS:
             spec.nodes[name].append(values[name])
         spec.node_names.append(node.name)

@@ -236,8 +236,9 @@ def test_pruning_is_exact_on_random_clusters(nodes, instances, seed, flags):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(clusters(), st.sampled_from([1, 2]), st.integers(min_value=256, max_value=20000))
 def test_c_and_pure_agree_on_the_global_n1_check(case, required, memory):
-    """On random clusters both engines see the same failing evacuations, leave the same candidates
-    after the fast rejection and give each the same global N+1 verdict."""
+    """On random clusters both engines report the same node figures, see the same failing
+    evacuations, leave the same candidates after the fast rejection and give each the same global
+    N+1 verdict."""
     from fastpath.allocate import _possible_candidates
     from fastpath.globaln1 import CandidateCheck
     from fastpath.spec import INSTANCE_FIELDS
@@ -249,5 +250,6 @@ def test_c_and_pure_agree_on_the_global_n1_check(case, required, memory):
                    for name in INSTANCE_FIELDS)
         check = CandidateCheck(engine, spec, index)
         possible = _possible_candidates(engine, spec, check, (0, index, required, None, flags & 8, -1))
-        answers.append((check.failing, [(p, s, check.redundant(p, s)) for p, s, _ in possible]))
+        answers.append(([engine.node_state(k) for k in range(spec.n_nodes)], check.failing,
+                        [(p, s, check.redundant(p, s)) for p, s, _ in possible]))
     assert answers[0] == answers[1]

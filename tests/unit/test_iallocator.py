@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastpath.iallocator import Options, RequestError, answer
 
@@ -243,3 +245,51 @@ def test_moving_a_forthcoming_instance_is_refused(implementation, request_name):
     document["instances"][name]["forthcoming"] = True
     with pytest.raises(RequestError, match=f"'{name}' is forthcoming"):
         answer(json.dumps(document), Options(implementation=implementation))
+
+
+def _figures(draw_values: dict):
+    from fastpath.dedicated import Figures
+
+    figures = Figures.__new__(Figures)
+    figures.__dict__.update(draw_values)
+    return figures
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-2000, 40000), st.integers(0, 20000), st.booleans(), st.integers(-100, 400000),
+       st.integers(0, 64), st.sampled_from([0, 128, 1024, 4096]), st.sampled_from([0, 1024, 10240]),
+       st.sampled_from([0, 1, 4]), st.sampled_from([0, 2000]))
+def test_dedicated_copies_equal_adding_one_by_one(u_mem, r_mem, fail, f_dsk, u_cpu, mem, dsk, vcpus, forth_mem):
+    """The bisected count of test-instance copies is what adding copies one by one until one
+    fails gives (the N+1 flag taken from each addition)."""
+    from fastpath.dedicated import NewInstance, add_primary, copies
+    from fastpath.spec import KIND_LOCAL, OK
+
+    node = _figures(dict(t_cpu=16.0, ratio=4.0, lo_dsk=0.0, forth_mem=forth_mem, forth_dsk=0, forth_cpu=0,
+                         u_mem=u_mem, r_mem=r_mem, fail=int(fail), f_dsk=f_dsk, u_cpu=u_cpu, all_mem=0,
+                         forth_base=u_mem + 5000, tags=0, f_sp=3))
+    test = NewInstance(mem, dsk, vcpus, KIND_LOCAL, 1, 1, 0, 0, spindles=0)
+    if not (mem or dsk or vcpus):
+        with pytest.raises(ValueError, match="without end"):
+            copies(node, test)
+        return
+    count, held = 0, node
+    while count < 10_000:
+        status, held = add_primary(held, test, False)
+        if status != OK:
+            break
+        count += 1
+    assert copies(node, test) == count
+
+
+def test_dedicated_allocation_is_used_only_when_every_node_has_exclusive_storage(implementation):
+    """hail's lost-allocations metric applies to the all-exclusive-storage demo cluster, not to
+    the one where rack-b's nodes lack exclusive storage."""
+    dedicated = json.loads(answer((DATA / "excl-demo-allocate.json").read_text(),
+                                  Options(implementation=implementation)))
+    assert "score: ([" in dedicated["info"]
+    document = json.loads((DATA / "excl-demo-allocate.json").read_text())
+    for name in ("b1", "b2"):
+        document["nodes"][name]["ndparams"]["exclusive_storage"] = False
+    mixed = json.loads(answer(json.dumps(document), Options(implementation=implementation)))
+    assert mixed["success"] and "score: ([" not in mixed["info"]
