@@ -6,8 +6,11 @@ Each member runs as its own process (consensus.node, password on, fsync
 policy `batch` unless --fsync always). One client process (this one) drives
 the leader with 1, 16 and 128 concurrent Trio tasks over one authenticated
 connection, for 200-byte and 2 KB payloads, and measures records/s and
-p50/p99 commit latency. Failover: kill -9 of the leader to the first
-acknowledged proposal, probes every 20 ms through the survivors. When etcd is
+p50/p99 commit latency. Failover: kill -9 of the leader (its sockets close,
+as when a daemon crashes) to the first acknowledged proposal, probes every
+20 ms through the survivors; and a silent loss (SIGSTOP of the leader: its
+sockets stay open and it says nothing, as a dead machine or a partition),
+which only the election timeout detects. When etcd is
 installed, a 3-member etcd cluster on loopback is driven through its v3
 HTTP/JSON gateway (POST /v3/kv/put, 200-byte values) by the same harness,
 one keep-alive connection per task. Both clusters run at once and the
@@ -99,8 +102,8 @@ async def measure(system: str, propose, size: int, concurrency: int, seconds: fl
     return row
 
 
-async def one_failover(cluster: ProcessCluster) -> float:
-    """kill -9 the leader; seconds until a survivor acknowledges a proposal."""
+async def one_failover(cluster: ProcessCluster, silent: bool = False) -> float:
+    """kill -9 (or with `silent` SIGSTOP) the leader; seconds until a survivor acknowledges a proposal."""
     await cluster.wait_full_mesh()
     await trio.sleep(0.5)
     leader, _term = await cluster.wait_leader()
@@ -121,8 +124,11 @@ async def one_failover(cluster: ProcessCluster) -> float:
     async with cluster.client(survivors[0]) as first, cluster.client(survivors[1]) as second:
         async with trio.open_nursery() as nursery:
             number = 0
-            cluster.kill(leader)
-            killed_at.append(time.perf_counter())
+            killed_at.append(time.perf_counter())  # before the signal: the process's exit is part of the failover
+            if silent:
+                os.kill(cluster.processes[leader].pid, signal.SIGSTOP)
+            else:
+                cluster.kill(leader)
             with trio.move_on_after(15):
                 while not acknowledged.is_set():
                     for client in (first, second):
@@ -130,6 +136,7 @@ async def one_failover(cluster: ProcessCluster) -> float:
                         nursery.start_soon(probe, client, number)
                     await trio.sleep(0.02)
             nursery.cancel_scope.cancel()
+    cluster.kill(leader)  # a stopped process too
     cluster.start(leader)
     await cluster.wait_all_know_leader()
     await cluster.wait_same_head(cluster.voters)
@@ -288,7 +295,7 @@ def etcd_available(install: bool) -> bool:
 # -- main -------------------------------------------------------------------------------------
 
 
-def result_line(cairn: dict, etcd: dict | None, failovers: list[float]) -> str:
+def result_line(cairn: dict, etcd: dict | None, failovers: list[float], silent: list[float]) -> str:
     fields = {"events_per_s_16": cairn[(200, 16)]["rate"], "events_per_s_128": cairn[(200, 128)]["rate"]}
     if etcd:
         fields.update({"etcd_events_per_s_16": etcd[(200, 16)]["rate"],
@@ -296,6 +303,7 @@ def result_line(cairn: dict, etcd: dict | None, failovers: list[float]) -> str:
                        "ratio_16": cairn[(200, 16)]["rate"] / etcd[(200, 16)]["rate"],
                        "ratio_128": cairn[(200, 128)]["rate"] / etcd[(200, 128)]["rate"]})
     fields["failover_median_s"] = statistics.median(failovers) if failovers else float("nan")
+    fields["failover_silent_median_s"] = statistics.median(silent) if silent else float("nan")
     fields["p99_ms_16"] = cairn[(200, 16)]["p99_ms"]
     formatted = {k: (f"{v:.0f}" if k.startswith(("events", "etcd")) else f"{v:.3g}" if "ratio" not in k
                      else f"{v:.2f}") for k, v in fields.items()}
@@ -359,12 +367,16 @@ async def run(args: argparse.Namespace) -> None:
         for trial in range(args.failovers):
             failovers.append(await one_failover(cluster))
             print(f"failover {trial + 1}: {failovers[-1]:.3f} s", flush=True)
+        silent = []
+        for trial in range(args.failovers):
+            silent.append(await one_failover(cluster, silent=True))
+            print(f"silent failover {trial + 1}: {silent[-1]:.3f} s", flush=True)
         if args.restart_records:
             serving, caught_up = await restart_with_history(cluster, args.restart_records)
             print(f"restart of a follower holding {args.restart_records} records: serving after {serving:.2f} s, "
                   f"caught up after {caught_up:.2f} s", flush=True)
         print_summary(cairn, etcd_results)
-        print(result_line(cairn, etcd_results, failovers), flush=True)
+        print(result_line(cairn, etcd_results, failovers, silent), flush=True)
     finally:
         cluster.close()
         if etcd is not None:
@@ -376,7 +388,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per configuration")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per 200-byte configuration")
-    parser.add_argument("--failovers", type=int, default=10, help="leader kills for the failover median")
+    parser.add_argument("--failovers", type=int, default=10,
+                        help="leader kills for the failover median (and as many silent losses)")
     parser.add_argument("--fsync", choices=("batch", "always"), default="batch")
     parser.add_argument("--no-etcd", action="store_true", help="skip the etcd side")
     parser.add_argument("--restart-records", type=int, default=100_000,

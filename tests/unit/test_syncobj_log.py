@@ -129,7 +129,7 @@ async def test_a_busy_leader_sends_one_append_entries_per_entry(tmp_path):
 
 
 async def test_followers_campaign_at_once_when_the_leader_process_goes(tmp_path):
-    """A leader whose process stops closes its connections; a follower then campaigns well before its election timeout."""
+    """After a quiet spell, a leader whose process stops closes its connections; a follower then campaigns well before its election timeout."""
     nodes = [free_node_address() for _ in range(3)]
     # Election timeouts of 8-9 s: a new leader within 4 s can only come from the early campaign.
     options = SyncObjSettings(password=SECRET, raft_min_timeout_s=8.0, raft_max_timeout_s=9.0)
@@ -153,6 +153,9 @@ async def test_followers_campaign_at_once_when_the_leader_process_goes(tmp_path)
             survivors = [m for i, m in enumerate(opened) if i != index]
             await wait_for(lambda: all(m.leader() == opened[index].address for m in survivors), 20,
                            "the followers know the leader")
+            # Longer than pysyncobj's connection timeout (9 s here): the followers
+            # say nothing to each other meanwhile but the keepalive.
+            await trio.sleep(10)
             stops[index].set()
             await stopped[index].wait()
             await wait_for(lambda: any(m.is_leader() for m in survivors), 4, "a new leader before any election timeout")
