@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import trio
 
 from consensus import log as log_errors
+from consensus.log import unwrap_single_exception
 from consensus.record import ChainHead, Record
 from consensus.wire import Channel, WireError, connect
 
@@ -135,17 +136,6 @@ class NodeClient:
     async def wait_seq(self, seq: int, timeout_s: float = 30.0) -> ChainHead:
         reply = await self.call("wait", wait_s=timeout_s + 5.0, seq=seq, timeout_s=timeout_s)
         return ChainHead(reply["seq"], reply["hash"])
-
-
-@contextlib.contextmanager
-def unwrap_single_exception():
-    """Re-raise the caller's own exception rather than the one-member group a nursery wraps it in."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-            raise group.exceptions[0] from None
-        raise
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ with the same payload, and the layer above ignores a repeated event id.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -114,3 +115,14 @@ class EventLog(abc.ABC):
 
     async def aclose(self) -> None:
         """Stop the member; waiting calls raise LogClosed."""
+
+
+@contextlib.contextmanager
+def unwrap_single_exception():
+    """Re-raise the caller's own exception rather than the one-member group a nursery wraps it in."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise

@@ -37,7 +37,7 @@ from pysyncobj.node import TCPNode
 
 from consensus.history import HistoryStore
 from consensus.log import (EventLog, Leadership, LogClosed, LogError, LogStatus, MembershipError, NoQuorum,
-                           NotLeader, OutcomeUnknown, Overloaded)
+                           NotLeader, OutcomeUnknown, Overloaded, unwrap_single_exception)
 from consensus.record import ChainHead, Record, next_record
 
 log = logging.getLogger(__name__)
@@ -906,17 +906,6 @@ class SyncObjLog(EventLog):
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._raft.destroy_synchronous)
         self._history.close()
-
-
-@contextlib.contextmanager
-def unwrap_single_exception():
-    """Re-raise the caller's own exception rather than the one-member group a nursery wraps it in."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-            raise group.exceptions[0] from None
-        raise
 
 
 @contextlib.asynccontextmanager
