@@ -202,6 +202,7 @@ class Dedicated:
                 self.peers[(s, p)] = self.peers.get((s, p), 0) + mem
         self.vectors: dict[int, list[int]] = {}  # node: its test-instance counts as it is
         self.tests: dict[int, list[NewInstance]] = {}  # group: its test instances
+        self.lost: dict[tuple, object] = {}  # one instance's lost allocations per primary / secondary state
 
     def group_tests(self, group: int) -> list[NewInstance]:
         """hail's test instances of a group: each min/max pair's minimum, largest disk first."""
@@ -247,19 +248,27 @@ class Dedicated:
 
     def metric(self, p: int, s: int, inst: NewInstance, tests: list[NewInstance], force: bool):
         """(status, metric) of the candidate (p, s); s = -1 for one node."""
-        status, primary = add_primary(self.figures[p], inst, force)
+        status, lost, disk = self._on_primary(p, inst, tests, force)
+        if status != OK or s < 0:
+            return status, None if status != OK else (lost, disk)
+        # hail adds the secondary with every check, whatever the soft-error option says.
+        status, secondary = add_secondary(self.figures[s], inst, False, self.peers.get((s, p), 0))
         if status != OK:
             return status, None
-        lost = [a - b for a, b in zip(self._base_vector(p, tests), self.vector(primary, tests))]
-        disk = primary.f_dsk
-        if s >= 0:
-            # hail adds the secondary with every check, whatever the soft-error option says.
-            status, secondary = add_secondary(self.figures[s], inst, False, self.peers.get((s, p), 0))
-            if status != OK:
-                return status, None
-            lost = [a + b - c for a, b, c in zip(lost, self._base_vector(s, tests), self.vector(secondary, tests))]
-            disk += secondary.f_dsk
-        return OK, (lost, disk)
+        # Only the reserve (and so the N+1 flag) depends on the primary: one count per value.
+        key = ("s", s, secondary.r_mem, secondary.fail)
+        if key not in self.lost:
+            self.lost[key] = [a - b for a, b in zip(self._base_vector(s, tests), self.vector(secondary, tests))]
+        return OK, ([a + b for a, b in zip(lost, self.lost[key])], disk + secondary.f_dsk)
+
+    def _on_primary(self, p: int, inst: NewInstance, tests: list[NewInstance], force: bool):
+        """(status, lost allocations, free disk after) of the instance on primary p, once per node."""
+        key = ("p", p)
+        if key not in self.lost:
+            status, primary = add_primary(self.figures[p], inst, force)
+            self.lost[key] = (status, [a - b for a, b in zip(self._base_vector(p, tests), self.vector(primary, tests))]
+                              if status == OK else None, primary.f_dsk)
+        return self.lost[key]
 
 
 def metric_text(metric: tuple[list[int], int]) -> str:
