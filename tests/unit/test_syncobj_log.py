@@ -209,3 +209,40 @@ async def test_a_taken_raft_port_fails_fast_with_a_fix(tmp_path):
         with pytest.raises(LogError, match="cannot listen"):
             async with open_syncobj_log(node, [node], tmp_path / "second", options):
                 pass
+
+
+def test_the_journal_syncer_syncs_what_changed_and_only_that(tmp_path, monkeypatch):
+    """New entries are msynced once, a new term or vote fsyncs the meta file; with nothing new, nothing is synced."""
+    from pysyncobj.journal import FileJournal
+
+    from consensus import syncobj_log
+
+    journal = FileJournal(str(tmp_path / "raft.journal"))
+    flushes, fsynced = [], []
+    real_flush = journal.flush
+    monkeypatch.setattr(journal, "flush", lambda: (flushes.append(1), real_flush()))
+    monkeypatch.setattr(syncobj_log, "_fsync_path", fsynced.append)
+    syncer = syncobj_log.JournalSyncer(journal)
+    assert syncer.sync() and len(flushes) == 1 and len(fsynced) == 1  # nothing was known to be on disk
+    assert not syncer.sync()
+    journal.add(b"entry", 1, 1)
+    assert syncer.sync() and len(flushes) == 2 and len(fsynced) == 1
+    journal.setCurrentTerm(2, "127.0.0.1:7001")
+    assert syncer.sync() and len(flushes) == 2 and fsynced[-1].endswith("raft.journal.meta")
+    journal.deleteEntriesFrom(0)
+    journal.add(b"other", 1, 2)  # same offset, another entry
+    assert syncer.sync() and len(flushes) == 3
+    assert not syncer.sync() and syncer.syncs == 4
+
+
+async def test_under_fsync_always_members_sync_their_journal_before_sending(tmp_path):
+    """With fsync=always every member's transport syncs the journal (followers included); with batch none does."""
+    async with members(tmp_path / "always", fsync="always") as opened:
+        leader = next(m for m in opened if m.is_leader())
+        for n in range(20):
+            await leader.propose(f"{n}".encode())
+        await wait_for(lambda: all(m.head() == leader.head() for m in opened), 20, "every member at the head")
+        transports = [m._raft._SyncObj__transport for m in opened]
+        assert all(t.syncer is not None and t.syncer.syncs >= 20 for t in transports)
+    async with members(tmp_path / "batch") as opened:
+        assert all(getattr(m._raft._SyncObj__transport, "syncer", None) is None for m in opened)
