@@ -182,9 +182,12 @@ class JournalSyncer:
 
 
 def _fsync_path(path: str) -> None:
-    """fsync a file and the folder that names it (the file was just renamed into place)."""
+    """fsync a file and the folder that names it (the file was just renamed into place); no file, nothing to do."""
     for target, flags in ((path, os.O_RDONLY), (os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)):
-        fd = os.open(target, flags)
+        try:
+            fd = os.open(target, flags)
+        except FileNotFoundError:
+            return  # pysyncobj writes its term and vote file only once a term is set
         try:
             os.fsync(fd)
         finally:
@@ -282,6 +285,18 @@ class _RaftNode(SyncObj):
             transport.send(node, _KEEPALIVE)
 
     _last_keepalive = 0.0
+
+    def sync_journal_at_most_every(self, now: float, interval_s: float) -> None:
+        """Under fsync=batch: sync the journal, if it changed, at most every `interval_s` (tick thread)."""
+        if now - self._last_journal_sync < interval_s:
+            return
+        self._last_journal_sync = now
+        if self.journal_syncer is None:
+            self.journal_syncer = JournalSyncer(self._SyncObj__raftLog)
+        self.journal_syncer.sync()
+
+    _last_journal_sync = 0.0
+    journal_syncer: JournalSyncer | None = None
 
     def _commands_queued(self) -> bool:
         queue = getattr(getattr(self, "_SyncObj__commandsQueue", None), "_FastQueue__queue", None)
@@ -483,7 +498,10 @@ class SyncObjLog(EventLog):
         if leader is not None:
             self._heard_leader = True
         self._hold_back_election()
-        raft.keep_connections_alive(pysyncobj_clock(), self._settings.keepalive_s)
+        now = pysyncobj_clock()
+        raft.keep_connections_alive(now, self._settings.keepalive_s)
+        if self._settings.fsync == "batch":
+            raft.sync_journal_at_most_every(now, self._settings.fsync_interval_s)
         self._wake_trio()  # for records queued by _to_trio_soon whose answer went elsewhere
 
     def _hold_back_election(self) -> None:

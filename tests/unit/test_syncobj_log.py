@@ -236,7 +236,7 @@ def test_the_journal_syncer_syncs_what_changed_and_only_that(tmp_path, monkeypat
 
 
 async def test_under_fsync_always_members_sync_their_journal_before_sending(tmp_path):
-    """With fsync=always every member's transport syncs the journal (followers included); with batch none does."""
+    """With fsync=always every member's transport syncs the journal (followers included); with batch the tick does, every 50 ms."""
     async with members(tmp_path / "always", fsync="always") as opened:
         leader = next(m for m in opened if m.is_leader())
         for n in range(20):
@@ -246,3 +246,19 @@ async def test_under_fsync_always_members_sync_their_journal_before_sending(tmp_
         assert all(t.syncer is not None and t.syncer.syncs >= 20 for t in transports)
     async with members(tmp_path / "batch") as opened:
         assert all(getattr(m._raft._SyncObj__transport, "syncer", None) is None for m in opened)
+        leader = next(m for m in opened if m.is_leader())
+        await leader.propose(b"one")
+        # Under batch the tick thread syncs the journal at most every 50 ms instead.
+        await wait_for(lambda: all(m._raft.journal_syncer and m._raft.journal_syncer.syncs >= 2 for m in opened), 20,
+                       "every member syncs its journal")
+
+
+def test_a_journal_without_a_term_yet_syncs_without_error(tmp_path):
+    """Before pysyncobj has stored a term there is no term file; syncing is then a no-op for it, not an error."""
+    from pysyncobj.journal import FileJournal
+
+    from consensus.syncobj_log import JournalSyncer
+
+    journal = FileJournal(str(tmp_path / "raft.journal"))
+    assert not (tmp_path / "raft.journal.meta").exists()
+    assert JournalSyncer(journal).sync()
