@@ -13,6 +13,7 @@ CDEF = """
 typedef struct {
     long i_mem, all_mem, f_dsk, u_cpu, pcnt, scnt, inst_sp, r_mem, tags_v, loc_v;
     long fail;
+    long f_sp;
 } cairn_nstate;
 typedef struct {
     int n_nodes, n_inst, cap_inst, n_tags, n_locs, n_groups;
@@ -22,13 +23,17 @@ typedef struct {
     long *forth_mem, *forth_dsk, *forth_cpu, *forth_sp;
     int *offline, *group;
     uint64_t *loc_mask, *mig_mask, *rmig_mask;
+    int *excl;
+    double *t_sp;
+    long *f_sp0, *forth_fsp;
     long *mem, *dsk, *vcpus, *spindle_use, *sec_mem;
     int *kind, *uses_mem, *uses_cpu, *movable;
     uint64_t *excl_mask, *desired_mask;
+    long *disk_sp;
     int *pnode, *snode;
     int *forth_pnode;
     cairn_nstate *state;
-    long *dsk_delta, *forth_base;
+    long *dsk_delta, *forth_base, *sp_delta;
     int *touched;
     int *tagcnt;
     int *loccnt;

@@ -47,13 +47,15 @@ def policy_violation(policy: Policy, mem: int, vcpus: int, disks: list[int], nic
 
 def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, group_indices: list[int],
              mask=None, ignore_soft: bool = False, capacity_check: bool = True,
-             policy_of=None, whole_cluster: bool = True,
-             unconnected=None) -> tuple[GroupOutcome | None, list[GroupOutcome]]:
+             policy_of=None, whole_cluster: bool = True, unconnected=None,
+             refused_primaries=None) -> tuple[GroupOutcome | None, list[GroupOutcome]]:
     """Try every group; return the chosen outcome (policy order, then score) and all outcomes.
 
     Like hail, candidates are scored over the whole cluster, or over their own group when the
     request names the group (`whole_cluster` False). `unconnected(g)` says why group g lacks a
-    network the instance needs (None: it has them all); hail lists those groups first, untried."""
+    network the instance needs (None: it has them all); hail lists those groups first, untried.
+    `refused_primaries(g)` maps the nodes of g the instance policy refuses as primaries (hail
+    checks the policy per candidate with the primary's exclusive-storage flag) to the reason."""
     outcomes, skipped = [], []
     flags = IGNORE_SOFT if ignore_soft else 0
     for g in group_indices:
@@ -73,11 +75,36 @@ def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, gro
         if online < required:
             outcome.error = "Not enough online nodes"
             continue
-        try_group(engine, spec, outcome, (g, inst, required, mask, flags, -1 if whole_cluster else g),
+        refused = refused_primaries(g) if refused_primaries else {}
+        group_mask = _without_primaries(spec, mask, g, refused)
+        try_group(engine, spec, outcome, (g, inst, required, group_mask, flags, -1 if whole_cluster else g),
                   capacity_check)
+        _count_refused(spec, outcome, mask, g, required, refused)
     good = [o for o in outcomes if o.nodes is not None]
     good.sort(key=lambda o: (POLICY_ORDER.get(o.policy, 2), o.score))
     return (good[0] if good else None), skipped + outcomes
+
+
+def _without_primaries(spec: Spec, mask, group: int, refused: dict[int, int]):
+    """The allocation mask with the refused nodes allowed as secondaries only."""
+    if not refused:
+        return mask
+    roles = [ALLOC_EITHER if mask is None else int(mask[k]) for k in range(spec.n_nodes)]
+    for k in refused:
+        if role_allowed(spec, mask, group, k, ALLOC_PRIMARY):
+            roles[k] = ALLOC_SECONDARY if role_allowed(spec, mask, group, k, ALLOC_SECONDARY) else ALLOC_NEVER
+    return roles
+
+
+def _count_refused(spec: Spec, outcome: GroupOutcome, mask, group: int, required: int, refused: dict[int, int]) -> None:
+    """Count the candidates of refused primaries as failures, with the policy's reason."""
+    secondaries = [k for k in range(spec.n_nodes) if role_allowed(spec, mask, group, k, ALLOC_SECONDARY)]
+    for k, reason in refused.items():
+        if role_allowed(spec, mask, group, k, ALLOC_PRIMARY):
+            name = FAIL_NAMES[reason]
+            count = 1 if required == 1 else sum(1 for s in secondaries if s != k)
+            outcome.failures[name] = outcome.failures.get(name, 0) + count
+    outcome.failures = {n: outcome.failures[n] for n in FAIL_NAMES if n in outcome.failures}
 
 
 def _reject_n1(outcome: GroupOutcome, count: int) -> None:

@@ -13,7 +13,7 @@ enum { FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILO
        FAILOVER_TO_ANY };
 enum { NO_DISK_MOVES = 1, NO_INSTANCE_MOVES = 2, EVAC_MODE = 4, IGNORE_SOFT = 8, NO_PRUNING = 16,
        RESTRICTED_MIGRATION = 32 };
-enum { OK, FAIL_MEM, FAIL_DISK, FAIL_CPU, FAIL_N1, FAIL_TAGS, FAIL_MIG };
+enum { OK, FAIL_MEM, FAIL_DISK, FAIL_CPU, FAIL_N1, FAIL_TAGS, FAIL_MIG, FAIL_DISKCOUNT, FAIL_SPINDLES };
 enum { KIND_NONE, KIND_LOCAL, KIND_MIRRORED, KIND_SHARED };
 
 static const double WEIGHTS[CAIRN_METRICS] = {0.5, 0.5, 1.0, 1.0, 4.0, 16.0, 0.5, 1.0, 1.0, 1.0, 1.0,
@@ -55,11 +55,19 @@ int cairn_stddev(const double *values, size_t n, double *out)
 
 static long u_mem(const cairn_cluster *c, int k, const cairn_nstate *st) { return c->mem_base[k] - st->i_mem; }
 
+/* htools' free disk ratio: of spindles on exclusive storage, else of disk (1 without any). */
+static double free_disk_ratio(const cairn_cluster *c, int k, long f_dsk, long f_sp)
+{
+    if (c->excl[k])
+        return c->t_sp[k] > 0 ? (double)f_sp / c->t_sp[k] : 1.0;
+    return c->t_dsk[k] > 0 ? (double)f_dsk / c->t_dsk[k] : 1.0;
+}
+
 static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, double *v)
 {
     /* Offline nodes loaded with unknown resources have zero totals; their ratios are unused. */
-    double t_mem = c->t_mem[k], t_dsk = c->t_dsk[k];
-    double p_dsk = t_dsk > 0 ? (double)st->f_dsk / t_dsk : 1.0;
+    double t_mem = c->t_mem[k];
+    double p_dsk = free_disk_ratio(c, k, st->f_dsk, st->f_sp);
     double r = t_mem != 0 ? (double)st->r_mem / t_mem : 0.0;
     double cpu = c->t_cpu[k] != 0 && c->cpu_speed[k] != 0 ? (double)st->u_cpu / c->t_cpu[k] / c->cpu_speed[k] : 0.0;
     double sp = c->hi_spindles[k] != 0 ? (double)st->inst_sp / c->hi_spindles[k] : 0.0;
@@ -80,7 +88,7 @@ static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, d
     v[12] = sp;
     /* htools' *_forth metrics also count the forthcoming instances, which the state leaves out. */
     v[13] = t_mem != 0 ? (double)(c->forth_base[k] - st->all_mem - c->forth_mem[k]) / t_mem : 0.0;
-    v[14] = t_dsk > 0 ? (double)(st->f_dsk - c->forth_dsk[k]) / t_dsk : 1.0;
+    v[14] = free_disk_ratio(c, k, st->f_dsk - c->forth_dsk[k], st->f_sp - c->forth_fsp[k]);
     v[15] = c->t_cpu[k] != 0 && c->cpu_speed[k] != 0
                 ? (double)(st->u_cpu + c->forth_cpu[k]) / c->t_cpu[k] / c->cpu_speed[k] : 0.0;
     v[16] = c->hi_spindles[k] != 0 ? (double)(st->inst_sp + c->forth_sp[k]) / c->hi_spindles[k] : 0.0;
@@ -416,6 +424,21 @@ static long rmem_with(cairn_cluster *c, int k, int p1, long d1, int p2, long d2)
 
 /* ---- checked additions and removals (hbal's Node.addPri / addSec / remove*) ---------------- */
 
+/* Spindle use counts only on nodes without exclusive storage (htools' calcSpindleUse). */
+static long sp_use(const cairn_cluster *c, int k, int i) { return c->excl[k] ? 0 : c->spindle_use[i]; }
+
+/* Free spindles after adding (sign -1) or removing (+1) instance i on node k (htools'
+ * calcNewFreeSpindles): only exclusive storage counts them; an addition without a spindle count
+ * leaves -1 (so it fails), a removal without one changes nothing. */
+static long sp_after(const cairn_cluster *c, int k, int i, long f_sp, int sign)
+{
+    if (!c->excl[k])
+        return f_sp;
+    if (c->disk_sp[i] < 0)
+        return sign < 0 ? -1 : f_sp;
+    return f_sp + sign * c->disk_sp[i];
+}
+
 static void st_remove(cairn_cluster *c, int k, const cairn_nstate *in, int i, int role, int peer,
                       cairn_nstate *out)
 {
@@ -426,14 +449,15 @@ static void st_remove(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
         out->f_dsk += c->dsk[i];
         out->u_cpu -= c->vcpus[i] * c->uses_cpu[i];
         out->pcnt--;
-        out->inst_sp -= c->spindle_use[i];
+        out->inst_sp -= sp_use(c, k, i);
         out->tags_v -= tag_count_at_least(c, k, i, 2);
     } else {
         out->f_dsk += c->dsk[i];
         out->scnt--;
-        out->inst_sp -= c->spindle_use[i];
+        out->inst_sp -= sp_use(c, k, i);
         out->r_mem = rmem_with(c, k, peer, -c->sec_mem[i], -1, 0);
     }
+    out->f_sp = sp_after(c, k, i, out->f_sp, 1);
     out->fail = u_mem(c, k, out) <= out->r_mem;
 }
 
@@ -443,11 +467,16 @@ static long forth_mem_free(const cairn_cluster *c, int k, const cairn_nstate *st
     return c->forth_base[k] - st->all_mem - c->forth_mem[k];
 }
 
-/* htools' disk limits counting forthcoming instances (free disk, its reserve, spindle use). */
-static int forth_disk_fails(const cairn_cluster *c, int k, const cairn_nstate *st)
+/* htools' disk limits counting forthcoming instances (free disk, its reserve, free spindles on
+ * exclusive storage, spindle use), in its order. */
+static int forth_disk_status(const cairn_cluster *c, int k, const cairn_nstate *st)
 {
     long f_dsk = st->f_dsk - c->forth_dsk[k];
-    return f_dsk <= 0 || (double)f_dsk < c->lo_dsk[k] || (double)(st->inst_sp + c->forth_sp[k]) > c->hi_spindles[k];
+    if (f_dsk <= 0 || (double)f_dsk < c->lo_dsk[k])
+        return FAIL_DISK;
+    if (c->excl[k] && st->f_sp - c->forth_fsp[k] < 0)
+        return FAIL_SPINDLES;
+    return (double)(st->inst_sp + c->forth_sp[k]) > c->hi_spindles[k] ? FAIL_DISK : OK;
 }
 
 static int st_add_pri(cairn_cluster *c, int k, const cairn_nstate *in, int i, int force, cairn_nstate *out)
@@ -460,15 +489,20 @@ static int st_add_pri(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
     out->f_dsk -= c->dsk[i];
     out->u_cpu += c->vcpus[i] * c->uses_cpu[i];
     out->pcnt++;
-    out->inst_sp += c->spindle_use[i];
+    out->inst_sp += sp_use(c, k, i);
+    out->f_sp = sp_after(c, k, i, out->f_sp, -1);
     long um = u_mem(c, k, out);
     long new_fail = um <= out->r_mem;
     if (um <= 0)
         return FAIL_MEM;
     if (local && out->f_dsk <= 0)
         return FAIL_DISK;
+    if (!force && local && (double)out->f_dsk < c->lo_dsk[k])
+        return FAIL_DISK;
+    if (local && c->excl[k] && out->f_sp < 0)
+        return FAIL_SPINDLES;
     if (!force) {
-        if (local && ((double)out->f_dsk < c->lo_dsk[k] || (double)out->inst_sp > c->hi_spindles[k]))
+        if (local && (double)out->inst_sp > c->hi_spindles[k])
             return FAIL_DISK;
         if (new_fail && !in->fail)
             return FAIL_MEM;
@@ -478,8 +512,9 @@ static int st_add_pri(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
             return FAIL_TAGS;
         if (forth_mem_free(c, k, out) <= 0)
             return FAIL_MEM;
-        if (local && forth_disk_fails(c, k, out))
-            return FAIL_DISK;
+        int limit = local ? forth_disk_status(c, k, out) : OK;
+        if (limit != OK)
+            return limit;
         if ((double)(out->u_cpu + c->forth_cpu[k]) / c->t_cpu[k] > c->vcpu_ratio[k])
             return FAIL_CPU;
     }
@@ -496,21 +531,27 @@ static int st_add_sec(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
         return FAIL_DISK;
     out->f_dsk -= c->dsk[i];
     out->scnt++;
-    out->inst_sp += c->spindle_use[i];
+    out->inst_sp += sp_use(c, k, i);
+    out->f_sp = sp_after(c, k, i, out->f_sp, -1);
     long um = u_mem(c, k, out);
     long new_fail = um <= r_mem;
     long needed = c->sec_mem[i];
     if (!ignore_disks && out->f_dsk <= 0)
         return FAIL_DISK;
+    if (!force && (double)out->f_dsk < c->lo_dsk[k])
+        return FAIL_DISK;
+    if (c->excl[k] && out->f_sp < 0)
+        return FAIL_SPINDLES;
     if (!force) {
-        if ((double)out->f_dsk < c->lo_dsk[k] || (double)out->inst_sp > c->hi_spindles[k])
+        if ((double)out->inst_sp > c->hi_spindles[k])
             return FAIL_DISK;
         if (needed >= um)
             return FAIL_MEM;
         if (new_fail && !in->fail)
             return FAIL_MEM;
-        if (forth_disk_fails(c, k, out))
-            return FAIL_DISK;
+        int limit = forth_disk_status(c, k, out);
+        if (limit != OK)
+            return limit;
         if (needed >= forth_mem_free(c, k, out))
             return FAIL_MEM;
     }
@@ -663,7 +704,7 @@ static void add_instance_state(cairn_cluster *c, int i)
     st->all_mem += c->mem[i];
     st->u_cpu += c->vcpus[i] * c->uses_cpu[i];
     st->pcnt++;
-    st->inst_sp += c->spindle_use[i];
+    st->inst_sp += sp_use(c, p, i);
     st->tags_v += tag_count_at_least(c, p, i, 1);
     tag_change(c, p, i, 1);
     st->loc_v += loc_contrib(c, i, p, s);
@@ -672,7 +713,7 @@ static void add_instance_state(cairn_cluster *c, int i)
     c->pri_head[p] = i;
     if (s >= 0) {
         c->state[s].scnt++;
-        c->state[s].inst_sp += c->spindle_use[i];
+        c->state[s].inst_sp += sp_use(c, s, i);
         c->sec_next[i] = c->sec_head[s];
         c->sec_head[s] = i;
     }
@@ -691,8 +732,11 @@ int cairn_rebuild(cairn_cluster *c)
     memset(c->loc_totals, 0, sizeof(long) * (size_t)c->n_groups);
     c->has_forth = 0;
     for (int k = 0; k < c->n_nodes; k++) {
-        c->has_forth |= c->forth_mem[k] != 0 || c->forth_dsk[k] != 0 || c->forth_cpu[k] != 0 || c->forth_sp[k] != 0;
+        /* Both break the slot sharing's premises (each *_forth metric its plain twin, disk moves with dsk). */
+        c->has_forth |= c->forth_mem[k] != 0 || c->forth_dsk[k] != 0 || c->forth_cpu[k] != 0 || c->forth_sp[k] != 0
+                        || c->excl[k];
         c->state[k].f_dsk = c->f_dsk0[k] + c->dsk_delta[k];
+        c->state[k].f_sp = c->f_sp0[k] + c->sp_delta[k];
         c->state[k].u_cpu = c->node_cpus[k];
         c->sec_head[k] = c->pri_head[k] = -1;
     }
@@ -1100,6 +1144,8 @@ static int relocate(cairn_cluster *c, int i, int np, int ns)
             continue;
         c->touched[k] = 1;
         c->dsk_delta[k] += c->dsk[i] * ((k == op || k == os) - (k == np || k == ns));
+        if (c->excl[k] && c->disk_sp[i] >= 0)
+            c->sp_delta[k] += c->disk_sp[i] * ((k == op || k == os) - (k == np || k == ns));
     }
     c->pnode[i] = np;
     c->snode[i] = ns;

@@ -14,6 +14,7 @@
 typedef struct {
     long i_mem, all_mem, f_dsk, u_cpu, pcnt, scnt, inst_sp, r_mem, tags_v, loc_v;
     long fail;
+    long f_sp;                /* free spindles (counted on exclusive-storage nodes only) */
 } cairn_nstate;
 
 /* One cluster: inputs (node and instance arrays) and caller-allocated state and scratch. */
@@ -26,15 +27,19 @@ typedef struct {
     long *forth_mem, *forth_dsk, *forth_cpu, *forth_sp;  /* what forthcoming instances take (htools *_forth) */
     int *offline, *group;
     uint64_t *loc_mask, *mig_mask, *rmig_mask;
+    int *excl;                /* exclusive storage: free spindles are a resource, free_disk_cv counts them */
+    double *t_sp;             /* total spindles */
+    long *f_sp0, *forth_fsp;  /* free spindles as reported; what forthcoming instances take of them */
     /* instances, cap_inst long */
     long *mem, *dsk, *vcpus, *spindle_use, *sec_mem;
     int *kind, *uses_mem, *uses_cpu, *movable;
     uint64_t *excl_mask, *desired_mask;
+    long *disk_sp;            /* the disks' total spindles, -1 when some disk gives none */
     int *pnode, *snode;
     int *forth_pnode;         /* a forthcoming instance's primary (its pnode is -1), else -1 */
     /* state and scratch: n_nodes long unless noted */
     cairn_nstate *state;
-    long *dsk_delta, *forth_base;
+    long *dsk_delta, *forth_base, *sp_delta;
     int *touched;
     int *tagcnt;              /* n_nodes * max(1, n_tags) */
     int *loccnt;              /* n_groups * 64 * max(1, n_tags) */
@@ -45,7 +50,7 @@ typedef struct {
     long *loc_totals;         /* n_groups */
     long *top_val;            /* n_nodes * 2: the two largest peer entries */
     int *top_peer;            /* n_nodes * 2: their peers (-1: none) */
-    int has_forth;            /* some node has forthcoming use: no slot-sharing approximations */
+    int has_forth;            /* forthcoming use or exclusive storage somewhere: no slot-sharing approximations */
     int initialised;
 } cairn_cluster;
 

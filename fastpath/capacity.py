@@ -59,8 +59,9 @@ class _Planner:
         self.template = request.disk_template or (self.cluster.policy.templates or ["drbd"])[0]
 
     def try_one(self, memory: int, disk: int, cpu: int, spindle_use: int, number: int):
+        # hspace gives the instance's disk as many spindles as the spec's spindle figure.
         inst = Instance(f"new-{number}", memory, disk, cpu, "running", True, "", "", self.template,
-                        spindle_use=spindle_use)
+                        spindle_use=spindle_use, spindles=str(spindle_use))
         # A failed attempt leaves its slot unplaced; the next attempt reuses it.
         index = self.engine.define_instance(instance_values(inst, {}), self.spare)
         self.spare = index

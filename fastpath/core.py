@@ -10,11 +10,12 @@ from fastpath._cairn_fastpath import ffi, lib
 from fastpath.spec import MAX_TAGS, Spec
 
 _STATUS = {lib.CAIRN_EINVAL: "invalid argument"}
-_NODE_ARRAYS = (("double", ("t_mem", "t_dsk", "t_cpu", "cpu_speed", "hi_spindles", "vcpu_ratio", "lo_dsk")),
-                ("long", ("mem_base", "f_mem", "node_cpus", "forth_mem", "forth_dsk", "forth_cpu", "forth_sp")),
-                ("int", ("offline", "group")),
+_NODE_ARRAYS = (("double", ("t_mem", "t_dsk", "t_cpu", "cpu_speed", "hi_spindles", "vcpu_ratio", "lo_dsk", "t_sp")),
+                ("long", ("mem_base", "f_mem", "node_cpus", "forth_mem", "forth_dsk", "forth_cpu", "forth_sp",
+                          "forth_fsp")),
+                ("int", ("offline", "group", "excl")),
                 ("uint64_t", ("loc_mask", "mig_mask", "rmig_mask")))
-_INSTANCE_ARRAYS = (("long", ("mem", "dsk", "vcpus", "spindle_use", "sec_mem")),
+_INSTANCE_ARRAYS = (("long", ("mem", "dsk", "vcpus", "spindle_use", "sec_mem", "disk_sp")),
                     ("int", ("kind", "uses_mem", "uses_cpu", "movable", "pnode", "snode")),
                     ("uint64_t", ("excl_mask", "desired_mask")))
 _INSTANCE_FIELDS = [name for _, names in _INSTANCE_ARRAYS for name in names]
@@ -54,6 +55,7 @@ class Engine:
             for name in names:
                 setattr(c, name, self._array(ctype, n, spec.nodes[name]))
         c.f_dsk0 = self._array("long", n, spec.nodes["f_dsk"])
+        c.f_sp0 = self._array("long", n, spec.nodes["f_sp"])
         for ctype, names in _INSTANCE_ARRAYS:
             for name in names:
                 setattr(c, name, self._array(ctype, self.capacity, spec.instances[name]))
@@ -62,7 +64,7 @@ class Engine:
             c.forth_pnode[i] = c.pnode[i]
             c.pnode[i] = c.snode[i] = -1
         c.state = self._array("cairn_nstate", n)
-        for name in ("dsk_delta", "forth_base", "acc_a", "acc_b", "acc_c", "acc_d"):
+        for name in ("dsk_delta", "sp_delta", "forth_base", "acc_a", "acc_b", "acc_c", "acc_d"):
             setattr(c, name, self._array("long", n))
         c.touched, c.sec_head, c.pri_head = (self._array("int", n) for _ in range(3))
         c.sec_next, c.pri_next = self._array("int", self.capacity), self._array("int", self.capacity)
@@ -130,6 +132,10 @@ class Engine:
         tags = sum(1 << t for t in range(MAX_TAGS) if self._c.tagcnt[k * MAX_TAGS + t] >= 1)
         return {"u_mem": self._c.mem_base[k] - st.i_mem, "r_mem": st.r_mem, "fail": st.fail, "f_dsk": st.f_dsk,
                 "u_cpu": st.u_cpu, "all_mem": st.all_mem, "forth_base": self._c.forth_base[k], "tags": tags}
+
+    def free_spindles(self) -> list[int]:
+        """Every node's free spindles as the engine holds them (counted on exclusive storage only)."""
+        return [self._c.state[k].f_sp for k in range(self.n)]
 
     def instance_column(self, name: str) -> list:
         """One field (of `spec.INSTANCE_FIELDS`) of every defined instance, in index order."""

@@ -24,11 +24,11 @@ set operations per primary instead of one scored candidate per pair.
 
 from bisect import insort
 
-from fastpath.spec import KIND_MIRRORED, Spec
+from fastpath.spec import KIND_LOCAL, KIND_MIRRORED, Spec
 
 
-def free_resources(engine, spec: Spec) -> tuple[list[int], list[int], list[list[int]]]:
-    """Each node's unallocated memory and free disk now, and its primaries, from the placement."""
+def free_resources(engine, spec: Spec) -> tuple[list[int], list[int], list[int], list[list[int]]]:
+    """Each node's unallocated memory, free disk and free spindles now, and its primaries, from the placement."""
     nodes, it = spec.nodes, spec.instances
     memory = list(nodes["mem_base"])
     disk = list(nodes["f_dsk"])
@@ -49,7 +49,7 @@ def free_resources(engine, spec: Spec) -> tuple[list[int], list[int], list[list[
         if p >= 0:
             memory[p] -= mems[i] * uses[i]
             primaries[p].append(i)
-    return memory, disk, primaries
+    return memory, disk, engine.free_spindles(), primaries
 
 
 class Evacuation:
@@ -66,52 +66,71 @@ class Evacuation:
         self.order = {g: [k for k in sorted(range(spec.n_nodes), key=lambda k: (-memory[k], k)) if group[k] == g]
                       for g in set(group)}
         self.group = group
-        kinds, mems, uses, dsks = (engine.instance_column(name) for name in ("kind", "mem", "uses_mem", "dsk"))
-        # Per instance: drbd?, memory it takes, memory (the re-creation order), disk.
-        self.facts = [(kind == KIND_MIRRORED, mem * use, mem, dsk) for kind, mem, use, dsk in zip(kinds, mems, uses, dsks)]
+        kinds, mems, uses, dsks, sps = (engine.instance_column(name)
+                                        for name in ("kind", "mem", "uses_mem", "dsk", "disk_sp"))
+        # Per instance: drbd?, memory it takes, memory (the re-creation order), disk, disk spindles
+        # (-1 unknown), local storage?
+        self.facts = [(kind == KIND_MIRRORED, mem * use, mem, dsk, sp, kind in (KIND_LOCAL, KIND_MIRRORED))
+                      for kind, mem, use, dsk, sp in zip(kinds, mems, uses, dsks, sps)]
+        self.excl = spec.nodes["excl"]
         self.secondaries = engine.instance_column("snode")
         nodes = spec.nodes
         self.offline = nodes["offline"]
         self.mig, self.rmig = nodes["mig_mask"], nodes["rmig_mask"]  # htools' checkMigration
 
-    def run(self, n: int, memory: list[int], disk: list[int], primaries: list[int],
+    def run(self, n: int, memory: list[int], disk: list[int], spindles: list[int], primaries: list[int],
             placed: tuple[int, int, int] = (-1, -1, -1)) -> tuple[bool, set[int]]:
         """Whether node n can be emptied, and the nodes the evacuation used: drbd primaries fail
         over to their secondaries, other instances are re-created (largest memory first) on the
         node of n's group with most free memory that holds them, where hail picks the best-scoring
-        node; the question asked is the same. `memory` may differ from the base on placed[1] only."""
+        node; the question asked is the same. `memory` may differ from the base on placed[1] only.
+        On exclusive storage free spindles must stay at 0 or above (an instance without a spindle
+        count fails there)."""
         mem: dict[int, int] = {}  # free memory where this evacuation changed it
         dsk: dict[int, int] = {}
         used: set[int] = set()
         others = []
         for i in primaries:
-            drbd, need_mem, _, _ = self.facts[i]
+            drbd, need_mem, _, _, need_sp, _ = self.facts[i]
             s = placed[2] if i == placed[0] else self.secondaries[i]
             if drbd and s >= 0:
                 used.add(s)
                 mem[s] = mem.get(s, memory[s]) - need_mem
                 # htools' forced failover: hard limits on the new primary, free disk on the old one.
                 if (mem[s] <= 0 or disk[s] <= 0 or (disk[n] <= 0 and not self.offline[n])
-                        or self.mig[n] & ~self.rmig[s]):
+                        or self.mig[n] & ~self.rmig[s] or self._spindles_fail(s, spindles[s], need_sp)
+                        or self._spindles_fail(n, spindles[n], need_sp)):
                     return False, used
             else:
                 others.append(i)
         dirty = used | {placed[1]}
+        sp: dict[int, int] = {}
         for i in sorted(others, key=lambda i: -self.facts[i][2]):
-            _, need_mem, _, need_dsk = self.facts[i]
-            k = self._target(n, memory, disk, mem, dsk, dirty, need_mem, need_dsk)
+            _, need_mem, _, need_dsk, need_sp, local = self.facts[i]
+            k = self._target(n, (memory, disk, spindles), (mem, dsk, sp), dirty, self.facts[i])
             if k < 0:
                 return False, used
             used.add(k)
             dirty.add(k)
             mem[k] = mem.get(k, memory[k]) - need_mem
             dsk[k] = dsk.get(k, disk[k]) - need_dsk
+            if local and self.excl[k]:
+                sp[k] = sp.get(k, spindles[k]) - need_sp
         return True, used
 
-    def _target(self, n: int, memory: list[int], disk: list[int], mem: dict[int, int], dsk: dict[int, int],
-                dirty: set[int], need_mem: int, need_dsk: int) -> int:
-        """The node of n's group (not n) with most free memory that holds the instance, -1 if none."""
+    def _spindles_fail(self, k: int, free: int, need: int) -> bool:
+        # A drbd failover leaves a node's free spindles as they were, or -1 without a spindle count.
+        return bool(self.excl[k]) and (need < 0 or free < 0)
+
+    def _target(self, n: int, base: tuple, changed: tuple, dirty: set[int], facts: tuple) -> int:
+        """The node of n's group (not n) with most free memory that holds the instance, -1 if none;
+        `base` is (memory, disk, spindles) per node, `changed` what this evacuation changed of them."""
+        (memory, disk, spindles), (mem, dsk, sp) = base, changed
+        _, need_mem, _, need_dsk, need_sp, local = facts
+
         def fits(k: int) -> bool:
+            if local and self.excl[k] and (need_sp < 0 or sp.get(k, spindles[k]) - need_sp < 0):
+                return False
             return mem.get(k, memory[k]) - need_mem > 0 and (need_dsk == 0 or dsk.get(k, disk[k]) - need_dsk > 0)
         best = -1
         for k in self.order[self.group[n]]:
@@ -127,9 +146,9 @@ class Evacuation:
 
 def globally_redundant(engine, spec: Spec) -> bool:
     """hail's global N+1 test on the placement as it is."""
-    memory, disk, primaries = free_resources(engine, spec)
+    memory, disk, spindles, primaries = free_resources(engine, spec)
     evacuation = Evacuation(engine, spec, memory)
-    return all(evacuation.run(n, memory, disk, primaries[n])[0] for n in range(spec.n_nodes))
+    return all(evacuation.run(n, memory, disk, spindles, primaries[n])[0] for n in range(spec.n_nodes))
 
 
 class CandidateCheck:
@@ -137,15 +156,16 @@ class CandidateCheck:
 
     def __init__(self, engine, spec: Spec, inst: int):
         self.inst = inst
-        self.memory, self.disk, self.primaries = free_resources(engine, spec)
+        self.memory, self.disk, self.spindles, self.primaries = free_resources(engine, spec)
         self.evacuation = Evacuation(engine, spec, self.memory)
         self.need_mem = engine.instance_value(inst, "mem") * engine.instance_value(inst, "uses_mem")
         self.need_dsk = engine.instance_value(inst, "dsk")
+        self.need_sp = engine.instance_value(inst, "disk_sp")
         self.users: list[set[int]] = [set() for _ in range(spec.n_nodes)]  # k: nodes whose evacuation used k
         self.used: list[set[int]] = []  # n: the nodes n's evacuation used
         self.failing = set()
         for n in range(spec.n_nodes):
-            ok, used = self.evacuation.run(n, self.memory, self.disk, self.primaries[n])
+            ok, used = self.evacuation.run(n, self.memory, self.disk, self.spindles, self.primaries[n])
             if not ok:
                 self.failing.add(n)
             self.used.append(used)
@@ -179,16 +199,18 @@ class CandidateCheck:
         again = set(changed).union(*(self.users[k] for k in changed))
         if self.failing - again:
             return False
-        memory, disk = list(self.memory), list(self.disk)
+        memory, disk, spindles = list(self.memory), list(self.disk), list(self.spindles)
         memory[pnode] -= self.need_mem
         for k in changed:
             disk[k] -= self.need_dsk
+            if self.evacuation.excl[k]:
+                spindles[k] = -1 if self.need_sp < 0 else spindles[k] - self.need_sp
         placed = (self.inst, pnode, snode)
         for n in sorted(again):
             primaries = self.primaries[n]
             if n == pnode:
                 primaries = list(primaries)
                 insort(primaries, self.inst)
-            if not self.evacuation.run(n, memory, disk, primaries, placed)[0]:
+            if not self.evacuation.run(n, memory, disk, spindles, primaries, placed)[0]:
                 return False
         return True

@@ -60,9 +60,14 @@ def _policy(obj: dict | None) -> Policy:
 def _node(name: str, obj: dict, kvm_memory: int) -> Node:
     offline = bool(obj.get("offline")) or bool(obj.get("drained")) or not obj.get("vm_capable", True)
     ndparams = obj.get("ndparams", {})
+    excl = bool(ndparams.get("exclusive_storage", False))
+    # Like hail: total spindles are the node's own figure under exclusive storage (0 for a node
+    # that is offline or not vm-capable), else spindle_count.
+    live = not obj.get("offline") and obj.get("vm_capable", True)
+    spindles = int((obj.get("total_spindles", 0) if live else 0) if excl else ndparams.get("spindle_count", 1))
     node = Node(name=name, t_mem=0.0, n_mem=0, f_mem=0, t_dsk=0.0, f_dsk=0, t_cpu=0.0, offline=offline,
-                group=_key(obj, "group", f"node {name}"), spindles=int(ndparams.get("spindle_count", 1)),
-                tags=list(obj.get("tags", [])), excl_stor=bool(ndparams.get("exclusive_storage", False)))
+                group=_key(obj, "group", f"node {name}"), spindles=spindles,
+                tags=list(obj.get("tags", [])), excl_stor=excl)
     if not offline:
         node.t_mem = float(_key(obj, "total_memory", f"node {name}"))
         node.n_mem = kvm_memory if kvm_memory else int(obj.get("reserved_memory", 0))
@@ -79,12 +84,15 @@ def _instance(name: str, obj: dict) -> Instance:
     nodes = list(_key(obj, "nodes", f"instance {name}"))
     disks = [int(d.get("size", 0)) for d in obj.get("disks", [])]
     dsk = int(obj.get("disk_space_total", sum(disks)))
+    given = [d for d in obj.get("disks", []) if "spindles" in d]
+    spindles = str(sum(int(d["spindles"]) for d in given)) if len(given) == len(obj.get("disks", [])) else "-"
     return Instance(name=name, mem=int(_key(obj, "memory", f"instance {name}")), dsk=dsk,
                     vcpus=int(_key(obj, "vcpus", f"instance {name}")),
                     status=ADMIN_STATES.get(obj.get("admin_state", "up"), "running"), auto_balance=True,
                     pnode=nodes[0] if nodes else "", snode=nodes[1] if len(nodes) > 1 else "",
                     template=obj.get("disk_template", "plain"), tags=list(obj.get("tags", [])),
-                    spindle_use=int(obj.get("spindle_use", 1)), forthcoming=bool(obj.get("forthcoming", False)),
+                    spindle_use=int(obj.get("spindle_use", 1)), spindles=spindles,
+                    forthcoming=bool(obj.get("forthcoming", False)),
                     disks=disks or [dsk], networks=nic_networks(obj))
 
 
@@ -180,9 +188,19 @@ def _allocate_one(session: Session, request: dict, inst: int, obj: dict):
                                   _dedicated_instance(session, inst, obj), required, groups, mask,
                                   session.options.ignore_soft_errors,
                                   network_check(session.cluster, nic_networks(obj), obj.get("name", ""), True))
+    new = _dedicated_instance(session, inst, obj)
+
+    def refused_primaries(g: int) -> dict[int, int]:
+        # On exclusive storage hail's policy check counts the disks' spindles, per candidate primary.
+        reason = dedicated.policy_failure(session.policy(g), new)
+        nodes = session.spec.nodes
+        return {k: reason for k in range(session.spec.n_nodes) if nodes["group"][k] == g and nodes["excl"][k]
+                } if reason else {}
+
     return allocate(session.engine, session.spec, session.cluster, inst, required, groups, mask,
                     session.options.ignore_soft_errors, session.options.capacity_checks, violation,
-                    whole_cluster=not request.get("group_name"), unconnected=unconnected)
+                    whole_cluster=not request.get("group_name"), unconnected=unconnected,
+                    refused_primaries=refused_primaries)
 
 
 def _dedicated(session: Session, request: dict, groups: list[int]) -> bool:

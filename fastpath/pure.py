@@ -8,12 +8,12 @@ import math
 from collections.abc import Sequence
 
 from fastpath.spec import (AGGREGATION, ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECONDARY, EVAC_MODE, FAIL_CPU, FAIL_DISK,
-                           FAIL_INTERNAL, FAIL_MEM, FAIL_MIG, FAIL_TAGS, FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_LOCAL,
+                           FAIL_INTERNAL, FAIL_MEM, FAIL_MIG, FAIL_SPINDLES, FAIL_TAGS, FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_LOCAL,
                            KIND_MIRRORED, KIND_SHARED, NO_DISK_MOVES, NO_INSTANCE_MOVES, OK, REPLACE_AND_FAILOVER,
                            REPLACE_PRIMARY, REPLACE_SECONDARY, RESTRICTED_MIGRATION, WEIGHTS, Spec)
 
 # Per-node derived state, one list per node: the indices of its fields.
-I_MEM, ALL_MEM, F_DSK, U_CPU, PCNT, SCNT, INST_SP, R_MEM, FAIL, TAGS_V, LOC_V = range(11)
+I_MEM, ALL_MEM, F_DSK, U_CPU, PCNT, SCNT, INST_SP, R_MEM, FAIL, TAGS_V, LOC_V, F_SP = range(12)
 
 
 def stddev(values: Sequence[float]) -> float:
@@ -60,6 +60,7 @@ class Engine:
         self.count = spec.n_instances
         self.touched = [0] * self.n
         self.dsk_delta = [0] * self.n
+        self.sp_delta = [0] * self.n
         self.forth_base = [0] * self.n
         self._rebuild()
         # Memory of primaries htools counted as used at load; the forthcoming-aware free memory
@@ -70,7 +71,8 @@ class Engine:
     def _rebuild(self) -> None:
         n, T = self.n, 64
         self.T = 64
-        self.state = [[0, 0, self.nd["f_dsk"][k] + self.dsk_delta[k], self.nd["node_cpus"][k], 0, 0, 0, 0, 0, 0, 0] for k in range(n)]
+        self.state = [[0, 0, self.nd["f_dsk"][k] + self.dsk_delta[k], self.nd["node_cpus"][k], 0, 0, 0, 0, 0, 0, 0,
+                       self.nd["f_sp"][k] + self.sp_delta[k]] for k in range(n)]
         self.tagcnt = [0] * (n * T)
         self.peers = [dict() for _ in range(n)]
         self.loccnt = {}
@@ -88,14 +90,14 @@ class Engine:
             st[ALL_MEM] += it["mem"][i]
             st[U_CPU] += it["vcpus"][i] * it["uses_cpu"][i]
             st[PCNT] += 1
-            st[INST_SP] += it["spindle_use"][i]
+            st[INST_SP] += self._sp_use(p, i)
             st[TAGS_V] += self._tag_add(p, i)
             st[LOC_V] += self._loc_contrib(i, p, s)
             self._loccnt_change(i, p, +1)
             if s >= 0:
                 ss = self.state[s]
                 ss[SCNT] += 1
-                ss[INST_SP] += it["spindle_use"][i]
+                ss[INST_SP] += self._sp_use(s, i)
                 self.peers[s][p] = self.peers[s].get(p, 0) + it["sec_mem"][i]
         for k in range(n):
             st = self.state[k]
@@ -104,6 +106,24 @@ class Engine:
                 st[FAIL] = int(self._u_mem(k, st) <= st[R_MEM])
             else:
                 st[FAIL] = int(self.nd["f_mem"][k] < st[R_MEM])
+
+    def _sp_use(self, k: int, i: int) -> int:
+        # Spindle use counts only on nodes without exclusive storage (htools' calcSpindleUse).
+        return 0 if self.nd["excl"][k] else self.it["spindle_use"][i]
+
+    def _sp_after(self, k: int, i: int, f_sp: int, sign: int) -> int:
+        """Free spindles after adding (sign -1) or removing (+1) instance i on node k: only exclusive
+        storage counts them; an addition without a spindle count leaves -1, a removal changes nothing."""
+        if not self.nd["excl"][k]:
+            return f_sp
+        if self.it["disk_sp"][i] < 0:
+            return -1 if sign < 0 else f_sp
+        return f_sp + sign * self.it["disk_sp"][i]
+
+    def _free_disk_ratio(self, k: int, f_dsk: int, f_sp: int) -> float:
+        # Of spindles on exclusive storage, else of disk; 1 without any.
+        total = self.nd["t_sp"][k] if self.nd["excl"][k] else self.nd["t_dsk"][k]
+        return (f_sp if self.nd["excl"][k] else f_dsk) / total if total > 0 else 1.0
 
     def _tag_add(self, node: int, i: int) -> int:
         gain = 0
@@ -167,13 +187,13 @@ class Engine:
         # Offline nodes loaded with unknown resources have zero totals; their ratios are unused.
         inv_mem = 1.0 / t_mem if t_mem else 0.0
         p_mem = self._u_mem(k, st) / t_mem if t_mem else 0.0
-        p_dsk = st[F_DSK] / t_dsk if t_dsk > 0 else 1.0
+        p_dsk = self._free_disk_ratio(k, st[F_DSK], st[F_SP])
         r = st[R_MEM] / t_mem if t_mem else 0.0
         cpu = st[U_CPU] / nd["t_cpu"][k] / nd["cpu_speed"][k] if nd["t_cpu"][k] and nd["cpu_speed"][k] else 0.0
         sp = st[INST_SP] / nd["hi_spindles"][k] if nd["hi_spindles"][k] else 0.0
         # htools' *_forth metrics also count the forthcoming instances, which the state leaves out.
         forth = (self.forth_base[k] - st[ALL_MEM] - nd["forth_mem"][k]) / t_mem if inv_mem else 0.0
-        dsk_forth = (st[F_DSK] - nd["forth_dsk"][k]) / t_dsk if t_dsk > 0 else 1.0
+        dsk_forth = self._free_disk_ratio(k, st[F_DSK] - nd["forth_dsk"][k], st[F_SP] - nd["forth_fsp"][k])
         cpu_forth = ((st[U_CPU] + nd["forth_cpu"][k]) / nd["t_cpu"][k] / nd["cpu_speed"][k]
                      if nd["t_cpu"][k] and nd["cpu_speed"][k] else 0.0)
         sp_forth = (st[INST_SP] + nd["forth_sp"][k]) / nd["hi_spindles"][k] if nd["hi_spindles"][k] else 0.0
@@ -223,13 +243,14 @@ class Engine:
             st[F_DSK] += it["dsk"][i]
             st[U_CPU] -= it["vcpus"][i] * it["uses_cpu"][i]
             st[PCNT] -= 1
-            st[INST_SP] -= it["spindle_use"][i]
+            st[INST_SP] -= self._sp_use(k, i)
             st[TAGS_V] -= self._tag_loss(k, i)
         else:
             st[F_DSK] += it["dsk"][i]
             st[SCNT] -= 1
-            st[INST_SP] -= it["spindle_use"][i]
+            st[INST_SP] -= self._sp_use(k, i)
             st[R_MEM] = self._rmem_with(k, [(peer, -it["sec_mem"][i])])
+        st[F_SP] = self._sp_after(k, i, st[F_SP], 1)
         st[FAIL] = int(self._u_mem(k, st) <= st[R_MEM])
         return st
 
@@ -250,11 +271,16 @@ class Engine:
         # Free memory counting forthcoming instances and every primary, running or not (fMemForth).
         return self.forth_base[k] - st[ALL_MEM] - self.nd["forth_mem"][k]
 
-    def _forth_disk_fails(self, k: int, st: list) -> bool:
-        # htools' disk limits counting forthcoming instances (free disk, its reserve, spindle use).
-        f_dsk = st[F_DSK] - self.nd["forth_dsk"][k]
-        return f_dsk <= 0 or f_dsk < self.nd["lo_dsk"][k] or st[INST_SP] + self.nd["forth_sp"][k] > \
-            self.nd["hi_spindles"][k]
+    def _forth_disk_status(self, k: int, st: list) -> int:
+        # htools' disk limits counting forthcoming instances (free disk, its reserve, free spindles
+        # on exclusive storage, spindle use), in its order.
+        nd = self.nd
+        f_dsk = st[F_DSK] - nd["forth_dsk"][k]
+        if f_dsk <= 0 or f_dsk < nd["lo_dsk"][k]:
+            return FAIL_DISK
+        if nd["excl"][k] and st[F_SP] - nd["forth_fsp"][k] < 0:
+            return FAIL_SPINDLES
+        return FAIL_DISK if st[INST_SP] + nd["forth_sp"][k] > nd["hi_spindles"][k] else OK
 
     def _add_pri(self, k: int, st: list, i: int, force: bool) -> tuple[int, list]:
         """Node k takes instance i as a primary; hbal's hard checks, then its soft ones unless forced."""
@@ -266,7 +292,8 @@ class Engine:
         st[F_DSK] -= it["dsk"][i]
         st[U_CPU] += it["vcpus"][i] * it["uses_cpu"][i]
         st[PCNT] += 1
-        st[INST_SP] += it["spindle_use"][i]
+        st[INST_SP] += self._sp_use(k, i)
+        st[F_SP] = self._sp_after(k, i, st[F_SP], -1)
         local = it["kind"][i] in (KIND_LOCAL, KIND_MIRRORED)
         u_mem = self._u_mem(k, st)
         new_fail = int(u_mem <= st[R_MEM])
@@ -274,8 +301,12 @@ class Engine:
             return FAIL_MEM, st
         if local and st[F_DSK] <= 0:
             return FAIL_DISK, st
+        if not force and local and st[F_DSK] < nd["lo_dsk"][k]:
+            return FAIL_DISK, st
+        if local and nd["excl"][k] and st[F_SP] < 0:
+            return FAIL_SPINDLES, st
         if not force:
-            if local and (st[F_DSK] < nd["lo_dsk"][k] or st[INST_SP] > nd["hi_spindles"][k]):
+            if local and st[INST_SP] > nd["hi_spindles"][k]:
                 return FAIL_DISK, st
             if new_fail and not st[FAIL]:
                 return FAIL_MEM, st
@@ -285,8 +316,9 @@ class Engine:
                 return FAIL_TAGS, st
             if self._forth(k, st) <= 0:
                 return FAIL_MEM, st
-            if local and self._forth_disk_fails(k, st):
-                return FAIL_DISK, st
+            limit = self._forth_disk_status(k, st) if local else OK
+            if limit != OK:
+                return limit, st
             if (st[U_CPU] + nd["forth_cpu"][k]) / nd["t_cpu"][k] > nd["vcpu_ratio"][k]:
                 return FAIL_CPU, st
         st[FAIL] = new_fail
@@ -302,21 +334,27 @@ class Engine:
             return FAIL_DISK, st
         st[F_DSK] -= it["dsk"][i]
         st[SCNT] += 1
-        st[INST_SP] += it["spindle_use"][i]
+        st[INST_SP] += self._sp_use(k, i)
+        st[F_SP] = self._sp_after(k, i, st[F_SP], -1)
         u_mem = self._u_mem(k, st)
         new_fail = int(u_mem <= r_mem)
         needed = it["sec_mem"][i]
         if not ignore_disks and st[F_DSK] <= 0:
             return FAIL_DISK, st
+        if not force and st[F_DSK] < nd["lo_dsk"][k]:
+            return FAIL_DISK, st
+        if nd["excl"][k] and st[F_SP] < 0:
+            return FAIL_SPINDLES, st
         if not force:
-            if st[F_DSK] < nd["lo_dsk"][k] or st[INST_SP] > nd["hi_spindles"][k]:
+            if st[INST_SP] > nd["hi_spindles"][k]:
                 return FAIL_DISK, st
             if needed >= u_mem:
                 return FAIL_MEM, st
             if new_fail and not st[FAIL]:
                 return FAIL_MEM, st
-            if self._forth_disk_fails(k, st):
-                return FAIL_DISK, st
+            limit = self._forth_disk_status(k, st)
+            if limit != OK:
+                return limit, st
             if needed >= self._forth(k, st):
                 return FAIL_MEM, st
         st[R_MEM] = r_mem
@@ -425,6 +463,8 @@ class Engine:
         for k in {op, os_, np_, ns} - {-1}:
             self.touched[k] = 1
             self.dsk_delta[k] += dsk * ((k in (op, os_)) - (k in (np_, ns)))
+            if self.nd["excl"][k] and self.it["disk_sp"][i] >= 0:
+                self.sp_delta[k] += self.it["disk_sp"][i] * ((k in (op, os_)) - (k in (np_, ns)))
         self.pnode[i], self.snode[i] = np_, ns
         self._rebuild()
 
@@ -442,6 +482,10 @@ class Engine:
         tags = sum(1 << t for t in range(self.T) if self.tagcnt[k * self.T + t] >= 1)
         return {"u_mem": self._u_mem(k, st), "r_mem": st[R_MEM], "fail": st[FAIL], "f_dsk": st[F_DSK],
                 "u_cpu": st[U_CPU], "all_mem": st[ALL_MEM], "forth_base": self.forth_base[k], "tags": tags}
+
+    def free_spindles(self) -> list[int]:
+        """Every node's free spindles as the engine holds them (counted on exclusive storage only)."""
+        return [st[F_SP] for st in self.state]
 
     def instance_column(self, name: str) -> list:
         """One field (of `spec.INSTANCE_FIELDS`) of every defined instance, in index order."""

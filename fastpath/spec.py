@@ -35,11 +35,12 @@ MAX_TAGS = 64
 
 NODE_FIELDS = ("t_mem", "mem_base", "f_mem", "t_dsk", "f_dsk", "t_cpu", "cpu_speed", "node_cpus", "hi_spindles",
                "vcpu_ratio", "lo_dsk", "offline", "group", "loc_mask", "mig_mask", "rmig_mask", "forth_mem", "forth_dsk",
-               "forth_cpu", "forth_sp", "excl", "f_sp")
-# excl (exclusive storage) and f_sp (free spindles as reported) serve hail's dedicated allocation
-# (fastpath.dedicated); the engines do not read them.
+               "forth_cpu", "forth_sp", "excl", "f_sp", "t_sp", "forth_fsp")
+# Exclusive storage (excl): free spindles (f_sp as reported, t_sp in total, forth_fsp taken by
+# forthcoming instances) are a resource and free_disk_cv counts them; spindle use does not count.
 INSTANCE_FIELDS = ("mem", "dsk", "vcpus", "spindle_use", "pnode", "snode", "kind", "uses_mem", "uses_cpu",
-                   "sec_mem", "movable", "excl_mask", "desired_mask")
+                   "sec_mem", "movable", "excl_mask", "desired_mask", "disk_sp")
+# disk_sp: the disks' total spindles (htools' getTotalSpindles), -1 when some disk gives none.
 # Instance storage kinds the engines need: 0 none (file, diskless), 1 local non-mirrored (plain),
 # 2 mirrored (drbd), 3 shared (moved by failover to any node).
 KIND_NONE, KIND_LOCAL, KIND_MIRRORED, KIND_SHARED = range(4)
@@ -155,7 +156,7 @@ def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_e
                       offline=int(node.offline or node.name in offline), group=group_index[node.group],
                       loc_mask=locs.mask([t for t in node.tags if any(t.startswith(p) for p in loc_prefixes)]),
                       mig_mask=migration[k][0], rmig_mask=migration[k][1], excl=int(node.excl_stor),
-                      f_sp=node.free_spindles, **forth[k])
+                      f_sp=node.free_spindles, t_sp=float(node.spindles), **forth[k])
         for name in NODE_FIELDS:
             spec.nodes[name].append(values[name])
         spec.node_names.append(node.name)
@@ -173,8 +174,10 @@ def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_e
 
 def _forthcoming_use(cluster) -> list[dict[str, int]]:
     """What forthcoming instances take on each node, as htools' *_forth metrics count it: memory
-    and (online ones) CPUs on the primary, local disk and spindle use on primary and secondary."""
-    use = {n.name: dict(forth_mem=0, forth_dsk=0, forth_cpu=0, forth_sp=0) for n in cluster.nodes}
+    and (online ones) CPUs on the primary, local disk and spindle use (free spindles on exclusive
+    storage) on primary and secondary."""
+    use = {n.name: dict(forth_mem=0, forth_dsk=0, forth_cpu=0, forth_sp=0, forth_fsp=0) for n in cluster.nodes}
+    exclusive = {n.name for n in cluster.nodes if n.excl_stor}
     for inst in cluster.instances:
         if not inst.forthcoming or not inst.pnode:
             continue
@@ -182,9 +185,17 @@ def _forthcoming_use(cluster) -> list[dict[str, int]]:
         use[inst.pnode]["forth_mem"] += inst.mem
         use[inst.pnode]["forth_cpu"] += inst.vcpus if inst.status != "ADMIN_offline" else 0
         for name in (inst.pnode, inst.snode):
-            if name and local:
-                use[name]["forth_dsk"] += inst.dsk
+            if not name or not local:
+                continue
+            use[name]["forth_dsk"] += inst.dsk
+            if name not in exclusive:
                 use[name]["forth_sp"] += inst.spindle_use
+            elif disk_spindles(inst) < 0:
+                # htools would leave its forthcoming free spindles at -1, failing every later check.
+                raise ValueError(f"forthcoming instance {inst.name} gives no disk spindles but node {name} "
+                                 "has exclusive storage; give its disks 'spindles'")
+            else:
+                use[name]["forth_fsp"] += disk_spindles(inst)
     return [use[n.name] for n in cluster.nodes]
 
 
@@ -216,4 +227,14 @@ def instance_values(inst, index: dict[str, int], excl_mask: int = 0, desired_mas
         kind=kind, uses_mem=int(uses_mem), uses_cpu=int(not offline),
         sec_mem=inst.mem if kind == KIND_MIRRORED and not offline and inst.auto_balance else 0,
         movable=int(kind in (KIND_MIRRORED, KIND_SHARED) and inst.auto_balance),
-        excl_mask=excl_mask, desired_mask=desired_mask)
+        excl_mask=excl_mask, desired_mask=desired_mask, disk_sp=disk_spindles(inst))
+
+
+def disk_spindles(inst) -> int:
+    """An instance's total disk spindles, -1 when unknown ("-" in the text format)."""
+    if inst.spindles in ("-", ""):
+        return -1
+    try:
+        return int(inst.spindles)
+    except ValueError:
+        raise ValueError(f"instance {inst.name}: spindles '{inst.spindles}' must be a whole number or '-'") from None

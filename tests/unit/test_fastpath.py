@@ -105,6 +105,8 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("n20.exclude.hbal", {"exclude_instances": ["inst-00022", "inst-00163"], "options": BalanceOptions(max_moves=5)}),
     ("n20-shared.evac.hbal", {"options": BalanceOptions(evac_mode=True, max_moves=6), "offline": ["node-0005"]}),
     ("n20-forth.l5.hbal", {"options": BalanceOptions(max_moves=5)}),
+    ("n20-excl.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
+    ("n20-excl.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True, max_moves=10)}),
 ])
 def test_balance_output_equals_hbal(implementation, answer, args):
     """The whole balance output (moves, scores, summary) equals what hbal printed."""
@@ -166,6 +168,13 @@ def clusters(draw):
     instances = draw(st.integers(min_value=0, max_value=25))
     cluster = generate(nodes, instances, draw(st.integers(min_value=0, max_value=10**6)))
     offline = {n.name for n in cluster.nodes if draw(st.booleans()) and draw(st.booleans())}
+    if draw(st.booleans()):
+        # Some nodes with exclusive storage (free spindles a resource), some disks without spindles.
+        for node in cluster.nodes:
+            node.excl_stor = draw(st.booleans())
+            node.free_spindles = draw(st.integers(min_value=0, max_value=12))
+        for inst in cluster.instances:
+            inst.spindles = draw(st.sampled_from(["-", "1", "2", "3"]))
     return flatten(cluster, offline=offline), draw(st.sampled_from([0, 1, 2, 4, 8]))
 
 

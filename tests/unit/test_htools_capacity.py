@@ -33,7 +33,8 @@ def planned(text_file: str, implementation: str, **args) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("text_file", "answer", "accept"), [
-    ("example.txt", "example.hspace", False), ("n4.txt", "n4.hspace", False), ("n4.txt", "n4.accept.hspace", True)])
+    ("example.txt", "example.hspace", False), ("n4.txt", "n4.hspace", False), ("n4.txt", "n4.accept.hspace", True),
+    ("n20-excl.txt", "n20-excl.accept.hspace", True)])
 def test_standard_allocation_equals_hspace(implementation, text_file, answer, accept):
     """Standard-spec allocation count, failure reason, scores and cluster totals equal hspace's."""
     expected = recorded(answer)
