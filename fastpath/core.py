@@ -7,7 +7,7 @@
 from collections.abc import Sequence
 
 from fastpath._cairn_fastpath import ffi, lib
-from fastpath.spec import MAX_TAGS, Spec
+from fastpath.spec import FORTH_FIELDS, MAX_TAGS, Spec
 
 _STATUS = {lib.CAIRN_EINVAL: "invalid argument"}
 _NODE_ARRAYS = (("double", ("t_mem", "t_dsk", "t_cpu", "cpu_speed", "hi_spindles", "vcpu_ratio", "lo_dsk", "t_sp")),
@@ -131,7 +131,21 @@ class Engine:
         st = self._c.state[k]
         tags = sum(1 << t for t in range(MAX_TAGS) if self._c.tagcnt[k * MAX_TAGS + t] >= 1)
         return {"u_mem": self._c.mem_base[k] - st.i_mem, "r_mem": st.r_mem, "fail": st.fail, "f_dsk": st.f_dsk,
-                "u_cpu": st.u_cpu, "all_mem": st.all_mem, "forth_base": self._c.forth_base[k], "tags": tags}
+                "u_cpu": st.u_cpu, "all_mem": st.all_mem, "forth_base": self._c.forth_base[k], "tags": tags,
+                "inst_sp": st.inst_sp, "f_sp": st.f_sp}
+
+    def forth_use(self, k: int) -> dict:
+        """What forthcoming instances take of node k (`spec.FORTH_FIELDS`)."""
+        return {name: getattr(self._c, name)[k] for name in FORTH_FIELDS}
+
+    def set_forth(self, use: dict, inst: int, pnode: int) -> None:
+        """Give nodes new forthcoming figures (node: `spec.FORTH_FIELDS` values) and the forthcoming
+        instance `inst` the primary `pnode` (its exclusion tags count there); the state is rebuilt."""
+        for k, values in use.items():
+            for name in FORTH_FIELDS:
+                getattr(self._c, name)[k] = values[name]
+        self._c.forth_pnode[inst] = pnode
+        _check(lib.cairn_rebuild(self._c), "rebuild")
 
     def free_spindles(self) -> list[int]:
         """Every node's free spindles as the engine holds them (counted on exclusive storage only)."""

@@ -21,19 +21,35 @@ def migrate(instance: str, target: str | None = None) -> dict:
             "ignore_hvversions": True}
 
 
+def failover(instance: str, target: str | None = None) -> dict:
+    """The opcode hail gives a forthcoming instance in place of a migration (a failover, `target` as for migrate)."""
+    op = {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": instance, "shutdown_timeout": 120,
+          "ignore_consistency": False}
+    if target is not None:
+        op["target_node"] = target  # where Ganeti's opcode lists it
+    return {**op, "ignore_ipolicy": False, "cleanup": False}
+
+
+def _primary_op(session, inst: int, target: int | None = None) -> dict:
+    """The opcode that moves an instance's primary: a migration, a failover for a forthcoming instance."""
+    name = session.spec.instance_names[inst]
+    node = None if target is None else session.names[target]
+    return failover(name, node) if inst in session.moves.forth else migrate(name, node)
+
+
 def _targets(session, inst: int, excluded: set[int]):
     """The candidate targets of a one-node move, in node order: online nodes of the instance's group
     other than its own and the excluded ones."""
     spec = session.spec
-    p, s = session.engine.nodes_of(inst)
+    p, s = session.moves.nodes_of(inst)
     group = session.group_of_node(p)
     return [t for t in range(spec.n_nodes) if spec.nodes["group"][t] == group and not spec.nodes["offline"][t]
             and t not in (p, s) and t not in excluded]
 
 
 def _evaluate(session, inst: int, kind: int, target: int) -> tuple[int, float]:
-    group = session.group_of_node(session.engine.nodes_of(inst)[0])
-    return session.engine.eval_move(group, inst, kind, target, 8 if session.options.ignore_soft_errors else 0)
+    group = session.group_of_node(session.moves.nodes_of(inst)[0])
+    return session.moves.eval_move(group, inst, kind, target, 8 if session.options.ignore_soft_errors else 0)
 
 
 def best_target(session, inst: int, kind: int, excluded: set[int] = frozenset()) -> tuple[int, float] | None:
@@ -62,7 +78,7 @@ def _template_error(session, inst: int) -> str:
 def evacuate_one(session, inst: int, mode: str, groups: list[int] | None = None,
                  excluded: set[int] = frozenset()):
     """Move one instance; returns (new node indices, opcodes) or an error message."""
-    engine, spec = session.engine, session.spec
+    engine, spec = session.moves, session.spec
     name = spec.instance_names[inst]
     kind = spec.instances["kind"][inst]
     p, s = engine.nodes_of(inst)
@@ -83,24 +99,24 @@ def evacuate_one(session, inst: int, mode: str, groups: list[int] | None = None,
             if status != OK:
                 return FAIL_NAMES[status]
             engine.apply_move(inst, FAILOVER, -1)
-            return engine.nodes_of(inst), [migrate(name)]
+            return engine.nodes_of(inst), [_primary_op(session, inst)]
         best = best_target(session, inst, FAILOVER_TO_ANY, excluded)
         if best is None:
             return no_target_text(session, inst, FAILOVER_TO_ANY, excluded)
         engine.apply_move(inst, FAILOVER_TO_ANY, best[0])
-        return engine.nodes_of(inst), [migrate(name, session.names[best[0]])]
+        return engine.nodes_of(inst), [_primary_op(session, inst, best[0])]
     if kind == KIND_SHARED:
         best = best_target(session, inst, FAILOVER_TO_ANY, excluded)
         if best is None:
             return no_target_text(session, inst, FAILOVER_TO_ANY, excluded)
         engine.apply_move(inst, FAILOVER_TO_ANY, best[0])
-        return engine.nodes_of(inst), [migrate(name, session.names[best[0]])]
+        return engine.nodes_of(inst), [_primary_op(session, inst, best[0])]
     return _move_both(session, inst, groups if groups is not None else [session.group_of_node(p)], excluded)
 
 
 def _try_pair_prefix(session, inst: int, t1: int, flags: int) -> str | None:
     """Replace the secondary with t1 and fail over (hail's first two steps); the failure, or None."""
-    engine = session.engine
+    engine = session.moves
     group = session.group_of_node(engine.nodes_of(inst)[0])
     status, _ = engine.eval_move(group, inst, REPLACE_SECONDARY, t1, flags)
     if status != OK:
@@ -116,7 +132,7 @@ def _try_pair_prefix(session, inst: int, t1: int, flags: int) -> str | None:
 def _move_both(session, inst: int, groups: list[int], excluded: set[int]):
     """New primary and secondary for a drbd instance: for every pair, replace secondary, migrate, replace
     secondary, each step checked; keep the pair with the lowest group score (last of equals)."""
-    engine, spec = session.engine, session.spec
+    engine, spec = session.moves, session.spec
     name = spec.instance_names[inst]
     p, s = engine.nodes_of(inst)
     flags = 8 if session.options.ignore_soft_errors else 0
@@ -146,7 +162,8 @@ def _move_both(session, inst: int, groups: list[int], excluded: set[int]):
     engine.apply_move(inst, REPLACE_SECONDARY, t1)
     engine.apply_move(inst, FAILOVER, -1)
     engine.apply_move(inst, REPLACE_SECONDARY, t2)
-    return (t1, t2), [replace_disks(name, session.names[t1]), migrate(name), replace_disks(name, session.names[t2])]
+    return (t1, t2), [replace_disks(name, session.names[t1]), _primary_op(session, inst),
+                      replace_disks(name, session.names[t2])]
 
 
 def target_group(session, inst: int, groups: list[int]):
@@ -177,7 +194,7 @@ def evacuated_nodes(session, names: list[str], mode: str) -> set[int]:
     for name in names:
         if name not in session.spec.instance_names:
             continue
-        p, s = session.engine.nodes_of(session.spec.instance_names.index(name))
+        p, s = session.moves.nodes_of(session.spec.instance_names.index(name))
         if mode in ("primary-only", "all"):
             nodes.add(p)
         if mode in ("secondary-only", "all") and s >= 0:

@@ -8,6 +8,7 @@ import json
 
 from fastpath import dedicated, engine_class
 from fastpath.allocate import GroupOutcome, allocate, policy_violation, try_group
+from fastpath.forthmove import Moves
 from fastpath.model import Cluster, Group, Instance, Node, Policy, Spec as PolicySpec
 from fastpath.record import record
 from fastpath.spec import (ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_MIRRORED,
@@ -137,6 +138,7 @@ class Session:
         self.index = {name: k for k, name in enumerate(self.spec.node_names)}
         self.new = [append_instance(self.spec, inst, {}) for inst in new_instances]
         self.engine = engine_class(options.implementation)(self.spec, extra_instances=1)
+        self.moves = Moves(self.engine, self.spec)  # moves of real and forthcoming instances alike
         self.spare = -1  # an unplaced engine slot for trial copies of existing instances
         self.used_spindles: dict[int, int] = {}  # node: free spindles this request's instances took
         self.names = self.spec.node_names
@@ -283,12 +285,13 @@ def _allocation_response(session: Session, chosen, outcomes, say_group: bool = T
 
 
 def _refuse_forthcoming(session, names: list[str]) -> None:
-    """Moving a forthcoming instance is not modelled: the engines leave such instances unplaced
-    (htools counts them only in its *_forth figures, and would move only those)."""
+    """Converting a forthcoming instance to drbd is not modelled (relocate, node-evacuate and
+    change-group move forthcoming instances, `fastpath.forthmove`)."""
     forthcoming = {session.spec.instance_names[i] for i in session.spec.forthcoming}
     for name in names:
         if name in forthcoming:
-            raise RequestError(f"instance '{name}' is forthcoming; moving forthcoming instances is not supported")
+            raise RequestError(f"instance '{name}' is forthcoming; allocate-secondary of a forthcoming instance "
+                               "is not supported: create the instance first, then convert it")
 
 
 def answer_allocate_secondary(document: dict, options: Options) -> dict:
@@ -353,12 +356,11 @@ def answer_relocate(document: dict, options: Options) -> dict:
     name = _key(request, "name", "the request")
     if name not in session.spec.instance_names:
         raise RequestError(f"relocate: unknown instance '{name}'; it must be listed under 'instances'")
-    _refuse_forthcoming(session, [name])
     inst = session.spec.instance_names.index(name)
     kind = session.spec.instances["kind"][inst]
     if kind not in (KIND_MIRRORED, KIND_SHARED):
         return {"success": False, "info": "Request failed: Can't relocate non-mirrored instances", "result": []}
-    _, secondary = session.engine.nodes_of(inst)
+    _, secondary = session.moves.nodes_of(inst)
     given = list(request.get("relocate_from", []))
     if kind == KIND_MIRRORED and given != [session.names[secondary]]:
         return {"success": False, "info": "Request failed: Unsupported request: excluded nodes not equal to "
@@ -380,7 +382,6 @@ def answer_node_evacuate(document: dict, options: Options) -> dict:
         raise RequestError(f"unknown evac_mode '{mode}'; use primary-only, secondary-only or all")
     session = Session(load(document, options), options, [])
     names = list(_key(request, "instances", "the request"))
-    _refuse_forthcoming(session, names)
     return evacuate_many(session, names, mode)
 
 
@@ -393,11 +394,10 @@ def answer_change_group(document: dict, options: Options) -> dict:
     wanted = list(request.get("target_groups") or [])
     groups = [k for k, g in enumerate(session.cluster.groups) if not wanted or g.uuid in wanted or g.name in wanted]
     names = list(_key(request, "instances", "the request"))
-    _refuse_forthcoming(session, names)
     current = set()
     for name in names:
         if name in session.spec.instance_names:
-            p, _ = session.engine.nodes_of(session.spec.instance_names.index(name))
+            p, _ = session.moves.nodes_of(session.spec.instance_names.index(name))
             current.add(session.group_of_node(p))
     targets = [g for g in groups if g not in current] if not wanted else groups
     return evacuate_many(session, names, "all", targets)

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 
 from fastpath.spec import (AGGREGATION, ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECONDARY, EVAC_MODE, FAIL_CPU, FAIL_DISK,
-                           FAIL_INTERNAL, FAIL_MEM, FAIL_MIG, FAIL_SPINDLES, FAIL_TAGS, FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_LOCAL,
+                           FAIL_INTERNAL, FAIL_MEM, FAIL_MIG, FAIL_SPINDLES, FAIL_TAGS, FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, FORTH_FIELDS, IGNORE_SOFT, KIND_LOCAL,
                            KIND_MIRRORED, KIND_SHARED, NO_DISK_MOVES, NO_INSTANCE_MOVES, OK, REPLACE_AND_FAILOVER,
                            REPLACE_PRIMARY, REPLACE_SECONDARY, RESTRICTED_MIGRATION, WEIGHTS, Spec)
 
@@ -50,7 +50,9 @@ class Engine:
     def __init__(self, spec: Spec, extra_instances: int = 0):
         self.spec = spec
         self.n = spec.n_nodes
-        nd, it = spec.nodes, {name: list(values) for name, values in spec.instances.items()}
+        it = {name: list(values) for name, values in spec.instances.items()}
+        # The forthcoming figures are the engine's own: moving a forthcoming instance changes them.
+        nd = {**spec.nodes, **{name: list(spec.nodes[name]) for name in FORTH_FIELDS}}
         self.nd, self.it = nd, it
         self.pnode = list(it["pnode"])
         self.snode = list(it["snode"])
@@ -481,7 +483,21 @@ class Engine:
         st = self.state[k]
         tags = sum(1 << t for t in range(self.T) if self.tagcnt[k * self.T + t] >= 1)
         return {"u_mem": self._u_mem(k, st), "r_mem": st[R_MEM], "fail": st[FAIL], "f_dsk": st[F_DSK],
-                "u_cpu": st[U_CPU], "all_mem": st[ALL_MEM], "forth_base": self.forth_base[k], "tags": tags}
+                "u_cpu": st[U_CPU], "all_mem": st[ALL_MEM], "forth_base": self.forth_base[k], "tags": tags,
+                "inst_sp": st[INST_SP], "f_sp": st[F_SP]}
+
+    def forth_use(self, k: int) -> dict:
+        """What forthcoming instances take of node k (`spec.FORTH_FIELDS`)."""
+        return {name: self.nd[name][k] for name in FORTH_FIELDS}
+
+    def set_forth(self, use: dict, inst: int, pnode: int) -> None:
+        """Give nodes new forthcoming figures (node: `spec.FORTH_FIELDS` values) and the forthcoming
+        instance `inst` the primary `pnode` (its exclusion tags count there); the state is rebuilt."""
+        for k, values in use.items():
+            for name in FORTH_FIELDS:
+                self.nd[name][k] = values[name]
+        self.forth_pnode[inst] = pnode
+        self._rebuild()
 
     def free_spindles(self) -> list[int]:
         """Every node's free spindles as the engine holds them (counted on exclusive storage only)."""

@@ -33,6 +33,9 @@ WEIGHTS = (0.5, 0.5, 1.0, 1.0, 4.0, 16.0, 0.5, 1.0, 1.0, 1.0, 1.0, 2.0, 0.5, 0.5
 AGGREGATION = (0, 0, 1, 0, 2, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 3, 1)
 MAX_TAGS = 64
 
+# What forthcoming instances take of a node (htools' *Forth figures less the real ones); moving a
+# forthcoming instance changes only these and its primary's exclusion tags.
+FORTH_FIELDS = ("forth_mem", "forth_dsk", "forth_cpu", "forth_sp", "forth_fsp")
 NODE_FIELDS = ("t_mem", "mem_base", "f_mem", "t_dsk", "f_dsk", "t_cpu", "cpu_speed", "node_cpus", "hi_spindles",
                "vcpu_ratio", "lo_dsk", "offline", "group", "loc_mask", "mig_mask", "rmig_mask", "forth_mem", "forth_dsk",
                "forth_cpu", "forth_sp", "excl", "f_sp", "t_sp", "forth_fsp")

@@ -235,16 +235,72 @@ def test_all_candidates_in_hails_order_equal_the_walk(implementation):
         assert walk and hail_order(session.spec.n_nodes, everything) == walk
 
 
-@pytest.mark.parametrize("request_name", ["demo-evac-secondary", "demo-relocate", "demo-change-group",
-                                          "allocsec-demo"])
-def test_moving_a_forthcoming_instance_is_refused(implementation, request_name):
-    """A request that would move a forthcoming instance is refused by name, not answered wrongly."""
-    document = json.loads((DATA / f"{request_name}.json").read_text())
-    request = document["request"]
-    name = request.get("name") or request["instances"][0]
+def test_allocate_secondary_of_a_forthcoming_instance_is_refused(implementation):
+    """Converting a forthcoming instance to drbd is refused by name, not answered wrongly."""
+    document = json.loads((DATA / "allocsec-demo.json").read_text())
+    name = document["request"]["name"]
     document["instances"][name]["forthcoming"] = True
     with pytest.raises(RequestError, match=f"'{name}' is forthcoming"):
         answer(json.dumps(document), Options(implementation=implementation))
+
+
+def _forth_moves(name: str, implementation: str):
+    from fastpath.iallocator import Session, load
+
+    options = Options(implementation=implementation)
+    session = Session(load(json.loads((DATA / f"{name}.json").read_text()), options), options, [])
+    return session, session.moves
+
+
+def test_trial_move_of_a_forthcoming_instance_leaves_the_figures(implementation):
+    """Scoring a move of a forthcoming instance changes nothing: figures, tags and score stay as they were."""
+    from fastpath.spec import REPLACE_SECONDARY
+
+    session, moves = _forth_moves("forth-demo-relocate-web1", implementation)
+    web1 = session.spec.instance_names.index("web1")
+    before = ([moves.engine.forth_use(k) for k in range(session.spec.n_nodes)],
+              [moves.engine.node_state(k) for k in range(session.spec.n_nodes)], moves.engine.score(0))
+    status, score = moves.eval_move(0, web1, REPLACE_SECONDARY, session.index["a3"], 0)
+    assert status == 0 and score != before[2]
+    after = ([moves.engine.forth_use(k) for k in range(session.spec.n_nodes)],
+             [moves.engine.node_state(k) for k in range(session.spec.n_nodes)], moves.engine.score(0))
+    assert after == before and moves.nodes_of(web1) == (session.index["a1"], session.index["a2"])
+
+
+def test_forthcoming_move_changes_only_forthcoming_figures(implementation):
+    """A committed failover of a forthcoming instance moves its use between the nodes' forthcoming
+    figures and leaves every real figure as it was."""
+    from fastpath.spec import FAILOVER
+
+    session, moves = _forth_moves("forth-demo-evac-primary-web1", implementation)
+    web1, a1, a2 = (session.spec.instance_names.index("web1"), session.index["a1"], session.index["a2"])
+    real = [moves.engine.node_state(k) for k in range(session.spec.n_nodes)]
+    mem_a1, mem_a2 = moves.engine.forth_use(a1)["forth_mem"], moves.engine.forth_use(a2)["forth_mem"]
+    moves.apply_move(web1, FAILOVER, -1)
+    assert moves.nodes_of(web1) == (a2, a1)
+    assert [moves.engine.node_state(k) for k in range(session.spec.n_nodes)] == real
+    assert moves.engine.forth_use(a1)["forth_mem"] == mem_a1 - 4096
+    assert moves.engine.forth_use(a2)["forth_mem"] == mem_a2 + 4096
+
+
+@pytest.mark.parametrize("name", ["forth-move-gen-5", "forth-move-gen-74", "forth-n20-evac-secondary"])
+def test_forthcoming_move_scores_agree_between_engines(name):
+    """Both engines give every candidate move of every forthcoming instance the same status and score."""
+    from fastpath.spec import FAILOVER, KIND_MIRRORED, REPLACE_SECONDARY
+
+    results = []
+    for implementation in ("c", "pure"):
+        session, moves = _forth_moves(name, implementation)
+        out = []
+        for i in session.spec.forthcoming:
+            if session.spec.instances["kind"][i] != KIND_MIRRORED:
+                continue
+            for kind, target in [(FAILOVER, -1)] + [(REPLACE_SECONDARY, t) for t in range(session.spec.n_nodes)
+                                                    if t not in moves.nodes_of(i)]:
+                out.append(moves.eval_move(0, i, kind, target, 0))
+        results.append(out)
+    assert results[0] and len(results[0]) == len(results[1])
+    assert all(a[0] == b[0] and a[1] == pytest.approx(b[1], rel=1e-9) for a, b in zip(*results))
 
 
 def _figures(draw_values: dict):

@@ -1,0 +1,155 @@
+"""Moves of forthcoming instances as hail 3.0.2 makes them: only the nodes' forthcoming figures change.
+
+htools counts a forthcoming instance in its `*Forth` node figures only (and in its primary's exclusion
+tags). A move removes it from its old nodes and adds it to the new ones with the forthcoming-only
+checks of htools' Node.addPriEx / addSecExEx (none when the move is forced), in applyMoveEx's order.
+The engines hold the figures (`forth_use`, `set_forth`); `Moves` works out, checks and scores the new
+ones, and passes every move of a real instance on to the engine unchanged.
+"""
+
+from fastpath.spec import (FAIL_CPU, FAIL_DISK, FAIL_MEM, FAIL_MIG, FAIL_SPINDLES, FAILOVER, FAILOVER_TO_ANY,
+                           IGNORE_SOFT, KIND_LOCAL, KIND_MIRRORED, OK, REPLACE_SECONDARY, Spec)
+
+
+def contribution(spec: Spec, i: int, k: int, primary: bool) -> dict:
+    """What forthcoming instance i takes of node k as its primary or secondary (`spec.FORTH_FIELDS`):
+    memory and (online ones) CPUs on the primary, local disk and spindle use (free spindles on
+    exclusive storage) on both."""
+    it, excl = spec.instances, spec.nodes["excl"][k]
+    local = it["kind"][i] in (KIND_LOCAL, KIND_MIRRORED)
+    return {"forth_mem": it["mem"][i] if primary else 0,
+            "forth_cpu": it["vcpus"][i] * it["uses_cpu"][i] if primary else 0,
+            "forth_dsk": it["dsk"][i] if local else 0,
+            "forth_sp": it["spindle_use"][i] if local and not excl else 0,
+            "forth_fsp": max(it["disk_sp"][i], 0) if local and excl else 0}
+
+
+class Moves:
+    """The engine's move interface (nodes_of, eval_move, apply_move, touched_flags, restore) for real
+    and forthcoming instances alike; the engine leaves forthcoming ones unplaced, so their nodes live here."""
+
+    def __init__(self, engine, spec: Spec):
+        self.engine, self.spec = engine, spec
+        self.forth = {i: (spec.instances["pnode"][i], spec.instances["snode"][i]) for i in spec.forthcoming}
+
+    def nodes_of(self, i: int) -> tuple[int, int]:
+        """The (primary, secondary) of an instance, forthcoming or not; -1 for none."""
+        return self.forth[i] if i in self.forth else self.engine.nodes_of(i)
+
+    def eval_move(self, group: int, i: int, kind: int, target: int, flags: int) -> tuple[int, float]:
+        """(status, exact score over `group` after the move) for one candidate move."""
+        if i not in self.forth:
+            return self.engine.eval_move(group, i, kind, target, flags)
+        status, new = self._check(i, kind, target, bool(flags & IGNORE_SOFT))
+        if status != OK:
+            return status, 0.0
+        old = self.forth[i]
+        self.place(i, *new)
+        score = self.engine.score(group)
+        self.place(i, *old)
+        return OK, score
+
+    def apply_move(self, i: int, kind: int, target: int) -> None:
+        """Commit a move."""
+        if i not in self.forth:
+            self.engine.apply_move(i, kind, target)
+            return
+        p, s = self.forth[i]
+        self.place(i, *{FAILOVER: (s, p), REPLACE_SECONDARY: (p, target), FAILOVER_TO_ANY: (target, -1)}[kind])
+
+    def touched_flags(self) -> list[int]:
+        """The engine's touched flags (moves of forthcoming instances touch no node's real figures)."""
+        return self.engine.touched_flags()
+
+    def restore(self, i: int, p: int, s: int, touched: list[int]) -> None:
+        """Put an instance back where it was, undoing trial moves."""
+        if i in self.forth:
+            self.place(i, p, s)
+        else:
+            self.engine.restore(i, p, s, touched)
+
+    def place(self, i: int, p: int, s: int) -> None:
+        """Put forthcoming instance i on (p, s): its use leaves its old nodes and comes to the new ones."""
+        old_p, old_s = self.forth[i]
+        use: dict[int, dict] = {}
+        for k, sign, primary in ((old_p, -1, True), (old_s, -1, False), (p, 1, True), (s, 1, False)):
+            if k >= 0:
+                figures = use.setdefault(k, self.engine.forth_use(k))
+                for name, value in contribution(self.spec, i, k, primary).items():
+                    figures[name] += sign * value
+        self.engine.set_forth(use, i, p)
+        self.forth[i] = (p, s)
+
+    def _check(self, i: int, kind: int, target: int, force: bool) -> tuple[int, tuple[int, int]]:
+        """hail's checks of one move of forthcoming instance i (applyMoveEx's order) and its new nodes."""
+        p, s = self.forth[i]
+        offline = self.spec.nodes["offline"]
+        if kind == REPLACE_SECONDARY:
+            return self._add_sec(i, target, force or bool(offline[s])), (p, target)
+        if kind == FAILOVER_TO_ANY:
+            if not self._migration_ok(p, target):
+                return FAIL_MIG, (target, -1)
+            return self._add_pri(i, target, force or bool(offline[p])), (target, -1)
+        if kind != FAILOVER or s < 0:
+            return FAIL_DISK, (p, s)
+        if not self._migration_ok(p, s):
+            return FAIL_MIG, (s, p)
+        status = self._add_pri(i, s, force or bool(offline[p]))
+        if status == OK:
+            status = self._add_sec(i, p, force or bool(offline[p]))
+        return status, (s, p)
+
+    def _migration_ok(self, a: int, b: int) -> bool:
+        nodes = self.spec.nodes
+        return nodes["mig_mask"][a] & ~nodes["rmig_mask"][b] == 0
+
+    def _figures(self, i: int, k: int) -> dict:
+        """Node k's forthcoming-aware figures (htools' *Forth) without instance i."""
+        state, use = self.engine.node_state(k), self.engine.forth_use(k)
+        p, s = self.forth[i]
+        for node, primary in ((p, True), (s, False)):
+            if node == k:
+                for name, value in contribution(self.spec, i, k, primary).items():
+                    use[name] -= value
+        return {"mem": state["forth_base"] - state["all_mem"] - use["forth_mem"],
+                "dsk": state["f_dsk"] - use["forth_dsk"], "fsp": state["f_sp"] - use["forth_fsp"],
+                "sp": state["inst_sp"] + use["forth_sp"], "cpu": state["u_cpu"] + use["forth_cpu"]}
+
+    def _disk_status(self, i: int, k: int, figures: dict) -> int:
+        """htools' forthcoming disk limits for instance i added to node k: free disk and its reserve,
+        free spindles on exclusive storage, spindle use."""
+        nodes, it = self.spec.nodes, self.spec.instances
+        use = contribution(self.spec, i, k, False)
+        dsk = figures["dsk"] - use["forth_dsk"]
+        if dsk <= 0 or dsk < nodes["lo_dsk"][k]:
+            return FAIL_DISK
+        if nodes["excl"][k] and (it["disk_sp"][i] < 0 or figures["fsp"] - use["forth_fsp"] < 0):
+            return FAIL_SPINDLES
+        return FAIL_DISK if figures["sp"] + use["forth_sp"] > nodes["hi_spindles"][k] else OK
+
+    def _add_pri(self, i: int, k: int, force: bool) -> int:
+        """htools' checkForthcomingViolation of addPriEx (nothing when forced)."""
+        if force:
+            return OK
+        nodes, it = self.spec.nodes, self.spec.instances
+        figures = self._figures(i, k)
+        if figures["mem"] - it["mem"][i] <= 0:
+            return FAIL_MEM
+        if it["kind"][i] in (KIND_LOCAL, KIND_MIRRORED):
+            status = self._disk_status(i, k, figures)
+            if status != OK:
+                return status
+        cpu = figures["cpu"] + it["vcpus"][i] * it["uses_cpu"][i]
+        return FAIL_CPU if nodes["vcpu_ratio"][k] >= 0 and cpu / nodes["t_cpu"][k] > nodes["vcpu_ratio"][k] else OK
+
+    def _add_sec(self, i: int, k: int, force: bool) -> int:
+        """htools' checkForthcomingViolation of addSecExEx (nothing when forced)."""
+        if force:
+            return OK
+        if self.spec.instances["kind"][i] != KIND_MIRRORED:
+            return FAIL_DISK
+        figures = self._figures(i, k)
+        status = self._disk_status(i, k, figures)
+        if status != OK:
+            return status
+        return FAIL_MEM if self.spec.instances["sec_mem"][i] >= figures["mem"] else OK
