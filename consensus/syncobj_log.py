@@ -143,10 +143,10 @@ class JournalSyncer:
 
     pysyncobj writes its journal through an mmap and its term and vote to a
     small file, and never syncs either. `sync()` syncs whatever changed since
-    its last call and says whether it did; under `fsync=always` it runs before
+    its last call and says whether it did. Under `fsync=always` it runs before
     every message a member sends (`_DurableTransport`), so a follower's
     "appended" answer, a leader's AppendEntries and a vote are never ahead of
-    the disk.
+    the disk; under `batch` the tick thread runs it at most every 50 ms.
     """
 
     def __init__(self, journal) -> None:
@@ -207,9 +207,10 @@ class _DurableTransport(TCPTransport):
 
 
 class _RaftNode(SyncObj):
-    """pysyncobj's SyncObj, minus one AppendEntries round per entry when the next entry is already queued.
+    """pysyncobj's SyncObj with Cairn's changes: fewer AppendEntries, early campaigns, keepalives, journal syncs.
 
-    In non-batch mode pysyncobj tells the followers about a new commit index
+    Each change is described at its method. Fewer AppendEntries: in
+    non-batch mode pysyncobj tells the followers about a new commit index
     with an AppendEntries of its own right after applying, and every follower
     answers it: half the Raft messages (each pickled, compressed and
     encrypted) of a busy leader. When a command is already queued, the
