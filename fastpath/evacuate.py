@@ -170,6 +170,11 @@ def target_group(session, inst: int, groups: list[int]):
     """hail's change-group first step: the group the instance would be allocated to, or the failure text."""
     from fastpath.allocate import allocate
 
+    if not groups:
+        # hail prints its internal records here; this names the cause and the fix.
+        every = ", ".join(g.name for g in session.cluster.groups)
+        return (f"no groups for evacuation: the request's instances are in every group ({every}) and "
+                "target_groups names none; name the groups to move them to in target_groups")
     engine, spec = session.engine, session.spec
     required = 2 if spec.instances["kind"][inst] == KIND_MIRRORED else 1
     # Like hail, the instance stays where it is while a copy of it is tried in the target groups.

@@ -349,3 +349,16 @@ def test_dedicated_allocation_is_used_only_when_every_node_has_exclusive_storage
         document["nodes"][name]["ndparams"]["exclusive_storage"] = False
     mixed = json.loads(answer(json.dumps(document), Options(implementation=implementation)))
     assert mixed["success"] and "score: ([" not in mixed["info"]
+
+
+def test_change_group_with_no_group_left_says_why(implementation):
+    """Instances in every group and no target_groups: each fails with a message naming the cause and the fix."""
+    document = json.loads((DATA / "demo-change-group.json").read_text())
+    document["instances"]["db1"]["nodes"] = ["b1", "b2"]
+    document["request"] = {"type": "change-group", "instances": ["web1", "db1"], "target_groups": []}
+    response = json.loads(answer(json.dumps(document), Options(implementation=implementation)))
+    moved, failed, _jobs = response["result"]
+    assert moved == [] and [name for name, _ in failed] == ["web1", "db1"]
+    for _name, message in failed:
+        assert message.startswith("no groups for evacuation") and "rack-a, rack-b" in message
+        assert "target_groups" in message
