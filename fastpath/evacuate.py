@@ -111,7 +111,9 @@ def evacuate_one(session, inst: int, mode: str, groups: list[int] | None = None,
             return no_target_text(session, inst, FAILOVER_TO_ANY, excluded)
         engine.apply_move(inst, FAILOVER_TO_ANY, best[0])
         return engine.nodes_of(inst), [_primary_op(session, inst, best[0])]
-    return _move_both(session, inst, groups if groups is not None else [session.group_of_node(p)], excluded)
+    if groups is None:
+        return _move_both(session, inst, [session.group_of_node(p)], excluded)
+    return _move_both(session, inst, groups, excluded, keep_secondary=True)
 
 
 def _try_pair_prefix(session, inst: int, t1: int, flags: int) -> str | None:
@@ -129,9 +131,14 @@ def _try_pair_prefix(session, inst: int, t1: int, flags: int) -> str | None:
     return None
 
 
-def _move_both(session, inst: int, groups: list[int], excluded: set[int]):
+def _move_both(session, inst: int, groups: list[int], excluded: set[int], keep_secondary: bool = False):
     """New primary and secondary for a drbd instance: for every pair, replace secondary, migrate, replace
-    secondary, each step checked; keep the pair with the lowest group score (last of equals)."""
+    secondary, each step checked; keep the pair with the lowest group score (last of equals).
+
+    With `keep_secondary` (change-group) the final secondary may be the instance's current secondary,
+    as in hail, whose change-group leaves out only offline nodes: an instance split across groups can
+    end on the node it already uses in the target group. Cairn does not try that node as the new
+    primary (a secondary replaced by itself), which hail would."""
     engine, spec = session.moves, session.spec
     name = spec.instance_names[inst]
     p, s = engine.nodes_of(inst)
@@ -139,11 +146,12 @@ def _move_both(session, inst: int, groups: list[int], excluded: set[int]):
     saved = engine.touched_flags()
     best, last_failure = None, None
     for group in groups:
-        avail = [k for k in range(spec.n_nodes) if spec.nodes["group"][k] == group and not spec.nodes["offline"][k]
-                 and k not in (p, s) and k not in excluded]
+        finals = [k for k in range(spec.n_nodes) if spec.nodes["group"][k] == group and not spec.nodes["offline"][k]
+                  and k != p and (k != s or keep_secondary) and k not in excluded]
+        avail = [k for k in finals if k != s]
         for t1 in avail:
             failure = _try_pair_prefix(session, inst, t1, flags)
-            for t2 in avail:
+            for t2 in finals:
                 if t2 == t1:
                     continue
                 if failure is not None:
@@ -172,9 +180,8 @@ def target_group(session, inst: int, groups: list[int]):
 
     if not groups:
         # hail prints its internal records here; this names the cause and the fix.
-        every = ", ".join(g.name for g in session.cluster.groups)
-        return (f"no groups for evacuation: the request's instances are in every group ({every}) and "
-                "target_groups names none; name the groups to move them to in target_groups")
+        return ("no groups for evacuation: every group allowed (target_groups, or all groups when it is "
+                "empty) holds the primary of an instance of this request; name another group in target_groups")
     engine, spec = session.engine, session.spec
     required = 2 if spec.instances["kind"][inst] == KIND_MIRRORED else 1
     # Like hail, the instance stays where it is while a copy of it is tried in the target groups.

@@ -399,7 +399,8 @@ def answer_change_group(document: dict, options: Options) -> dict:
         if name in session.spec.instance_names:
             p, _ = session.moves.nodes_of(session.spec.instance_names.index(name))
             current.add(session.group_of_node(p))
-    targets = [g for g in groups if g not in current] if not wanted else groups
+    # hail leaves out every group holding a primary of the request's instances, named or not.
+    targets = [g for g in groups if g not in current]
     return evacuate_many(session, names, "all", targets)
 
 
