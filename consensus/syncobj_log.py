@@ -498,14 +498,14 @@ class SyncObjLog(EventLog):
             self._to_trio(self._leadership_in_trio, Leadership(name, key[1]))
         if leader is not None:
             self._heard_leader = True
-        self._hold_back_election()
         now = pysyncobj_clock()
+        self._hold_back_election(now)
         raft.keep_connections_alive(now, self._settings.keepalive_s)
         if self._settings.fsync == "batch":
             raft.sync_journal_at_most_every(now, self._settings.fsync_interval_s)
         self._wake_trio()  # for records queued by _to_trio_soon whose answer went elsewhere
 
-    def _hold_back_election(self) -> None:
+    def _hold_back_election(self, now: float) -> None:
         """Postpone this member's election deadline where pysyncobj would campaign too eagerly (no pre-vote).
 
         Two cases: during the start-up grace of a restarted member, until it has
@@ -516,7 +516,6 @@ class SyncObjLog(EventLog):
         """
         if not self._voter:
             return
-        now = pysyncobj_clock()
         stalled = self._last_tick is not None and now - self._last_tick > self._settings.raft_min_timeout_s
         self._last_tick = now
         if self._grace_until is None:
