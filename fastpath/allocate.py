@@ -48,14 +48,16 @@ def policy_violation(policy: Policy, mem: int, vcpus: int, disks: list[int], nic
 def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, group_indices: list[int],
              mask=None, ignore_soft: bool = False, capacity_check: bool = True,
              policy_of=None, whole_cluster: bool = True, unconnected=None,
-             refused_primaries=None) -> tuple[GroupOutcome | None, list[GroupOutcome]]:
+             refused_primaries=None, search=None) -> tuple[GroupOutcome | None, list[GroupOutcome]]:
     """Try every group; return the chosen outcome (policy order, then score) and all outcomes.
 
     Like hail, candidates are scored over the whole cluster, or over their own group when the
     request names the group (`whole_cluster` False). `unconnected(g)` says why group g lacks a
     network the instance needs (None: it has them all); hail lists those groups first, untried.
     `refused_primaries(g)` maps the nodes of g the instance policy refuses as primaries (hail
-    checks the policy per candidate with the primary's exclusive-storage flag) to the reason."""
+    checks the policy per candidate with the primary's exclusive-storage flag) to the reason.
+    `search` replaces `try_group`, the search in one group (`forthmove.ForthcomingSearch`)."""
+    search = search or try_group
     outcomes, skipped = [], []
     flags = IGNORE_SOFT if ignore_soft else 0
     for g in group_indices:
@@ -77,8 +79,8 @@ def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, gro
             continue
         refused = refused_primaries(g) if refused_primaries else {}
         group_mask = _without_primaries(spec, mask, g, refused)
-        try_group(engine, spec, outcome, (g, inst, required, group_mask, flags, -1 if whole_cluster else g),
-                  capacity_check)
+        search(engine, spec, outcome, (g, inst, required, group_mask, flags, -1 if whole_cluster else g),
+               capacity_check)
         _count_refused(spec, outcome, mask, g, required, refused)
     good = [o for o in outcomes if o.nodes is not None]
     good.sort(key=lambda o: (POLICY_ORDER.get(o.policy, 2), o.score))

@@ -3,6 +3,7 @@
 Pure stdlib; `fastpath.iallocator` reads the request and calls these.
 """
 
+from fastpath.forthmove import ForthcomingSearch
 from fastpath.spec import FAIL_NAMES, FAILOVER, FAILOVER_TO_ANY, KIND_MIRRORED, KIND_SHARED, OK, REPLACE_SECONDARY
 
 
@@ -191,9 +192,12 @@ def target_group(session, inst: int, groups: list[int]):
     from fastpath.iallocator import group_text, network_check
 
     instance = session.cluster.instances[inst]
+    # hail allocates a forthcoming instance as forthcoming: only the forthcoming checks and figures.
+    search = ForthcomingSearch(session.moves, values) if inst in session.moves.forth else None
     chosen, outcomes = allocate(engine, spec, session.cluster, session.spare, required, groups, None,
                                 session.options.ignore_soft_errors, session.options.capacity_checks,
-                                unconnected=network_check(session.cluster, instance.networks, instance.name))
+                                unconnected=network_check(session.cluster, instance.networks, instance.name),
+                                search=search)
     if chosen is None:
 
         return ", ".join(group_text(o) for o in outcomes)

@@ -153,3 +153,62 @@ class Moves:
         if status != OK:
             return status
         return FAIL_MEM if self.spec.instances["sec_mem"][i] >= figures["mem"] else OK
+
+
+class ForthcomingSearch:
+    """hail's search in one group for a forthcoming copy of an instance (change-group's choice of
+    group): each candidate takes only the forthcoming checks of Node.addPriEx / addSecExEx, in that
+    order, and is scored with the copy in the nodes' `*Forth` figures. Like `allocate.try_group`,
+    it is called as `search(engine, spec, outcome, search_args, capacity_check)`.
+
+    The copy lives in the engine slot `inst` (unplaced); `values` are its instance fields, which
+    the checks read from `spec.instances` while the search runs."""
+
+    def __init__(self, moves: Moves, values: dict):
+        self.moves, self.values = moves, values
+
+    def __call__(self, engine, spec: Spec, outcome, search_args: tuple, capacity_check: bool) -> None:
+        from fastpath.allocate import hail_order, role_allowed
+        from fastpath.globaln1 import CandidateCheck
+        from fastpath.spec import ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_N1, FAIL_NAMES
+
+        group, i, required, mask, _flags, scope = search_args
+        columns = spec.instances
+        lengths = {name: len(column) for name, column in columns.items()}
+        if any(i < n for n in lengths.values()):
+            raise ValueError(f"slot {i} holds a known instance; the forthcoming copy needs a spare slot")
+        for name, column in columns.items():
+            column.extend([0] * (i + 1 - len(column)))
+            column[i] = self.values[name]
+        self.moves.forth[i] = (-1, -1)
+        try:
+            primaries = [k for k in range(spec.n_nodes) if role_allowed(spec, mask, group, k, ALLOC_PRIMARY)]
+            secondaries = ([-1] if required == 1 else
+                           [k for k in range(spec.n_nodes) if role_allowed(spec, mask, group, k, ALLOC_SECONDARY)])
+            counts, found = [0] * len(FAIL_NAMES), []
+            for p in primaries:
+                for s in secondaries:
+                    if s == p:
+                        continue
+                    status = self.moves._add_pri(i, p, False)
+                    if status == OK and s >= 0:
+                        status = self.moves._add_sec(i, s, False)
+                    if status != OK:
+                        counts[status] += 1
+                        continue
+                    self.moves.place(i, p, s)
+                    found.append((p, s, engine.score(scope)))
+                    self.moves.place(i, -1, -1)
+            if found and capacity_check and CandidateCheck(engine, spec, i).failing:
+                # The copy changes no real figure, so the cluster stays as redundant as it is.
+                counts[FAIL_N1] += len(found)
+                found = []
+        finally:
+            del self.moves.forth[i]
+            for name, column in columns.items():
+                del column[lengths[name]:]
+        outcome.failures = {FAIL_NAMES[k]: counts[k] for k in range(1, len(FAIL_NAMES)) if counts[k]}
+        outcome.successes = len(found)
+        if found:
+            p, s, score = hail_order(spec.n_nodes, found)[0]
+            outcome.nodes, outcome.score = (p, s), score
