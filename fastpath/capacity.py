@@ -4,6 +4,8 @@ Pure stdlib; allocations go through `fastpath.allocate` on an engine. Written fr
 in shared/reference/htools.md section 7.2.
 """
 
+import copy
+
 from fastpath import engine_class
 from fastpath.allocate import allocate
 from fastpath.model import Cluster, Instance
@@ -36,6 +38,7 @@ class Phase:
     instances: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     tiers: list[tuple[tuple[int, int, int, int], int]] = field(default_factory=list)
+    placed: list[tuple[Instance, str, str]] = field(default_factory=list)  # (instance, primary, secondary)
 
     def reason(self) -> str:
         """The most common failure reason of the allocation that stopped the phase."""
@@ -57,6 +60,7 @@ class _Planner:
         self.scope = 0 if len(self.groups) == 1 else -1
         self.spare = -1
         self.template = request.disk_template or (self.cluster.policy.templates or ["drbd"])[0]
+        self.placed: list[tuple[Instance, str, str]] = []
 
     def try_one(self, memory: int, disk: int, cpu: int, spindle_use: int, number: int):
         # hspace gives the instance's disk as many spindles as the spec's spindle figure.
@@ -75,6 +79,8 @@ class _Planner:
                     failures[name] = failures.get(name, 0) + count
             return failures
         self.engine.place(index, chosen.nodes[0], chosen.nodes[1])
+        names = self.spec.node_names
+        self.placed.append((inst, names[chosen.nodes[0]], names[chosen.nodes[1]] if chosen.nodes[1] >= 0 else ""))
         self.spare = -1
         return None
 
@@ -127,12 +133,92 @@ class _Planner:
     def _finish(self, phase: Phase) -> Phase:
         phase.score = self.engine.score(self.scope)
         phase.instances = len(self.cluster.instances) + phase.allocated
+        phase.placed = list(self.placed)
         return phase
 
 
 def _extra(cluster: Cluster) -> int:
     memory = sum(n.t_mem for n in cluster.nodes if not n.offline)
     return int(memory // max(64, min(cluster.policy.std.memory, 1024))) + 64
+
+
+def _after(cluster: Cluster, placed: list[tuple[Instance, str, str]]) -> Cluster:
+    """The cluster model with the phase's new instances added, as hspace's node figures see them."""
+    nodes = {n.name: copy.copy(n) for n in cluster.nodes}
+    instances = list(cluster.instances)
+    for inst, primary, secondary in placed:
+        inst = copy.copy(inst)
+        inst.pnode, inst.snode = primary, secondary
+        instances.append(inst)
+        nodes[primary].f_mem -= inst.mem
+        for name in (primary, secondary) if secondary else (primary,):
+            nodes[name].f_dsk -= inst.dsk
+            if nodes[name].excl_stor:
+                nodes[name].free_spindles -= int(inst.spindles)
+    after = copy.copy(cluster)
+    after.nodes = [nodes[n.name] for n in cluster.nodes]
+    after.instances = instances
+    return after
+
+
+def _quoted(value) -> str:
+    """hspace quotes a negative figure."""
+    text = str(value)
+    return f"'{text}'" if text.startswith("-") else text
+
+
+def _resource_stats(cluster: Cluster, prefix: str) -> list[tuple[str, object]]:
+    """hspace's per-resource FREE/AVAIL/RESVD/INST/OVERHEAD/EFF figures of a cluster as loaded."""
+    online = [n for n in cluster.nodes if not n.offline]
+    names = {n.name for n in online}
+    down = ("ADMIN_down", "ADMIN_offline", "ERROR_down", "ERROR_nodedown", "ERROR_nodeoffline")
+    imem = 0
+    icpu = sum(n.node_cpus for n in online)  # each node's own CPU reservation counts as used
+    peers: dict[str, dict[str, int]] = {n.name: {} for n in online}
+    for inst in cluster.instances:
+        if inst.pnode in names:
+            imem += 0 if inst.status in down else inst.mem
+            icpu += inst.vcpus
+        if inst.snode in names and inst.auto_balance:
+            peers[inst.snode][inst.pnode] = peers[inst.snode].get(inst.pnode, 0) + inst.mem
+    # Available memory leaves the N+1 reserve: the largest memory a single peer would fail over.
+    amem = [max(0, n.f_mem - max(peers[n.name].values(), default=0)) for n in online]
+    tmem, tdsk = sum(n.t_mem for n in online), sum(n.t_dsk for n in online)
+    fmem, fdsk = sum(n.f_mem for n in online), sum(n.f_dsk for n in online)
+    tspn, fspn = sum(n.spindles for n in online), sum(n.free_spindles for n in online)
+    vcpu = sum(n.t_cpu * cluster.policy_of(n.group).vcpu_ratio for n in online)
+    p = f"HTS_{prefix}_"
+    return [(p + "MEM_FREE", fmem), (p + "MEM_AVAIL", sum(amem)), (p + "MEM_RESVD", fmem - sum(amem)),
+            (p + "MEM_INST", imem), (p + "MEM_OVERHEAD", int(tmem - fmem - imem)),
+            (p + "MEM_EFF", f"{imem / tmem:.8f}"), (p + "DSK_FREE", fdsk), (p + "DSK_AVAIL", fdsk),
+            (p + "DSK_RESVD", 0), (p + "DSK_INST", int(tdsk - fdsk)), (p + "DSK_EFF", f"{(tdsk - fdsk) / tdsk:.8f}"),
+            (p + "SPN_FREE", fspn), (p + "SPN_INST", _quoted(tspn - fspn)),
+            (p + "SPN_EFF", _quoted(f"{(tspn - fspn) / tspn:.8f}")), (p + "CPU_INST", icpu),
+            (p + "CPU_EFF", f"{icpu / vcpu:.8f}"), (p + "MNODE_MEM_AVAIL", max(amem)),
+            (p + "MNODE_DSK_AVAIL", max(n.f_dsk for n in online))]
+
+
+def _used(cluster: Cluster) -> dict[str, int]:
+    """The CPU, memory, disk and spindles in use, as the *_INST keys count them."""
+    stats = dict(_resource_stats(cluster, "X"))
+    return {r: int(str(stats[f"HTS_X_{r}_INST"]).strip("'")) for r in ("CPU", "MEM", "DSK", "SPN")}
+
+
+def _key_metrics(cluster: Cluster, placed: list[tuple[Instance, str, str]]) -> list[tuple[str, object]]:
+    """hspace's HTS_KM_* keys: resources used now, the pool the tiered phase added, and the rest."""
+    online = [n for n in cluster.nodes if not n.offline]
+    ratio = cluster.policy.vcpu_ratio
+    total = {"CPU": int(sum(n.t_cpu * cluster.policy_of(n.group).vcpu_ratio for n in online)),
+             "MEM": int(sum(n.t_mem for n in online)), "DSK": int(sum(n.t_dsk for n in online)),
+             "SPN": sum(n.spindles for n in online)}
+    used, after = _used(cluster), _used(_after(cluster, placed))
+    parts = {"USED": used, "POOL": {r: after[r] - used[r] for r in total},
+             "UNAV": {r: total[r] - after[r] for r in total}}
+    out: list[tuple[str, object]] = []
+    for part, figures in parts.items():
+        out += [(f"HTS_KM_{part}_CPU", _quoted(figures["CPU"])), (f"HTS_KM_{part}_NPU", _quoted(figures["CPU"] / ratio))]
+        out += [(f"HTS_KM_{part}_{r}", _quoted(figures[r])) for r in ("MEM", "DSK", "SPN")]
+    return out
 
 
 def plan(request: CapacityRequest) -> list[tuple[str, object]]:
@@ -147,27 +233,36 @@ def plan(request: CapacityRequest) -> list[tuple[str, object]]:
         ("HTS_CLUSTER_VCPU", int(sum(n.t_cpu * cluster.policy_of(n.group).vcpu_ratio for n in online))),
         ("HTS_CLUSTER_SPN", sum(n.spindles for n in online)), ("HTS_CLUSTER_NODES", len(online)),
         ("HTS_INI_SCORE", f"{initial:.8f}"), ("HTS_INI_INST_CNT", len(cluster.instances))]
+    out += _resource_stats(cluster, "INI")
     existing_failure = planner.engine.metrics(planner.scope)[2] > 0
     std = cluster.policy.std
     required = 2 if planner.template in MIRRORED else 1
-    if existing_failure and not request.accept_existing_errors:
-        # An existing N+1 failure stops hspace before any allocation.
+    stopped = existing_failure and not request.accept_existing_errors
+    if request.tiered:
+        # An existing N+1 failure stops hspace before any allocation; it still reports both phases.
+        tiered = Phase(score=initial, instances=len(cluster.instances)) if stopped else \
+            _Planner(request, _extra(cluster)).tiered()
+        high = cluster.policy.minmax[-1][1]
+        memory, disk, cpu = request.tiered_spec or (high.memory, high.disk, high.cpu)
+        tiers = " ".join(f"{m},{d},{c},{s}={k}" for (m, d, c, s), k in tiered.tiers)
+        out += [("HTS_TSPEC_INI_MEM", memory), ("HTS_TSPEC_INI_DSK", disk),
+                ("HTS_TSPEC_INI_CPU", cpu), ("HTS_TSPEC_INI_SPN", high.spindle_use),
+                ("HTS_TSPEC_INI_RQN", required), ("HTS_TSPEC_INI_DISK_TEMPLATE", planner.template),
+                ("HTS_TRL_SCORE", f"{tiered.score:.8f}"), ("HTS_TRL_INST_CNT", tiered.instances)]
+        out += _resource_stats(_after(cluster, tiered.placed), "TRL")
+        out.append(("HTS_TSPEC", f"'{tiers}'" if tiers else ""))
+        out += _key_metrics(cluster, tiered.placed)
+    if stopped:
         standard = Phase(score=initial, instances=len(cluster.instances), failures={"FailN1": 1})
     else:
-        if request.tiered:
-            tiered = _Planner(request, _extra(cluster)).tiered()
-            high = cluster.policy.minmax[-1][1]
-            memory, disk, cpu = request.tiered_spec or (high.memory, high.disk, high.cpu)
-            out += [("HTS_TSPEC_INI_MEM", memory), ("HTS_TSPEC_INI_DSK", disk),
-                    ("HTS_TSPEC_INI_CPU", cpu), ("HTS_TSPEC_INI_SPN", high.spindle_use),
-                    ("HTS_TSPEC_INI_RQN", required), ("HTS_TSPEC_INI_DISK_TEMPLATE", planner.template),
-                    ("HTS_TRL_SCORE", f"{tiered.score:.8f}"), ("HTS_TRL_INST_CNT", tiered.instances),
-                    ("HTS_TSPEC", "'" + " ".join(f"{m},{d},{c},{s}={k}" for (m, d, c, s), k in tiered.tiers) + "'")]
         standard = planner.standard()
     out += [("HTS_SPEC_MEM", std.memory), ("HTS_SPEC_DSK", std.disk), ("HTS_SPEC_CPU", std.cpu),
             ("HTS_SPEC_SPN", std.spindle_use), ("HTS_SPEC_RQN", required),
             ("HTS_SPEC_DISK_TEMPLATE", planner.template),
-            ("HTS_FIN_SCORE", f"{standard.score:.8f}"), ("HTS_FIN_INST_CNT", standard.instances),
+            ("HTS_FIN_SCORE", f"{standard.score:.8f}"), ("HTS_FIN_INST_CNT", standard.instances)]
+    out += _resource_stats(_after(cluster, standard.placed), "FIN")
+    # The share of the final instance count that existed before planning.
+    out += [("HTS_ALLOC_USAGE", f"{len(cluster.instances) / max(1, standard.instances):.8f}"),
             ("HTS_ALLOC_INSTANCES", standard.allocated), ("HTS_ALLOC_FAIL_REASON", standard.reason())]
     out += [(f"HTS_ALLOC_{name.upper()}_CNT", standard.failures.get(name, 0)) for name in FAIL_NAMES[1:]]
     out.append(("HTS_OK", 1))

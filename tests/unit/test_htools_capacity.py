@@ -32,16 +32,6 @@ def planned(text_file: str, implementation: str, **args) -> dict[str, str]:
     return {k: str(v) for k, v in plan(CapacityRequest(cluster, implementation=implementation, **args))}
 
 
-@pytest.mark.parametrize(("text_file", "answer", "accept"), [
-    ("example.txt", "example.hspace", False), ("n4.txt", "n4.hspace", False), ("n4.txt", "n4.accept.hspace", True),
-    ("n20-excl.txt", "n20-excl.accept.hspace", True)])
-def test_standard_allocation_equals_hspace(implementation, text_file, answer, accept):
-    """Standard-spec allocation count, failure reason, scores and cluster totals equal hspace's."""
-    expected = recorded(answer)
-    got = planned(text_file, implementation, accept_existing_errors=accept)
-    assert {k: got.get(k) for k in STANDARD_KEYS} == {k: expected[k] for k in STANDARD_KEYS}
-
-
 def test_failure_counts_of_the_last_allocation_equal_hspace(implementation):
     """The per-reason failure counts of the allocation that stopped are hspace's."""
     expected = recorded("example.hspace")
@@ -73,5 +63,36 @@ def test_n100_capacity_equals_hspace():
     (compiled core only: thousands of allocations are minutes in the pure twin)."""
     expected = recorded("n100.accept.tiered-std.hspace")
     got = planned("n100.txt", "c", accept_existing_errors=True, tiered_spec=(1024, 10240, 1))
-    keys = STANDARD_KEYS + ("HTS_TSPEC", "HTS_TRL_INST_CNT")
+    keys = STANDARD_KEYS + ("HTS_TSPEC", "HTS_TRL_INST_CNT", "HTS_ALLOC_USAGE")
+    keys += tuple(k for k in expected if k.startswith(("HTS_FIN_", "HTS_INI_", "HTS_KM_USED_")))
     assert {k: got.get(k) for k in keys} == {k: expected[k] for k in keys}
+
+
+# Keys hspace prints that Cairn does not write yet; this list may only shrink (it is empty now).
+KNOWN_MISSING: tuple[str, ...] = ()
+# Keys that follow the tiered phase, a known difference (docs/fastpath.md): compared only on files
+# where Cairn's tiers equal hspace's. HTS_TRL_SCORE differs even then (n4.accept: the same tiers on
+# other nodes).
+TIERED_PREFIXES = ("HTS_TRL_", "HTS_TSPEC=", "HTS_KM_POOL_", "HTS_KM_UNAV_")
+
+
+@pytest.mark.parametrize(("text_file", "answer", "accept"), [
+    ("example.txt", "example.hspace", False), ("n4.txt", "n4.hspace", False), ("n4.txt", "n4.accept.hspace", True),
+    ("n20-excl.txt", "n20-excl.accept.hspace", True)])
+def test_every_recorded_key_equals_hspace_or_is_known_missing(implementation, text_file, answer, accept):
+    """Each key of the recorded report is printed with hspace's value, unless listed as known missing."""
+    expected = recorded(answer)
+    got = planned(text_file, implementation, accept_existing_errors=accept)
+    tiers_equal = got.get("HTS_TSPEC") == expected["HTS_TSPEC"]
+    keys = [k for k in expected if k not in KNOWN_MISSING and k != "HTS_TRL_SCORE"
+            and (tiers_equal or not (k + "=").startswith(TIERED_PREFIXES))]
+    assert {k: got.get(k) for k in keys} == {k: expected[k] for k in keys}
+
+
+def test_initial_resource_figures_equal_hspace_on_n100():
+    """The HTS_INI_* resource family on 100 nodes equals hspace's (no allocation needed; the FIN_* family
+    and HTS_KM_USED_* are compared in test_n100_capacity_equals_hspace)."""
+    from fastpath.capacity import _resource_stats
+    expected = recorded("n100.accept.tiered-std.hspace")
+    got = {k: str(v) for k, v in _resource_stats(parse((DATA / "n100.txt").read_text()), "INI")}
+    assert got == {k: expected[k] for k in got}
