@@ -162,9 +162,10 @@ class ForthcomingSearch:
     it is called as `search(engine, spec, outcome, search_args, capacity_check)`.
 
     The copy lives in the engine slot `inst` (unplaced); `values` are its instance fields, which
-    the checks read from `spec.instances` while the search runs."""
+    the checks read from `spec.instances` while the search runs (None: the slot is an instance of
+    `spec` already, such as allocate-secondary's drbd copy)."""
 
-    def __init__(self, moves: Moves, values: dict):
+    def __init__(self, moves: Moves, values: dict | None = None):
         self.moves, self.values = moves, values
 
     def __call__(self, engine, spec: Spec, outcome, search_args: tuple, capacity_check: bool) -> None:
@@ -175,11 +176,12 @@ class ForthcomingSearch:
         group, i, required, mask, _flags, scope = search_args
         columns = spec.instances
         lengths = {name: len(column) for name, column in columns.items()}
-        if any(i < n for n in lengths.values()):
-            raise ValueError(f"slot {i} holds a known instance; the forthcoming copy needs a spare slot")
-        for name, column in columns.items():
-            column.extend([0] * (i + 1 - len(column)))
-            column[i] = self.values[name]
+        if self.values is not None:
+            if any(i < n for n in lengths.values()):
+                raise ValueError(f"slot {i} holds a known instance; the forthcoming copy needs a spare slot")
+            for name, column in columns.items():
+                column.extend([0] * (i + 1 - len(column)))
+                column[i] = self.values[name]
         self.moves.forth[i] = (-1, -1)
         try:
             primaries = [k for k in range(spec.n_nodes) if role_allowed(spec, mask, group, k, ALLOC_PRIMARY)]

@@ -8,7 +8,7 @@ import json
 
 from fastpath import dedicated, engine_class
 from fastpath.allocate import GroupOutcome, allocate, policy_violation, try_group
-from fastpath.forthmove import Moves
+from fastpath.forthmove import ForthcomingSearch, Moves
 from fastpath.model import Cluster, Group, Instance, Node, Policy, Spec as PolicySpec
 from fastpath.record import record
 from fastpath.spec import (ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_MIRRORED,
@@ -284,16 +284,6 @@ def _allocation_response(session: Session, chosen, outcomes, say_group: bool = T
     return {"success": True, "info": "Request successful: " + ", ".join(parts), "result": result}
 
 
-def _refuse_forthcoming(session, names: list[str]) -> None:
-    """Converting a forthcoming instance to drbd is not modelled (relocate, node-evacuate and
-    change-group move forthcoming instances, `fastpath.forthmove`)."""
-    forthcoming = {session.spec.instance_names[i] for i in session.spec.forthcoming}
-    for name in names:
-        if name in forthcoming:
-            raise RequestError(f"instance '{name}' is forthcoming; allocate-secondary of a forthcoming instance "
-                               "is not supported: create the instance first, then convert it")
-
-
 def answer_allocate_secondary(document: dict, options: Options) -> dict:
     """hail's answer to allocate-secondary (converting an instance to drbd): the best secondary for
     it with its primary kept, any other node of the primary's group as candidate."""
@@ -305,18 +295,23 @@ def answer_allocate_secondary(document: dict, options: Options) -> dict:
         return {"success": False, "info": "Request failed: Instance already has a secondary", "result": []}
     session = Session(load(document, options), options, [_instance(name, {**obj, "nodes": [],
                                                                            "disk_template": "drbd"})])
-    _refuse_forthcoming(session, [name])
     inst = session.spec.instance_names.index(name)
-    primary = session.engine.nodes_of(inst)[0]
+    primary = session.moves.nodes_of(inst)[0]
     group = session.group_of_node(primary)
-    # Like hail, the instance leaves its primary and comes back to it as a drbd instance.
-    session.engine.place(inst, -1, -1)
+    # Like hail, the instance leaves its primary and comes back to it as a drbd instance; a
+    # forthcoming one comes back forthcoming (only the forthcoming checks and figures).
+    search = try_group
+    if inst in session.moves.forth:
+        session.moves.place(inst, -1, -1)
+        search = ForthcomingSearch(session.moves)
+    else:
+        session.engine.place(inst, -1, -1)
     mask = [ALLOC_PRIMARY if k == primary else ALLOC_SECONDARY if session.group_of_node(k) == group else
             ALLOC_NEVER for k in range(session.spec.n_nodes)]
     outcome = GroupOutcome(session.cluster.groups[group].name, session.cluster.groups[group].alloc_policy, group)
     flags = IGNORE_SOFT if options.ignore_soft_errors else 0
-    try_group(session.engine, session.spec, outcome, (group, session.new[0], 2, mask, flags, -1),
-              options.capacity_checks)
+    search(session.engine, session.spec, outcome, (group, session.new[0], 2, mask, flags, -1),
+           options.capacity_checks)
     if outcome.nodes is None:
         return {"success": False, "info": f"Request failed: {_no_solution_text(outcome)}", "result": []}
     return {"success": True, "info": f"Request successful: {_solution_text(session, outcome)}",

@@ -235,13 +235,30 @@ def test_all_candidates_in_hails_order_equal_the_walk(implementation):
         assert walk and hail_order(session.spec.n_nodes, everything) == walk
 
 
-def test_allocate_secondary_of_a_forthcoming_instance_is_refused(implementation):
-    """Converting a forthcoming instance to drbd is refused by name, not answered wrongly."""
-    document = json.loads((DATA / "allocsec-demo.json").read_text())
-    name = document["request"]["name"]
-    document["instances"][name]["forthcoming"] = True
-    with pytest.raises(RequestError, match=f"'{name}' is forthcoming"):
-        answer(json.dumps(document), Options(implementation=implementation))
+def test_forthcoming_copy_search_leaves_the_session_as_it_was(implementation):
+    """change-group's forthcoming copy (allocsec's too) is tried and taken away again: the arrays,
+    the forthcoming placements and every node's forthcoming figures are as before."""
+    from fastpath.allocate import GroupOutcome
+    from fastpath.forthmove import ForthcomingSearch
+    from fastpath.iallocator import Session, load
+
+    options = Options(implementation=implementation)
+    session = Session(load(json.loads((DATA / "loc-cg-forth-11.json").read_text()), options), options, [])
+    spec, engine, moves = session.spec, session.engine, session.moves
+    inst = spec.instance_names.index("inst-00142")
+    values = {name: column[inst] for name, column in spec.instances.items()}
+    values["pnode"] = values["snode"] = -1
+    spare = engine.define_instance(values)
+    before = ({name: list(column) for name, column in spec.instances.items()}, dict(moves.forth),
+              [engine.forth_use(k) for k in range(spec.n_nodes)], engine.score(-1))
+    outcome = GroupOutcome("second", "preferred", 1)
+    ForthcomingSearch(moves, values)(engine, spec, outcome, (1, spare, 2, None, 0, -1), False)
+    assert outcome.nodes is not None and outcome.successes > 0
+    after = ({name: list(column) for name, column in spec.instances.items()}, dict(moves.forth),
+             [engine.forth_use(k) for k in range(spec.n_nodes)], engine.score(-1))
+    assert after == before
+    with pytest.raises(ValueError, match="spare slot"):
+        ForthcomingSearch(moves, values)(engine, spec, outcome, (1, inst, 2, None, 0, -1), False)
 
 
 def _forth_moves(name: str, implementation: str):
