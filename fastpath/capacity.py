@@ -167,6 +167,13 @@ def _quoted(value) -> str:
     return f"'{text}'" if text.startswith("-") else text
 
 
+def _ratio(part: float, whole: float) -> str:
+    """A ratio as hspace prints it, where a division by zero is Haskell's NaN or Infinity."""
+    if whole == 0:
+        return "NaN" if part == 0 else ("Infinity" if part > 0 else "-Infinity")
+    return f"{part / whole:.8f}"
+
+
 def _resource_stats(cluster: Cluster, prefix: str) -> list[tuple[str, object]]:
     """hspace's per-resource FREE/AVAIL/RESVD/INST/OVERHEAD/EFF figures of a cluster as loaded."""
     online = [n for n in cluster.nodes if not n.offline]
@@ -190,11 +197,11 @@ def _resource_stats(cluster: Cluster, prefix: str) -> list[tuple[str, object]]:
     p = f"HTS_{prefix}_"
     return [(p + "MEM_FREE", fmem), (p + "MEM_AVAIL", sum(amem)), (p + "MEM_RESVD", fmem - sum(amem)),
             (p + "MEM_INST", imem), (p + "MEM_OVERHEAD", int(tmem - fmem - imem)),
-            (p + "MEM_EFF", f"{imem / tmem:.8f}"), (p + "DSK_FREE", fdsk), (p + "DSK_AVAIL", fdsk),
-            (p + "DSK_RESVD", 0), (p + "DSK_INST", int(tdsk - fdsk)), (p + "DSK_EFF", f"{(tdsk - fdsk) / tdsk:.8f}"),
+            (p + "MEM_EFF", _ratio(imem, tmem)), (p + "DSK_FREE", fdsk), (p + "DSK_AVAIL", fdsk),
+            (p + "DSK_RESVD", 0), (p + "DSK_INST", int(tdsk - fdsk)), (p + "DSK_EFF", _ratio(tdsk - fdsk, tdsk)),
             (p + "SPN_FREE", fspn), (p + "SPN_INST", _quoted(tspn - fspn)),
-            (p + "SPN_EFF", _quoted(f"{(tspn - fspn) / tspn:.8f}")), (p + "CPU_INST", icpu),
-            (p + "CPU_EFF", f"{icpu / vcpu:.8f}"), (p + "MNODE_MEM_AVAIL", max(amem)),
+            (p + "SPN_EFF", _quoted(_ratio(tspn - fspn, tspn))), (p + "CPU_INST", icpu),
+            (p + "CPU_EFF", _ratio(icpu, vcpu)), (p + "MNODE_MEM_AVAIL", max(amem)),
             (p + "MNODE_DSK_AVAIL", max(n.f_dsk for n in online))]
 
 
@@ -262,7 +269,7 @@ def plan(request: CapacityRequest) -> list[tuple[str, object]]:
             ("HTS_FIN_SCORE", f"{standard.score:.8f}"), ("HTS_FIN_INST_CNT", standard.instances)]
     out += _resource_stats(_after(cluster, standard.placed), "FIN")
     # The share of the final instance count that existed before planning.
-    out += [("HTS_ALLOC_USAGE", f"{len(cluster.instances) / max(1, standard.instances):.8f}"),
+    out += [("HTS_ALLOC_USAGE", _ratio(len(cluster.instances), standard.instances)),
             ("HTS_ALLOC_INSTANCES", standard.allocated), ("HTS_ALLOC_FAIL_REASON", standard.reason())]
     out += [(f"HTS_ALLOC_{name.upper()}_CNT", standard.failures.get(name, 0)) for name in FAIL_NAMES[1:]]
     out.append(("HTS_OK", 1))

@@ -96,3 +96,16 @@ def test_initial_resource_figures_equal_hspace_on_n100():
     expected = recorded("n100.accept.tiered-std.hspace")
     got = {k: str(v) for k, v in _resource_stats(parse((DATA / "n100.txt").read_text()), "INI")}
     assert got == {k: expected[k] for k in got}
+
+
+def test_a_cluster_without_spindles_prints_hspace_nan_ratios(implementation):
+    """Zero spindles (or zero instances) make hspace divide by zero: it prints NaN, and so does Cairn.
+
+    Only the scores differ: hspace's are NaN, Cairn counts a node without spindles as having no
+    spindle load (docs/fastpath.md, compatibility notes).
+    """
+    expected = recorded("zero-spindles.hspace")
+    got = planned("zero-spindles.txt", implementation)
+    assert got["HTS_INI_SPN_EFF"] == got["HTS_FIN_SPN_EFF"] == got["HTS_ALLOC_USAGE"] == "NaN"
+    compared = [k for k in expected if not k.endswith("_SCORE")]
+    assert {k: got.get(k) for k in compared} == {k: expected[k] for k in compared}
