@@ -50,7 +50,7 @@ def select_group(cluster: Cluster, wanted: str | None):
                         f"{', '.join(g.name for g in cluster.groups)}") from None
 
 
-def n1_failures(spec: Spec, group: int) -> tuple[int, int]:
+def n1_failures(spec: Spec, group: int) -> tuple[set[int], int]:
     """(online nodes failing N+1 at load, distinct instances on them), as hbal's initial check reports."""
     nodes, inst = spec.nodes, spec.instances
     peers: list[dict[int, int]] = [dict() for _ in range(spec.n_nodes)]
@@ -62,11 +62,12 @@ def n1_failures(spec: Spec, group: int) -> tuple[int, int]:
     bad = {k for k in range(spec.n_nodes) if nodes["group"][k] == group and not nodes["offline"][k]
            and nodes["f_mem"][k] < max(peers[k].values(), default=0)}
     instances = sum(1 for i in real if inst["pnode"][i] in bad or inst["snode"][i] in bad)
-    return len(bad), instances
+    return bad, instances
 
 
-def policy_violations(spec: Spec, group: int) -> int:
-    """Online nodes of the group over their vCPU ratio or spindle limit (hbal warns about them)."""
+def policy_violations(spec: Spec, group: int, n1_bad: set[int]) -> int:
+    """Nodes of the group over their vCPU ratio or spindle limit, as hbal counts them: offline ones
+    included, those already failing N+1 (`n1_bad`) left out (Hbal.hs checkGroup)."""
     nodes, inst = spec.nodes, spec.instances
     cpus = list(nodes["node_cpus"])
     spindles = [0] * spec.n_nodes
@@ -80,7 +81,7 @@ def policy_violations(spec: Spec, group: int) -> int:
             spindles[p] += inst["spindle_use"][i]
         if s >= 0:
             spindles[s] += inst["spindle_use"][i]
-    return sum(1 for k in range(spec.n_nodes) if nodes["group"][k] == group and not nodes["offline"][k]
+    return sum(1 for k in range(spec.n_nodes) if nodes["group"][k] == group and k not in n1_bad
                and (spindles[k] > nodes["hi_spindles"][k] or cpus[k] / nodes["t_cpu"][k] > nodes["vcpu_ratio"][k]))
 
 
@@ -138,10 +139,10 @@ def run(request: HbalRequest, emit) -> dict[str, str]:
     emit(f"Group size {len(members)} nodes, {len(own)} instances")
     emit(f"Selected node group: {group.name}")
     bad_nodes, bad_instances = n1_failures(spec, gidx)
-    emit(f"Initial check done: {bad_nodes} bad nodes, {bad_instances} bad instances.")
+    emit(f"Initial check done: {len(bad_nodes)} bad nodes, {bad_instances} bad instances.")
     if bad_nodes:
         emit("Cluster is not N+1 happy, continuing but no guarantee that the cluster will end N+1 happy.")
-    violating = policy_violations(spec, gidx)
+    violating = policy_violations(spec, gidx, bad_nodes)
     if violating:
         emit(f"The cluster contains {violating} policy-violating nodes.")
         if request.options.ignore_soft_errors:

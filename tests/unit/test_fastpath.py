@@ -93,6 +93,8 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("n20.ignore-soft-errors.hbal", {"options": BalanceOptions(ignore_soft_errors=True, max_moves=8)}),
     ("n20.ignore-dynu.hbal", {"ignore_dynu": True, "options": BalanceOptions(max_moves=8)}),
     ("n20.min-disk.hbal", {"min_disk": 0.3, "options": BalanceOptions(max_moves=8)}),
+    ("n20.max-cpu-1.hbal", {"max_cpu": 1.0, "options": BalanceOptions(max_moves=1)}),
+    ("n20.max-cpu-3-off5.hbal", {"max_cpu": 3.0, "offline": ["node-0005"], "options": BalanceOptions(max_moves=1)}),
     ("fuzz-109.hbal", {"options": BalanceOptions(no_instance_moves=True)}),
     ("fuzz-124.hbal", {"options": BalanceOptions(no_instance_moves=True), "offline": ["node-0003"]}),
     ("n20-migration.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
