@@ -123,20 +123,44 @@ def hail_order(n_nodes: int, candidates: list[tuple[int, int, float]]) -> list[t
 
 def _first_redundant(engine, spec: Spec, inst: int, outcome: GroupOutcome, search_args):
     """hail's choice under its global N+1 check: the best candidate, in hail's score order, that
-    keeps the cluster globally N+1 redundant.
+    keeps the cluster globally N+1 redundant, and hail's FailN1 count.
 
-    Like hail 3.0.2, every candidate is checked and every one that fails counts as FailN1, also
-    those ranked below the chosen one (fastpath.globaln1 makes the check incremental). Candidates
-    that fail it for sure (some node's evacuation fails and they do not touch it) are not listed."""
+    hail 3.0.2 filters per primary for a drbd instance (per node for a one-node one): sorted by
+    score, the candidates up to the first that passes count as FailN1, those after it are not
+    checked (they stay successes), and a primary with no passing candidate counts them all
+    (`collectionToSolution`, which `break`s at the first good element). fastpath.globaln1 makes
+    the check incremental; candidates that fail it for sure (some node's evacuation fails
+    whatever they do) are not even listed."""
     check = CandidateCheck(engine, spec, inst)
-    chosen, passed = None, 0
-    for found in hail_order(spec.n_nodes, _possible_candidates(engine, spec, check, search_args)):
-        if check.redundant(found[0], found[1]):
-            passed += 1
-            if chosen is None:
-                chosen = found
-    _reject_n1(outcome, outcome.successes - passed)
+    group, _, required, mask = search_args[:4]
+    chosen, failures = _hail_filter(spec.n_nodes, check, required,
+                                    _possible_candidates(engine, spec, check, search_args))
+    if check.failing:
+        if chosen is None:
+            failures = outcome.successes  # every candidate fails
+        else:  # rank the candidates left out among the listed ones (the check rejects them at once)
+            every = engine.all_allocs(*search_args, cap=_candidate_count(engine, spec, group, required, mask))[0]
+            chosen, failures = _hail_filter(spec.n_nodes, check, required, every)
+    _reject_n1(outcome, failures)
     return chosen
+
+
+def _hail_filter(n_nodes: int, check: CandidateCheck, required: int,
+                 candidates: list[tuple[int, int, float]]) -> tuple[tuple[int, int, float] | None, int]:
+    """(the chosen candidate or None, how many count as FailN1) under hail's per-primary filter."""
+    by_primary: dict[int, list[tuple[int, int, float]]] = {}
+    for found in candidates:
+        by_primary.setdefault(found[0] if required == 2 else -1, []).append(found)
+    goods, failures = [], 0
+    for listed in by_primary.values():
+        for rank, found in enumerate(hail_order(n_nodes, listed)):
+            if check.redundant(found[0], found[1]):
+                goods.append(found)
+                failures += rank
+                break
+        else:
+            failures += len(listed)
+    return (hail_order(n_nodes, goods)[0] if goods else None), failures
 
 
 def _possible_candidates(engine, spec: Spec, check: CandidateCheck, search_args) -> list[tuple[int, int, float]]:

@@ -166,8 +166,7 @@ class Engine:
             self._c.pnode[reuse] = self._c.snode[reuse] = -1
             return reuse
         if self.count + 1 >= self.capacity:
-            raise FastpathError(f"engine holds at most {self.capacity - 1} instances; "
-                                "create it with a larger extra_instances")
+            self._grow(2 * self.capacity)
         i = self.count
         for name in _INSTANCE_FIELDS:
             getattr(self._c, name)[i] = values[name]
@@ -175,6 +174,16 @@ class Engine:
         self.count += 1
         self._c.n_inst = self.count
         return i
+
+    def _grow(self, capacity: int) -> None:
+        """Room for `capacity` instances: every per-instance array is copied into a larger one."""
+        c = self._c
+        for ctype, names in _INSTANCE_ARRAYS + (("int", ("forth_pnode", "sec_next", "pri_next")),):
+            for name in names:
+                old = getattr(c, name)
+                setattr(c, name, self._array(ctype, capacity, ffi.unpack(old, self.capacity)))
+        self.capacity = c.cap_inst = capacity
+        _check(lib.cairn_rebuild(c), "rebuild")
 
     def best_alloc(self, group: int, inst: int, required: int, mask: Sequence[bool] | None,
                    flags: int, scope: int = -1,

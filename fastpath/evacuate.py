@@ -189,6 +189,7 @@ def target_group(session, inst: int, groups: list[int]):
     values = {name: column[inst] for name, column in spec.instances.items()}
     values["pnode"] = values["snode"] = -1
     session.spare = engine.define_instance(values, session.spare)
+    session.copy_of[session.spare] = inst
     from fastpath.iallocator import group_text, network_check
 
     instance = session.cluster.instances[inst]

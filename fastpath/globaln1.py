@@ -2,29 +2,32 @@
 
 hail (3.0.2, without `--no-capacity-checks`) asks of each candidate whether the cluster with the
 new instance placed stays globally N+1 redundant: every node can be emptied, its drbd primaries
-failed over and its other instances re-created elsewhere in its group. The failovers are htools'
-`move` of a Failover with soft errors ignored: the migration tags must allow it, the secondary
-must keep free memory and free disk above 0, the old primary (unless offline) free disk above 0.
-A group that already fails N+1 usually fails this simulation too, but not always (a down drbd
-instance is reserved for on its secondary yet takes no memory there when failed over), so only
-the simulation decides.
+failed over, its shared-storage primaries moved and its other instances re-created elsewhere in
+its group (GlobalN1.hs canEvacuateNode). The failovers are htools' `move` of a Failover with soft
+errors ignored: the migration tags must allow it, the secondary must keep free memory and free
+disk above 0, the old primary (unless offline) free disk above 0. Moved and re-created instances
+go to the best-scoring node of the group that takes them (hard limits, and for a re-created one
+the instance policy, whose spindle part depends on the node's exclusive storage). A group that
+already fails N+1 usually fails this simulation too, but not always (a down drbd instance is
+reserved for on its secondary yet takes no memory there when failed over), so only the
+simulation decides.
 
-A candidate only lowers resources on its primary (memory and disk) and secondary (disk), so a
-node's evacuation comes out as without the candidate unless the evacuation used one of those
-nodes (a failover target or a node an instance was re-created on) or the node is one of them:
-re-created instances go to the node with most free memory that holds them, and lowering a node
-that was never chosen changes no choice, nor makes a failed step succeed. Each node's evacuation
-is simulated once without the candidate; per candidate only the nodes whose evacuation touched
-its primary or secondary, and those two, are simulated again. The answer is the one a full
-simulation per candidate gives. For the same reason a candidate fails outright when some node's
-evacuation failed without touching its primary or secondary; `CandidateCheck.secondaries` lists,
-per primary, the only secondaries that can pass, so a group with many failing nodes costs a few
-set operations per primary instead of one scored candidate per pair.
+Most evacuations are settled without choosing: a failed failover, or an instance no node takes,
+fails it whatever hail chooses; a node that takes all the moved instances at once makes it pass
+whatever hail chooses. Only the rest is simulated on the engine with hail's choices
+(`Evacuation.simulate`). A candidate only lowers resources on its primary (memory and disk) and
+secondary (disk), so per candidate only the evacuations whose failovers used those nodes, those
+two nodes' own, those whose only all-taking nodes they are, and the simulated ones are looked at
+again; an evacuation that fails for sure stays failed, so a candidate fails outright when one of
+those is untouched, and `CandidateCheck.secondaries` lists, per primary, the only secondaries
+that can pass. The answer is the one a full simulation per candidate gives.
 """
 
 from bisect import insort
+from weakref import WeakKeyDictionary
 
-from fastpath.spec import KIND_LOCAL, KIND_MIRRORED, Spec
+from fastpath.spec import (ALLOC_NEVER, ALLOC_PRIMARY, FAILOVER_TO_ANY, IGNORE_SOFT, INSTANCE_FIELDS, KIND_LOCAL,
+                           KIND_MIRRORED, KIND_SHARED, OK, Spec)
 
 
 def free_resources(engine, spec: Spec) -> tuple[list[int], list[int], list[int], list[list[int]]]:
@@ -52,103 +55,218 @@ def free_resources(engine, spec: Spec) -> tuple[list[int], list[int], list[int],
     return memory, disk, engine.free_spindles(), primaries
 
 
+PASS, FAIL, UNSURE = "pass", "fail", "unsure"  # what `Evacuation.classify` settles
+MOVE, RECREATE, STUCK = "move", "recreate", "stuck"  # how an evacuation takes a non-drbd instance away
+_SLOTS: "WeakKeyDictionary[object, list[int]]" = WeakKeyDictionary()  # per engine, shared by its checks
+_POLICY: "WeakKeyDictionary[object, object]" = WeakKeyDictionary()
+
+
+def use_policy(engine, admits, how) -> None:
+    """Give the checks on `engine` what they need of the instances beyond the engine's arrays:
+    `admits(instance, group, exclusive_storage)`, hail's instance policy test of a re-created
+    instance, and `how(instance)`, how hail empties a node of a non-drbd instance by its disk
+    template: MOVE (diskTemplateMovable and mirrored externally: a failover to any node),
+    RECREATE (not movable: a copy elsewhere) or STUCK (diskless: movable but not mirrored, so
+    hail's evacuation fails). Without them every instance is admitted, and shared storage moves
+    while everything else is re-created."""
+    _POLICY[engine] = (admits, how)
+
+
+def _admit_all(inst: int, group: int, exclusive: bool) -> bool:
+    return True
+
+
+def _by_kind(engine, inst: int) -> str:
+    return MOVE if engine.instance_value(inst, "kind") == KIND_SHARED else RECREATE
+
+
 class Evacuation:
     """Node evacuations (hard limits only) over free resources that differ from `memory`, the base,
     only on a few nodes named per run.
 
-    Re-creation takes the node with most free memory that holds the instance (of equals the first
-    in node order): the nodes whose memory is as in the base are walked in the base's order and the
-    first that fits is their best; the few others are compared directly."""
+    hail empties a node in three steps: its drbd primaries fail over to their secondaries, its
+    shared-storage primaries move to the best-scoring node of its group (a failover to any node),
+    and its other instances, largest memory first, are re-created on the best-scoring node of its
+    group that holds them (the node keeps them: only their new copies count). Which node scores
+    best depends on the whole cluster, so `classify` first settles what does not depend on it: a
+    failover that fails, or an instance no node holds, fails the evacuation whatever the choices;
+    a node that holds all the moved instances at once makes it pass whatever the choices (hail
+    always finds a node, that one at least). Only what is left is simulated on the engine
+    (`simulate`), with hail's choices."""
 
     def __init__(self, engine, spec: Spec, memory: list[int]):
         self.engine = engine
         group = spec.nodes["group"]
-        self.order = {g: [k for k in sorted(range(spec.n_nodes), key=lambda k: (-memory[k], k)) if group[k] == g]
-                      for g in set(group)}
+        self.members = {g: [k for k in range(spec.n_nodes) if group[k] == g] for g in set(group)}
+        self.order = {g: sorted(members, key=lambda k: (-memory[k], k)) for g, members in self.members.items()}
         self.group = group
-        kinds, mems, uses, dsks, sps = (engine.instance_column(name)
-                                        for name in ("kind", "mem", "uses_mem", "dsk", "disk_sp"))
-        # Per instance: drbd?, memory it takes, memory (the re-creation order), disk, disk spindles
-        # (-1 unknown), local storage?
-        self.facts = [(kind == KIND_MIRRORED, mem * use, mem, dsk, sp, kind in (KIND_LOCAL, KIND_MIRRORED))
-                      for kind, mem, use, dsk, sp in zip(kinds, mems, uses, dsks, sps)]
+        self.admits, self.how = _POLICY.get(engine, (_admit_all, lambda i: _by_kind(engine, i)))
+        self.facts: list[tuple | None] = []
         self.excl = spec.nodes["excl"]
         self.secondaries = engine.instance_column("snode")
         nodes = spec.nodes
         self.offline = nodes["offline"]
         self.mig, self.rmig = nodes["mig_mask"], nodes["rmig_mask"]  # htools' checkMigration
+        self.slots = _SLOTS.setdefault(engine, [])  # engine slots for the copies of re-created instances
+        self.admitted: dict[tuple[int, int, bool], bool] = {}
 
-    def run(self, n: int, memory: list[int], disk: list[int], spindles: list[int], primaries: list[int],
-            placed: tuple[int, int, int] = (-1, -1, -1)) -> tuple[bool, set[int]]:
-        """Whether node n can be emptied, and the nodes the evacuation used: drbd primaries fail
-        over to their secondaries, other instances are re-created (largest memory first) on the
-        node of n's group with most free memory that holds them, where hail picks the best-scoring
-        node; the question asked is the same. `memory` may differ from the base on placed[1] only.
-        On exclusive storage free spindles must stay at 0 or above (an instance without a spindle
-        count fails there)."""
-        mem: dict[int, int] = {}  # free memory where this evacuation changed it
-        dsk: dict[int, int] = {}
-        used: set[int] = set()
-        others = []
+    def facts_of(self, i: int) -> tuple:
+        """drbd?, memory it takes, memory (the re-creation order), disk, disk spindles (-1 unknown),
+        local storage?, moved (not re-created)?, stuck (hail cannot move it)? of instance i."""
+        if i >= len(self.facts):
+            self.facts += [None] * (i + 1 - len(self.facts))
+        if self.facts[i] is None:
+            value = self.engine.instance_value
+            kind, mem = value(i, "kind"), value(i, "mem")
+            how = RECREATE if kind == KIND_MIRRORED else self.how(i)
+            self.facts[i] = (kind == KIND_MIRRORED, mem * value(i, "uses_mem"), mem, value(i, "dsk"),
+                             value(i, "disk_sp"), kind in (KIND_LOCAL, KIND_MIRRORED), how == MOVE, how == STUCK)
+        return self.facts[i]
+
+    def classify(self, n: int, memory: list[int], disk: list[int], spindles: list[int], primaries: list[int],
+                 placed: tuple[int, int, int] = (-1, -1, -1), want: int = 1) -> tuple[str, dict[int, int], list[int]]:
+        """(PASS, FAIL or UNSURE, each failover target's free memory after the failovers, up to
+        `want` nodes that take every moved instance at once).
+
+        `placed` is a candidate (instance, primary, secondary) already counted in the figures."""
+        mem: dict[int, int] = {}  # free memory where the failovers changed it
+        moving = []
         for i in primaries:
-            drbd, need_mem, _, _, need_sp, _ = self.facts[i]
+            drbd, need_mem, _, _, need_sp, *_ = self.facts_of(i)
             s = placed[2] if i == placed[0] else self.secondaries[i]
             if drbd and s >= 0:
-                used.add(s)
                 mem[s] = mem.get(s, memory[s]) - need_mem
                 # htools' forced failover: hard limits on the new primary, free disk on the old one.
                 if (mem[s] <= 0 or disk[s] <= 0 or (disk[n] <= 0 and not self.offline[n])
                         or self.mig[n] & ~self.rmig[s] or self._spindles_fail(s, spindles[s], need_sp)
                         or self._spindles_fail(n, spindles[n], need_sp)):
-                    return False, used
+                    return FAIL, mem, []
             else:
-                others.append(i)
-        dirty = used | {placed[1]}
-        sp: dict[int, int] = {}
-        for i in sorted(others, key=lambda i: -self.facts[i][2]):
-            _, need_mem, _, need_dsk, need_sp, local = self.facts[i]
-            k = self._target(n, (memory, disk, spindles), (mem, dsk, sp), dirty, self.facts[i])
-            if k < 0:
-                return False, used
-            used.add(k)
-            dirty.add(k)
-            mem[k] = mem.get(k, memory[k]) - need_mem
-            dsk[k] = dsk.get(k, disk[k]) - need_dsk
-            if local and self.excl[k]:
-                sp[k] = sp.get(k, spindles[k]) - need_sp
-        return True, used
+                moving.append(i)
+        if not moving:
+            return PASS, mem, []
+        g = self.group[n]
+        targets = [k for k in self.order[g] if k != n]
+        facts = [self.facts_of(i) for i in moving]
+        if any(f[7] for f in facts):
+            return FAIL, mem, []
+        # hail re-creates an instance only where the instance policy admits it (the spindle part
+        # depends on the node's exclusive storage); a shared one moves without that test.
+        admitted = [{excl: f[6] or self._admits(i, g, excl) for excl in (False, True)} for i, f in zip(moving, facts)]
+        # On exclusive storage every instance added takes its disks' spindles (one without a count
+        # leaves -1), local storage or not; only a local one fails when none are left.
+        total = (sum(f[1] for f in facts), sum(f[3] for f in facts if f[5]),
+                 sum(max(f[4], 0) for f in facts), any(f[4] < 0 for f in facts),
+                 any(f[5] for f in facts), any(f[6] for f in facts))
+        holders = []
+        for k in targets:  # most free memory first: the likeliest to take them all
+            if all(a[bool(self.excl[k])] for a in admitted) and self._holds(n, k, mem.get(k, memory[k]), disk[k],
+                                                                             spindles[k], total):
+                holders.append(k)
+                if len(holders) == want:
+                    break
+        if holders:
+            return PASS, mem, holders
+        for f, a in zip(facts, admitted):
+            one = (f[1], f[3] if f[5] else 0, f[4] if f[5] else 0, f[5] and f[4] < 0, f[5], f[6])
+            if not any(a[bool(self.excl[k])] and self._holds(n, k, mem.get(k, memory[k]), disk[k], spindles[k], one)
+                       for k in targets):
+                return FAIL, mem, []
+        return UNSURE, mem, []
+
+    def _admits(self, i: int, g: int, excl: bool) -> bool:
+        key = (i, g, excl)
+        if key not in self.admitted:
+            self.admitted[key] = self.admits(i, g, excl)
+        return self.admitted[key]
+
+    def _holds(self, n: int, k: int, free_mem: int, free_dsk: int, free_sp: int, need: tuple) -> bool:
+        """Whether node k takes instances needing (memory, local disk, spindles, some instance
+        without a spindle count, any local, any shared) under hail's forced checks, whatever the
+        order they come in."""
+        need_mem, need_dsk, need_sp, unknown_sp, local, shared = need
+        if free_mem - need_mem <= 0:
+            return False
+        if local and free_dsk - need_dsk <= 0:
+            return False
+        if local and self.excl[k] and (unknown_sp or free_sp - need_sp < 0):
+            return False
+        return not (shared and self.mig[n] & ~self.rmig[k])
 
     def _spindles_fail(self, k: int, free: int, need: int) -> bool:
         # A drbd failover leaves a node's free spindles as they were, or -1 without a spindle count.
         return bool(self.excl[k]) and (need < 0 or free < 0)
 
-    def _target(self, n: int, base: tuple, changed: tuple, dirty: set[int], facts: tuple) -> int:
-        """The node of n's group (not n) with most free memory that holds the instance, -1 if none;
-        `base` is (memory, disk, spindles) per node, `changed` what this evacuation changed of them."""
-        (memory, disk, spindles), (mem, dsk, sp) = base, changed
-        _, need_mem, _, need_dsk, need_sp, local = facts
+    def simulate(self, n: int, primaries: list[int], placed: tuple[int, int, int] = (-1, -1, -1)) -> bool:
+        """hail's evacuation of node n on the engine, with its choices; the engine is left as it was.
 
-        def fits(k: int) -> bool:
-            if local and self.excl[k] and (need_sp < 0 or sp.get(k, spindles[k]) - need_sp < 0):
-                return False
-            return mem.get(k, memory[k]) - need_mem > 0 and (need_dsk == 0 or dsk.get(k, disk[k]) - need_dsk > 0)
-        best = -1
-        for k in self.order[self.group[n]]:
-            if k != n and k not in dirty and fits(k):
-                best = k
-                break
-        for k in dirty:
-            if k >= 0 and k != n and self.group[k] == self.group[n] and fits(k) and (
-                    best < 0 or (mem.get(k, memory[k]), -k) > (mem.get(best, memory[best]), -best)):
-                best = k
-        return best
+        `placed` (instance, primary, secondary) is put on the engine first (an unplaced candidate)."""
+        e = self.engine
+        touched = e.touched_flags()
+        undo: list[tuple[int, int, int]] = []  # (instance, primary, secondary) to put back, last first
+
+        def move(i: int, p: int, s: int) -> None:
+            undo.append((i, *e.nodes_of(i)))
+            e.place(i, p, s)
+        try:
+            if placed[0] >= 0:
+                move(*placed)
+            shared, others = [], []
+            for i in reversed(primaries):  # htools' primary list: the last instance added first
+                drbd, *_, is_shared, stuck = self.facts_of(i)
+                if stuck:
+                    return False
+                if drbd and e.nodes_of(i)[1] >= 0:
+                    move(i, e.nodes_of(i)[1], n)
+                elif is_shared:
+                    shared.append(i)
+                else:
+                    others.append(i)
+            targets = [k for k in self.members[self.group[n]] if k != n]
+            for i in shared:
+                best = None
+                for t in targets:
+                    # hail's evacOneNodeOnly scores the group's nodes only
+                    status, score = e.eval_move(self.group[n], i, FAILOVER_TO_ANY, t, IGNORE_SOFT)
+                    if status == OK and (best is None or score <= best[1]):
+                        best = (t, score)  # of equal scores the last node wins
+                if best is None:
+                    return False
+                move(i, best[0], -1)
+            g = self.group[n]
+            for j, i in enumerate(sorted(others, key=lambda i: -self.facts_of(i)[2])):
+                mask = [ALLOC_NEVER] * e.n
+                for t in targets:
+                    if self._admits(i, g, bool(self.excl[t])):
+                        mask[t] = ALLOC_PRIMARY
+                values = {name: e.instance_value(i, name) for name in INSTANCE_FIELDS}
+                values["pnode"] = values["snode"] = -1
+                if j == len(self.slots):
+                    self.slots.append(e.define_instance(values))
+                else:
+                    e.define_instance(values, self.slots[j])
+                found, _ = e.best_alloc(self.group[n], self.slots[j], 1, mask, IGNORE_SOFT, -1)
+                if found is None:
+                    return False
+                move(self.slots[j], found[0], -1)
+            return True
+        finally:
+            for i, p, s in reversed(undo):
+                e.place(i, p, s)
+            if undo:
+                i, p, s = undo[0]
+                e.restore(i, p, s, touched)
 
 
 def globally_redundant(engine, spec: Spec) -> bool:
     """hail's global N+1 test on the placement as it is."""
     memory, disk, spindles, primaries = free_resources(engine, spec)
     evacuation = Evacuation(engine, spec, memory)
-    return all(evacuation.run(n, memory, disk, spindles, primaries[n])[0] for n in range(spec.n_nodes))
+    for n in range(spec.n_nodes):
+        status = evacuation.classify(n, memory, disk, spindles, primaries[n])[0]
+        if status == FAIL or (status == UNSURE and not evacuation.simulate(n, primaries[n])):
+            return False
+    return True
 
 
 class CandidateCheck:
@@ -161,14 +279,24 @@ class CandidateCheck:
         self.need_mem = engine.instance_value(inst, "mem") * engine.instance_value(inst, "uses_mem")
         self.need_dsk = engine.instance_value(inst, "dsk")
         self.need_sp = engine.instance_value(inst, "disk_sp")
-        self.users: list[set[int]] = [set() for _ in range(spec.n_nodes)]  # k: nodes whose evacuation used k
-        self.used: list[set[int]] = []  # n: the nodes n's evacuation used
-        self.failing = set()
+        self.users: list[set[int]] = [set() for _ in range(spec.n_nodes)]  # k: nodes whose failovers used k
+        self.used: list[set[int]] = []  # n: the failover targets of n's evacuation
+        self.after: list[dict[int, int]] = []  # n: each failover target's free memory after n's failovers
+        self.failing = set()  # evacuations that fail whatever a candidate does (it only takes resources)
+        self.unsure = set()  # evacuations to simulate with every candidate
+        self.fragile: list[tuple[int, set[int]]] = []  # (n, its only holders) when they are one or two nodes
         for n in range(spec.n_nodes):
-            ok, used = self.evacuation.run(n, self.memory, self.disk, self.spindles, self.primaries[n])
-            if not ok:
+            status, after, holders = self.evacuation.classify(n, self.memory, self.disk, self.spindles,
+                                                              self.primaries[n], want=3)
+            used = set(after)
+            if status == FAIL:
                 self.failing.add(n)
+            elif status == UNSURE:
+                self.unsure.add(n)
+            elif 0 < len(holders) <= 2:
+                self.fragile.append((n, set(holders)))
             self.used.append(used)
+            self.after.append(after)
             for k in used:
                 self.users[k].add(n)
         # k: the failing evacuations a candidate on k simulates again (k is their node or they used k).
@@ -196,21 +324,35 @@ class CandidateCheck:
     def redundant(self, pnode: int, snode: int) -> bool:
         """Whether the cluster stays globally N+1 redundant with the instance on (pnode, snode)."""
         changed = {pnode} if snode < 0 else {pnode, snode}
-        again = set(changed).union(*(self.users[k] for k in changed))
-        if self.failing - again:
+        users = set().union(*(self.users[k] for k in changed))
+        if self.failing - changed - users:
             return False
         memory, disk, spindles = list(self.memory), list(self.disk), list(self.spindles)
         memory[pnode] -= self.need_mem
+        excl = self.evacuation.excl
         for k in changed:
             disk[k] -= self.need_dsk
-            if self.evacuation.excl[k]:
+            if excl[k]:
                 spindles[k] = -1 if self.need_sp < 0 else spindles[k] - self.need_sp
+        full = changed | (self.failing & users) | self.unsure
+        full.update(n for n, holders in self.fragile if holders <= changed)
+        for n in users - full:
+            # n's evacuation passed and some node not changed takes its moved instances: only its
+            # failovers onto the changed nodes can fail now.
+            for k in changed & self.used[n]:
+                if (self.after[n][k] - (self.need_mem if k == pnode else 0) <= 0 or disk[k] <= 0
+                        or (excl[k] and spindles[k] < 0)):
+                    return False
         placed = (self.inst, pnode, snode)
-        for n in sorted(again):
+        unsure = []
+        for n in sorted(full):
             primaries = self.primaries[n]
             if n == pnode:
                 primaries = list(primaries)
                 insort(primaries, self.inst)
-            if not self.evacuation.run(n, memory, disk, spindles, primaries, placed)[0]:
+            status = self.evacuation.classify(n, memory, disk, spindles, primaries, placed)[0]
+            if status == FAIL:
                 return False
-        return True
+            if status == UNSURE:
+                unsure.append((n, primaries))
+        return all(self.evacuation.simulate(n, primaries, placed) for n, primaries in unsure)

@@ -9,9 +9,10 @@ import json
 from fastpath import dedicated, engine_class
 from fastpath.allocate import GroupOutcome, allocate, policy_violation, try_group
 from fastpath.forthmove import ForthcomingSearch, Moves
+from fastpath.globaln1 import MOVE, RECREATE, STUCK, use_policy
 from fastpath.model import Cluster, Group, Instance, Node, Policy, Spec as PolicySpec
 from fastpath.record import record
-from fastpath.spec import (ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_MIRRORED,
+from fastpath.spec import (ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_MIRRORED, OK,
                            KIND_SHARED, REPLACE_SECONDARY, append_instance, flatten)
 
 ADMIN_STATES = {"up": "running", "down": "ADMIN_down", "offline": "ADMIN_offline"}
@@ -138,14 +139,42 @@ class Session:
         self.index = {name: k for k, name in enumerate(self.spec.node_names)}
         self.new = [append_instance(self.spec, inst, {}) for inst in new_instances]
         self.engine = engine_class(options.implementation)(self.spec, extra_instances=1)
+        self.models = cluster.instances + list(new_instances)  # by engine index
+        if options.capacity_checks:
+            use_policy(self.engine, self.admits, self.evacuated_how)
         self.moves = Moves(self.engine, self.spec)  # moves of real and forthcoming instances alike
         self.spare = -1  # an unplaced engine slot for trial copies of existing instances
+        self.copy_of: dict[int, int] = {}  # engine slot: the instance it holds a trial copy of
         self.used_spindles: dict[int, int] = {}  # node: free spindles this request's instances took
         self.names = self.spec.node_names
 
     def group_of_node(self, node: int) -> int:
         """The group index of a node."""
         return self.spec.nodes["group"][node]
+
+    def evacuated_how(self, inst: int) -> str:
+        """How hail's global N+1 check empties a node of this (non-drbd) instance, by its template."""
+        template = self.models[self.copy_of.get(inst, inst)].template if self._known(inst) else "plain"
+        if template == "diskless":
+            return STUCK
+        return MOVE if template in ("sharedfile", "rbd", "ext", "gluster") else RECREATE
+
+    def _known(self, inst: int) -> bool:
+        # The global N+1 check's own copy slots are never on a node when it asks.
+        return self.copy_of.get(inst, inst) < len(self.models)
+
+    def admits(self, inst: int, group: int, exclusive: bool) -> bool:
+        """hail's instMatchesPolicy for an instance on a node of `group`: on exclusive storage the
+        spindle part counts the disks' spindles, elsewhere the instance's spindle use."""
+        if not self._known(inst):
+            return True
+        model = self.models[self.copy_of.get(inst, inst)]
+        if not model.disks and model.template != "diskless":
+            return True  # no disk list to test (a hand-written document): as before, admitted
+        spindles = model.spindle_use if not exclusive else (int(model.spindles) if model.spindles.isdigit() else None)
+        figures = dedicated.NewInstance(model.mem, model.dsk, model.vcpus, 0, 0, 0, 0, 0, disks=list(model.disks),
+                                        spindles=spindles, template=model.template, spindle_use=model.spindle_use)
+        return dedicated.policy_failure(self.policy(group), figures) == OK
 
     def policy(self, group: int) -> Policy:
         """The instance policy of a group."""

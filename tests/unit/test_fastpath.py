@@ -304,3 +304,20 @@ def test_c_and_pure_agree_on_the_global_n1_check(case, required, memory):
         answers.append(([engine.node_state(k) for k in range(spec.n_nodes)], check.failing,
                         [(p, s, check.redundant(p, s)) for p, s, _ in possible]))
     assert answers[0] == answers[1]
+
+
+def test_engine_grows_past_its_extra_instances():
+    """Both engines take more instances than they were created with room for (the global N+1
+    check defines a copy per re-created instance) and score them alike."""
+    from fastpath.model import Instance
+    from fastpath.spec import instance_values
+
+    spec, _ = engine_for("n20.txt", "c")
+    scores = []
+    for implementation in ("c", "pure"):
+        engine = engine_class(implementation)(spec, extra_instances=0)
+        for k in range(5):
+            inst = Instance(f"new{k}", 512, 1024, 1, "running", True, "", "", "plain")
+            engine.place(engine.define_instance(instance_values(inst, {})), k, -1)
+        scores.append((engine.count, round(engine.score(0), 9)))
+    assert scores[0] == scores[1] == (spec.n_instances + 5, scores[0][1])

@@ -133,7 +133,7 @@ def _check_documents():
     documents = [json.loads((DATA / f"{name}.json").read_text())
                  for name in ("globaln1-next", "globaln1-next-drbd", "demo-allocate", "demo-allocate-plain",
                               "n4-alloc", "n20-alloc", "forth-gen-2", "forth-gen-72", "globaln1-mig",
-                              "globaln1-fulldisk")]
+                              "globaln1-fulldisk", "excl-mixgen-8")]
     request = {"type": "allocate", "name": "new", "required_nodes": 2, "disk_template": "drbd", "memory": 512,
                "vcpus": 1, "disk_space_total": 1024, "disks": [{"size": 1024}], "nics": [], "tags": [],
                "spindle_use": 1}
@@ -163,6 +163,32 @@ def test_incremental_global_n1_equals_full_simulation(implementation):
                 assert check.redundant(p, s) == full, (document["request"]["name"], p, s)
                 seen.add(full)
     assert seen == {True, False}
+
+
+def test_recreation_takes_hail_choice_and_policy(implementation):
+    """On excl-mixgen-8 only a simulation with hail's choices decides whether node-0001 can be
+    emptied once the new plain instance is there: the new instance (disks without spindles) may
+    not be re-created on the exclusive-storage node, and after the best-scoring choices the last
+    instance fits nowhere, so hail (and Cairn) reject node-0001 (FailN1). Without the policy test
+    the evacuation would pass."""
+    from fastpath.globaln1 import UNSURE, CandidateCheck, _POLICY
+
+    document = json.loads((DATA / "excl-mixgen-8.json").read_text())
+    session = _request_session(document, implementation)
+    engine, inst, spec = session.engine, session.new[0], session.spec
+    node = spec.node_names.index("node-0001")
+    check = CandidateCheck(engine, spec, inst)
+    assert not check.redundant(node, -1)
+    memory = list(check.memory)
+    memory[node] -= check.need_mem
+    primaries = sorted(check.primaries[node] + [inst])
+    placed = (inst, node, -1)
+    status = check.evacuation.classify(node, memory, check.disk, check.spindles, primaries, placed)[0]
+    assert status == UNSURE
+    assert not check.evacuation.simulate(node, primaries, placed)
+    assert engine.nodes_of(inst) == (-1, -1)  # the simulation leaves the engine as it was
+    del _POLICY[engine]
+    assert CandidateCheck(engine, spec, inst).redundant(node, -1)
 
 
 def _request_session(document: dict, implementation: str):
