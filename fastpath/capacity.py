@@ -5,15 +5,57 @@ in shared/reference/htools.md section 7.2.
 """
 
 import copy
+import sys
 
-from fastpath import engine_class
+from fastpath import dedicated, engine_class
 from fastpath.allocate import allocate
 from fastpath.model import Cluster, Instance
 from fastpath.record import field, record
-from fastpath.spec import FAIL_NAMES, MIRRORED, flatten, instance_values
+from fastpath.spec import FAIL_NAMES, MIRRORED, OK, flatten, instance_values
 
-# Shrink steps of the tiered phase per failing dimension.
-SHRINK = {"FailMem": ("memory", 64), "FailDisk": ("disk", 256), "FailCPU": ("cpu", 1)}
+# The tiered phase shrinks a size (memory, disk, cpu, disk spindles) by one unit of the failing
+# resource, never below one unit (htools' shrinkByType: 64 MiB, 256 MiB, 1 CPU, 1 spindle).
+SHRINK = {"FailMem": (0, 64), "FailDisk": (1, 256), "FailCPU": (2, 1), "FailSpindles": (3, 1)}
+
+
+class _Fits(dict):
+    """The failure counts of an attempt that found a place (it was not taken)."""
+
+
+def tiered_starts(request: "CapacityRequest") -> list[tuple[int, int, int, int]]:
+    """The sizes (memory, disk, cpu, disk spindles) hspace's tiered phase starts from: the given
+    spec (one spindle), else every min/max pair's maximum, in the policy's order."""
+    if request.tiered_spec:
+        return [(tuple(request.tiered_spec) + (1,))[:4]]
+    return [(high.memory, high.disk, high.cpu, high.spindle_use) for _, high in request.cluster.policy.minmax]
+
+
+def _ranked(failures: dict[str, int]) -> list[str]:
+    """The failure modes by count, most first, of equal counts the later mode first (hspace sorts
+    them ascending, stably, and walks the list from its end)."""
+    ascending = sorted(FAIL_NAMES[1:], key=lambda name: failures.get(name, 0))
+    return ascending[::-1]
+
+
+def _shrunk(size: tuple, cause: str) -> tuple | None:
+    if cause not in SHRINK:
+        return None
+    k, unit = SHRINK[cause]
+    value = size[k] - unit
+    return None if value < unit else size[:k] + (value,) + size[k + 1:]
+
+
+def _shrink_until_fits(attempt, size: tuple, cause: str) -> tuple | None:
+    """htools' sufficesShrinking: shrinking by `cause` alone while `cause` keeps failing, the first
+    size that fits, if any (the size itself first)."""
+    while size is not None:
+        result = attempt(size)
+        if isinstance(result, _Fits):
+            return size
+        if not result.get(cause, 0):
+            return None
+        size = _shrunk(size, cause)
+    return None
 
 
 @record
@@ -26,7 +68,7 @@ class CapacityRequest:
     max_allocations: int = -1
     tiered: bool = True
     implementation: str = "c"
-    tiered_spec: tuple[int, int, int] | None = None  # (memory, disk, cpu); default: the policy's max spec
+    tiered_spec: tuple[int, ...] | None = None  # (memory, disk, cpu[, spindles]); default: the policy's max specs
 
 
 @record
@@ -62,73 +104,133 @@ class _Planner:
         self.template = request.disk_template or (self.cluster.policy.templates or ["drbd"])[0]
         self.placed: list[tuple[Instance, str, str]] = []
 
-    def try_one(self, memory: int, disk: int, cpu: int, spindle_use: int, number: int):
-        # hspace gives the instance's disk as many spindles as the spec's spindle figure.
+    def try_one(self, memory: int, disk: int, cpu: int, spindle_use: int, number: int,
+                spindles: int | None = None, place: bool = True, capacity_check: bool | None = None):
+        """Allocate one instance of this size (None) or return the failure counts; with `place`
+        False only ask whether it would fit. hspace gives the instance one disk with the spec's
+        spindle figure as its spindles unless `spindles` says otherwise. Like hspace, only a drbd
+        instance is placed without the global N+1 check (`capacity_check` None)."""
+        disk_spindles = spindle_use if spindles is None else spindles
         inst = Instance(f"new-{number}", memory, disk, cpu, "running", True, "", "", self.template,
-                        spindle_use=spindle_use, spindles=str(spindle_use))
+                        spindle_use=spindle_use, spindles=str(disk_spindles))
         # A failed attempt leaves its slot unplaced; the next attempt reuses it.
         index = self.engine.define_instance(instance_values(inst, {}), self.spare)
         self.spare = index
         required = 2 if self.template in MIRRORED else 1
+        if capacity_check is None:
+            capacity_check = self.template not in MIRRORED
         chosen, outcomes = allocate(self.engine, self.spec, self.cluster, index, required, self.groups,
-                                    capacity_check=False)
-        if chosen is None:
+                                    capacity_check=capacity_check, refused_primaries=lambda g: self._refused(g, inst))
+        if chosen is None or not place:
             failures: dict[str, int] = {}
             for outcome in outcomes:
                 for name, count in outcome.failures.items():
                     failures[name] = failures.get(name, 0) + count
-            return failures
+            return failures if chosen is None else _Fits(failures)
         self.engine.place(index, chosen.nodes[0], chosen.nodes[1])
         names = self.spec.node_names
         self.placed.append((inst, names[chosen.nodes[0]], names[chosen.nodes[1]] if chosen.nodes[1] >= 0 else ""))
         self.spare = -1
         return None
 
-    def limit_reached(self, phase: Phase) -> bool:
-        return 0 <= self.request.max_allocations <= phase.allocated
+    def _refused(self, group: int, inst: Instance) -> dict[int, int]:
+        """The nodes of `group` whose instance policy refuses `inst` as a primary, with hail's
+        reason (instMatchesPolicy per candidate: on exclusive storage the disks' spindles count,
+        elsewhere the spindle use); hspace counts every candidate on them as that failure."""
+        policy = self.cluster.policy_of(self.cluster.groups[group].uuid)
+        reasons = {}
+        for exclusive in (False, True):
+            figures = dedicated.NewInstance(inst.mem, inst.dsk, inst.vcpus, 0, 0, 0, 0, 0, disks=[inst.dsk],
+                                            spindles=int(inst.spindles) if exclusive else inst.spindle_use,
+                                            template=inst.template, spindle_use=inst.spindle_use)
+            reasons[exclusive] = dedicated.policy_failure(policy, figures)
+        nodes = self.spec.nodes
+        return {k: reasons[bool(nodes["excl"][k])] for k in range(self.spec.n_nodes)
+                if nodes["group"][k] == group and reasons[bool(nodes["excl"][k])] != OK}
 
     def standard(self) -> Phase:
         std = self.cluster.policy.std
         phase = Phase()
-        while not self.limit_reached(phase):
-            failures = self.try_one(std.memory, std.disk, std.cpu, std.spindle_use, phase.allocated)
-            if failures is not None:
-                phase.failures = failures
-                break
-            phase.allocated += 1
+        phase.failures = self._fill((std.memory, std.disk, std.cpu, std.spindle_use), std.spindle_use, phase,
+                                    self._limit(), {})
         return self._finish(phase)
 
+    def _limit(self) -> int | None:
+        return None if self.request.max_allocations < 0 else self.request.max_allocations
+
+    def _fill(self, size: tuple[int, int, int, int], spindle_use: int, phase: Phase, limit: int | None,
+              checked: dict) -> dict[str, int]:
+        """hspace's iterateAlloc: place instances of `size` until one does not fit, or `limit` of
+        them are placed; the failure counts of the attempt that stopped it (with a limit, the
+        attempt after the last placement: it fits, and is not placed)."""
+        placed = 0
+        while True:
+            failures = self.try_one(*size[:3], spindle_use, phase.allocated, size[3],
+                                    place=limit is None or placed < limit)
+            if failures is not None:
+                return dict(failures)
+            placed += 1
+            phase.allocated += 1
+            checked.clear()  # the cluster changed
+
     def tiered(self) -> Phase:
-        low, high = self.cluster.policy.minmax[-1]
-        size = {"memory": high.memory, "disk": high.disk, "cpu": high.cpu}
-        spindles = high.spindle_use
-        if self.request.tiered_spec:
-            # Like hspace's --tiered-alloc, a given start spec uses the standard spindle use.
-            size = dict(zip(("memory", "disk", "cpu"), self.request.tiered_spec))
-            spindles = self.cluster.policy.std.spindle_use
-        minimum = {"memory": low.memory, "disk": low.disk, "cpu": low.cpu}
+        """hspace's tiered phase (3.0.2's Cluster.hs tieredAlloc): place instances of one size until
+        one fails, then shrink the size by one unit of the resource that failed most and go on; if
+        that places nothing more, take the first resource (most failures first) whose shrinking
+        alone, while it keeps failing, makes an instance fit; stop when neither helps."""
+        # Every instance uses the standard spec's spindle use; its one disk has the start spec's
+        # spindles. Each min/max pair's maximum starts a run, each run going on from the last.
+        spindle_use = self.cluster.policy.std.spindle_use
         phase = Phase()
-        count = 0
-        while not self.limit_reached(phase):
-            failures = self.try_one(size["memory"], size["disk"], size["cpu"], spindles, phase.allocated)
-            if failures is None:
-                phase.allocated += 1
-                count += 1
-                continue
-            if count:
-                phase.tiers.append(((size["memory"], size["disk"], size["cpu"], spindles), count))
-                count = 0
-            phase.failures = failures
-            name = max(FAIL_NAMES[1:], key=lambda n: failures.get(n, 0))
-            if name not in SHRINK:
-                break
-            dimension, step = SHRINK[name]
-            if size[dimension] - step < minimum[dimension]:
-                break
-            size[dimension] -= step
-        if count:
-            phase.tiers.append(((size["memory"], size["disk"], size["cpu"], spindles), count))
+        limit = self._limit()
+        depth = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(depth, 50000))  # one level per unit shrunk, as in hspace
+        try:
+            for size in tiered_starts(self.request):
+                if limit is not None and limit <= phase.allocated:
+                    break
+                # hspace passes on the limit less everything placed so far (combineTiered).
+                self._tiered_level(size, spindle_use, phase, {}, None if limit is None else limit - phase.allocated)
+        finally:
+            sys.setrecursionlimit(depth)
+        for inst, _, _ in self.placed:
+            tier = (inst.mem, inst.dsk, inst.vcpus, int(inst.spindles))
+            if phase.tiers and phase.tiers[-1][0] == tier:
+                phase.tiers[-1] = (tier, phase.tiers[-1][1] + 1)
+            else:
+                phase.tiers.append((tier, 1))
         return self._finish(phase)
+
+    def _tiered_level(self, size: tuple[int, int, int, int], spindle_use: int, phase: Phase,
+                      checked: dict[tuple, dict], limit: int | None) -> None:
+        """One tieredAlloc call: fill at `size`, then shrink (see `tiered`). `checked` holds the
+        answers with the global N+1 check, per size, while nothing new is placed. Like hspace,
+        the limit handed on is this level's limit less every instance the phase placed so far."""
+        failures = self._fill(size, spindle_use, phase, limit, checked)
+        phase.failures = failures
+        if limit is not None and limit <= phase.allocated:
+            return
+        limit = None if limit is None else limit - phase.allocated
+        ranked = _ranked(failures)  # most failures first; of equals the later failure mode
+
+        def attempt(candidate: tuple) -> dict:
+            # hspace asks these questions with its global N+1 check on, whatever the template.
+            if candidate not in checked:
+                checked[candidate] = self.try_one(*candidate[:3], spindle_use, phase.allocated, candidate[3],
+                                                  place=False, capacity_check=True)
+            return checked[candidate]
+        smaller = _shrunk(size, ranked[0])
+        if smaller is not None:
+            before = phase.allocated
+            self._tiered_level(smaller, spindle_use, phase, checked, limit)
+            if phase.allocated > before:
+                return
+            phase.failures = failures
+        for cause in ranked:
+            fits = _shrink_until_fits(attempt, size, cause)
+            if fits is not None:
+                self._tiered_level(fits, spindle_use, phase, checked, limit)
+                return
 
     def _finish(self, phase: Phase) -> Phase:
         phase.score = self.engine.score(self.scope)
@@ -249,11 +351,10 @@ def plan(request: CapacityRequest) -> list[tuple[str, object]]:
         # An existing N+1 failure stops hspace before any allocation; it still reports both phases.
         tiered = Phase(score=initial, instances=len(cluster.instances)) if stopped else \
             _Planner(request, _extra(cluster)).tiered()
-        high = cluster.policy.minmax[-1][1]
-        memory, disk, cpu = request.tiered_spec or (high.memory, high.disk, high.cpu)
+        memory, disk, cpu, spindles = tiered_starts(request)[0]
         tiers = " ".join(f"{m},{d},{c},{s}={k}" for (m, d, c, s), k in tiered.tiers)
         out += [("HTS_TSPEC_INI_MEM", memory), ("HTS_TSPEC_INI_DSK", disk),
-                ("HTS_TSPEC_INI_CPU", cpu), ("HTS_TSPEC_INI_SPN", high.spindle_use),
+                ("HTS_TSPEC_INI_CPU", cpu), ("HTS_TSPEC_INI_SPN", spindles),
                 ("HTS_TSPEC_INI_RQN", required), ("HTS_TSPEC_INI_DISK_TEMPLATE", planner.template),
                 ("HTS_TRL_SCORE", f"{tiered.score:.8f}"), ("HTS_TRL_INST_CNT", tiered.instances)]
         out += _resource_stats(_after(cluster, tiered.placed), "TRL")
@@ -271,6 +372,10 @@ def plan(request: CapacityRequest) -> list[tuple[str, object]]:
     # The share of the final instance count that existed before planning.
     out += [("HTS_ALLOC_USAGE", _ratio(len(cluster.instances), standard.instances)),
             ("HTS_ALLOC_INSTANCES", standard.allocated), ("HTS_ALLOC_FAIL_REASON", standard.reason())]
-    out += [(f"HTS_ALLOC_{name.upper()}_CNT", standard.failures.get(name, 0)) for name in FAIL_NAMES[1:]]
+    # hspace lists the failure modes by count, most first (of equal counts in its order).
+    ranked = sorted(FAIL_NAMES[1:], key=lambda name: -standard.failures.get(name, 0))
+    if stopped:
+        ranked = ["FailN1"]  # hspace's stop on an existing N+1 failure reports only that
+    out += [(f"HTS_ALLOC_{name.upper()}_CNT", standard.failures.get(name, 0)) for name in ranked]
     out.append(("HTS_OK", 1))
     return out

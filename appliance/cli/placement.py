@@ -76,7 +76,8 @@ CAPACITY = (
     Opt("disk_template", ("--disk-template",), "str", None, "Template of the new instances."),
     Opt("max_length", ("-l", "--max-length"), "int", -1, "At most this many allocations per phase."),
     Opt("no_tiered", ("--no-tiered",), "flag", False, "Skip the tiered phase."),
-    Opt("tiered_alloc", ("--tiered-alloc",), "str", None, "Start the tiered phase at DISK,RAM,CPU (hspace's order)."),
+    Opt("tiered_alloc", ("--tiered-alloc",), "str", None,
+        "Start the tiered phase at DISK,RAM,CPU[,SPINDLES] (hspace's order; spindles default 1)."),
     ENGINE,
 )
 
@@ -143,11 +144,14 @@ def _tiered_spec(tiered_alloc: str | None):
     if not tiered_alloc:
         return None
     try:
-        disk, ram, cpu = (int(v) for v in tiered_alloc.split(","))
+        values = [int(v) for v in tiered_alloc.split(",")]
+        if len(values) not in (3, 4) or min(values) < 1:
+            raise ValueError
     except ValueError:
-        raise Failed(f"--tiered-alloc '{tiered_alloc}' must be DISK,RAM,CPU in MiB, MiB and CPUs, "
-                     "e.g. 10240,1024,1") from None
-    return ram, disk, cpu
+        raise Failed(f"--tiered-alloc '{tiered_alloc}' must be DISK,RAM,CPU[,SPINDLES] in MiB, MiB, CPUs and "
+                     "spindles, each at least 1, e.g. 10240,1024,1") from None
+    disk, ram, cpu, spindles = (values + [1])[:4]
+    return ram, disk, cpu, spindles
 
 
 def capacity(text_file, machine_readable, accept_existing_errors, disk_template, max_length, no_tiered, tiered_alloc,
