@@ -1241,6 +1241,70 @@ static void alloc_offer(const cairn_cluster *c, search *s, alloc_list *all, cons
         s->best = exact, s->found = 1, s->inst = p, s->target = q;
 }
 
+/* hail's score of a two-node allocation (allocateOnPair): not recomputed, but the cluster
+ * statistics of the scope updated for the primary, then the secondary (Ganeti.Utils.Statistics:
+ * a deviation's variance moves by ((n dss - 2 s ds) - ds^2) / n^2, a sum by the difference), so
+ * that candidates whose scores differ only in the last bits are ordered as hail orders them. */
+typedef struct {
+    double n[CAIRN_METRICS], sum[CAIRN_METRICS], var[CAIRN_METRICS];
+} hail_stats;
+
+static void hail_stats_init(const cairn_cluster *c, int scope, hail_stats *h)
+{
+    for (int m = 0; m < CAIRN_METRICS; m++) {
+        double n = 0.0, total = 0.0;
+        h->n[m] = h->sum[m] = h->var[m] = 0.0;
+        if (AGG[m] == 3)
+            continue;
+        for (int k = 0; k < c->n_nodes; k++) {
+            if (!in_scope(c, k, scope) || (c->offline[k] != 0) != (AGG[m] == 2))
+                continue;
+            n += 1.0;
+            total += c->vals[k * CAIRN_METRICS + m];
+        }
+        h->n[m] = n;
+        h->sum[m] = total;
+        if (AGG[m] != 0 || n == 0.0)
+            continue;
+        double mean = total / n, acc = 0.0;
+        for (int k = 0; k < c->n_nodes; k++) {
+            if (!in_scope(c, k, scope) || c->offline[k])
+                continue;
+            double d = c->vals[k * CAIRN_METRICS + m] - mean;
+            acc += d * d;
+        }
+        h->var[m] = acc / n;
+    }
+}
+
+static double hail_pair_score(const cairn_cluster *c, int scope, const hail_stats *base, const touch_set *t,
+                              long loc_delta)
+{
+    hail_stats h = *base;
+    double v[CAIRN_METRICS], metrics[CAIRN_METRICS];
+    for (int j = 0; j < t->n; j++) {
+        int k = t->k[j];
+        const double *old = c->vals + k * CAIRN_METRICS;
+        node_values(c, k, &t->st[j], v);
+        for (int m = 0; m < CAIRN_METRICS; m++) {
+            if (AGG[m] == 3 || (c->offline[k] != 0) != (AGG[m] == 2))
+                continue;
+            double ds = v[m] - old[m];
+            if (AGG[m] == 0) {
+                double n = h.n[m], dss = v[m] * v[m] - old[m] * old[m];
+                double dnnvar = (n * dss - 2 * h.sum[m] * ds) - ds * ds;
+                double var = h.var[m] + dnnvar / (n * n);
+                h.var[m] = var > 0.0 ? var : 0.0;
+            }
+            h.sum[m] = h.sum[m] + ds;
+        }
+    }
+    for (int m = 0; m < CAIRN_METRICS; m++)
+        metrics[m] = AGG[m] == 3 ? (double)(loc_total(c, scope) + loc_delta)
+                     : AGG[m] == 0 ? (h.n[m] > 0.0 ? sqrt(h.var[m]) : 0.0) : h.sum[m];
+    return weighted(metrics);
+}
+
 static int alloc_scan(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
                       int flags, const double *after, alloc_list *all, search *sp, long *fail_counts)
 {
@@ -1249,7 +1313,9 @@ static int alloc_scan(cairn_cluster *c, int group, int scope, int inst, int requ
     int force = (flags & IGNORE_SOFT) != 0;
     if (c == NULL || inst < 0 || inst >= c->n_inst || c->pnode[inst] >= 0 || required < 1 || required > 2)
         return CAIRN_EINVAL;
+    hail_stats hs;
     stats_init(c, scope, &s.st);
+    hail_stats_init(c, scope, &hs);
     exact_metrics(c, scope, 0, metrics);
     s.best = INFINITY;
     s.found = 0;
@@ -1295,7 +1361,7 @@ static int alloc_scan(cairn_cluster *c, int group, int scope, int inst, int requ
             double approx = all == NULL ? approx_with(c, &s.st, &t, ld) : 0.0;
             if (s.found && approx > s.best + 1e-8 * (1.0 + fabs(s.best)))
                 continue;
-            alloc_offer(c, &s, all, after, p, q, exact_with(c, scope, &t, ld));
+            alloc_offer(c, &s, all, after, p, q, hail_pair_score(c, scope, &hs, &t, ld));
         }
         for (int j = c->pri_head[p]; j >= 0; j = c->pri_next[j])
             if (c->snode[j] >= 0)

@@ -228,6 +228,50 @@ class Engine:
                 out.append(float(total + loc_delta))
         return out
 
+    def pair_score(self, scope: int, changes: list[tuple[int, list]], loc_delta: int = 0) -> float:
+        """hail's score of a two-node allocation (allocateOnPair): the statistics of the scope
+        updated node by node (variance by ((n dss - 2 s ds) - ds^2) / n^2, sums by the
+        difference), as the C core's hail_pair_score does."""
+        online = [k for k in range(self.n) if (scope < 0 or self.nd["group"][k] == scope)
+                  and not self.nd["offline"][k]]
+        offline = [k for k in range(self.n) if (scope < 0 or self.nd["group"][k] == scope) and self.nd["offline"][k]]
+        base = {k: self.node_values(k, self.state[k]) for k in online + offline}
+        count, total, var = [0.0] * 20, [0.0] * 20, [0.0] * 20
+        for m in range(20):
+            agg = AGGREGATION[m]
+            if agg == 3:
+                continue
+            nodes = offline if agg == 2 else online
+            for k in nodes:
+                count[m] += 1.0
+                total[m] += base[k][m]
+            if agg == 0 and count[m]:
+                mean, acc = total[m] / count[m], 0.0
+                for k in nodes:
+                    d = base[k][m] - mean
+                    acc += d * d
+                var[m] = acc / count[m]
+        for k, st in changes:
+            new = self.node_values(k, st)
+            old = base[k]
+            for m in range(20):
+                agg = AGGREGATION[m]
+                if agg == 3 or bool(self.nd["offline"][k]) != (agg == 2):
+                    continue
+                ds = new[m] - old[m]
+                if agg == 0:
+                    n, dss = count[m], new[m] * new[m] - old[m] * old[m]
+                    value = var[m] + ((n * dss - 2 * total[m] * ds) - ds * ds) / (n * n)
+                    var[m] = value if value > 0.0 else 0.0
+                total[m] = total[m] + ds
+        loc = (self._merged_loc_total() if scope < 0 else self.loc_total.get(scope, 0)) + loc_delta
+        metrics = [float(loc) if AGGREGATION[m] == 3 else (math.sqrt(var[m]) if count[m] else 0.0)
+                   if AGGREGATION[m] == 0 else total[m] for m in range(20)]
+        result = 0.0
+        for w, v in zip(WEIGHTS, metrics):
+            result += w * v
+        return result
+
     def score(self, group: int, overrides: dict | None = None, loc_delta: int = 0) -> float:
         """The cluster score over `group`: the weighted sum of the metrics."""
         total = 0.0
@@ -563,7 +607,7 @@ class Engine:
                     continue
                 pair = list(st_p)
                 pair[LOC_V] = self.state[p][LOC_V] + self._loc_contrib(i, p, q)
-                found.append((p, q, self.score(scope, {p: pair, q: st_q}, loc_delta)))
+                found.append((p, q, self.pair_score(scope, [(p, pair), (q, st_q)], loc_delta)))
         return found, counts
 
     def _alloc_nodes(self, group: int, mask, role: int) -> list[int]:

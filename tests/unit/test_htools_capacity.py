@@ -79,7 +79,8 @@ def test_n100_report_equals_hspace():
     ("gen-4.txt", "gen-4.accept.t10240-1024-1.l10.hspace",
      {"accept_existing_errors": True, "tiered_spec": (1024, 10240, 1), "max_allocations": 10}),
     ("gen-12.txt", "gen-12.accept.l1.hspace", {"accept_existing_errors": True, "max_allocations": 1}),
-    ("gen-20.txt", "gen-20.accept.l3.hspace", {"accept_existing_errors": True, "max_allocations": 3})])
+    ("gen-20.txt", "gen-20.accept.l3.hspace", {"accept_existing_errors": True, "max_allocations": 3}),
+    ("gen-25.txt", "gen-25.accept.hspace", {"accept_existing_errors": True})])
 def test_report_equals_hspace(implementation, text_file, answer, args):
     """The whole machine-readable report equals hspace's, line for line, tiered phase included
     (gen-*: hspace's -l limit, handed on less everything placed, and the failure counts of the
