@@ -124,38 +124,19 @@ static long loc_total(const cairn_cluster *c, int group)
 static int in_scope(const cairn_cluster *c, int k, int group) { return group < 0 || c->group[k] == group; }
 
 /* Exact metrics over a group (-1: all nodes) from c->vals, two-pass, in node order. */
+/* Forward: the two-pass statistics of a scope, shared with hail's pair score below. */
+typedef struct {
+    double n[CAIRN_METRICS], sum[CAIRN_METRICS], var[CAIRN_METRICS];
+} hail_stats;
+static void hail_stats_init(const cairn_cluster *c, int scope, hail_stats *h);
+
 static void exact_metrics(const cairn_cluster *c, int group, long loc_delta, double *out)
 {
-    for (int m = 0; m < CAIRN_METRICS; m++) {
-        double total = 0.0;
-        int count = 0;
-        if (AGG[m] == 3) {
-            out[m] = (double)(loc_total(c, group) + loc_delta);
-            continue;
-        }
-        for (int k = 0; k < c->n_nodes; k++) {
-            if (!in_scope(c, k, group) || (c->offline[k] != 0) != (AGG[m] == 2))
-                continue;
-            total += c->vals[k * CAIRN_METRICS + m];
-            count++;
-        }
-        if (AGG[m] != 0) {
-            out[m] = total;
-            continue;
-        }
-        if (count == 0) {
-            out[m] = 0.0;
-            continue;
-        }
-        double mean = total / count, acc = 0.0;
-        for (int k = 0; k < c->n_nodes; k++) {
-            if (!in_scope(c, k, group) || c->offline[k])
-                continue;
-            double d = c->vals[k * CAIRN_METRICS + m] - mean;
-            acc += d * d;
-        }
-        out[m] = sqrt(acc / count);
-    }
+    hail_stats h;
+    hail_stats_init(c, group, &h);
+    for (int m = 0; m < CAIRN_METRICS; m++)
+        out[m] = AGG[m] == 3 ? (double)(loc_total(c, group) + loc_delta)
+                 : AGG[m] == 0 ? (h.n[m] > 0.0 ? sqrt(h.var[m]) : 0.0) : h.sum[m];
 }
 
 static double weighted(const double *metrics)
@@ -1245,10 +1226,6 @@ static void alloc_offer(const cairn_cluster *c, search *s, alloc_list *all, cons
  * statistics of the scope updated for the primary, then the secondary (Ganeti.Utils.Statistics:
  * a deviation's variance moves by ((n dss - 2 s ds) - ds^2) / n^2, a sum by the difference), so
  * that candidates whose scores differ only in the last bits are ordered as hail orders them. */
-typedef struct {
-    double n[CAIRN_METRICS], sum[CAIRN_METRICS], var[CAIRN_METRICS];
-} hail_stats;
-
 static void hail_stats_init(const cairn_cluster *c, int scope, hail_stats *h)
 {
     for (int m = 0; m < CAIRN_METRICS; m++) {
