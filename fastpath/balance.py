@@ -6,7 +6,7 @@ Pure stdlib; the engine (C or pure twin) does the scoring and the search.
 from fastpath.record import field, record
 from fastpath.spec import (EVAC_MODE, FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, NO_DISK_MOVES,
                            NO_INSTANCE_MOVES, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, REPLACE_SECONDARY,
-                           RESTRICTED_MIGRATION, Spec)
+                           KIND_MIRRORED, KIND_SHARED, OK, RESTRICTED_MIGRATION, Spec)
 
 
 @record
@@ -84,16 +84,24 @@ def balance(engine, spec: Spec, group: int, options: BalanceOptions, on_move=Non
         result.already_balanced = True
         return result
     flags = options.flags()
+    moves = None
+    if spec.forthcoming:
+        from fastpath.forthmove import Moves  # only clusters with forthcoming instances need it
+
+        moves = Moves(engine, spec)
     while (options.max_moves < 0 or len(result.moves) < options.max_moves) and current > bound + options.epsilon:
         best = engine.best_move(group, flags)
+        if moves is not None:
+            best = _with_forthcoming(moves, spec, group, flags, best, current)
         if best is None:
             break
         i, kind, target, value = best
         if not (value < current and (current > options.min_gain_limit or current - value >= options.min_gain)):
             break
-        op, os_ = engine.nodes_of(i)
-        engine.apply_move(i, kind, target)
-        np_, ns = engine.nodes_of(i)
+        mover = moves or engine
+        op, os_ = mover.nodes_of(i)
+        mover.apply_move(i, kind, target)
+        np_, ns = mover.nodes_of(i)
         move = Move(spec.instance_names[i], (names[op], names[os_] if os_ >= 0 else ""),
                     (names[np_], names[ns] if ns >= 0 else ""), value,
                     move_code(kind, names[target] if target >= 0 else ""), kind, i)
@@ -103,6 +111,54 @@ def balance(engine, spec: Spec, group: int, options: BalanceOptions, on_move=Non
             on_move(len(result.moves), move)
     result.final = current
     return result
+
+
+def _with_forthcoming(moves, spec: Spec, group: int, flags: int, best, current: float):
+    """The best move once hbal's moves of forthcoming instances are counted too: they change only
+    the *Forth figures (`fastpath.forthmove`). hbal scans instances in order, each one's moves in
+    the engine's order, and keeps a move only if it scores strictly lower, so of equal scores the
+    earlier instance wins."""
+    nodes = spec.nodes
+    value = best[3] if best is not None else current
+    for i in sorted(spec.forthcoming):
+        p, s = moves.nodes_of(i)
+        if p < 0 or not spec.instances["movable"][i] or nodes["group"][p] != group:
+            continue
+        if s >= 0 and nodes["group"][s] != group:
+            continue
+        if flags & EVAC_MODE and not (nodes["offline"][p] or (s >= 0 and nodes["offline"][s])):
+            continue
+        for kind, target in _forthcoming_candidates(spec, group, flags, p, s, spec.instances["kind"][i]):
+            status, score = moves.eval_move(group, i, kind, target, flags)
+            if status == OK and (score < value or (score == value and best is not None and i < best[0])):
+                best, value = (i, kind, target, score), score
+    return best
+
+
+def _forthcoming_candidates(spec: Spec, group: int, flags: int, p: int, s: int, kind: int):
+    """hbal's candidate moves of one instance, in the C core's order (`instance_moves`)."""
+    nodes = spec.nodes
+    targets = [t for t in range(spec.n_nodes) if nodes["group"][t] == group and not nodes["offline"][t]
+               and t not in (p, s)]
+    if kind == KIND_MIRRORED and s >= 0:
+        if not flags & NO_INSTANCE_MOVES and not nodes["offline"][s]:
+            yield FAILOVER, -1
+        if flags & NO_DISK_MOVES:
+            return
+        for t in targets:
+            yield REPLACE_SECONDARY, t
+            if flags & NO_INSTANCE_MOVES or (flags & RESTRICTED_MIGRATION and not nodes["offline"][p]):
+                continue
+            yield REPLACE_AND_FAILOVER, t
+            if nodes["offline"][s]:
+                continue
+            if not flags & RESTRICTED_MIGRATION:
+                yield REPLACE_PRIMARY, t
+            yield FAILOVER_AND_REPLACE, t
+    elif kind == KIND_SHARED and not flags & NO_INSTANCE_MOVES:
+        for t in targets:
+            if t != p:
+                yield FAILOVER_TO_ANY, t
 
 
 def move_line(number: int, move: Move, name_width: int, pair_width: int) -> str:

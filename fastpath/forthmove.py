@@ -7,8 +7,9 @@ The engines hold the figures (`forth_use`, `set_forth`); `Moves` works out, chec
 ones, and passes every move of a real instance on to the engine unchanged.
 """
 
-from fastpath.spec import (FAIL_CPU, FAIL_DISK, FAIL_MEM, FAIL_MIG, FAIL_SPINDLES, FAILOVER, FAILOVER_TO_ANY,
-                           IGNORE_SOFT, KIND_LOCAL, KIND_MIRRORED, OK, REPLACE_SECONDARY, Spec)
+from fastpath.spec import (FAIL_CPU, FAIL_DISK, FAIL_MEM, FAIL_MIG, FAIL_SPINDLES, FAILOVER, FAILOVER_AND_REPLACE,
+                           FAILOVER_TO_ANY, IGNORE_SOFT, KIND_LOCAL, KIND_MIRRORED, OK, REPLACE_AND_FAILOVER,
+                           REPLACE_PRIMARY, REPLACE_SECONDARY, Spec)
 
 
 def contribution(spec: Spec, i: int, k: int, primary: bool) -> dict:
@@ -54,8 +55,7 @@ class Moves:
         if i not in self.forth:
             self.engine.apply_move(i, kind, target)
             return
-        p, s = self.forth[i]
-        self.place(i, *{FAILOVER: (s, p), REPLACE_SECONDARY: (p, target), FAILOVER_TO_ANY: (target, -1)}[kind])
+        self.place(i, *_new_nodes(kind, *self.forth[i], target))
 
     def touched_flags(self) -> list[int]:
         """The engine's touched flags (moves of forthcoming instances touch no node's real figures)."""
@@ -90,6 +90,8 @@ class Moves:
             if not self._migration_ok(p, target):
                 return FAIL_MIG, (target, -1)
             return self._add_pri(i, target, force or bool(offline[p])), (target, -1)
+        if kind in (REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE) and s >= 0:
+            return self._check_two_step(i, kind, target, force), _new_nodes(kind, p, s, target)
         if kind != FAILOVER or s < 0:
             return FAIL_DISK, (p, s)
         if not self._migration_ok(p, s):
@@ -98,6 +100,30 @@ class Moves:
         if status == OK:
             status = self._add_sec(i, p, force or bool(offline[p]))
         return status, (s, p)
+
+    def _check_two_step(self, i: int, kind: int, target: int, force: bool) -> int:
+        """applyMoveEx's checks of hbal's other drbd moves for a forthcoming instance (the
+        forthcoming checks of each addPriEx / addSecEx, in order; none where forced)."""
+        p, s = self.forth[i]
+        offline = self.spec.nodes["offline"]
+        if kind == REPLACE_AND_FAILOVER:  # r:np, f
+            if not self._migration_ok(p, target):
+                return FAIL_MIG
+            status = self._add_pri(i, target, force)
+            return status if status != OK else self._add_sec(i, p, force or bool(offline[s]))
+        force_p = force or bool(offline[p])
+        if not self._migration_ok(p, s):
+            return FAIL_MIG
+        if kind == REPLACE_PRIMARY:  # f, r:np, f: the secondary must hold it during the migration
+            if not self._migration_ok(s, target):
+                return FAIL_MIG
+            for status in (lambda: self._add_pri(i, s, force_p), lambda: self._add_pri(i, target, force_p),
+                           lambda: self._add_sec(i, s, force_p)):
+                if (code := status()) != OK:
+                    return code
+            return OK
+        status = self._add_pri(i, s, force_p)  # FAILOVER_AND_REPLACE: f, r:ns
+        return status if status != OK else self._add_sec(i, target, force_p)
 
     def _migration_ok(self, a: int, b: int) -> bool:
         nodes = self.spec.nodes
@@ -214,3 +240,9 @@ class ForthcomingSearch:
         if found:
             p, s, score = hail_order(spec.n_nodes, found)[0]
             outcome.nodes, outcome.score = (p, s), score
+
+
+def _new_nodes(kind: int, p: int, s: int, target: int) -> tuple[int, int]:
+    """An instance's (primary, secondary) after a move of `kind` (hbal's move kinds)."""
+    return {FAILOVER: (s, p), REPLACE_SECONDARY: (p, target), REPLACE_AND_FAILOVER: (target, p),
+            REPLACE_PRIMARY: (target, s), FAILOVER_AND_REPLACE: (s, target), FAILOVER_TO_ANY: (target, -1)}[kind]

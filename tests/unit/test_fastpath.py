@@ -124,6 +124,8 @@ def test_balance_output_equals_hbal(implementation, answer, args):
     ("n20-groups-locations.default.hbal", {"group": "default", "options": BalanceOptions(max_moves=15)}),
     ("n100.l2.hbal", {"options": BalanceOptions(max_moves=2)}),
     ("n100.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True)}),
+    ("n20-forth.l20.hbal", {"options": BalanceOptions(max_moves=20)}),
+    ("n20-forth.l60.hbal", {"options": BalanceOptions(max_moves=60)}),
 ])
 def test_long_balance_output_equals_hbal(answer, args):
     """Longer recorded runs match hbal line for line (compiled core only: the twin needs minutes)."""
