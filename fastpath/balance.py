@@ -52,6 +52,7 @@ class BalanceResult:
     lower_bound: float
     moves: list[Move] = field(default_factory=list)
     already_balanced: bool = False
+    forthcoming: dict[int, tuple[int, int]] = field(default_factory=dict)  # their final (primary, secondary)
 
 
 def move_code(kind: int, target: str) -> str:
@@ -110,6 +111,8 @@ def balance(engine, spec: Spec, group: int, options: BalanceOptions, on_move=Non
         if on_move is not None:
             on_move(len(result.moves), move)
     result.final = current
+    if moves is not None:
+        result.forthcoming = dict(moves.forth)
     return result
 
 

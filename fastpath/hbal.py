@@ -100,21 +100,25 @@ def _apply_limits(spec: Spec, request: HbalRequest) -> None:
         spec.nodes["lo_dsk"] = [request.min_disk * t for t in spec.nodes["t_dsk"]]
 
 
-def _balanced_copy(cluster: Cluster, spec: Spec, engine) -> Cluster:
-    # Like hbal's -S, the saved file keeps each node's load-time free memory and updates free disk.
+def _balanced_copy(cluster: Cluster, spec: Spec, engine, forthcoming: dict[int, tuple[int, int]]) -> Cluster:
+    # Like hbal's -S, the saved file keeps each node's load-time free memory and updates free disk;
+    # forthcoming instances (their nodes in `forthcoming`) take no real disk.
     import copy  # only -S needs it; every balance process would pay its import
 
     out = copy.deepcopy(cluster)
     names = spec.node_names
     by_name = {n.name: n for n in out.nodes}
+    pending = set(spec.forthcoming)
     for i, inst in enumerate(out.instances):
-        p, s = engine.nodes_of(i)
+        real = i not in pending
+        p, s = engine.nodes_of(i) if real else forthcoming.get(i, (spec.instances["pnode"][i],
+                                                                     spec.instances["snode"][i]))
         for name in (inst.pnode, inst.snode):
-            if name and spec.instances["dsk"][i]:
+            if name and real and spec.instances["dsk"][i]:
                 by_name[name].f_dsk += inst.dsk
         inst.pnode, inst.snode = names[p], names[s] if s >= 0 else ""
         for name in (inst.pnode, inst.snode):
-            if name and spec.instances["dsk"][i]:
+            if name and real and spec.instances["dsk"][i]:
                 by_name[name].f_dsk -= inst.dsk
     return out
 
@@ -175,7 +179,7 @@ def run(request: HbalRequest, emit) -> dict[str, str]:
         _emit_commands(cluster, result.moves, emit)
     if request.save_prefix:
         return {f"{request.save_prefix}.original": write(cluster),
-                f"{request.save_prefix}.balanced": write(_balanced_copy(cluster, spec, engine))}
+                f"{request.save_prefix}.balanced": write(_balanced_copy(cluster, spec, engine, result.forthcoming))}
     return {}
 
 

@@ -35,6 +35,14 @@ def test_save_writes_original_and_balanced(tmp_path):
     assert {i.name: (i.pnode, i.snode) for i in balanced.instances}["web1"] == ("delta", "charlie")
 
 
+def test_save_with_forthcoming_instances_equals_hbal(tmp_path):
+    """-S writes what hbal -S writes when forthcoming instances move (their new nodes, no real
+    disk taken); before, every forthcoming instance was saved on the last node."""
+    prefix = tmp_path / "out"
+    runner.invoke(app, ["balance", "-t", str(DATA / "n20-forth.txt"), "-l", "20", "-S", str(prefix)])
+    assert (tmp_path / "out.balanced").read_text() == (DATA / "n20-forth.l20.balanced").read_text()
+
+
 def test_multi_group_file_needs_a_group():
     """A file with several groups and no -G fails like hbal, naming the groups."""
     result = runner.invoke(app, ["balance", "-t", str(DATA / "n20-groups-locations.txt")])
