@@ -138,12 +138,10 @@ class _Planner:
         reason (instMatchesPolicy per candidate: on exclusive storage the disks' spindles count,
         elsewhere the spindle use); hspace counts every candidate on them as that failure."""
         policy = self.cluster.policy_of(self.cluster.groups[group].uuid)
-        reasons = {}
-        for exclusive in (False, True):
-            figures = dedicated.NewInstance(inst.mem, inst.dsk, inst.vcpus, 0, 0, 0, 0, 0, disks=[inst.dsk],
-                                            spindles=int(inst.spindles) if exclusive else inst.spindle_use,
-                                            template=inst.template, spindle_use=inst.spindle_use)
-            reasons[exclusive] = dedicated.policy_failure(policy, figures)
+        reasons = {exclusive: dedicated.placement_policy_failure(policy, inst.mem, inst.vcpus, [inst.dsk],
+                                                                 inst.template, inst.spindle_use, int(inst.spindles),
+                                                                 exclusive)
+                   for exclusive in (False, True)}
         nodes = self.spec.nodes
         return {k: reasons[bool(nodes["excl"][k])] for k in range(self.spec.n_nodes)
                 if nodes["group"][k] == group and reasons[bool(nodes["excl"][k])] != OK}

@@ -63,6 +63,15 @@ def policy_failure(policy: Policy, inst: NewInstance) -> int:
     return OK if not policy.templates or inst.template in policy.templates else FAIL_DISK
 
 
+def placement_policy_failure(policy: Policy, mem: int, vcpus: int, disks: list[int], template: str,
+                             spindle_use: int, disk_spindles: int | None, exclusive: bool) -> int:
+    """hail's instMatchesPolicy for an instance on one node: `policy_failure` with the spindle part
+    counting the disks' spindles on exclusive storage, the instance's spindle use elsewhere."""
+    figures = NewInstance(mem, 0, vcpus, 0, 0, 0, 0, 0, disks=list(disks), template=template, spindle_use=spindle_use,
+                          spindles=disk_spindles if exclusive else spindle_use)
+    return policy_failure(policy, figures)
+
+
 def _below(spec, inst: NewInstance, sign: int) -> int:
     """The failure if the instance is on the wrong side of `spec` (sign -1: below a minimum,
     +1: above a maximum), else OK; the order is htools' instCompareISpec's."""

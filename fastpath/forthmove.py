@@ -9,7 +9,7 @@ ones, and passes every move of a real instance on to the engine unchanged.
 
 from fastpath.spec import (FAIL_CPU, FAIL_DISK, FAIL_MEM, FAIL_MIG, FAIL_SPINDLES, FAILOVER, FAILOVER_AND_REPLACE,
                            FAILOVER_TO_ANY, IGNORE_SOFT, KIND_LOCAL, KIND_MIRRORED, OK, REPLACE_AND_FAILOVER,
-                           REPLACE_PRIMARY, REPLACE_SECONDARY, Spec)
+                           REPLACE_PRIMARY, REPLACE_SECONDARY, Spec, new_nodes)
 
 
 def contribution(spec: Spec, i: int, k: int, primary: bool) -> dict:
@@ -55,7 +55,7 @@ class Moves:
         if i not in self.forth:
             self.engine.apply_move(i, kind, target)
             return
-        self.place(i, *_new_nodes(kind, *self.forth[i], target))
+        self.place(i, *new_nodes(kind, *self.forth[i], target))
 
     def touched_flags(self) -> list[int]:
         """The engine's touched flags (moves of forthcoming instances touch no node's real figures)."""
@@ -91,7 +91,7 @@ class Moves:
                 return FAIL_MIG, (target, -1)
             return self._add_pri(i, target, force or bool(offline[p])), (target, -1)
         if kind in (REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE) and s >= 0:
-            return self._check_two_step(i, kind, target, force), _new_nodes(kind, p, s, target)
+            return self._check_two_step(i, kind, target, force), new_nodes(kind, p, s, target)
         if kind != FAILOVER or s < 0:
             return FAIL_DISK, (p, s)
         if not self._migration_ok(p, s):
@@ -240,9 +240,3 @@ class ForthcomingSearch:
         if found:
             p, s, score = hail_order(spec.n_nodes, found)[0]
             outcome.nodes, outcome.score = (p, s), score
-
-
-def _new_nodes(kind: int, p: int, s: int, target: int) -> tuple[int, int]:
-    """An instance's (primary, secondary) after a move of `kind` (hbal's move kinds)."""
-    return {FAILOVER: (s, p), REPLACE_SECONDARY: (p, target), REPLACE_AND_FAILOVER: (target, p),
-            REPLACE_PRIMARY: (target, s), FAILOVER_AND_REPLACE: (s, target), FAILOVER_TO_ANY: (target, -1)}[kind]

@@ -251,11 +251,10 @@ class Evacuation:
                 move(self.slots[j], found[0], -1)
             return True
         finally:
-            for i, p, s in reversed(undo):
+            for i, p, s in reversed(undo[1:]):
                 e.place(i, p, s)
-            if undo:
-                i, p, s = undo[0]
-                e.restore(i, p, s, touched)
+            if undo:  # the first move last, with the touched flags and one rebuild
+                e.restore(*undo[0], touched)
 
 
 def globally_redundant(engine, spec: Spec) -> bool:
@@ -280,24 +279,22 @@ class CandidateCheck:
         self.need_dsk = engine.instance_value(inst, "dsk")
         self.need_sp = engine.instance_value(inst, "disk_sp")
         self.users: list[set[int]] = [set() for _ in range(spec.n_nodes)]  # k: nodes whose failovers used k
-        self.used: list[set[int]] = []  # n: the failover targets of n's evacuation
-        self.after: list[dict[int, int]] = []  # n: each failover target's free memory after n's failovers
+        # n: each failover target of n's evacuation, with its free memory after the failovers
+        self.after: list[dict[int, int]] = []
         self.failing = set()  # evacuations that fail whatever a candidate does (it only takes resources)
         self.unsure = set()  # evacuations to simulate with every candidate
         self.fragile: list[tuple[int, set[int]]] = []  # (n, its only holders) when they are one or two nodes
         for n in range(spec.n_nodes):
             status, after, holders = self.evacuation.classify(n, self.memory, self.disk, self.spindles,
                                                               self.primaries[n], want=3)
-            used = set(after)
             if status == FAIL:
                 self.failing.add(n)
             elif status == UNSURE:
                 self.unsure.add(n)
             elif 0 < len(holders) <= 2:
                 self.fragile.append((n, set(holders)))
-            self.used.append(used)
             self.after.append(after)
-            for k in used:
+            for k in after:
                 self.users[k].add(n)
         # k: the failing evacuations a candidate on k simulates again (k is their node or they used k).
         self.hits = [self.failing & (self.users[k] | {k}) for k in range(spec.n_nodes)]
@@ -319,7 +316,7 @@ class CandidateCheck:
             return set()
         rest = self.failing - self.hits[pnode]
         first = min(rest)
-        return {s for s in self.used[first] | {first} if s != pnode and rest <= self.hits[s]}
+        return {s for s in {*self.after[first], first} if s != pnode and rest <= self.hits[s]}
 
     def redundant(self, pnode: int, snode: int) -> bool:
         """Whether the cluster stays globally N+1 redundant with the instance on (pnode, snode)."""
@@ -339,7 +336,7 @@ class CandidateCheck:
         for n in users - full:
             # n's evacuation passed and some node not changed takes its moved instances: only its
             # failovers onto the changed nodes can fail now.
-            for k in changed & self.used[n]:
+            for k in changed & self.after[n].keys():
                 if (self.after[n][k] - (self.need_mem if k == pnode else 0) <= 0 or disk[k] <= 0
                         or (excl[k] and spindles[k] < 0)):
                     return False

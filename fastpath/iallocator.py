@@ -154,27 +154,26 @@ class Session:
 
     def evacuated_how(self, inst: int) -> str:
         """How hail's global N+1 check empties a node of this (non-drbd) instance, by its template."""
-        template = self.models[self.copy_of.get(inst, inst)].template if self._known(inst) else "plain"
+        model = self._model(inst)
+        template = model.template if model else "plain"
         if template == "diskless":
             return STUCK
         return MOVE if template in ("sharedfile", "rbd", "ext", "gluster") else RECREATE
 
-    def _known(self, inst: int) -> bool:
-        # The global N+1 check's own copy slots are never on a node when it asks.
-        return self.copy_of.get(inst, inst) < len(self.models)
+    def _model(self, inst: int) -> Instance | None:
+        """The instance an engine slot holds (or a trial copy of); None for the global N+1 check's
+        own copy slots, which are never on a node when it asks."""
+        source = self.copy_of.get(inst, inst)
+        return self.models[source] if source < len(self.models) else None
 
     def admits(self, inst: int, group: int, exclusive: bool) -> bool:
-        """hail's instMatchesPolicy for an instance on a node of `group`: on exclusive storage the
-        spindle part counts the disks' spindles, elsewhere the instance's spindle use."""
-        if not self._known(inst):
-            return True
-        model = self.models[self.copy_of.get(inst, inst)]
-        if not model.disks and model.template != "diskless":
-            return True  # no disk list to test (a hand-written document): as before, admitted
-        spindles = model.spindle_use if not exclusive else (int(model.spindles) if model.spindles.isdigit() else None)
-        figures = dedicated.NewInstance(model.mem, model.dsk, model.vcpus, 0, 0, 0, 0, 0, disks=list(model.disks),
-                                        spindles=spindles, template=model.template, spindle_use=model.spindle_use)
-        return dedicated.policy_failure(self.policy(group), figures) == OK
+        """hail's instMatchesPolicy for an instance on a node of `group` (exclusive storage or not)."""
+        model = self._model(inst)
+        if model is None or (not model.disks and model.template != "diskless"):
+            return True  # nothing to test (a hand-written document without disks): admitted, as before
+        spindles = int(model.spindles) if model.spindles.isdigit() else None
+        return dedicated.placement_policy_failure(self.policy(group), model.mem, model.vcpus, model.disks,
+                                                  model.template, model.spindle_use, spindles, exclusive) == OK
 
     def policy(self, group: int) -> Policy:
         """The instance policy of a group."""

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from fastpath.spec import (AGGREGATION, ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECONDARY, EVAC_MODE, FAIL_CPU, FAIL_DISK,
                            FAIL_INTERNAL, FAIL_MEM, FAIL_MIG, FAIL_SPINDLES, FAIL_TAGS, FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, FORTH_FIELDS, IGNORE_SOFT, KIND_LOCAL,
                            KIND_MIRRORED, KIND_SHARED, NO_DISK_MOVES, NO_INSTANCE_MOVES, OK, REPLACE_AND_FAILOVER,
-                           REPLACE_PRIMARY, REPLACE_SECONDARY, RESTRICTED_MIGRATION, WEIGHTS, Spec)
+                           REPLACE_PRIMARY, REPLACE_SECONDARY, RESTRICTED_MIGRATION, WEIGHTS, Spec, new_nodes)
 
 # Per-node derived state, one list per node: the indices of its fields.
 I_MEM, ALL_MEM, F_DSK, U_CPU, PCNT, SCNT, INST_SP, R_MEM, FAIL, TAGS_V, LOC_V, F_SP = range(12)
@@ -418,7 +418,7 @@ class Engine:
         force_p = soft or bool(off[op])
         force_s = soft or (os_ >= 0 and bool(off[os_]))
         sec = it["sec_mem"][i]
-        np_, ns = _new_nodes(kind, op, os_, target)
+        np_, ns = new_nodes(kind, op, os_, target)
         new = {}
         status = OK
         if not self._migrations_ok(kind, op, os_, target):
@@ -500,7 +500,7 @@ class Engine:
 
     def apply_move(self, i: int, kind: int, target: int) -> None:
         """Commit a move: the instance's nodes change and the node state is rebuilt."""
-        self.place(i, *_new_nodes(kind, self.pnode[i], self.snode[i], target))
+        self.place(i, *new_nodes(kind, self.pnode[i], self.snode[i], target))
 
     def place(self, i: int, np_: int, ns: int) -> None:
         """Put an instance on (np_, ns), or take it off the cluster with np_ = -1."""
@@ -714,12 +714,6 @@ class Engine:
         self.place(i, np_, ns)
         self.touched = list(touched)
         self._rebuild()
-
-
-def _new_nodes(kind: int, op: int, os_: int, target: int) -> tuple[int, int]:
-    return {FAILOVER: (os_, op), REPLACE_SECONDARY: (op, target), REPLACE_AND_FAILOVER: (target, op),
-            REPLACE_PRIMARY: (target, os_), FAILOVER_AND_REPLACE: (os_, target),
-            FAILOVER_TO_ANY: (target, -1)}[kind]
 
 
 def _fsum_in_order(values) -> float:

@@ -10,6 +10,14 @@ from fastpath.record import field, record
 # Move kinds, in the order hbal tries them for one target node.
 FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY = range(6)
 
+
+def new_nodes(kind: int, primary: int, secondary: int, target: int) -> tuple[int, int]:
+    """An instance's (primary, secondary) after a move of `kind` to `target`."""
+    return {FAILOVER: (secondary, primary), REPLACE_SECONDARY: (primary, target),
+            REPLACE_AND_FAILOVER: (target, primary), REPLACE_PRIMARY: (target, secondary),
+            FAILOVER_AND_REPLACE: (secondary, target), FAILOVER_TO_ANY: (target, -1)}[kind]
+
+
 # Step flags. NO_PRUNING turns off the C core's exact lower-bound pruning (same answers, slower).
 NO_DISK_MOVES, NO_INSTANCE_MOVES, EVAC_MODE, IGNORE_SOFT, NO_PRUNING, RESTRICTED_MIGRATION = 1, 2, 4, 8, 16, 32
 
