@@ -7,7 +7,7 @@ from fastpath.globaln1 import CandidateCheck
 from fastpath.model import Cluster, Policy
 from fastpath.record import field, record
 from fastpath.spec import (ALLOC_EITHER, ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_DISK, FAIL_N1, FAIL_NAMES, IGNORE_SOFT,
-                           Spec)
+                           Ranked, Spec, hail_order)
 
 POLICY_ORDER = {"preferred": 0, "last_resort": 1}
 
@@ -116,11 +116,6 @@ def _reject_n1(outcome: GroupOutcome, count: int) -> None:
     outcome.successes -= count
 
 
-def hail_order(n_nodes: int, candidates: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
-    """Candidates in hail's order: lower score first, of equal scores the later one (in scan order) first."""
-    return sorted(candidates, key=lambda c: (c[2], -(c[0] * (n_nodes + 1) + c[1] + 1)))
-
-
 def _first_redundant(engine, spec: Spec, inst: int, outcome: GroupOutcome, search_args):
     """hail's choice under its global N+1 check: the best candidate, in hail's score order, that
     keeps the cluster globally N+1 redundant, and hail's FailN1 count.
@@ -129,66 +124,33 @@ def _first_redundant(engine, spec: Spec, inst: int, outcome: GroupOutcome, searc
     score, the candidates up to the first that passes count as FailN1, those after it are not
     checked (they stay successes), and a primary with no passing candidate counts them all
     (`collectionToSolution`, which `break`s at the first good element). fastpath.globaln1 makes
-    the check incremental; candidates that fail it for sure (some node's evacuation fails
-    whatever they do) are not even listed."""
+    the check incremental. When some node's evacuation fails whatever hail chooses, every
+    candidate fails (a candidate only takes resources, see `CandidateCheck.failing`), and none is
+    listed."""
     check = CandidateCheck(engine, spec, inst)
-    group, _, required, mask = search_args[:4]
-    chosen, failures = _hail_filter(spec.n_nodes, check, required,
-                                    _possible_candidates(engine, spec, check, search_args))
     if check.failing:
-        if chosen is None:
-            failures = outcome.successes  # every candidate fails
-        else:  # rank the candidates left out among the listed ones (the check rejects them at once)
-            every = engine.all_allocs(*search_args, cap=_candidate_count(engine, spec, group, required, mask))[0]
-            chosen, failures = _hail_filter(spec.n_nodes, check, required, every)
+        _reject_n1(outcome, outcome.successes)
+        return None
+    group, _, required, mask = search_args[:4]
+    ranked = engine.ranked_allocs(*search_args, cap=_candidate_count(engine, spec, group, required, mask))[0]
+    chosen, failures = _hail_filter(spec.n_nodes, check, ranked)
     _reject_n1(outcome, failures)
     return chosen
 
 
-def _hail_filter(n_nodes: int, check: CandidateCheck, required: int,
-                 candidates: list[tuple[int, int, float]]) -> tuple[tuple[int, int, float] | None, int]:
+def _hail_filter(n_nodes: int, check: CandidateCheck, ranked: Ranked) -> tuple[tuple[int, int, float] | None, int]:
     """(the chosen candidate or None, how many count as FailN1) under hail's per-primary filter."""
-    by_primary: dict[int, list[tuple[int, int, float]]] = {}
-    for found in candidates:
-        by_primary.setdefault(found[0] if required == 2 else -1, []).append(found)
     goods, failures = [], 0
-    for listed in by_primary.values():
-        for rank, found in enumerate(hail_order(n_nodes, listed)):
+    for start, end in ranked.runs:
+        for k in range(start, end):
+            found = ranked.at(k)
             if check.redundant(found[0], found[1]):
                 goods.append(found)
-                failures += rank
+                failures += k - start
                 break
         else:
-            failures += len(listed)
+            failures += end - start
     return (hail_order(n_nodes, goods)[0] if goods else None), failures
-
-
-def _possible_candidates(engine, spec: Spec, check: CandidateCheck, search_args) -> list[tuple[int, int, float]]:
-    """The valid candidates (primary, secondary, score) that may pass the global N+1 check: all of
-    them when no node's evacuation fails, else those a per-primary mask of possible roles admits."""
-    group, inst, required, mask, flags, scope = search_args
-    if not check.failing:
-        return engine.all_allocs(*search_args, cap=_candidate_count(engine, spec, group, required, mask))[0]
-    primaries = [k for k in range(spec.n_nodes) if role_allowed(spec, mask, group, k, ALLOC_PRIMARY)]
-    if required == 1:
-        passing = {p for p in primaries if check.primary_may_pass(p)}
-        if not passing:
-            return []
-        roles = [ALLOC_PRIMARY if k in passing else ALLOC_NEVER for k in range(spec.n_nodes)]
-        return engine.all_allocs(group, inst, 1, roles, flags, scope, cap=len(passing))[0]
-    found = []
-    for p in primaries:
-        wanted = check.secondaries(p)
-        partners = [k for k in (range(spec.n_nodes) if wanted is None else sorted(wanted))
-                    if k != p and role_allowed(spec, mask, group, k, ALLOC_SECONDARY)]
-        if not partners:
-            continue
-        roles = [ALLOC_NEVER] * spec.n_nodes
-        roles[p] = ALLOC_PRIMARY
-        for k in partners:
-            roles[k] = ALLOC_SECONDARY
-        found += engine.all_allocs(group, inst, 2, roles, flags, scope, cap=len(partners))[0]
-    return found
 
 
 def try_group(engine, spec: Spec, outcome: GroupOutcome, search_args: tuple, capacity_check: bool) -> None:

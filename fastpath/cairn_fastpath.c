@@ -1374,3 +1374,71 @@ int cairn_alloc_all(cairn_cluster *c, int group, int scope, int inst, int requir
         return CAIRN_EINVAL;
     return code;
 }
+
+/* hail's order of two listed candidates: the lower score first, of equal scores the later one in
+ * scan order (allocate.hail_order). */
+static int ranks_before(const alloc_list *l, int n_nodes, long a, long b)
+{
+    if (l->score[a] != l->score[b])
+        return l->score[a] < l->score[b];
+    long order_a = (long)l->pnode[a] * (n_nodes + 1) + l->snode[a] + 1;
+    long order_b = (long)l->pnode[b] * (n_nodes + 1) + l->snode[b] + 1;
+    return order_a > order_b;
+}
+
+static void swap_candidates(alloc_list *l, long a, long b)
+{
+    int p = l->pnode[a], q = l->snode[a];
+    double score = l->score[a];
+    l->pnode[a] = l->pnode[b], l->snode[a] = l->snode[b], l->score[a] = l->score[b];
+    l->pnode[b] = p, l->snode[b] = q, l->score[b] = score;
+}
+
+/* Sift candidate `at` down the heap [start, start + size), the worst-ranking candidate on top. */
+static void sift_down(alloc_list *l, int n_nodes, long start, long size, long at)
+{
+    for (;;) {
+        long child = 2 * at + 1, worst = at;
+        if (child < size && ranks_before(l, n_nodes, start + worst, start + child))
+            worst = child;
+        if (child + 1 < size && ranks_before(l, n_nodes, start + worst, start + child + 1))
+            worst = child + 1;
+        if (worst == at)
+            return;
+        swap_candidates(l, start + at, start + worst);
+        at = worst;
+    }
+}
+
+/* Heap sort of candidates [start, end) into hail's order, in place (the order is total: no two
+ * candidates share a scan position, so stability does not matter). */
+static void sort_run(alloc_list *l, int n_nodes, long start, long end)
+{
+    long n = end - start;
+    for (long at = n / 2 - 1; at >= 0; at--)
+        sift_down(l, n_nodes, start, n, at);
+    for (long size = n - 1; size > 0; size--) {
+        swap_candidates(l, start, start + size);
+        sift_down(l, n_nodes, start, size, 0);
+    }
+}
+
+int cairn_rank_allocs(int n_nodes, int by_primary, long n, int *pnodes, int *snodes, double *scores,
+                      long cap_runs, long *run_ends, long *n_runs)
+{
+    alloc_list l = {n, n, pnodes, snodes, scores};
+    if (n < 0 || n_nodes < 0 || cap_runs < 1)
+        return CAIRN_EINVAL;
+    *n_runs = 0;
+    for (long start = 0; start < n;) {
+        long end = start + 1;
+        while (end < n && (!by_primary || pnodes[end] == pnodes[start]))
+            end++;
+        if (*n_runs == cap_runs)
+            return CAIRN_EINVAL;
+        sort_run(&l, n_nodes, start, end);
+        run_ends[(*n_runs)++] = end;
+        start = end;
+    }
+    return CAIRN_OK;
+}

@@ -7,7 +7,7 @@
 from collections.abc import Sequence
 
 from fastpath._cairn_fastpath import ffi, lib
-from fastpath.spec import FORTH_FIELDS, MAX_TAGS, Spec
+from fastpath.spec import FORTH_FIELDS, MAX_TAGS, Ranked, Spec
 
 _STATUS = {lib.CAIRN_EINVAL: "invalid argument"}
 _NODE_ARRAYS = (("double", ("t_mem", "t_dsk", "t_cpu", "cpu_speed", "hi_spindles", "vcpu_ratio", "lo_dsk", "t_sp")),
@@ -205,13 +205,28 @@ class Engine:
         """Every valid (primary, secondary, exact score over `scope`) for an unplaced instance in
         `group`, in scan order (primary, then secondary), and failure counts by reason; `cap` bounds
         the candidates (at least as many as best_alloc tries)."""
+        pnodes, snodes, scores, count, counts = self._scan_all(group, inst, required, mask, flags, scope, cap)
+        return [(pnodes[k], snodes[k], scores[k]) for k in range(count)], counts
+
+    def ranked_allocs(self, group: int, inst: int, required: int, mask: Sequence[bool] | None, flags: int,
+                      scope: int = -1, cap: int = 0) -> tuple[Ranked, list[int]]:
+        """all_allocs' candidates in hail's order within each primary's run (one run for a one-node
+        allocation), sorted in C and read one at a time (a filter usually needs each run's first)."""
+        pnodes, snodes, scores, count, counts = self._scan_all(group, inst, required, mask, flags, scope, cap)
+        ends, runs = ffi.new("long[]", self.n + 1), ffi.new("long *")
+        _check(lib.cairn_rank_allocs(self.n, int(required == 2), count, pnodes, snodes, scores, self.n + 1, ends,
+                                     runs), "rank allocs")
+        bounds = [0] + [ends[k] for k in range(runs[0])]
+        return Ranked(list(zip(bounds, bounds[1:])), lambda k: (pnodes[k], snodes[k], scores[k])), counts
+
+    def _scan_all(self, group, inst, required, mask, flags, scope, cap):
         cap = max(cap, 1)
         pnodes, snodes, scores = ffi.new("int[]", cap), ffi.new("int[]", cap), ffi.new("double[]", cap)
         count, counts = ffi.new("long *"), ffi.new("long[10]")
         cmask = ffi.new("unsigned char[]", [int(m) for m in mask]) if mask is not None else ffi.NULL
         _check(lib.cairn_alloc_all(self._c, group, scope, inst, required, cmask, flags, cap, pnodes, snodes, scores,
                                    count, counts), "all allocs")
-        return [(pnodes[k], snodes[k], scores[k]) for k in range(count[0])], list(counts)
+        return pnodes, snodes, scores, count[0], list(counts)
 
     def touched_flags(self) -> list[int]:
         """Which nodes moves have touched (their N+1 test switches from reported to computed memory)."""

@@ -9,7 +9,7 @@ ones, and passes every move of a real instance on to the engine unchanged.
 
 from fastpath.spec import (FAIL_CPU, FAIL_DISK, FAIL_MEM, FAIL_MIG, FAIL_SPINDLES, FAILOVER, FAILOVER_AND_REPLACE,
                            FAILOVER_TO_ANY, IGNORE_SOFT, KIND_LOCAL, KIND_MIRRORED, OK, REPLACE_AND_FAILOVER,
-                           REPLACE_PRIMARY, REPLACE_SECONDARY, Spec, new_nodes)
+                           REPLACE_PRIMARY, REPLACE_SECONDARY, Spec, hail_order, new_nodes)
 
 
 def contribution(spec: Spec, i: int, k: int, primary: bool) -> dict:
@@ -195,7 +195,7 @@ class ForthcomingSearch:
         self.moves, self.values = moves, values
 
     def __call__(self, engine, spec: Spec, outcome, search_args: tuple, capacity_check: bool) -> None:
-        from fastpath.allocate import hail_order, role_allowed
+        from fastpath.allocate import role_allowed
         from fastpath.globaln1 import CandidateCheck
         from fastpath.spec import ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_N1, FAIL_NAMES
 

@@ -18,9 +18,8 @@ whatever hail chooses. Only the rest is simulated on the engine with hail's choi
 (`Evacuation.simulate`). A candidate only lowers resources on its primary (memory and disk) and
 secondary (disk), so per candidate only the evacuations whose failovers used those nodes, those
 two nodes' own, those whose only all-taking nodes they are, and the simulated ones are looked at
-again; an evacuation that fails for sure stays failed, so a candidate fails outright when one of
-those is untouched, and `CandidateCheck.secondaries` lists, per primary, the only secondaries
-that can pass. The answer is the one a full simulation per candidate gives.
+again. An evacuation that fails for sure stays failed whatever a candidate does, so then every
+candidate fails. The answer is the one a full simulation per candidate gives.
 """
 
 from bisect import insort
@@ -146,7 +145,7 @@ class Evacuation:
         if not moving:
             return PASS, mem, []
         g = self.group[n]
-        targets = [k for k in self.order[g] if k != n]
+        order = self.order[g]  # the group's nodes, n among them (skipped below)
         facts = [self.facts_of(i) for i in moving]
         if any(f[7] for f in facts):
             return FAIL, mem, []
@@ -159,9 +158,9 @@ class Evacuation:
                  sum(max(f[4], 0) for f in facts), any(f[4] < 0 for f in facts),
                  any(f[5] for f in facts), any(f[6] for f in facts))
         holders = []
-        for k in targets:  # most free memory first: the likeliest to take them all
-            if all(a[bool(self.excl[k])] for a in admitted) and self._holds(n, k, mem.get(k, memory[k]), disk[k],
-                                                                             spindles[k], total):
+        for k in order:  # most free memory first: the likeliest to take them all
+            if k != n and all(a[bool(self.excl[k])] for a in admitted) and self._holds(
+                    n, k, mem.get(k, memory[k]), disk[k], spindles[k], total):
                 holders.append(k)
                 if len(holders) == want:
                     break
@@ -169,8 +168,8 @@ class Evacuation:
             return PASS, mem, holders
         for f, a in zip(facts, admitted):
             one = (f[1], f[3] if f[5] else 0, f[4] if f[5] else 0, f[5] and f[4] < 0, f[5], f[6])
-            if not any(a[bool(self.excl[k])] and self._holds(n, k, mem.get(k, memory[k]), disk[k], spindles[k], one)
-                       for k in targets):
+            if not any(k != n and a[bool(self.excl[k])] and self._holds(n, k, mem.get(k, memory[k]), disk[k],
+                                                                        spindles[k], one) for k in order):
                 return FAIL, mem, []
         return UNSURE, mem, []
 
@@ -281,7 +280,11 @@ class CandidateCheck:
         self.users: list[set[int]] = [set() for _ in range(spec.n_nodes)]  # k: nodes whose failovers used k
         # n: each failover target of n's evacuation, with its free memory after the failovers
         self.after: list[dict[int, int]] = []
-        self.failing = set()  # evacuations that fail whatever a candidate does (it only takes resources)
+        # Evacuations that fail whatever hail chooses. A candidate only takes resources (memory and
+        # disk on its primary, disk and spindles on its secondary, one more instance to move off
+        # the primary), and each such failure (a failover over a limit, an instance no node
+        # holds) only gets worse with less, so with any of them every candidate fails.
+        self.failing = set()
         self.unsure = set()  # evacuations to simulate with every candidate
         self.fragile: list[tuple[int, set[int]]] = []  # (n, its only holders) when they are one or two nodes
         for n in range(spec.n_nodes):
@@ -289,41 +292,21 @@ class CandidateCheck:
                                                               self.primaries[n], want=3)
             if status == FAIL:
                 self.failing.add(n)
-            elif status == UNSURE:
+                break  # every candidate fails: nothing else is needed
+            if status == UNSURE:
                 self.unsure.add(n)
             elif 0 < len(holders) <= 2:
                 self.fragile.append((n, set(holders)))
             self.after.append(after)
             for k in after:
                 self.users[k].add(n)
-        # k: the failing evacuations a candidate on k simulates again (k is their node or they used k).
-        self.hits = [self.failing & (self.users[k] | {k}) for k in range(spec.n_nodes)]
-        self.most_hits = max(map(len, self.hits), default=0)
-
-    def primary_may_pass(self, pnode: int) -> bool:
-        """Whether a one-node candidate on pnode can pass (else it fails the check for sure)."""
-        return len(self.hits[pnode]) == len(self.failing)
-
-    def secondaries(self, pnode: int) -> set[int] | None:
-        """The only nodes s with which candidate (pnode, s) can pass; None: any node may.
-
-        Every failing evacuation the primary leaves as it is must be one the secondary simulates
-        again: the secondary is its node or one it used."""
-        left = len(self.failing) - len(self.hits[pnode])
-        if left == 0:
-            return None
-        if left > self.most_hits:
-            return set()
-        rest = self.failing - self.hits[pnode]
-        first = min(rest)
-        return {s for s in {*self.after[first], first} if s != pnode and rest <= self.hits[s]}
 
     def redundant(self, pnode: int, snode: int) -> bool:
         """Whether the cluster stays globally N+1 redundant with the instance on (pnode, snode)."""
+        if self.failing:
+            return False
         changed = {pnode} if snode < 0 else {pnode, snode}
         users = set().union(*(self.users[k] for k in changed))
-        if self.failing - changed - users:
-            return False
         memory, disk, spindles = list(self.memory), list(self.disk), list(self.spindles)
         memory[pnode] -= self.need_mem
         excl = self.evacuation.excl
@@ -331,7 +314,7 @@ class CandidateCheck:
             disk[k] -= self.need_dsk
             if excl[k]:
                 spindles[k] = -1 if self.need_sp < 0 else spindles[k] - self.need_sp
-        full = changed | (self.failing & users) | self.unsure
+        full = changed | self.unsure
         full.update(n for n, holders in self.fragile if holders <= changed)
         for n in users - full:
             # n's evacuation passed and some node not changed takes its moved instances: only its

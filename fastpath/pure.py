@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from fastpath.spec import (AGGREGATION, ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECONDARY, EVAC_MODE, FAIL_CPU, FAIL_DISK,
                            FAIL_INTERNAL, FAIL_MEM, FAIL_MIG, FAIL_SPINDLES, FAIL_TAGS, FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, FORTH_FIELDS, IGNORE_SOFT, KIND_LOCAL,
                            KIND_MIRRORED, KIND_SHARED, NO_DISK_MOVES, NO_INSTANCE_MOVES, OK, REPLACE_AND_FAILOVER,
-                           REPLACE_PRIMARY, REPLACE_SECONDARY, RESTRICTED_MIGRATION, WEIGHTS, Spec, new_nodes)
+                           REPLACE_PRIMARY, REPLACE_SECONDARY, RESTRICTED_MIGRATION, WEIGHTS, Ranked, Spec, hail_order,
+                           new_nodes)
 
 # Per-node derived state, one list per node: the indices of its fields.
 I_MEM, ALL_MEM, F_DSK, U_CPU, PCNT, SCNT, INST_SP, R_MEM, FAIL, TAGS_V, LOC_V, F_SP = range(12)
@@ -616,6 +617,17 @@ class Engine:
             value = 1 if mask is None else int(mask[k])
             return not self.nd["offline"][k] if value == ALLOC_EITHER else value == role
         return [k for k in range(self.n) if self.nd["group"][k] == group and allowed(k)]
+
+    def ranked_allocs(self, group: int, i: int, required: int, mask, flags: int, scope: int = -1,
+                      cap: int = 0) -> tuple[Ranked, list[int]]:
+        """all_allocs' candidates in hail's order within each primary's run (one run for a one-node
+        allocation)."""
+        candidates, counts = self.all_allocs(group, i, required, mask, flags, scope)
+        bounds = [k for k in range(len(candidates))
+                  if k == 0 or (required == 2 and candidates[k][0] != candidates[k - 1][0])] + [len(candidates)]
+        runs = list(zip(bounds, bounds[1:]))
+        ordered = [found for start, end in runs for found in hail_order(self.n, candidates[start:end])]
+        return Ranked(runs, ordered.__getitem__), counts
 
     def _ranks_after(self, after, p: int, q: int, value: float) -> bool:
         # hail's order: lower score first; of equal scores the later candidate first.

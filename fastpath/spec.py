@@ -25,6 +25,22 @@ NO_DISK_MOVES, NO_INSTANCE_MOVES, EVAC_MODE, IGNORE_SOFT, NO_PRUNING, RESTRICTED
 # too), only as primary. The last two serve hail's allocate-secondary, which fixes the primary.
 ALLOC_NEVER, ALLOC_EITHER, ALLOC_SECONDARY, ALLOC_PRIMARY = range(4)
 
+
+
+def hail_order(n_nodes: int, candidates: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
+    """Candidates in hail's order: lower score first, of equal scores the later one (in scan order) first."""
+    return sorted(candidates, key=lambda c: (c[2], -(c[0] * (n_nodes + 1) + c[1] + 1)))
+
+
+class Ranked:
+    """The valid candidates of one allocation scan in hail's order within runs (an engine's
+    `ranked_allocs`): a run per primary for a two-node allocation, one run for a one-node one.
+    `runs` lists each run's (start, end); `at(k)` is candidate k as (primary, secondary, score)."""
+
+    def __init__(self, runs: list[tuple[int, int]], at):
+        self.runs, self.at = runs, at
+
+
 # Placement failure reasons, numbered as hail names them.
 FAIL_NAMES = ("OK", "FailMem", "FailDisk", "FailCPU", "FailN1", "FailTags", "FailMig", "FailDiskCount",
               "FailSpindles", "FailInternal")
