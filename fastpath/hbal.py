@@ -123,8 +123,14 @@ def _balanced_copy(cluster: Cluster, spec: Spec, engine, forthcoming: dict[int, 
     return out
 
 
-def run(request: HbalRequest, emit) -> dict[str, str]:
-    """Balance the cluster of `request`, calling emit(line) as hbal would print; returns files to save."""
+def run(request: HbalRequest, emit, report: dict | None = None) -> dict[str, str]:
+    """Balance the cluster of `request`, calling emit(line) as hbal would print; returns files to save.
+
+    `report`, if given, is filled with the same facts for scripts (`cairn balance --output json`):
+    sizes, group, initial N+1 check, scores, the outcome (empty, balanced, improved, no-moves),
+    the moves with their jobsets (moves of a jobset touch disjoint nodes) and the gnt-instance
+    commands of each move."""
+    report = {} if report is None else report
     cluster = parse(request.text)
     group = select_group(cluster, request.group)
     unknown = [n for n in request.offline if n not in {node.name for node in cluster.nodes}]
@@ -134,8 +140,10 @@ def run(request: HbalRequest, emit) -> dict[str, str]:
     spec = flatten(cluster, index, request.exclusion_tags, set(request.offline), request.ignore_dynu)
     _apply_limits(spec, request)
     gidx = index[group.uuid]
+    report.update(nodes=len(cluster.nodes), instances=len(cluster.instances), group=group.name)
     if not cluster.instances:
         emit("Cluster is empty, exiting.")
+        report.update(outcome="empty", moves=[])
         return {}
     emit(f"Loaded {len(cluster.nodes)} nodes, {len(cluster.instances)} instances")
     members = [k for k in range(spec.n_nodes) if spec.nodes["group"][k] == gidx]
@@ -143,6 +151,8 @@ def run(request: HbalRequest, emit) -> dict[str, str]:
     emit(f"Group size {len(members)} nodes, {len(own)} instances")
     emit(f"Selected node group: {group.name}")
     bad_nodes, bad_instances = n1_failures(spec, gidx)
+    report.update(group_nodes=len(members), group_instances=len(own),
+                  n1_bad_nodes=[spec.node_names[k] for k in sorted(bad_nodes)], n1_bad_instances=bad_instances)
     emit(f"Initial check done: {len(bad_nodes)} bad nodes, {bad_instances} bad instances.")
     if bad_nodes:
         emit("Cluster is not N+1 happy, continuing but no guarantee that the cluster will end N+1 happy.")
@@ -157,11 +167,15 @@ def run(request: HbalRequest, emit) -> dict[str, str]:
     engine = engine_class(request.implementation)(spec)
     initial = engine.score(gidx)
     emit(f"Initial score: {initial:.8f}")
+    report["policy_violating_nodes"] = violating
+    report["initial_score"] = report["final_score"] = round(initial, 8)
     name_width = max(len(n) for n in spec.instance_names)
     pair_width = 2 * max(len(n) for n in spec.node_names) + 1
     nodes = [engine.nodes_of(i) for i in range(spec.n_instances)]
     bound = lower_bound(spec, gidx, [p for p, _ in nodes], [s for _, s in nodes])
+    report["lower_bound"] = round(bound, 8)
     if initial - bound < request.options.epsilon:
+        report.update(outcome="balanced", moves=[])
         emit(f"Cluster is already well balanced (initial score {initial:.6f},")
         emit(f"optimum score due to N+1 reservations {_haskell_g(bound)},")
         emit(f"minimum score {request.options.epsilon:.6f}).")
@@ -175,12 +189,24 @@ def run(request: HbalRequest, emit) -> dict[str, str]:
     else:
         emit("No solution found")
     emit(f"Solution length={len(result.moves)}")
+    _report_moves(report, cluster, result)
     if request.print_commands and result.moves:
         _emit_commands(cluster, result.moves, emit)
     if request.save_prefix:
         return {f"{request.save_prefix}.original": write(cluster),
                 f"{request.save_prefix}.balanced": write(_balanced_copy(cluster, spec, engine, result.forthcoming))}
     return {}
+
+
+def _report_moves(report: dict, cluster: Cluster, result) -> None:
+    running = {i.name: i.status == "running" for i in cluster.instances}
+    jobset_of = {id(move): number for number, jobset in enumerate(jobsets(result.moves), start=1) for move in jobset}
+    report["outcome"] = "improved" if result.moves else "no-moves"
+    report["final_score"] = round(result.final, 8)
+    report["moves"] = [{"step": step, "instance": move.instance, "from": [n for n in move.old if n],
+                        "to": [n for n in move.new if n], "score": round(move.score, 8), "move": move.code,
+                        "jobset": jobset_of[id(move)], "commands": commands(move, running[move.instance])}
+                       for step, move in enumerate(result.moves, start=1)]
 
 
 def _haskell_g(value: float) -> str:

@@ -35,6 +35,7 @@ class Failed(Exception):
 ENGINE = Opt("engine", ("--engine",), "str", "c", "c or pure (for testing).", True)
 TEXT_FILE = Opt("text_file", ("-t", "--text-data"), "str", None, "Cluster in htools text format.")
 IGNORE_SOFT = Opt("ignore_soft_errors", ("--ignore-soft-errors",), "flag", False, "Skip soft placement checks.")
+OUTPUT = Opt("output", ("--output",), "str", "text", "text (hbal's/hspace's layout) or json (one document, for scripts).")
 
 BALANCE = (
     TEXT_FILE,
@@ -58,6 +59,7 @@ BALANCE = (
     Opt("exclude_instances", ("--exclude-instances",), "str", None, "Never move these instances."),
     Opt("max_cpu", ("--max-cpu",), "optfloat", None, "Override the vCPU ratio limit."),
     Opt("min_disk", ("--min-disk",), "optfloat", None, "Minimum free disk fraction per node."),
+    OUTPUT,
     ENGINE,
 )
 IALLOCATOR = (
@@ -78,6 +80,7 @@ CAPACITY = (
     Opt("no_tiered", ("--no-tiered",), "flag", False, "Skip the tiered phase."),
     Opt("tiered_alloc", ("--tiered-alloc",), "str", None,
         "Start the tiered phase at DISK,RAM,CPU[,SPINDLES] (hspace's order; spindles default 1)."),
+    OUTPUT,
     ENGINE,
 )
 
@@ -101,14 +104,26 @@ def _names(text: str | None) -> list[str]:
     return [n for n in (text or "").split(",") if n]
 
 
+def _check_output(output: str) -> None:
+    if output not in ("text", "json"):
+        raise Failed(f"unknown --output '{output}'; use text or json")
+
+
+def _print_json(document: dict) -> None:
+    import json
+
+    _out(json.dumps(document, indent=2))
+
+
 def balance(text_file, max_length, min_gain, min_gain_limit, epsilon, no_disk_moves, no_instance_moves, evac_mode,
             offline, group, print_commands, save, ignore_soft_errors, restricted_migration, exclusion_tags,
-            ignore_dynu, select_instances, exclude_instances, max_cpu, min_disk, engine) -> int:
+            ignore_dynu, select_instances, exclude_instances, max_cpu, min_disk, output, engine) -> int:
     """Balance the cluster like Ganeti's hbal: greedy moves that lower the cluster score."""
     from fastpath.balance import BalanceOptions
     from fastpath.hbal import HbalError, HbalRequest, run
     from fastpath.htools_text import FormatError
 
+    _check_output(output)
     if text_file is None:
         raise Failed("balancing the live cluster is not available yet; give a cluster file with -t FILE")
     options = BalanceOptions(max_length, min_gain, min_gain_limit, epsilon, no_disk_moves, no_instance_moves,
@@ -117,13 +132,17 @@ def balance(text_file, max_length, min_gain, min_gain_limit, epsilon, no_disk_mo
     request = HbalRequest(_read(text_file), options, offline_names, group, print_commands, save,
                           _names(exclusion_tags), ignore_dynu, engine, _names(select_instances),
                           _names(exclude_instances), max_cpu, min_disk)
+    report: dict = {}
     try:
-        files = run(request, _out)
+        files = run(request, _out if output == "text" else lambda line: None, report)
     except (HbalError, FormatError) as error:
         raise Failed(str(error)) from None
     for path, content in files.items():
         with open(path, "w", encoding="utf-8") as f:
             f.write(content)
+    if output == "json":
+        report["saved"] = sorted(files)
+        _print_json(report)
     return 0
 
 
@@ -155,11 +174,14 @@ def _tiered_spec(tiered_alloc: str | None):
 
 
 def capacity(text_file, machine_readable, accept_existing_errors, disk_template, max_length, no_tiered, tiered_alloc,
-             engine) -> int:
+             output, engine) -> int:
     """Plan capacity like Ganeti's hspace: how many more instances fit."""
     from fastpath.capacity import CapacityRequest, plan
     from fastpath.htools_text import FormatError, parse
 
+    _check_output(output)
+    if output == "json" and machine_readable:
+        raise Failed("--machine-readable and --output json are two layouts of the same keys; give one")
     if text_file is None:
         raise Failed("capacity of the live cluster is not available yet; give a cluster file with -t FILE")
     template = {"replicated": "drbd"}.get(disk_template, disk_template)
@@ -170,6 +192,9 @@ def capacity(text_file, machine_readable, accept_existing_errors, disk_template,
     request = CapacityRequest(cluster, accept_existing_errors, template, max_length, not no_tiered, engine,
                               _tiered_spec(tiered_alloc))
     values = plan(request)
+    if output == "json":
+        _print_json({key: _json_value(value) for key, value in values})
+        return 0
     if machine_readable:
         for key, value in values:
             _out(f"{key}={value}")
@@ -184,6 +209,19 @@ def capacity(text_file, machine_readable, accept_existing_errors, disk_template,
          f"({found['HTS_SPEC_DISK_TEMPLATE']}); most likely failure reason: {found['HTS_ALLOC_FAIL_REASON']}")
     _out(f"Initial cluster score: {found['HTS_INI_SCORE']}, final: {found['HTS_FIN_SCORE']}")
     return 0
+
+
+def _json_value(value):
+    """An HTS value as JSON: numbers as numbers (hspace's NaN as null), the rest as text."""
+    if isinstance(value, int) or not isinstance(value, str):
+        return value
+    for convert in (int, float):
+        try:
+            number = convert(value)
+        except ValueError:
+            continue
+        return None if number != number else number
+    return value
 
 
 # name: (help in `cairn --help`, options, implementation)

@@ -109,3 +109,71 @@ def test_placement_commands_do_not_import_typer():
     result = subprocess.run([sys.executable, "-c", code, str(DATA / "n4.txt")], capture_output=True, text=True,
                             timeout=60)
     assert result.stdout.splitlines()[-1] == "HEAVY []"
+
+
+def _hbal_commands(text: str) -> list[tuple[int, list[str]]]:
+    """(jobset, commands) of each job, in order, from hbal -C's "Commands to run" section."""
+    jobs, jobset = [], 0
+    for line in text.split("Commands to run to reach the above solution:")[1].splitlines():
+        words = line.split()
+        if words[:2] == ["echo", "jobset"]:
+            jobset = int(words[2].rstrip(","))
+        elif words[:2] == ["echo", "job"]:
+            jobs.append((jobset, []))
+        elif words:
+            jobs[-1][1].append(" ".join(words))
+    return jobs
+
+
+def test_balance_json_has_hbal_moves_jobsets_and_commands():
+    """`cairn balance --output json` gives, per move, what hbal -C printed for the same file
+    (n20.commands.hbal): the instance, old and new nodes, the score, the move code, its jobset
+    and its gnt-instance commands; plus the initial check and both scores."""
+    import json
+
+    recorded = (DATA / "n20.commands.hbal").read_text()
+    result = runner.invoke(app, ["balance", "-t", str(DATA / "n20.txt"), "--output", "json"])
+    assert result.exit_code == 0
+    report = json.loads(result.output)
+    lines = [line.split() for line in recorded.splitlines() if line.split(".")[0].strip().isdigit()]
+    moves = report["moves"]
+    assert [(m["instance"], ":".join(m["from"]), ":".join(m["to"]), f"{m['score']:.8f}", "a=" + m["move"])
+            for m in moves] == [(w[1], w[2], w[4], w[5], " ".join(w[6:])) for w in lines]
+    assert [(m["jobset"], m["commands"]) for m in moves] == _hbal_commands(recorded)
+    assert f"Initial score: {report['initial_score']:.8f}" in recorded
+    assert f"to {report['final_score']:.8f}" in recorded
+    assert (report["outcome"], report["nodes"], report["instances"]) == ("improved", 20, 199)
+    assert (len(report["n1_bad_nodes"]), report["n1_bad_instances"]) == (6, 98)
+
+
+def test_balance_json_outcomes_and_bad_output():
+    """An empty cluster and a cluster with nothing to gain say so in JSON; an unknown --output
+    value is refused, naming the choices."""
+    import json
+
+    empty = json.loads(runner.invoke(app, ["balance", "-t", str(DATA / "empty.txt"), "--output", "json"]).output)
+    assert (empty["outcome"], empty["moves"]) == ("empty", [])
+    recorded = (DATA / "example.e10.hbal").read_text()  # hbal -e 10: already well balanced
+    done = json.loads(runner.invoke(app, ["balance", "-t", str(DATA / "example.txt"), "-e", "10",
+                                          "--output", "json"]).output)
+    assert "already well balanced" in recorded and (done["outcome"], done["moves"]) == ("balanced", [])
+    bad = runner.invoke(app, ["balance", "-t", str(DATA / "example.txt"), "--output", "yaml"])
+    assert bad.exit_code == 1 and "unknown --output 'yaml'; use text or json" in bad.output
+
+
+def test_capacity_json_has_every_hts_key_with_its_value():
+    """`cairn capacity --output json` carries the --machine-readable keys and values, numbers as
+    numbers; asking for both layouts is refused."""
+    import json
+
+    args = ["capacity", "-t", str(DATA / "example.txt")]
+    lines = runner.invoke(app, args + ["--machine-readable"]).output.splitlines()
+    report = json.loads(runner.invoke(app, args + ["--output", "json"]).output)
+    pairs = [line.split("=", 1) for line in lines]
+    assert list(report) == [key for key, _ in pairs]
+    assert all(str(report[key]) == text if isinstance(report[key], (int, str)) else report[key] == float(text)
+               for key, text in pairs)
+    assert isinstance(report["HTS_INI_SCORE"], float) and isinstance(report["HTS_SPEC_DISK_TEMPLATE"], str)
+    assert report["HTS_ALLOC_INSTANCES"] == 145 and report["HTS_OK"] == 1
+    both = runner.invoke(app, args + ["--machine-readable", "--output", "json"])
+    assert both.exit_code == 1 and "give one" in both.output
