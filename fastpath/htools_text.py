@@ -10,18 +10,27 @@ class FormatError(ValueError):
     """The text is not valid htools text format."""
 
 
+_LIMIT = 2 ** 62  # the C core keeps figures in 64-bit integers and sums them
+
+
 def _int(text: str, what: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise FormatError(f"{what}: cannot parse integer '{text}'; write a plain integer such as 12") from None
+    if abs(value) >= _LIMIT:
+        raise FormatError(f"{what}: integer '{text}' is out of range; sizes are in MiB and must stay below 2^62")
+    return value
 
 
 def _float(text: str, what: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise FormatError(f"{what}: cannot parse number '{text}'; write a number such as 12 or 12.5") from None
+    if not abs(value) < _LIMIT:  # also NaN and infinities, which htools cannot read either
+        raise FormatError(f"{what}: number '{text}' is not a finite number below 2^62; write one such as 12.5")
+    return value
 
 
 def _list(text: str) -> list[str]:
@@ -105,6 +114,8 @@ def _parse_instance(line: str, names: set[str]) -> Instance:
     if len(f) > 10 and f[10]:
         inst.spindle_use = _int(f[10], name)
     if len(f) > 11 and f[11]:
+        if f[11] != "-":
+            _int(f[11], f"instance {name}: spindles ('-' when unknown)")
         inst.spindles = f[11]
     if len(f) > 12 and f[12]:
         inst.forthcoming = f[12] == "Y"
@@ -128,6 +139,10 @@ def _parse_policy(line: str) -> tuple[str, Policy]:
     if len(specs) % 2:
         raise FormatError(f"policy line '{line}': min/max specs must come in pairs")
     pairs = [(specs[i], specs[i + 1]) for i in range(0, len(specs), 2)]
+    unknown = [t for t in _list(f[3]) if t not in TEMPLATES]
+    if unknown:
+        raise FormatError(f"policy line '{line}': unknown disk template '{unknown[0]}'; use one of "
+                          f"{', '.join(TEMPLATES)}")
     return f[0], Policy(_parse_spec(f[1]), pairs, _list(f[3]), _float(f[4], "vcpu ratio"),
                         _float(f[5], "spindle ratio"))
 

@@ -12,14 +12,11 @@ from fastpath.forthmove import ForthcomingSearch, Moves
 from fastpath.globaln1 import MOVE, RECREATE, STUCK, use_policy
 from fastpath.model import Cluster, Group, Instance, Node, Policy, Spec as PolicySpec
 from fastpath.record import record
+from fastpath.request_shape import RequestError, check_document
 from fastpath.spec import (ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_MIRRORED, OK,
                            KIND_SHARED, REPLACE_SECONDARY, append_instance, flatten)
 
 ADMIN_STATES = {"up": "running", "down": "ADMIN_down", "offline": "ADMIN_offline"}
-
-
-class RequestError(ValueError):
-    """The request document is not a valid iallocator message."""
 
 
 @record
@@ -86,7 +83,7 @@ def _instance(name: str, obj: dict) -> Instance:
     nodes = list(_key(obj, "nodes", f"instance {name}"))
     disks = [int(d.get("size", 0)) for d in obj.get("disks", [])]
     dsk = int(obj.get("disk_space_total", sum(disks)))
-    given = [d for d in obj.get("disks", []) if "spindles" in d]
+    given = [d for d in obj.get("disks", []) if d.get("spindles") is not None]
     spindles = str(sum(int(d["spindles"]) for d in given)) if len(given) == len(obj.get("disks", [])) else "-"
     return Instance(name=name, mem=int(_key(obj, "memory", f"instance {name}")), dsk=dsk,
                     vcpus=int(_key(obj, "vcpus", f"instance {name}")),
@@ -246,7 +243,7 @@ def _dedicated_instance(session: Session, inst: int, obj: dict) -> dedicated.New
     """The new instance as the dedicated checks see it: the engine's figures, the request's disks."""
     value = session.engine.instance_value
     disks = obj.get("disks", [])
-    spindles = sum(int(d["spindles"]) for d in disks) if all("spindles" in d for d in disks) else None
+    spindles = sum(int(d["spindles"]) for d in disks) if all(d.get("spindles") is not None for d in disks) else None
     return dedicated.NewInstance(*(value(inst, name) for name in ("mem", "dsk", "vcpus", "kind", "uses_mem",
                                                                   "uses_cpu", "sec_mem", "excl_mask")),
                                  disks=[int(d.get("size", 0)) for d in disks], spindles=spindles,
@@ -359,7 +356,7 @@ def answer_multi_allocate(document: dict, options: Options) -> dict:
             text = ", ".join(group_text(o) for o in outcomes)
             return {"success": False, "info": f"Request failed: {text}", "result": []}
         session.engine.place(inst, chosen.nodes[0], chosen.nodes[1])
-        spindles = [int(d["spindles"]) for d in obj.get("disks", []) if "spindles" in d]
+        spindles = [int(d["spindles"]) for d in obj.get("disks", []) if d.get("spindles") is not None]
         for k in chosen.nodes:
             if k >= 0:
                 session.used_spindles[k] = session.used_spindles.get(k, 0) + sum(spindles)
@@ -439,6 +436,7 @@ def answer(text: str, options: Options | None = None) -> str:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise RequestError(f"Parsing input IAllocator message: Malformed JSON: {error}") from None
+    check_document(document)
     request = _key(document, "request", "the document")
     kind = _key(request, "type", "the request")
     if kind not in HANDLERS:

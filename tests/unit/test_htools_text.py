@@ -1,5 +1,6 @@
 """The htools text backend format: parsing, writing, round trips and error messages."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,23 @@ def test_unknown_node_is_named():
     text = (DATA / "example.txt").read_text().replace("|alpha|bravo|drbd|role:web", "|zulu|bravo|drbd|role:web", 1)
     with pytest.raises(FormatError, match="Unknown node 'zulu' for instance web1"):
         parse(text)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("cache1|4096|", "cache1|999999999999999999999|", "cache1: integer '999999999999999999999' is out of range"),
+    ("alpha|65536|", "alpha|nan|", "alpha: number 'nan' is not a finite number"),
+    ("drbd,plain,diskless|4.0", "drbd,plian,diskless|4.0", "unknown disk template 'plian'; use one of diskless"),
+    ("|drbd|role:web|1|-|N", "|drbd|role:web|1|1.5|N", "instance web1: spindles ('-' when unknown): cannot parse "
+                                                        "integer '1.5'"),
+])
+def test_values_the_core_cannot_take_are_named(old, new, message):
+    """Values that would overflow the C core's integers, NaN, an unknown template in a policy and
+    non-integer disk spindles are refused at parse time with the field named (before: a Python
+    traceback from the core or the planner)."""
+    text = (DATA / "example.txt").read_text()
+    assert old in text
+    with pytest.raises(FormatError, match=re.escape(message)):
+        parse(text.replace(old, new, 1))
 
 
 def test_unknown_values_mark_node_offline():

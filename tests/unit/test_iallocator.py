@@ -1,6 +1,7 @@
 """The iallocator protocol: Cairn answers every request type exactly as Ganeti's hail did on recorded inputs."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,54 @@ def test_missing_request_key_is_named():
     """A document without 'request' names the missing key."""
     with pytest.raises(RequestError, match="key 'request' not found"):
         answer(json.dumps({"nodes": {}}))
+
+
+def _edited(name: str, path: tuple, value) -> str:
+    document = json.loads((DATA / f"{name}.json").read_text())
+    parent = document
+    for key in path[:-1]:
+        parent = parent[key]
+    if value is KeyError:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return json.dumps(document)
+
+
+@pytest.mark.parametrize("name, path, value, message", [
+    ("demo-allocate", ("nodes", "a1", "free_memory"), [1], "nodes/a1/free_memory must be an integer below 2^62, "
+                                                          "not a list"),
+    ("demo-allocate", ("nodes", "a1", "total_memory"), 10 ** 30, "nodes/a1/total_memory must be a finite number"),
+    ("demo-allocate", ("nodes", "a1", "offline"), "no", "nodes/a1/offline must be true or false, not a string"),
+    ("demo-allocate", ("nodes", "a1", "group"), KeyError, "key 'group' not found in the document/nodes/a1"),
+    ("demo-allocate", ("request", "disks"), 5, "request/disks must be a list, not an integer"),
+    ("demo-allocate", ("request", "disks", 0), True, "request/disks/0 must be an object, not true/false"),
+    ("demo-allocate", ("request", "required_nodes"), 3, "request/required_nodes must be one of 1, 2"),
+    ("demo-allocate", ("request", "disk_template"), "dbrd", "request/disk_template must be one of diskless"),
+    ("demo-allocate", ("instances", "db1", "nodes", 0), "", "instances/db1/nodes/0 must be a non-empty string"),
+    ("demo-allocate", ("nodegroups",), [], "the document/nodegroups must be an object of names, not a list"),
+    ("demo-relocate", ("request", "relocate_from"), "b1", "request/relocate_from must be a list"),
+    ("demo-multi-allocate", ("request", "instances", 0, "name"), KeyError, "key 'name' not found"),
+    ("demo-evac-all", ("request", "evac_mode"), "most", "request/evac_mode must be one of primary-only"),
+])
+def test_malformed_documents_name_the_field(name, path, value, message):
+    """A document of the wrong shape is refused with the field's path, what it must be and what it
+    is (before, most of these ended in a Python traceback)."""
+    with pytest.raises(RequestError, match=re.escape(message)):
+        answer(_edited(name, path, value))
+
+
+def test_null_fields_count_as_absent():
+    """Ganeti writes null for fields it has no value for (a disk's spindles, group_name): the answer
+    is the one without the field."""
+    document = json.loads((DATA / "demo-allocate.json").read_text())
+    for disk in document["request"]["disks"]:
+        disk.pop("spindles", None)
+    without = answer(json.dumps({**document, "request": {**document["request"]}}))
+    for disk in document["request"]["disks"]:
+        disk["spindles"] = None
+    document["request"]["group_name"] = None
+    assert answer(json.dumps(document)) == without
 
 
 def test_unsupported_request_type_fails_cleanly():
