@@ -14,10 +14,10 @@ typedef struct {
     long i_mem, all_mem, f_dsk, u_cpu, pcnt, scnt, inst_sp, r_mem, tags_v, loc_v;
     long fail;
     long f_sp;
+    double load[4];
 } cairn_nstate;
 typedef struct {
     int n_nodes, n_inst, cap_inst, n_tags, n_locs, n_groups;
-    double dynu;
     double *t_mem, *t_dsk, *t_cpu, *cpu_speed, *hi_spindles, *vcpu_ratio, *lo_dsk;
     long *mem_base, *f_mem, *f_dsk0, *node_cpus;
     long *forth_mem, *forth_dsk, *forth_cpu, *forth_sp;
@@ -30,9 +30,11 @@ typedef struct {
     int *kind, *uses_mem, *uses_cpu, *movable;
     uint64_t *excl_mask, *desired_mask;
     long *disk_sp;
+    double *util_cpu, *util_mem, *util_dsk, *util_net;
     int *pnode, *snode;
     int *forth_pnode;
     cairn_nstate *state;
+    double *loads;
     long *dsk_delta, *forth_base, *sp_delta;
     int *touched;
     int *tagcnt;

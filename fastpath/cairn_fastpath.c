@@ -63,6 +63,18 @@ static double free_disk_ratio(const cairn_cluster *c, int k, long f_dsk, long f_
     return c->t_dsk[k] > 0 ? (double)f_dsk / c->t_dsk[k] : 1.0;
 }
 
+/* Add (sign 1) or take away (sign -1) instance i's dynamic load: all of it as a primary, only its
+ * disk load as a secondary (htools' setPri/addPri/removePri and their secondary twins). */
+static void load_change(const cairn_cluster *c, double *load, int i, double sign, int primary)
+{
+    if (primary) {
+        load[0] += sign * c->util_cpu[i];
+        load[1] += sign * c->util_mem[i];
+        load[3] += sign * c->util_net[i];
+    }
+    load[2] += sign * c->util_dsk[i];
+}
+
 static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, double *v)
 {
     /* Offline nodes loaded with unknown resources have zero totals; their ratios are unused. */
@@ -72,7 +84,6 @@ static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, d
     double cpu = c->t_cpu[k] != 0 && c->cpu_speed[k] != 0 ? (double)st->u_cpu / c->t_cpu[k] / c->cpu_speed[k] : 0.0;
     double sp = c->hi_spindles[k] != 0 ? (double)st->inst_sp / c->hi_spindles[k] : 0.0;
     long both = st->pcnt + st->scnt;
-    double load = (double)st->pcnt * c->dynu;
     v[0] = t_mem != 0 ? (double)u_mem(c, k, st) / t_mem : 0.0;
     v[1] = p_dsk;
     v[2] = st->fail ? (double)both : 0.0;
@@ -80,10 +91,10 @@ static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, d
     v[4] = (double)both;
     v[5] = (double)st->pcnt;
     v[6] = cpu;
-    v[7] = load;
-    v[8] = load;
-    v[9] = (double)both * c->dynu;
-    v[10] = load;
+    v[7] = st->load[0];
+    v[8] = st->load[1];
+    v[9] = st->load[2];
+    v[10] = st->load[3];
     v[11] = (double)st->tags_v;
     v[12] = sp;
     /* htools' *_forth metrics also count the forthcoming instances, which the state leaves out. */
@@ -200,9 +211,9 @@ static void stats_init(const cairn_cluster *c, int group, stats *s)
 
 /* Metrics of equal value per node share one standard deviation: the approximate score sums each
  * distinct deviation once with the weights of its copies (the exact re-check scores them apart). */
-#define SLOTS 8
-static const int SLOT_METRIC[SLOTS] = {0, 1, 3, 6, 7, 9, 12, 13};
-static const double SLOT_WEIGHT[SLOTS] = {0.5, 1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 0.5};
+#define SLOTS 10
+static const int SLOT_METRIC[SLOTS] = {0, 1, 3, 6, 7, 8, 9, 10, 12, 13};
+static const double SLOT_WEIGHT[SLOTS] = {0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5};
 static const int ONLINE_SUMS[] = {2, 11, 17, 19};
 static const int OFFLINE_SUMS[] = {4, 5};
 
@@ -432,9 +443,11 @@ static void st_remove(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
         out->pcnt--;
         out->inst_sp -= sp_use(c, k, i);
         out->tags_v -= tag_count_at_least(c, k, i, 2);
+        load_change(c, out->load, i, -1.0, 1);
     } else {
         out->f_dsk += c->dsk[i];
         out->scnt--;
+        load_change(c, out->load, i, -1.0, 0);
         out->inst_sp -= sp_use(c, k, i);
         out->r_mem = rmem_with(c, k, peer, -c->sec_mem[i], -1, 0);
     }
@@ -472,6 +485,7 @@ static int st_add_pri(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
     out->pcnt++;
     out->inst_sp += sp_use(c, k, i);
     out->f_sp = sp_after(c, k, i, out->f_sp, -1);
+    load_change(c, out->load, i, 1.0, 1);
     long um = u_mem(c, k, out);
     long new_fail = um <= out->r_mem;
     if (um <= 0)
@@ -514,6 +528,7 @@ static int st_add_sec(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
     out->scnt++;
     out->inst_sp += sp_use(c, k, i);
     out->f_sp = sp_after(c, k, i, out->f_sp, -1);
+    load_change(c, out->load, i, 1.0, 0);
     long um = u_mem(c, k, out);
     long new_fail = um <= r_mem;
     long needed = c->sec_mem[i];
@@ -686,6 +701,8 @@ static void add_instance_state(cairn_cluster *c, int i)
     st->u_cpu += c->vcpus[i] * c->uses_cpu[i];
     st->pcnt++;
     st->inst_sp += sp_use(c, p, i);
+    if (!c->initialised)
+        load_change(c, c->loads + 4 * p, i, 1.0, 1);
     st->tags_v += tag_count_at_least(c, p, i, 1);
     tag_change(c, p, i, 1);
     st->loc_v += loc_contrib(c, i, p, s);
@@ -695,6 +712,8 @@ static void add_instance_state(cairn_cluster *c, int i)
     if (s >= 0) {
         c->state[s].scnt++;
         c->state[s].inst_sp += sp_use(c, s, i);
+        if (!c->initialised)
+            load_change(c, c->loads + 4 * s, i, 1.0, 0);
         c->sec_next[i] = c->sec_head[s];
         c->sec_head[s] = i;
     }
@@ -712,6 +731,8 @@ int cairn_rebuild(cairn_cluster *c)
     memset(c->loccnt, 0, sizeof(int) * (size_t)c->n_groups * 64 * (size_t)ntags(c));
     memset(c->loc_totals, 0, sizeof(long) * (size_t)c->n_groups);
     c->has_forth = 0;
+    if (!c->initialised)
+        memset(c->loads, 0, sizeof(double) * 4 * (size_t)c->n_nodes);
     for (int k = 0; k < c->n_nodes; k++) {
         /* Both break the slot sharing's premises (each *_forth metric its plain twin, disk moves with dsk). */
         c->has_forth |= c->forth_mem[k] != 0 || c->forth_dsk[k] != 0 || c->forth_cpu[k] != 0 || c->forth_sp[k] != 0
@@ -734,6 +755,7 @@ int cairn_rebuild(cairn_cluster *c)
     }
     for (int k = 0; k < c->n_nodes; k++) {
         cairn_nstate *st = &c->state[k];
+        memcpy(st->load, c->loads + 4 * k, sizeof st->load);
         st->r_mem = top_peers(c, k);
         st->fail = c->touched[k] ? u_mem(c, k, st) <= st->r_mem : c->f_mem[k] < st->r_mem;
         if (!c->initialised)
@@ -835,10 +857,10 @@ typedef struct {
 static double slot_scale(const cairn_cluster *c, int t, int j)
 {
     switch (j) {
-    case 0: case 7: return 1.0 / c->t_mem[t];
+    case 0: case 9: return 1.0 / c->t_mem[t];
     case 1: return c->t_dsk[t] > 0 ? 1.0 / c->t_dsk[t] : 0.0;
     case 3: return 1.0 / c->t_cpu[t] / c->cpu_speed[t];
-    case 6: return 1.0 / c->hi_spindles[t];
+    case 8: return 1.0 / c->hi_spindles[t];
     default: return 1.0;
     }
 }
@@ -991,9 +1013,10 @@ static void instance_bounds(cairn_cluster *c, int group, search *s, int i, int f
     int n = s->st.n_on;
     double limit = s->best + 1e-8 * (1.0 + fabs(s->best));
     double pri_step[SLOTS] = {-(double)(c->mem[i] * c->uses_mem[i]), -(double)c->dsk[i], 0.0,
-                              (double)(c->vcpus[i] * c->uses_cpu[i]), c->dynu, c->dynu,
-                              (double)c->spindle_use[i], -(double)c->mem[i]};
-    double sec_step[SLOTS] = {0.0, -(double)c->dsk[i], 0.0, 0.0, 0.0, c->dynu, (double)c->spindle_use[i], 0.0};
+                              (double)(c->vcpus[i] * c->uses_cpu[i]), c->util_cpu[i], c->util_mem[i],
+                              c->util_dsk[i], c->util_net[i], (double)c->spindle_use[i], -(double)c->mem[i]};
+    double sec_step[SLOTS] = {0.0, -(double)c->dsk[i], 0.0, 0.0, 0.0, 0.0, c->util_dsk[i], 0.0,
+                              (double)c->spindle_use[i], 0.0};
     int need[5] = {0};
     for (int k = REPLACE_SECONDARY; k <= FAILOVER_AND_REPLACE; k++) {
         int as_secondary = k == REPLACE_SECONDARY || k == FAILOVER_AND_REPLACE;
@@ -1128,6 +1151,15 @@ static int relocate(cairn_cluster *c, int i, int np, int ns)
         if (c->excl[k] && c->disk_sp[i] >= 0)
             c->sp_delta[k] += c->disk_sp[i] * ((k == op || k == os) - (k == np || k == ns));
     }
+    /* The loads change as hbal changes them: the old nodes lose the instance, then the new ones take it. */
+    if (op >= 0)
+        load_change(c, c->loads + 4 * op, i, -1.0, 1);
+    if (os >= 0)
+        load_change(c, c->loads + 4 * os, i, -1.0, 0);
+    if (np >= 0)
+        load_change(c, c->loads + 4 * np, i, 1.0, 1);
+    if (ns >= 0)
+        load_change(c, c->loads + 4 * ns, i, 1.0, 0);
     c->pnode[i] = np;
     c->snode[i] = ns;
     return cairn_rebuild(c);

@@ -15,12 +15,12 @@ typedef struct {
     long i_mem, all_mem, f_dsk, u_cpu, pcnt, scnt, inst_sp, r_mem, tags_v, loc_v;
     long fail;
     long f_sp;                /* free spindles (counted on exclusive-storage nodes only) */
+    double load[4];           /* dynamic load (cpu, mem, disk, net): primaries, and secondaries for disk */
 } cairn_nstate;
 
 /* One cluster: inputs (node and instance arrays) and caller-allocated state and scratch. */
 typedef struct {
     int n_nodes, n_inst, cap_inst, n_tags, n_locs, n_groups;
-    double dynu;
     /* nodes */
     double *t_mem, *t_dsk, *t_cpu, *cpu_speed, *hi_spindles, *vcpu_ratio, *lo_dsk;
     long *mem_base, *f_mem, *f_dsk0, *node_cpus;
@@ -35,10 +35,13 @@ typedef struct {
     int *kind, *uses_mem, *uses_cpu, *movable;
     uint64_t *excl_mask, *desired_mask;
     long *disk_sp;            /* the disks' total spindles, -1 when some disk gives none */
+    double *util_cpu, *util_mem, *util_dsk, *util_net; /* dynamic utilisation (hbal -U; 1 each by default) */
     int *pnode, *snode;
     int *forth_pnode;         /* a forthcoming instance's primary (its pnode is -1), else -1 */
     /* state and scratch: n_nodes long unless noted */
     cairn_nstate *state;
+    double *loads;            /* n_nodes * 4: node loads, summed at load in instance order, then changed
+                               * move by move in htools' order (removals, then additions), as hbal does */
     long *dsk_delta, *forth_base, *sp_delta;
     int *touched;
     int *tagcnt;              /* n_nodes * max(1, n_tags) */

@@ -16,6 +16,7 @@ _NODE_ARRAYS = (("double", ("t_mem", "t_dsk", "t_cpu", "cpu_speed", "hi_spindles
                 ("int", ("offline", "group", "excl")),
                 ("uint64_t", ("loc_mask", "mig_mask", "rmig_mask")))
 _INSTANCE_ARRAYS = (("long", ("mem", "dsk", "vcpus", "spindle_use", "sec_mem", "disk_sp")),
+                    ("double", ("util_cpu", "util_mem", "util_dsk", "util_net")),
                     ("int", ("kind", "uses_mem", "uses_cpu", "movable", "pnode", "snode")),
                     ("uint64_t", ("excl_mask", "desired_mask")))
 _INSTANCE_FIELDS = [name for _, names in _INSTANCE_ARRAYS for name in names]
@@ -50,7 +51,6 @@ class Engine:
         c = ffi.new("cairn_cluster *")
         self._c, self._keep = c, []
         c.n_nodes, c.n_inst, c.cap_inst, c.n_tags, c.n_locs = n, count, self.capacity, MAX_TAGS, MAX_TAGS
-        c.dynu = spec.dynu
         for ctype, names in _NODE_ARRAYS:
             for name in names:
                 setattr(c, name, self._array(ctype, n, spec.nodes[name]))
@@ -64,6 +64,7 @@ class Engine:
             c.forth_pnode[i] = c.pnode[i]
             c.pnode[i] = c.snode[i] = -1
         c.state = self._array("cairn_nstate", n)
+        c.loads = self._array("double", 4 * n)
         for name in ("dsk_delta", "sp_delta", "forth_base", "acc_a", "acc_b", "acc_c", "acc_d"):
             setattr(c, name, self._array("long", n))
         c.touched, c.sec_head, c.pri_head = (self._array("int", n) for _ in range(3))
@@ -132,7 +133,7 @@ class Engine:
         tags = sum(1 << t for t in range(MAX_TAGS) if self._c.tagcnt[k * MAX_TAGS + t] >= 1)
         return {"u_mem": self._c.mem_base[k] - st.i_mem, "r_mem": st.r_mem, "fail": st.fail, "f_dsk": st.f_dsk,
                 "u_cpu": st.u_cpu, "all_mem": st.all_mem, "forth_base": self._c.forth_base[k], "tags": tags,
-                "inst_sp": st.inst_sp, "f_sp": st.f_sp}
+                "inst_sp": st.inst_sp, "f_sp": st.f_sp, "load": list(st.load)}
 
     def forth_use(self, k: int) -> dict:
         """What forthcoming instances take of node k (`spec.FORTH_FIELDS`)."""

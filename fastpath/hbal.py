@@ -3,6 +3,8 @@
 The CLI only parses options and prints what `run` emits.
 """
 
+import re
+
 from fastpath import engine_class
 from fastpath.balance import BalanceOptions, balance, commands, jobsets, lower_bound, move_line
 from fastpath.htools_text import parse, write
@@ -32,6 +34,32 @@ class HbalRequest:
     exclude_instances: list[str] = field(default_factory=list)
     max_cpu: float | None = None
     min_disk: float | None = None
+    utilisation: str | None = None  # the text of hbal's -U file: lines "instance cpu mem disk net"
+
+
+# A number as hbal's `read` takes it: decimal with optional fraction and exponent, or hex / octal.
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|0[xX][0-9a-fA-F]+|0[oO][0-7]+)")
+
+
+def parse_utilisation(text: str) -> dict[str, tuple[float, float, float, float]]:
+    """hbal's -U file: per instance (cpu, mem, disk, net) load; a later line for a name wins.
+
+    hbal's rules: five fields separated by single spaces, numbers as Haskell reads them. Unlike
+    hbal, NaN and infinities are refused (hbal takes them and prints NaN scores)."""
+    loads = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split(" ")
+        if len(fields) != 5:
+            raise HbalError(f"can't parse utilisation data: Cannot parse line {line!r} (line {number}); write "
+                            "'instance cpu mem disk net', separated by single spaces")
+        values = []
+        for value in fields[1:]:
+            if not _NUMBER.fullmatch(value):
+                raise HbalError(f"can't parse utilisation data: {fields[0]}: cannot parse string '{value}' "
+                                f"(line {number}); write a finite number such as 0.5 or 12")
+            values.append(float(int(value, 0)) if value.lstrip("-")[:2].lower() in ("0x", "0o") else float(value))
+        loads[fields[0]] = tuple(values)
+    return loads
 
 
 def select_group(cluster: Cluster, wanted: str | None):
@@ -131,7 +159,11 @@ def run(request: HbalRequest, emit, report: dict | None = None) -> dict[str, str
     the moves with their jobsets (moves of a jobset touch disjoint nodes) and the gnt-instance
     commands of each move."""
     report = {} if report is None else report
+    loads = parse_utilisation(request.utilisation) if request.utilisation is not None else {}
     cluster = parse(request.text)
+    if not request.ignore_dynu:
+        for inst in cluster.instances:
+            inst.util = loads.get(inst.name, inst.util)  # names the file lists but the cluster lacks are ignored
     group = select_group(cluster, request.group)
     unknown = [n for n in request.offline if n not in {node.name for node in cluster.nodes}]
     if unknown:

@@ -96,6 +96,7 @@ class Instance:
     forthcoming: bool = False
     disks: list[int] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)  # of its NICs (iallocator input only)
+    util: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # dynamic load: cpu, mem, disk, net (hbal -U)
 
 
 @record

@@ -15,6 +15,8 @@ from fastpath.spec import (AGGREGATION, ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECON
 
 # Per-node derived state, one list per node: the indices of its fields.
 I_MEM, ALL_MEM, F_DSK, U_CPU, PCNT, SCNT, INST_SP, R_MEM, FAIL, TAGS_V, LOC_V, F_SP = range(12)
+L_CPU, L_MEM, L_DSK, L_NET = range(12, 16)  # dynamic loads: primaries', and secondaries' too for disk
+_UTIL = (("util_cpu", L_CPU), ("util_mem", L_MEM), ("util_dsk", L_DSK), ("util_net", L_NET))
 
 
 def stddev(values: Sequence[float]) -> float:
@@ -65,6 +67,14 @@ class Engine:
         self.dsk_delta = [0] * self.n
         self.sp_delta = [0] * self.n
         self.forth_base = [0] * self.n
+        # Node loads, summed at load in instance order, then changed move by move in htools' order
+        # (removals, then additions), as hbal does: float sums depend on the order.
+        self.loads = [[0.0] * 4 for _ in range(self.n)]
+        for i in range(self.count):
+            if self.pnode[i] >= 0:
+                self._load_change(self.loads[self.pnode[i]], i, 1.0, True, 0)
+                if self.snode[i] >= 0:
+                    self._load_change(self.loads[self.snode[i]], i, 1.0, False, 0)
         self._rebuild()
         # Memory of primaries htools counted as used at load; the forthcoming-aware free memory
         # moves with every primary's memory from then on.
@@ -75,7 +85,7 @@ class Engine:
         n, T = self.n, 64
         self.T = 64
         self.state = [[0, 0, self.nd["f_dsk"][k] + self.dsk_delta[k], self.nd["node_cpus"][k], 0, 0, 0, 0, 0, 0, 0,
-                       self.nd["f_sp"][k] + self.sp_delta[k]] for k in range(n)]
+                       self.nd["f_sp"][k] + self.sp_delta[k], *self.loads[k]] for k in range(n)]
         self.tagcnt = [0] * (n * T)
         self.peers = [dict() for _ in range(n)]
         self.loccnt = {}
@@ -109,6 +119,13 @@ class Engine:
                 st[FAIL] = int(self._u_mem(k, st) <= st[R_MEM])
             else:
                 st[FAIL] = int(self.nd["f_mem"][k] < st[R_MEM])
+
+    def _load_change(self, load: list, i: int, sign: float, primary: bool, base: int = L_CPU) -> None:
+        """Add (sign 1) or take away (-1) instance i's dynamic load at `load[base:base + 4]`: all of
+        it as a primary, only the disk load as a secondary (htools' setPri/removePri and twins)."""
+        for name, at in _UTIL:
+            if primary or at == L_DSK:
+                load[at - L_CPU + base] += sign * self.it[name][i]
 
     def _sp_use(self, k: int, i: int) -> int:
         # Spindle use counts only on nodes without exclusive storage (htools' calcSpindleUse).
@@ -185,7 +202,7 @@ class Engine:
     # ---- node values and score ------------------------------------------------------------------------------
     def node_values(self, k: int, st: list) -> list[float]:
         """The 20 per-node values of the cost function for node k in state st."""
-        nd, dynu = self.nd, self.spec.dynu
+        nd = self.nd
         t_mem, t_dsk = nd["t_mem"][k], nd["t_dsk"][k]
         # Offline nodes loaded with unknown resources have zero totals; their ratios are unused.
         inv_mem = 1.0 / t_mem if t_mem else 0.0
@@ -202,8 +219,7 @@ class Engine:
         sp_forth = (st[INST_SP] + nd["forth_sp"][k]) / nd["hi_spindles"][k] if nd["hi_spindles"][k] else 0.0
         both = st[PCNT] + st[SCNT]
         n1 = float(both) if st[FAIL] else 0.0
-        load = st[PCNT] * dynu
-        return [p_mem, p_dsk, n1, r, float(both), float(st[PCNT]), cpu, load, load, both * dynu, load,
+        return [p_mem, p_dsk, n1, r, float(both), float(st[PCNT]), cpu, st[L_CPU], st[L_MEM], st[L_DSK], st[L_NET],
                 float(st[TAGS_V]), sp, forth, dsk_forth, cpu_forth, sp_forth, float(st[LOC_V]), 0.0, r]
 
     def metrics(self, group: int, overrides: dict | None = None, loc_delta: int = 0) -> list[float]:
@@ -292,9 +308,11 @@ class Engine:
             st[PCNT] -= 1
             st[INST_SP] -= self._sp_use(k, i)
             st[TAGS_V] -= self._tag_loss(k, i)
+            self._load_change(st, i, -1.0, True)
         else:
             st[F_DSK] += it["dsk"][i]
             st[SCNT] -= 1
+            self._load_change(st, i, -1.0, False)
             st[INST_SP] -= self._sp_use(k, i)
             st[R_MEM] = self._rmem_with(k, [(peer, -it["sec_mem"][i])])
         st[F_SP] = self._sp_after(k, i, st[F_SP], 1)
@@ -341,6 +359,7 @@ class Engine:
         st[PCNT] += 1
         st[INST_SP] += self._sp_use(k, i)
         st[F_SP] = self._sp_after(k, i, st[F_SP], -1)
+        self._load_change(st, i, 1.0, True)
         local = it["kind"][i] in (KIND_LOCAL, KIND_MIRRORED)
         u_mem = self._u_mem(k, st)
         new_fail = int(u_mem <= st[R_MEM])
@@ -383,6 +402,7 @@ class Engine:
         st[SCNT] += 1
         st[INST_SP] += self._sp_use(k, i)
         st[F_SP] = self._sp_after(k, i, st[F_SP], -1)
+        self._load_change(st, i, 1.0, False)
         u_mem = self._u_mem(k, st)
         new_fail = int(u_mem <= r_mem)
         needed = it["sec_mem"][i]
@@ -512,6 +532,10 @@ class Engine:
             self.dsk_delta[k] += dsk * ((k in (op, os_)) - (k in (np_, ns)))
             if self.nd["excl"][k] and self.it["disk_sp"][i] >= 0:
                 self.sp_delta[k] += self.it["disk_sp"][i] * ((k in (op, os_)) - (k in (np_, ns)))
+        # The loads change as hbal changes them: the old nodes lose the instance, then the new ones take it.
+        for k, sign, primary in ((op, -1.0, True), (os_, -1.0, False), (np_, 1.0, True), (ns, 1.0, False)):
+            if k >= 0:
+                self._load_change(self.loads[k], i, sign, primary, 0)
         self.pnode[i], self.snode[i] = np_, ns
         self._rebuild()
 
@@ -529,7 +553,7 @@ class Engine:
         tags = sum(1 << t for t in range(self.T) if self.tagcnt[k * self.T + t] >= 1)
         return {"u_mem": self._u_mem(k, st), "r_mem": st[R_MEM], "fail": st[FAIL], "f_dsk": st[F_DSK],
                 "u_cpu": st[U_CPU], "all_mem": st[ALL_MEM], "forth_base": self.forth_base[k], "tags": tags,
-                "inst_sp": st[INST_SP], "f_sp": st[F_SP]}
+                "inst_sp": st[INST_SP], "f_sp": st[F_SP], "load": st[L_CPU:L_NET + 1]}
 
     def forth_use(self, k: int) -> dict:
         """What forthcoming instances take of node k (`spec.FORTH_FIELDS`)."""

@@ -66,8 +66,11 @@ NODE_FIELDS = ("t_mem", "mem_base", "f_mem", "t_dsk", "f_dsk", "t_cpu", "cpu_spe
 # Exclusive storage (excl): free spindles (f_sp as reported, t_sp in total, forth_fsp taken by
 # forthcoming instances) are a resource and free_disk_cv counts them; spindle use does not count.
 INSTANCE_FIELDS = ("mem", "dsk", "vcpus", "spindle_use", "pnode", "snode", "kind", "uses_mem", "uses_cpu",
-                   "sec_mem", "movable", "excl_mask", "desired_mask", "disk_sp")
+                   "sec_mem", "movable", "excl_mask", "desired_mask", "disk_sp", "util_cpu", "util_mem", "util_dsk",
+                   "util_net")
 # disk_sp: the disks' total spindles (htools' getTotalSpindles), -1 when some disk gives none.
+# util_*: the dynamic utilisation (hbal -U; htools' default 1 each, 0 with --ignore-dynu): a node's
+# cpu, memory and net loads sum its primaries', its disk load its primaries' and secondaries'.
 # Instance storage kinds the engines need: 0 none (file, diskless), 1 local non-mirrored (plain),
 # 2 mirrored (drbd), 3 shared (moved by failover to any node).
 KIND_NONE, KIND_LOCAL, KIND_MIRRORED, KIND_SHARED = range(4)
@@ -83,7 +86,6 @@ class Spec:
     instance_names: list[str] = field(default_factory=list)
     n_tags: int = 0
     n_locations: int = 0
-    dynu: float = 1.0
     # Forthcoming instances (indices): htools counts them only in the *_forth metrics, which the
     # nodes' forth_* fields carry; the engines leave them unplaced.
     forthcoming: list[int] = field(default_factory=list)
@@ -159,11 +161,12 @@ class _Interner:
 
 def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_exclusion: list[str] = (),
             offline: set[str] = frozenset(), ignore_dynu: bool = False) -> Spec:
-    """The flat arrays of a cluster; nodes named in `offline` are treated as offline."""
+    """The flat arrays of a cluster; nodes named in `offline` are treated as offline, and with
+    `ignore_dynu` every instance's dynamic utilisation is 0 (else its `util`)."""
     group_index = group_index or {g.uuid: k for k, g in enumerate(cluster.groups)}
     excl, loc_prefixes, desired = _prefixes(cluster, list(extra_exclusion))
     locs, excls = _Interner("location"), _Interner("exclusion")
-    spec = Spec(dynu=0.0 if ignore_dynu else 1.0)
+    spec = Spec()
     spec.nodes = {name: [] for name in NODE_FIELDS}
     spec.instances = {name: [] for name in INSTANCE_FIELDS}
     primary_mem = {n.name: 0 for n in cluster.nodes}
@@ -192,6 +195,9 @@ def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_e
         if inst.forthcoming:
             spec.forthcoming.append(len(spec.instance_names))
         append_instance(spec, inst, index, excls, excl, desired, locs)
+        if ignore_dynu:
+            for name in ("util_cpu", "util_mem", "util_dsk", "util_net"):
+                spec.instances[name][-1] = 0.0
     spec.n_tags = len(excls.ids)
     spec.n_locations = len(locs.ids)
     spec.excl_interner, spec.loc_interner = excls, locs  # kept for instances added later
@@ -254,7 +260,9 @@ def instance_values(inst, index: dict[str, int], excl_mask: int = 0, desired_mas
         kind=kind, uses_mem=int(uses_mem), uses_cpu=int(not offline),
         sec_mem=inst.mem if kind == KIND_MIRRORED and not offline and inst.auto_balance else 0,
         movable=int(kind in (KIND_MIRRORED, KIND_SHARED) and inst.auto_balance),
-        excl_mask=excl_mask, desired_mask=desired_mask, disk_sp=disk_spindles(inst))
+        excl_mask=excl_mask, desired_mask=desired_mask, disk_sp=disk_spindles(inst),
+        util_cpu=float(inst.util[0]), util_mem=float(inst.util[1]), util_dsk=float(inst.util[2]),
+        util_net=float(inst.util[3]))
 
 
 def disk_spindles(inst) -> int:

@@ -54,6 +54,8 @@ BALANCE = (
     Opt("restricted_migration", ("--restricted-migration",), "flag", False,
         "No moves that migrate to a new primary (unless it is offline)."),
     Opt("exclusion_tags", ("--exclusion-tags",), "str", None, "Extra exclusion tag prefixes."),
+    Opt("dynu_file", ("-U", "--dynu-file"), "str", None,
+        "Dynamic utilisation: lines 'instance cpu mem disk net' (hbal's -U; default load 1 each)."),
     Opt("ignore_dynu", ("--ignore-dynu",), "flag", False, "Ignore dynamic utilisation (loads 0)."),
     Opt("select_instances", ("--select-instances",), "str", None, "Only move these instances."),
     Opt("exclude_instances", ("--exclude-instances",), "str", None, "Never move these instances."),
@@ -117,7 +119,7 @@ def _print_json(document: dict) -> None:
 
 def balance(text_file, max_length, min_gain, min_gain_limit, epsilon, no_disk_moves, no_instance_moves, evac_mode,
             offline, group, print_commands, save, ignore_soft_errors, restricted_migration, exclusion_tags,
-            ignore_dynu, select_instances, exclude_instances, max_cpu, min_disk, output, engine) -> int:
+            dynu_file, ignore_dynu, select_instances, exclude_instances, max_cpu, min_disk, output, engine) -> int:
     """Balance the cluster like Ganeti's hbal: greedy moves that lower the cluster score."""
     from fastpath.balance import BalanceOptions
     from fastpath.hbal import HbalError, HbalRequest, run
@@ -131,7 +133,8 @@ def balance(text_file, max_length, min_gain, min_gain_limit, epsilon, no_disk_mo
     offline_names = [name for item in offline or [] for name in _names(item)]
     request = HbalRequest(_read(text_file), options, offline_names, group, print_commands, save,
                           _names(exclusion_tags), ignore_dynu, engine, _names(select_instances),
-                          _names(exclude_instances), max_cpu, min_disk)
+                          _names(exclude_instances), max_cpu, min_disk,
+                          _read(dynu_file) if dynu_file is not None else None)
     report: dict = {}
     try:
         files = run(request, _out if output == "text" else lambda line: None, report)

@@ -1,5 +1,7 @@
 """The placement engines (C core and pure twin): Ganeti's score and hbal's choices on recorded known answers."""
 
+import random
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,10 @@ def recorded_score(name: str) -> str:
         if line.startswith("Initial score: "):
             return line.split(": ")[1]
     raise AssertionError(f"no initial score in {name}")
+
+
+# hbal's -U file for n20: fractional loads for every instance and one unknown name (ignored).
+DYNU = (DATA / "n20.dynu").read_text()
 
 
 def hbal_lines(text_file: str, implementation: str, **request_args) -> list[str]:
@@ -109,6 +115,10 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("n20-forth.l5.hbal", {"options": BalanceOptions(max_moves=5)}),
     ("n20-excl.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
     ("n20-excl.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True, max_moves=10)}),
+    ("n20.dynu.no-disk-moves.hbal", {"utilisation": DYNU, "options": BalanceOptions(no_disk_moves=True,
+                                                                                   max_moves=10)}),
+    # -U is read but --ignore-dynu wins, as in hbal: the answer without -U.
+    ("n20.ignore-dynu.hbal", {"utilisation": DYNU, "ignore_dynu": True, "options": BalanceOptions(max_moves=8)}),
 ])
 def test_balance_output_equals_hbal(implementation, answer, args):
     """The whole balance output (moves, scores, summary) equals what hbal printed."""
@@ -126,12 +136,38 @@ def test_balance_output_equals_hbal(implementation, answer, args):
     ("n100.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True)}),
     ("n20-forth.l20.hbal", {"options": BalanceOptions(max_moves=20)}),
     ("n20-forth.l60.hbal", {"options": BalanceOptions(max_moves=60)}),
+    ("n20.dynu.l20.hbal", {"utilisation": DYNU, "options": BalanceOptions(max_moves=20)}),
 ])
 def test_long_balance_output_equals_hbal(answer, args):
     """Longer recorded runs match hbal line for line (compiled core only: the twin needs minutes)."""
     text_file = answer.split(".")[0] + ".txt"
     expected = (DATA / answer).read_text().splitlines()
     assert hbal_lines(text_file, "c", **args) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("inst-00001 1 2 3\n", "Cannot parse line 'inst-00001 1 2 3' (line 1); write 'instance cpu mem disk net'"),
+    ("inst-00001  1 2 3 4\n", "Cannot parse line 'inst-00001  1 2 3 4'"),
+    ("inst-00001 1 2 3 4\n\n", "Cannot parse line '' (line 2)"),
+    ("inst-00001 1 x 3 4\n", "inst-00001: cannot parse string 'x' (line 1)"),
+    ("inst-00001 .5 1 1 1\n", "cannot parse string '.5'"),
+    ("inst-00001 NaN 1 1 1\n", "cannot parse string 'NaN'"),
+])
+def test_bad_utilisation_lines_are_named(text, message):
+    """hbal's -U rules (five fields split by single spaces, numbers as Haskell reads them) with
+    hbal's messages, the line number and what to write; NaN, which hbal takes, is refused."""
+    from fastpath.hbal import HbalError, parse_utilisation
+
+    with pytest.raises(HbalError, match=re.escape(message)):
+        parse_utilisation(text)
+
+
+def test_utilisation_numbers_read_as_hbal_reads_them():
+    """Hex and exponents are numbers to hbal too; a later line for the same instance wins."""
+    from fastpath.hbal import parse_utilisation
+
+    loads = parse_utilisation("a 0x10 1e2 -0.5 00.5\nb 1 1 1 1\nb 2 2 2 2\n")
+    assert loads == {"a": (16.0, 100.0, -0.5, 0.5), "b": (2.0, 2.0, 2.0, 2.0)}
 
 
 def test_pure_twin_follows_hbal_first_moves_on_n20():
@@ -185,6 +221,11 @@ def cluster_models(draw):
             node.free_spindles = draw(st.integers(min_value=0, max_value=12))
         for inst in cluster.instances:
             inst.spindles = draw(st.sampled_from(["-", "1", "2", "3"]))
+    if draw(st.booleans()):
+        # Dynamic utilisation (hbal -U), fractional: float sums that depend on their order.
+        loads = st.sampled_from([0.0, 0.1, 0.25, 1.0, 1.7, 2.5, 3.3333])
+        for inst in cluster.instances:
+            inst.util = tuple(draw(loads) for _ in range(4))
     return cluster, offline
 
 
@@ -240,14 +281,19 @@ def test_pruned_and_unpruned_search_choose_the_same_move():
     """The C core's pruning never changes the chosen move."""
     from fastpath.spec import NO_PRUNING
 
-    spec = flatten(generate(40, 500, 11))
-    engine = engine_class("c")(spec)
-    for _ in range(5):
-        pruned, full = engine.best_move(0, 0), engine.best_move(0, NO_PRUNING)
-        assert pruned == full
-        if pruned is None:
-            break
-        engine.apply_move(*pruned[:3])
+    for utilised in (False, True):
+        cluster = generate(40, 500, 11)
+        if utilised:  # per-instance loads (hbal -U) bound the load metrics separately
+            rng = random.Random(3)
+            for inst in cluster.instances:
+                inst.util = tuple(round(rng.uniform(0, 4), 2) for _ in range(4))
+        engine = engine_class("c")(flatten(cluster))
+        for _ in range(5):
+            pruned, full = engine.best_move(0, 0), engine.best_move(0, NO_PRUNING)
+            assert pruned == full
+            if pruned is None:
+                break
+            engine.apply_move(*pruned[:3])
 
 
 def _engines_with_new_instance(spec, required: int, memory: int):

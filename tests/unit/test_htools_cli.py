@@ -177,3 +177,14 @@ def test_capacity_json_has_every_hts_key_with_its_value():
     assert report["HTS_ALLOC_INSTANCES"] == 145 and report["HTS_OK"] == 1
     both = runner.invoke(app, args + ["--machine-readable", "--output", "json"])
     assert both.exit_code == 1 and "give one" in both.output
+
+
+def test_balance_reads_hbal_utilisation_file():
+    """-U FILE gives what hbal -U printed for the same files (n20.dynu.no-disk-moves.hbal); a
+    missing file is named."""
+    args = ["balance", "-t", str(DATA / "n20.txt"), "-U", str(DATA / "n20.dynu"), "--no-disk-moves", "-l", "10"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0
+    assert result.output == (DATA / "n20.dynu.no-disk-moves.hbal").read_text()
+    missing = runner.invoke(app, ["balance", "-t", str(DATA / "n20.txt"), "-U", str(DATA / "no-such.dynu")])
+    assert missing.exit_code == 1 and "cannot read" in missing.output and "no-such.dynu" in missing.output
