@@ -151,14 +151,8 @@ def _balanced_copy(cluster: Cluster, spec: Spec, engine, forthcoming: dict[int, 
     return out
 
 
-def run(request: HbalRequest, emit, report: dict | None = None) -> dict[str, str]:
-    """Balance the cluster of `request`, calling emit(line) as hbal would print; returns files to save.
-
-    `report`, if given, is filled with the same facts for scripts (`cairn balance --output json`):
-    sizes, group, initial N+1 check, scores, the outcome (empty, balanced, improved, no-moves),
-    the moves with their jobsets (moves of a jobset touch disjoint nodes) and the gnt-instance
-    commands of each move."""
-    report = {} if report is None else report
+def _load(request: HbalRequest) -> tuple[Cluster, object, Spec, int]:
+    """The cluster (with -U loads), the group to balance, the flat arrays and the group's index."""
     loads = parse_utilisation(request.utilisation) if request.utilisation is not None else {}
     cluster = parse(request.text)
     if not request.ignore_dynu:
@@ -171,13 +165,11 @@ def run(request: HbalRequest, emit, report: dict | None = None) -> dict[str, str
     index = {g.uuid: k for k, g in enumerate(cluster.groups)}
     spec = flatten(cluster, index, request.exclusion_tags, set(request.offline), request.ignore_dynu)
     _apply_limits(spec, request)
-    gidx = index[group.uuid]
-    report.update(nodes=len(cluster.nodes), instances=len(cluster.instances), group=group.name)
-    if not cluster.instances:
-        emit("Cluster is empty, exiting.")
-        report.update(outcome="empty", moves=[])
-        return {}
-    emit(f"Loaded {len(cluster.nodes)} nodes, {len(cluster.instances)} instances")
+    return cluster, group, spec, index[group.uuid]
+
+
+def _initial_check(request: HbalRequest, spec: Spec, gidx: int, group, emit, report: dict) -> None:
+    """hbal's lines about the group, its N+1 failures and policy violations."""
     members = [k for k in range(spec.n_nodes) if spec.nodes["group"][k] == gidx]
     own = [i for i in range(spec.n_instances) if spec.instances["pnode"][i] in set(members)]
     emit(f"Group size {len(members)} nodes, {len(own)} instances")
@@ -189,6 +181,7 @@ def run(request: HbalRequest, emit, report: dict | None = None) -> dict[str, str
     if bad_nodes:
         emit("Cluster is not N+1 happy, continuing but no guarantee that the cluster will end N+1 happy.")
     violating = policy_violations(spec, gidx, bad_nodes)
+    report["policy_violating_nodes"] = violating
     if violating:
         emit(f"The cluster contains {violating} policy-violating nodes.")
         if request.options.ignore_soft_errors:
@@ -196,10 +189,27 @@ def run(request: HbalRequest, emit, report: dict | None = None) -> dict[str, str
         else:
             emit("Continuing, but the set of moves might be too restricted; consider using the "
                  "--ignore-soft-errors option.")
+
+
+def run(request: HbalRequest, emit, report: dict | None = None) -> dict[str, str]:
+    """Balance the cluster of `request`, calling emit(line) as hbal would print; returns files to save.
+
+    `report`, if given, is filled with the same facts for scripts (`cairn balance --output json`):
+    sizes, group, initial N+1 check, scores, the outcome (empty, balanced, improved, no-moves),
+    the moves with their jobsets (moves of a jobset touch disjoint nodes) and the gnt-instance
+    commands of each move."""
+    report = {} if report is None else report
+    cluster, group, spec, gidx = _load(request)
+    report.update(nodes=len(cluster.nodes), instances=len(cluster.instances), group=group.name)
+    if not cluster.instances:
+        emit("Cluster is empty, exiting.")
+        report.update(outcome="empty", moves=[])
+        return {}
+    emit(f"Loaded {len(cluster.nodes)} nodes, {len(cluster.instances)} instances")
+    _initial_check(request, spec, gidx, group, emit, report)
     engine = engine_class(request.implementation)(spec)
     initial = engine.score(gidx)
     emit(f"Initial score: {initial:.8f}")
-    report["policy_violating_nodes"] = violating
     report["initial_score"] = report["final_score"] = round(initial, 8)
     name_width = max(len(n) for n in spec.instance_names)
     pair_width = 2 * max(len(n) for n in spec.node_names) + 1
