@@ -64,6 +64,7 @@ class Engine:
             c.forth_pnode[i] = c.pnode[i]
             c.pnode[i] = c.snode[i] = -1
         c.state = self._array("cairn_nstate", n)
+        self._forth_arrays = [(name, getattr(c, name)) for name in FORTH_FIELDS]  # node arrays: never regrown
         c.loads = self._array("double", 4 * n)
         for name in ("dsk_delta", "sp_delta", "forth_base", "acc_a", "acc_b", "acc_c", "acc_d"):
             setattr(c, name, self._array("long", n))
@@ -130,21 +131,22 @@ class Engine:
         flag, free disk, used CPUs, all primaries' memory, the forthcoming-aware memory base and
         the exclusion tags present (bit mask)."""
         st = self._c.state[k]
-        tags = sum(1 << t for t in range(MAX_TAGS) if self._c.tagcnt[k * MAX_TAGS + t] >= 1)
+        row = ffi.unpack(self._c.tagcnt + k * MAX_TAGS, min(self.spec.n_tags, MAX_TAGS))
+        tags = sum(1 << t for t, count in enumerate(row) if count >= 1)
         return {"u_mem": self._c.mem_base[k] - st.i_mem, "r_mem": st.r_mem, "fail": st.fail, "f_dsk": st.f_dsk,
                 "u_cpu": st.u_cpu, "all_mem": st.all_mem, "forth_base": self._c.forth_base[k], "tags": tags,
                 "inst_sp": st.inst_sp, "f_sp": st.f_sp, "load": list(st.load)}
 
     def forth_use(self, k: int) -> dict:
         """What forthcoming instances take of node k (`spec.FORTH_FIELDS`)."""
-        return {name: getattr(self._c, name)[k] for name in FORTH_FIELDS}
+        return {name: array[k] for name, array in self._forth_arrays}
 
     def set_forth(self, use: dict, inst: int, pnode: int) -> None:
         """Give nodes new forthcoming figures (node: `spec.FORTH_FIELDS` values) and the forthcoming
         instance `inst` the primary `pnode` (its exclusion tags count there); the state is rebuilt."""
         for k, values in use.items():
-            for name in FORTH_FIELDS:
-                getattr(self._c, name)[k] = values[name]
+            for name, array in self._forth_arrays:
+                array[k] = values[name]
         self._c.forth_pnode[inst] = pnode
         _check(lib.cairn_rebuild(self._c), "rebuild")
 
