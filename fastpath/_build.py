@@ -33,6 +33,7 @@ typedef struct {
     double *util_cpu, *util_mem, *util_dsk, *util_net;
     int *pnode, *snode;
     int *forth_pnode;
+    int *forth_snode;
     cairn_nstate *state;
     double *loads;
     long *dsk_delta, *forth_base, *sp_delta;
@@ -46,7 +47,7 @@ typedef struct {
     long *loc_totals;         /* n_groups */
     long *top_val;            /* n_nodes * 2: the two largest peer entries */
     int *top_peer;            /* n_nodes * 2: their peers (-1: none) */
-    int has_forth;
+    int exact_only;
     int initialised;
 } cairn_cluster;
 int cairn_stddev(const double *values, size_t n, double *out);

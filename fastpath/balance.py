@@ -6,7 +6,7 @@ Pure stdlib; the engine (C or pure twin) does the scoring and the search.
 from fastpath.record import field, record
 from fastpath.spec import (EVAC_MODE, FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, IGNORE_SOFT, NO_DISK_MOVES,
                            NO_INSTANCE_MOVES, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, REPLACE_SECONDARY,
-                           KIND_MIRRORED, KIND_SHARED, OK, RESTRICTED_MIGRATION, Spec)
+                           FORTH_MOVES, KIND_MIRRORED, KIND_SHARED, OK, RESTRICTED_MIGRATION, Spec)
 
 
 @record
@@ -91,9 +91,12 @@ def balance(engine, spec: Spec, group: int, options: BalanceOptions, on_move=Non
 
         moves = Moves(engine, spec)
     while (options.max_moves < 0 or len(result.moves) < options.max_moves) and current > bound + options.epsilon:
-        best = engine.best_move(group, flags)
-        if moves is not None:
-            best = _with_forthcoming(moves, spec, group, flags, best, current)
+        if moves is not None and engine.native_forth_moves:
+            best = engine.best_move(group, flags | FORTH_MOVES)  # the same search with them, in C
+        else:
+            best = engine.best_move(group, flags)
+            if moves is not None:
+                best = _with_forthcoming(moves, spec, group, flags, best, current)
         if best is None:
             break
         i, kind, target, value = best

@@ -12,7 +12,7 @@
 enum { FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE,
        FAILOVER_TO_ANY };
 enum { NO_DISK_MOVES = 1, NO_INSTANCE_MOVES = 2, EVAC_MODE = 4, IGNORE_SOFT = 8, NO_PRUNING = 16,
-       RESTRICTED_MIGRATION = 32 };
+       RESTRICTED_MIGRATION = 32, FORTH_MOVES = 64 };
 enum { OK, FAIL_MEM, FAIL_DISK, FAIL_CPU, FAIL_N1, FAIL_TAGS, FAIL_MIG, FAIL_DISKCOUNT, FAIL_SPINDLES };
 enum { KIND_NONE, KIND_LOCAL, KIND_MIRRORED, KIND_SHARED };
 
@@ -211,16 +211,16 @@ static void stats_init(const cairn_cluster *c, int group, stats *s)
 
 /* Metrics of equal value per node share one standard deviation: the approximate score sums each
  * distinct deviation once with the weights of its copies (the exact re-check scores them apart). */
-#define SLOTS 10
-static const int SLOT_METRIC[SLOTS] = {0, 1, 3, 6, 7, 8, 9, 10, 12, 13};
-static const double SLOT_WEIGHT[SLOTS] = {0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5};
+#define SLOTS 13
+static const int SLOT_METRIC[SLOTS] = {0, 1, 3, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16};
+static const double SLOT_WEIGHT[SLOTS] = {0.5, 0.5, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5};
 static const int ONLINE_SUMS[] = {2, 11, 17, 19};
 static const int OFFLINE_SUMS[] = {4, 5};
 
 static double approx_with(const cairn_cluster *c, const stats *s, const touch_set *t, long loc_delta)
 {
-    /* The slots assume each *_forth metric equals its plain twin; forthcoming instances break that. */
-    if (c->has_forth)
+    /* On exclusive storage free disk counts spindles: the slots' steps do not hold there. */
+    if (c->exact_only)
         return -INFINITY;
     double dsum[CAIRN_METRICS] = {0}, dsq[SLOTS] = {0}, doff[CAIRN_METRICS] = {0};
     double nv[CAIRN_METRICS];
@@ -730,13 +730,11 @@ int cairn_rebuild(cairn_cluster *c)
     memset(c->tagcnt, 0, sizeof(int) * (size_t)c->n_nodes * (size_t)ntags(c));
     memset(c->loccnt, 0, sizeof(int) * (size_t)c->n_groups * 64 * (size_t)ntags(c));
     memset(c->loc_totals, 0, sizeof(long) * (size_t)c->n_groups);
-    c->has_forth = 0;
+    c->exact_only = 0;
     if (!c->initialised)
         memset(c->loads, 0, sizeof(double) * 4 * (size_t)c->n_nodes);
     for (int k = 0; k < c->n_nodes; k++) {
-        /* Both break the slot sharing's premises (each *_forth metric its plain twin, disk moves with dsk). */
-        c->has_forth |= c->forth_mem[k] != 0 || c->forth_dsk[k] != 0 || c->forth_cpu[k] != 0 || c->forth_sp[k] != 0
-                        || c->excl[k];
+        c->exact_only |= c->excl[k];
         c->state[k].f_dsk = c->f_dsk0[k] + c->dsk_delta[k];
         c->state[k].f_sp = c->f_sp0[k] + c->sp_delta[k];
         c->state[k].u_cpu = c->node_cpus[k];
@@ -810,6 +808,18 @@ typedef struct {
     stats st;
 } search;
 
+/* Keep a move if it scores strictly below the best so far (of equal scores the first found wins). */
+static void offer_move(search *s, int i, int kind, int target, double exact)
+{
+    if (exact < s->best) {
+        s->best = exact;
+        s->found = 1;
+        s->inst = i;
+        s->kind = kind;
+        s->target = target;
+    }
+}
+
 static void consider(cairn_cluster *c, int group, search *s, int i, int kind, int target, int flags)
 {
     touch_set t;
@@ -819,14 +829,7 @@ static void consider(cairn_cluster *c, int group, search *s, int i, int kind, in
     double approx = approx_with(c, &s->st, &t, ld);
     if (approx > s->best + 1e-8 * (1.0 + fabs(s->best)))
         return;
-    double exact = exact_with(c, group, &t, ld);
-    if (exact < s->best) {
-        s->best = exact;
-        s->found = 1;
-        s->inst = i;
-        s->kind = kind;
-        s->target = target;
-    }
+    offer_move(s, i, kind, target, exact_with(c, group, &t, ld));
 }
 
 /* ---- pruning: a lower bound of the score over every target of one (instance, move kind) --------
@@ -858,9 +861,9 @@ static double slot_scale(const cairn_cluster *c, int t, int j)
 {
     switch (j) {
     case 0: case 9: return 1.0 / c->t_mem[t];
-    case 1: return c->t_dsk[t] > 0 ? 1.0 / c->t_dsk[t] : 0.0;
-    case 3: return 1.0 / c->t_cpu[t] / c->cpu_speed[t];
-    case 8: return 1.0 / c->hi_spindles[t];
+    case 1: case 10: return c->t_dsk[t] > 0 ? 1.0 / c->t_dsk[t] : 0.0;
+    case 3: case 11: return 1.0 / c->t_cpu[t] / c->cpu_speed[t];
+    case 8: case 12: return 1.0 / c->hi_spindles[t];
     default: return 1.0;
     }
 }
@@ -1012,11 +1015,11 @@ static void instance_bounds(cairn_cluster *c, int group, search *s, int i, int f
     }
     int n = s->st.n_on;
     double limit = s->best + 1e-8 * (1.0 + fabs(s->best));
-    double pri_step[SLOTS] = {-(double)(c->mem[i] * c->uses_mem[i]), -(double)c->dsk[i], 0.0,
-                              (double)(c->vcpus[i] * c->uses_cpu[i]), c->util_cpu[i], c->util_mem[i],
-                              c->util_dsk[i], c->util_net[i], (double)c->spindle_use[i], -(double)c->mem[i]};
-    double sec_step[SLOTS] = {0.0, -(double)c->dsk[i], 0.0, 0.0, 0.0, 0.0, c->util_dsk[i], 0.0,
-                              (double)c->spindle_use[i], 0.0};
+    /* A real instance moves each *_forth figure as it moves its plain twin (slots 10-12 as 1, 3, 8). */
+    double cpu = (double)(c->vcpus[i] * c->uses_cpu[i]), dsk = -(double)c->dsk[i], sp = (double)c->spindle_use[i];
+    double pri_step[SLOTS] = {-(double)(c->mem[i] * c->uses_mem[i]), dsk, 0.0, cpu, c->util_cpu[i], c->util_mem[i],
+                              c->util_dsk[i], c->util_net[i], sp, -(double)c->mem[i], dsk, cpu, sp};
+    double sec_step[SLOTS] = {0.0, dsk, 0.0, 0.0, 0.0, 0.0, c->util_dsk[i], 0.0, sp, 0.0, dsk, 0.0, sp};
     int need[5] = {0};
     for (int k = REPLACE_SECONDARY; k <= FAILOVER_AND_REPLACE; k++) {
         int as_secondary = k == REPLACE_SECONDARY || k == FAILOVER_AND_REPLACE;
@@ -1069,7 +1072,7 @@ static void instance_moves(cairn_cluster *c, int group, search *s, int i, int fl
             consider(c, group, s, i, FAILOVER, -1, flags);
         if (flags & NO_DISK_MOVES)
             return;
-        prune = prune && c->desired_mask[i] == 0 && !c->has_forth;
+        prune = prune && c->desired_mask[i] == 0 && !c->exact_only;
         if (prune) {
             instance_bounds(c, group, s, i, flags, kb, e);
             double limit = s->best + 1e-8 * (1.0 + fabs(s->best));
@@ -1109,6 +1112,210 @@ static void instance_moves(cairn_cluster *c, int group, search *s, int i, int fl
     }
 }
 
+/* ---- moves of forthcoming instances (hbal moves them too; only their *Forth figures change) ----
+ *
+ * Mirrors fastpath/forthmove.py `Moves`: the forthcoming-only checks of htools' addPriEx /
+ * addSecExEx in applyMoveEx's order (none when forced), each on the node's figures without the
+ * instance, and the exact score with the moved use in the nodes' forth_* figures and the
+ * instance's exclusion tags on its new primary.
+ */
+
+typedef struct {
+    long mem, dsk, fsp, sp, cpu;
+} forth_figures;
+
+/* What forthcoming instance i takes of node k as primary or secondary (forthmove.contribution). */
+static void forth_contribution(const cairn_cluster *c, int i, int k, int primary, long out[5])
+{
+    int local = c->kind[i] == KIND_LOCAL || c->kind[i] == KIND_MIRRORED;
+    out[0] = primary ? c->mem[i] : 0;                                  /* forth_mem */
+    out[1] = local ? c->dsk[i] : 0;                                    /* forth_dsk */
+    out[2] = primary ? c->vcpus[i] * c->uses_cpu[i] : 0;               /* forth_cpu */
+    out[3] = local && !c->excl[k] ? c->spindle_use[i] : 0;             /* forth_sp */
+    out[4] = local && c->excl[k] ? (c->disk_sp[i] > 0 ? c->disk_sp[i] : 0) : 0; /* forth_fsp */
+}
+
+static forth_figures forth_without(const cairn_cluster *c, int i, int k)
+{
+    long use[5] = {c->forth_mem[k], c->forth_dsk[k], c->forth_cpu[k], c->forth_sp[k], c->forth_fsp[k]}, own[5];
+    for (int role = 1; role >= 0; role--) {
+        if ((role ? c->forth_pnode[i] : c->forth_snode[i]) != k)
+            continue;
+        forth_contribution(c, i, k, role, own);
+        for (int f = 0; f < 5; f++)
+            use[f] -= own[f];
+    }
+    const cairn_nstate *st = &c->state[k];
+    forth_figures fig = {c->forth_base[k] - st->all_mem - use[0], st->f_dsk - use[1], st->f_sp - use[4],
+                         st->inst_sp + use[3], st->u_cpu + use[2]};
+    return fig;
+}
+
+static int forth_disk_limits(const cairn_cluster *c, int i, int k, const forth_figures *fig)
+{
+    long own[5];
+    forth_contribution(c, i, k, 0, own);
+    long dsk = fig->dsk - own[1];
+    if (dsk <= 0 || (double)dsk < c->lo_dsk[k])
+        return FAIL_DISK;
+    if (c->excl[k] && (c->disk_sp[i] < 0 || fig->fsp - own[4] < 0))
+        return FAIL_SPINDLES;
+    return (double)(fig->sp + own[3]) > c->hi_spindles[k] ? FAIL_DISK : OK;
+}
+
+static int forth_add_pri(const cairn_cluster *c, int i, int k, int force)
+{
+    if (force)
+        return OK;
+    forth_figures fig = forth_without(c, i, k);
+    if (fig.mem - c->mem[i] <= 0)
+        return FAIL_MEM;
+    if (c->kind[i] == KIND_LOCAL || c->kind[i] == KIND_MIRRORED) {
+        int status = forth_disk_limits(c, i, k, &fig);
+        if (status != OK)
+            return status;
+    }
+    double cpu = (double)(fig.cpu + c->vcpus[i] * c->uses_cpu[i]);
+    return c->vcpu_ratio[k] >= 0 && cpu / c->t_cpu[k] > c->vcpu_ratio[k] ? FAIL_CPU : OK;
+}
+
+static int forth_add_sec(const cairn_cluster *c, int i, int k, int force)
+{
+    if (force)
+        return OK;
+    if (c->kind[i] != KIND_MIRRORED)
+        return FAIL_DISK;
+    forth_figures fig = forth_without(c, i, k);
+    int status = forth_disk_limits(c, i, k, &fig);
+    if (status != OK)
+        return status;
+    return c->sec_mem[i] >= fig.mem ? FAIL_MEM : OK;
+}
+
+/* forthmove.Moves._check and _check_two_step: the status of one move of forthcoming instance i. */
+static int forth_check(const cairn_cluster *c, int i, int kind, int target, int force)
+{
+    int p = c->forth_pnode[i], s = c->forth_snode[i], status;
+    if (kind == REPLACE_SECONDARY)
+        return forth_add_sec(c, i, target, force || c->offline[s]);
+    if (kind == FAILOVER_TO_ANY)
+        return !migration_ok(c, p, target) ? FAIL_MIG : forth_add_pri(c, i, target, force || c->offline[p]);
+    if (s < 0)
+        return FAIL_DISK;
+    int force_p = force || c->offline[p];
+    switch (kind) {
+    case FAILOVER:
+        if (!migration_ok(c, p, s))
+            return FAIL_MIG;
+        status = forth_add_pri(c, i, s, force_p);
+        return status != OK ? status : forth_add_sec(c, i, p, force_p);
+    case REPLACE_AND_FAILOVER:  /* r:np, f */
+        if (!migration_ok(c, p, target))
+            return FAIL_MIG;
+        status = forth_add_pri(c, i, target, force);
+        return status != OK ? status : forth_add_sec(c, i, p, force || c->offline[s]);
+    case REPLACE_PRIMARY:  /* f, r:np, f: the secondary must hold it during the migration */
+        if (!migration_ok(c, p, s) || !migration_ok(c, s, target))
+            return FAIL_MIG;
+        if ((status = forth_add_pri(c, i, s, force_p)) != OK || (status = forth_add_pri(c, i, target, force_p)) != OK)
+            return status;
+        return forth_add_sec(c, i, s, force_p);
+    case FAILOVER_AND_REPLACE:  /* f, r:ns */
+        if (!migration_ok(c, p, s))
+            return FAIL_MIG;
+        status = forth_add_pri(c, i, s, force_p);
+        return status != OK ? status : forth_add_sec(c, i, target, force_p);
+    default:
+        return FAIL_DISK;
+    }
+}
+
+/* The exact score with forthcoming instance i moved to (np, ns): its use leaves the old nodes'
+ * forth_* figures for the new ones' (put back afterwards), its exclusion tags its old primary for
+ * the new one. */
+static double forth_score(cairn_cluster *c, int group, int i, int np, int ns)
+{
+    int op = c->forth_pnode[i], os = c->forth_snode[i];
+    long *fields[5] = {c->forth_mem, c->forth_dsk, c->forth_cpu, c->forth_sp, c->forth_fsp};
+    long saved[MAX_TOUCH][5], own[5];
+    touch_set t = {0};
+    int nodes[4] = {op, os, np, ns}, signs[4] = {-1, -1, 1, 1}, roles[4] = {1, 0, 1, 0};
+    for (int j = 0; j < 4; j++) {
+        int k = nodes[j];
+        if (k < 0)
+            continue;
+        int before = t.n;
+        cairn_nstate *st = touch(&t, k);
+        if (t.n > before) {
+            *st = c->state[k];
+            for (int f = 0; f < 5; f++)
+                saved[t.n - 1][f] = fields[f][k];
+        }
+    }
+    for (int j = 0; j < 4; j++) {
+        if (nodes[j] < 0)
+            continue;
+        forth_contribution(c, i, nodes[j], roles[j], own);
+        for (int f = 0; f < 5; f++)
+            fields[f][nodes[j]] += signs[j] * own[f];
+    }
+    if (np != op) {
+        touch(&t, op)->tags_v -= tag_count_at_least(c, op, i, 2);
+        touch(&t, np)->tags_v += tag_count_at_least(c, np, i, 1);
+    }
+    double score = exact_with(c, group, &t, 0);
+    for (int j = 0; j < t.n; j++)
+        for (int f = 0; f < 5; f++)
+            fields[f][t.k[j]] = saved[j][f];
+    return score;
+}
+
+static void forth_consider(cairn_cluster *c, int group, search *s, int i, int kind, int target, int flags)
+{
+    int np, ns;
+    if (forth_check(c, i, kind, target, (flags & IGNORE_SOFT) != 0) != OK)
+        return;
+    new_nodes(kind, c->forth_pnode[i], c->forth_snode[i], target, &np, &ns);
+    offer_move(s, i, kind, target, forth_score(c, group, i, np, ns));
+}
+
+/* hbal's candidate moves of forthcoming instance i, in balance._forthcoming_candidates' order. */
+static void forth_moves(cairn_cluster *c, int group, search *s, int i, int flags)
+{
+    int p = c->forth_pnode[i], sn = c->forth_snode[i];
+    if (p < 0 || !c->movable[i] || c->group[p] != group || (sn >= 0 && c->group[sn] != group))
+        return;
+    if ((flags & EVAC_MODE) && !(c->offline[p] || (sn >= 0 && c->offline[sn])))
+        return;
+    if (c->kind[i] == KIND_SHARED) {
+        if (flags & NO_INSTANCE_MOVES)
+            return;
+        for (int t = 0; t < c->n_nodes; t++)
+            if (c->group[t] == group && !c->offline[t] && t != p && t != sn)
+                forth_consider(c, group, s, i, FAILOVER_TO_ANY, t, flags);
+        return;
+    }
+    if (c->kind[i] != KIND_MIRRORED || sn < 0)
+        return;
+    if (!(flags & NO_INSTANCE_MOVES) && !c->offline[sn])
+        forth_consider(c, group, s, i, FAILOVER, -1, flags);
+    if (flags & NO_DISK_MOVES)
+        return;
+    for (int t = 0; t < c->n_nodes; t++) {
+        if (c->group[t] != group || c->offline[t] || t == p || t == sn)
+            continue;
+        forth_consider(c, group, s, i, REPLACE_SECONDARY, t, flags);
+        if ((flags & NO_INSTANCE_MOVES) || ((flags & RESTRICTED_MIGRATION) && !c->offline[p]))
+            continue;
+        forth_consider(c, group, s, i, REPLACE_AND_FAILOVER, t, flags);
+        if (c->offline[sn])
+            continue;
+        if (!(flags & RESTRICTED_MIGRATION))
+            forth_consider(c, group, s, i, REPLACE_PRIMARY, t, flags);
+        forth_consider(c, group, s, i, FAILOVER_AND_REPLACE, t, flags);
+    }
+}
+
 int cairn_best_move(cairn_cluster *c, int group, int flags, int only,
                     int *inst, int *kind, int *target, double *score)
 {
@@ -1123,9 +1330,14 @@ int cairn_best_move(cairn_cluster *c, int group, int flags, int only,
     int prune = pruning_possible(c) && !(flags & NO_PRUNING);
     group_extremes extremes;
     extremes_init(c, group, &extremes);
-    for (int i = only < 0 ? 0 : only; i < (only < 0 ? c->n_inst : only + 1); i++)
+    /* Instances in index order, forthcoming ones too with FORTH_MOVES: of equal scores the
+     * earlier instance wins, as in hbal. */
+    for (int i = only < 0 ? 0 : only; i < (only < 0 ? c->n_inst : only + 1); i++) {
         if (movable(c, i, group, flags))
             instance_moves(c, group, &s, i, flags, prune, &extremes);
+        else if ((flags & FORTH_MOVES) && c->pnode[i] < 0 && c->forth_pnode[i] >= 0)
+            forth_moves(c, group, &s, i, flags);
+    }
     if (!s.found)
         return CAIRN_NONE;
     *inst = s.inst;

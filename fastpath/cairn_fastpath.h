@@ -38,6 +38,7 @@ typedef struct {
     double *util_cpu, *util_mem, *util_dsk, *util_net; /* dynamic utilisation (hbal -U; 1 each by default) */
     int *pnode, *snode;
     int *forth_pnode;         /* a forthcoming instance's primary (its pnode is -1), else -1 */
+    int *forth_snode;         /* and its secondary, else -1 */
     /* state and scratch: n_nodes long unless noted */
     cairn_nstate *state;
     double *loads;            /* n_nodes * 4: node loads, summed at load in instance order, then changed
@@ -53,7 +54,7 @@ typedef struct {
     long *loc_totals;         /* n_groups */
     long *top_val;            /* n_nodes * 2: the two largest peer entries */
     int *top_peer;            /* n_nodes * 2: their peers (-1: none) */
-    int has_forth;            /* forthcoming use or exclusive storage somewhere: no slot-sharing approximations */
+    int exact_only;           /* exclusive storage somewhere: every candidate scored exactly */
     int initialised;
 } cairn_cluster;
 

@@ -60,8 +60,9 @@ class Engine:
             for name in names:
                 setattr(c, name, self._array(ctype, self.capacity, spec.instances[name]))
         c.forth_pnode = self._array("int", self.capacity, [-1] * self.capacity)
+        c.forth_snode = self._array("int", self.capacity, [-1] * self.capacity)
         for i in spec.forthcoming:
-            c.forth_pnode[i] = c.pnode[i]
+            c.forth_pnode[i], c.forth_snode[i] = c.pnode[i], c.snode[i]
             c.pnode[i] = c.snode[i] = -1
         c.state = self._array("cairn_nstate", n)
         self._forth_arrays = [(name, getattr(c, name)) for name in FORTH_FIELDS]  # node arrays: never regrown
@@ -141,13 +142,15 @@ class Engine:
         """What forthcoming instances take of node k (`spec.FORTH_FIELDS`)."""
         return {name: array[k] for name, array in self._forth_arrays}
 
-    def set_forth(self, use: dict, inst: int, pnode: int) -> None:
+    native_forth_moves = True  # best_move takes FORTH_MOVES
+
+    def set_forth(self, use: dict, inst: int, pnode: int, snode: int = -1) -> None:
         """Give nodes new forthcoming figures (node: `spec.FORTH_FIELDS` values) and the forthcoming
-        instance `inst` the primary `pnode` (its exclusion tags count there); the state is rebuilt."""
+        instance `inst` the nodes (pnode, snode) (its exclusion tags count on pnode); the state is rebuilt."""
         for k, values in use.items():
             for name, array in self._forth_arrays:
                 array[k] = values[name]
-        self._c.forth_pnode[inst] = pnode
+        self._c.forth_pnode[inst], self._c.forth_snode[inst] = pnode, snode
         _check(lib.cairn_rebuild(self._c), "rebuild")
 
     def free_spindles(self) -> list[int]:
@@ -181,7 +184,7 @@ class Engine:
     def _grow(self, capacity: int) -> None:
         """Room for `capacity` instances: every per-instance array is copied into a larger one."""
         c = self._c
-        for ctype, names in _INSTANCE_ARRAYS + (("int", ("forth_pnode", "sec_next", "pri_next")),):
+        for ctype, names in _INSTANCE_ARRAYS + (("int", ("forth_pnode", "forth_snode", "sec_next", "pri_next")),):
             for name in names:
                 old = getattr(c, name)
                 setattr(c, name, self._array(ctype, capacity, ffi.unpack(old, self.capacity)))

@@ -77,7 +77,7 @@ class Moves:
                 figures = use.setdefault(k, self.engine.forth_use(k))
                 for name, value in contribution(self.spec, i, k, primary).items():
                     figures[name] += sign * value
-        self.engine.set_forth(use, i, p)
+        self.engine.set_forth(use, i, p, s)
         self.forth[i] = (p, s)
 
     def _check(self, i: int, kind: int, target: int, force: bool) -> tuple[int, tuple[int, int]]:

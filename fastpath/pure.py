@@ -559,9 +559,12 @@ class Engine:
         """What forthcoming instances take of node k (`spec.FORTH_FIELDS`)."""
         return {name: self.nd[name][k] for name in FORTH_FIELDS}
 
-    def set_forth(self, use: dict, inst: int, pnode: int) -> None:
+    native_forth_moves = False  # balance moves forthcoming instances through forthmove.Moves
+
+    def set_forth(self, use: dict, inst: int, pnode: int, snode: int = -1) -> None:
         """Give nodes new forthcoming figures (node: `spec.FORTH_FIELDS` values) and the forthcoming
-        instance `inst` the primary `pnode` (its exclusion tags count there); the state is rebuilt."""
+        instance `inst` the primary `pnode` (its exclusion tags count there); the state is rebuilt.
+        (The secondary lives in forthmove.Moves.)"""
         for k, values in use.items():
             for name in FORTH_FIELDS:
                 self.nd[name][k] = values[name]

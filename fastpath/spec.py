@@ -18,8 +18,11 @@ def new_nodes(kind: int, primary: int, secondary: int, target: int) -> tuple[int
             FAILOVER_AND_REPLACE: (secondary, target), FAILOVER_TO_ANY: (target, -1)}[kind]
 
 
-# Step flags. NO_PRUNING turns off the C core's exact lower-bound pruning (same answers, slower).
-NO_DISK_MOVES, NO_INSTANCE_MOVES, EVAC_MODE, IGNORE_SOFT, NO_PRUNING, RESTRICTED_MIGRATION = 1, 2, 4, 8, 16, 32
+# Step flags. NO_PRUNING turns off the C core's exact lower-bound pruning (same answers, slower);
+# FORTH_MOVES lets the C core's move search move forthcoming instances too (engines with
+# `native_forth_moves`; balance checks them in Python through forthmove.Moves otherwise).
+NO_DISK_MOVES, NO_INSTANCE_MOVES, EVAC_MODE, IGNORE_SOFT, NO_PRUNING, RESTRICTED_MIGRATION, FORTH_MOVES = \
+    1, 2, 4, 8, 16, 32, 64
 
 # Allocation mask values per node: never, either role (online nodes), only as secondary (offline
 # too), only as primary. The last two serve hail's allocate-secondary, which fixes the primary.

@@ -243,6 +243,17 @@ def test_c_and_pure_agree_on_random_clusters(case):
         assert c_move[3] == pytest.approx(pure_move[3], rel=1e-12)
 
 
+def _with_random_forthcoming(model, data):
+    """The flat arrays of a drawn cluster whose instances are drawn forthcoming or not."""
+    cluster, offline = model
+    for inst in cluster.instances:
+        inst.forthcoming = data.draw(st.booleans())
+    try:
+        return flatten(cluster, offline=offline)
+    except ValueError:
+        assume(False)  # a forthcoming instance without disk spindles on exclusive storage
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cluster_models(), st.data())
 def test_c_and_pure_agree_on_moves_of_forthcoming_instances(model, data):
@@ -251,13 +262,7 @@ def test_c_and_pure_agree_on_moves_of_forthcoming_instances(model, data):
     from fastpath.forthmove import Moves
     from fastpath.spec import FAILOVER, FAILOVER_TO_ANY, REPLACE_SECONDARY
 
-    cluster, offline = model
-    for inst in cluster.instances:
-        inst.forthcoming = data.draw(st.booleans())
-    try:
-        spec = flatten(cluster, offline=offline)
-    except ValueError:
-        assume(False)  # a forthcoming instance without disk spindles on exclusive storage
+    spec = _with_random_forthcoming(model, data)
     flags = data.draw(st.sampled_from([0, 8]))
     answers = []
     for implementation in ("c", "pure"):
@@ -275,6 +280,33 @@ def test_c_and_pure_agree_on_moves_of_forthcoming_instances(model, data):
     for (c_status, c_score), (pure_status, pure_score) in zip(*answers):
         assert c_status == pure_status
         assert c_score == pytest.approx(pure_score, rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cluster_models(), st.data())
+def test_c_search_moves_forthcoming_instances_as_forthmove_does(model, data):
+    """The C core's move search with FORTH_MOVES picks the move that the C core's search over real
+    instances plus forthmove.Moves' checks of every forthcoming move (the Python path, also the pure
+    twin's) picks, step after step; with and without pruning."""
+    from fastpath.balance import _with_forthcoming
+    from fastpath.forthmove import Moves
+    from fastpath.spec import FORTH_MOVES, NO_PRUNING
+
+    spec = _with_random_forthcoming(model, data)
+    flags = data.draw(st.sampled_from([0, 1, 2, 8, 32]))
+    engine = engine_class("c")(spec)
+    moves = Moves(engine, spec)
+    for _ in range(4):
+        current = engine.score(0)
+        python = _with_forthcoming(moves, spec, 0, flags, engine.best_move(0, flags), current)
+        native = engine.best_move(0, flags | FORTH_MOVES)
+        assert native == engine.best_move(0, flags | FORTH_MOVES | NO_PRUNING)
+        assert (native is None) == (python is None)
+        if native is None:
+            break
+        assert native[:3] == python[:3]
+        assert native[3] == pytest.approx(python[3], rel=1e-12, abs=1e-12)
+        moves.apply_move(*native[:3])
 
 
 def test_pruned_and_unpruned_search_choose_the_same_move():
