@@ -1232,8 +1232,8 @@ static int forth_check(const cairn_cluster *c, int i, int kind, int target, int 
 
 /* The exact score with forthcoming instance i moved to (np, ns): its use leaves the old nodes'
  * forth_* figures for the new ones' (put back afterwards), its exclusion tags its old primary for
- * the new one. */
-static double forth_score(cairn_cluster *c, int group, int i, int np, int ns)
+ * the new one. INFINITY when the approximate score shows that it cannot beat the search's best. */
+static double forth_score(cairn_cluster *c, int group, const search *s, int i, int np, int ns)
 {
     int op = c->forth_pnode[i], os = c->forth_snode[i];
     long *fields[5] = {c->forth_mem, c->forth_dsk, c->forth_cpu, c->forth_sp, c->forth_fsp};
@@ -1263,7 +1263,9 @@ static double forth_score(cairn_cluster *c, int group, int i, int np, int ns)
         touch(&t, op)->tags_v -= tag_count_at_least(c, op, i, 2);
         touch(&t, np)->tags_v += tag_count_at_least(c, np, i, 1);
     }
-    double score = exact_with(c, group, &t, 0);
+    double score = INFINITY;
+    if (approx_with(c, &s->st, &t, 0) <= s->best + 1e-8 * (1.0 + fabs(s->best)))
+        score = exact_with(c, group, &t, 0);
     for (int j = 0; j < t.n; j++)
         for (int f = 0; f < 5; f++)
             fields[f][t.k[j]] = saved[j][f];
@@ -1276,7 +1278,7 @@ static void forth_consider(cairn_cluster *c, int group, search *s, int i, int ki
     if (forth_check(c, i, kind, target, (flags & IGNORE_SOFT) != 0) != OK)
         return;
     new_nodes(kind, c->forth_pnode[i], c->forth_snode[i], target, &np, &ns);
-    offer_move(s, i, kind, target, forth_score(c, group, i, np, ns));
+    offer_move(s, i, kind, target, forth_score(c, group, s, i, np, ns));
 }
 
 /* hbal's candidate moves of forthcoming instance i, in balance._forthcoming_candidates' order. */
