@@ -174,10 +174,38 @@ static double exact_with(cairn_cluster *c, int group, const touch_set *t, long l
 
 /* ---- incremental statistics ------------------------------------------------------------------ */
 
+/* Metrics of equal value per node share one standard deviation: the approximate score sums each
+ * distinct deviation once with the weights of its copies (the exact re-check scores them apart).
+ * The first 8 slots serve every cluster, the mem and net loads then sharing the cpu load's slot
+ * and the *_forth figures their plain twins' (true without a -U file and without forthcoming
+ * use); otherwise all 13 slots count, each with its own weight. */
+#define SLOTS 13
+#define COMPACT_SLOTS 8
+static const int SLOT_METRIC[SLOTS] = {0, 1, 3, 6, 7, 9, 12, 13, 8, 10, 14, 15, 16};
+static const double COMPACT_WEIGHT[SLOTS] = {0.5, 1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 0.5};
+static const double FULL_WEIGHT[SLOTS] = {0.5, 0.5, 1.0, 0.5, 1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 0.5, 0.5, 0.5};
+
+typedef struct {
+    int n;
+    const double *weight;
+} slot_layout;
+
+static void slot_layout_init(const cairn_cluster *c, slot_layout *lay)
+{
+    int uniform = 1, forth = 0;
+    for (int i = 0; i < c->n_inst && uniform; i++)
+        uniform = c->util_cpu[i] == c->util_mem[i] && c->util_cpu[i] == c->util_net[i];
+    for (int k = 0; k < c->n_nodes && !forth; k++)
+        forth = c->forth_mem[k] || c->forth_dsk[k] || c->forth_cpu[k] || c->forth_sp[k] || c->forth_fsp[k];
+    lay->n = uniform && !forth ? COMPACT_SLOTS : SLOTS;
+    lay->weight = uniform && !forth ? COMPACT_WEIGHT : FULL_WEIGHT;
+}
+
 typedef struct {
     int n_on;
     double mean[CAIRN_METRICS], m2[CAIRN_METRICS], sum_on[CAIRN_METRICS], sum_off[CAIRN_METRICS];
     long loc_total;
+    slot_layout lay;
 } stats;
 
 static void stats_init(const cairn_cluster *c, int group, stats *s)
@@ -207,13 +235,8 @@ static void stats_init(const cairn_cluster *c, int group, stats *s)
         }
     }
     s->loc_total = loc_total(c, group);
+    slot_layout_init(c, &s->lay);
 }
-
-/* Metrics of equal value per node share one standard deviation: the approximate score sums each
- * distinct deviation once with the weights of its copies (the exact re-check scores them apart). */
-#define SLOTS 13
-static const int SLOT_METRIC[SLOTS] = {0, 1, 3, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16};
-static const double SLOT_WEIGHT[SLOTS] = {0.5, 0.5, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5};
 static const int ONLINE_SUMS[] = {2, 11, 17, 19};
 static const int OFFLINE_SUMS[] = {4, 5};
 
@@ -235,7 +258,7 @@ static double approx_with(const cairn_cluster *c, const stats *s, const touch_se
         }
         for (size_t j2 = 0; j2 < sizeof ONLINE_SUMS / sizeof ONLINE_SUMS[0]; j2++)
             dsum[ONLINE_SUMS[j2]] += nv[ONLINE_SUMS[j2]] - ov[ONLINE_SUMS[j2]];
-        for (int q = 0; q < SLOTS; q++) {
+        for (int q = 0; q < s->lay.n; q++) {
             int m = SLOT_METRIC[q];
             double x = ov[m] - s->mean[m], y = nv[m] - s->mean[m];
             dsum[m] += nv[m] - ov[m];
@@ -243,11 +266,11 @@ static double approx_with(const cairn_cluster *c, const stats *s, const touch_se
         }
     }
     double total = WEIGHTS[18] * (double)(s->loc_total + loc_delta);
-    for (int q = 0; q < SLOTS && s->n_on > 0; q++) {
+    for (int q = 0; q < s->lay.n && s->n_on > 0; q++) {
         int m = SLOT_METRIC[q];
         double shift = dsum[m] / s->n_on;
         double m2 = s->m2[m] + dsq[q] - s->n_on * shift * shift;
-        total += SLOT_WEIGHT[q] * (m2 > 0 ? sqrt(m2 / s->n_on) : 0.0);
+        total += s->lay.weight[q] * (m2 > 0 ? sqrt(m2 / s->n_on) : 0.0);
     }
     for (size_t j = 0; j < sizeof ONLINE_SUMS / sizeof ONLINE_SUMS[0]; j++)
         total += WEIGHTS[ONLINE_SUMS[j]] * (s->sum_on[ONLINE_SUMS[j]] + dsum[ONLINE_SUMS[j]]);
@@ -849,27 +872,30 @@ typedef struct {
     int feasible;
     double mean[SLOTS], m2[SLOTS], sums;
     double gmin[SLOTS];
+    const slot_layout *lay;
 } kind_bound;
 
 /* Per slot, over the group's online nodes: extremes of the step scale c and of c * value, and the
  * smallest value. They bound the best target of any instance without looking at each target. */
 typedef struct {
     double cmin[SLOTS], cmax[SLOTS], cxmin[SLOTS], cxmax[SLOTS], xmin[SLOTS];
+    slot_layout lay;
 } group_extremes;
 
 static double slot_scale(const cairn_cluster *c, int t, int j)
 {
     switch (j) {
-    case 0: case 9: return 1.0 / c->t_mem[t];
+    case 0: case 7: return 1.0 / c->t_mem[t];
     case 1: case 10: return c->t_dsk[t] > 0 ? 1.0 / c->t_dsk[t] : 0.0;
     case 3: case 11: return 1.0 / c->t_cpu[t] / c->cpu_speed[t];
-    case 8: case 12: return 1.0 / c->hi_spindles[t];
+    case 6: case 12: return 1.0 / c->hi_spindles[t];
     default: return 1.0;
     }
 }
 
 static void extremes_init(const cairn_cluster *c, int group, group_extremes *e)
 {
+    slot_layout_init(c, &e->lay);
     for (int j = 0; j < SLOTS; j++) {
         e->cmin[j] = e->cxmin[j] = e->xmin[j] = INFINITY;
         e->cmax[j] = e->cxmax[j] = -INFINITY;
@@ -877,7 +903,7 @@ static void extremes_init(const cairn_cluster *c, int group, group_extremes *e)
     for (int t = 0; t < c->n_nodes; t++) {
         if (c->group[t] != group || c->offline[t])
             continue;
-        for (int j = 0; j < SLOTS; j++) {
+        for (int j = 0; j < e->lay.n; j++) {
             double sc = slot_scale(c, t, j), x = c->vals[t * CAIRN_METRICS + SLOT_METRIC[j]];
             e->cmin[j] = fmin(e->cmin[j], sc), e->cmax[j] = fmax(e->cmax[j], sc);
             e->cxmin[j] = fmin(e->cxmin[j], sc * x), e->cxmax[j] = fmax(e->cxmax[j], sc * x);
@@ -892,7 +918,7 @@ static void extremes_init(const cairn_cluster *c, int group, group_extremes *e)
 static double quick_bound(const kind_bound *kb, const group_extremes *e, const double *step, int ranged, int n)
 {
     double keep = n > 1 ? 1.0 - 1.0 / n : 1.0, total = kb->sums;
-    for (int j = 0; j < SLOTS; j++) {
+    for (int j = 0; j < e->lay.n; j++) {
         double a = step[j], g = 0.0;
         if (j == 2 && ranged) {
             double d = e->xmin[j] - kb->mean[j];
@@ -905,7 +931,7 @@ static double quick_bound(const kind_bound *kb, const group_extremes *e, const d
                 g = 0.0;
         }
         double v = n ? (kb->m2[j] + g) / n : 0.0;
-        total += SLOT_WEIGHT[j] * (v > 0 ? sqrt(v) : 0.0);
+        total += e->lay.weight[j] * (v > 0 ? sqrt(v) : 0.0);
     }
     return total;
 }
@@ -927,7 +953,8 @@ static void bound_fixed(const cairn_cluster *c, const stats *s, const touch_set 
             dsq[m] += y * y - x * x;
         }
     }
-    for (int j = 0; j < SLOTS; j++) {
+    kb->lay = &s->lay;
+    for (int j = 0; j < s->lay.n; j++) {
         int m = SLOT_METRIC[j];
         double shift = s->n_on ? dsum[m] / s->n_on : 0.0;
         kb->mean[j] = s->mean[m] + shift;
@@ -947,7 +974,7 @@ static void bound_target(const cairn_cluster *c, int n, kind_bound *kb, int t, c
 {
     const double *x = c->vals + t * CAIRN_METRICS;
     double keep = n > 1 ? 1.0 - 1.0 / n : 1.0;
-    for (int j = 0; j < SLOTS; j++) {
+    for (int j = 0; j < kb->lay->n; j++) {
         double d = x[SLOT_METRIC[j]] - kb->mean[j], g;
         if (j == 2 && ranged_r)
             g = d >= 0 ? 0.0 : -d * d / keep;
@@ -961,9 +988,9 @@ static void bound_target(const cairn_cluster *c, int n, kind_bound *kb, int t, c
 static double bound_value(const kind_bound *kb, int n)
 {
     double total = kb->sums;
-    for (int j = 0; j < SLOTS; j++) {
+    for (int j = 0; j < kb->lay->n; j++) {
         double v = n ? (kb->m2[j] + kb->gmin[j]) / n : 0.0;
-        total += SLOT_WEIGHT[j] * (v > 0 ? sqrt(v) : 0.0);
+        total += kb->lay->weight[j] * (v > 0 ? sqrt(v) : 0.0);
     }
     return total;
 }
@@ -1015,11 +1042,11 @@ static void instance_bounds(cairn_cluster *c, int group, search *s, int i, int f
     }
     int n = s->st.n_on;
     double limit = s->best + 1e-8 * (1.0 + fabs(s->best));
-    /* A real instance moves each *_forth figure as it moves its plain twin (slots 10-12 as 1, 3, 8). */
+    /* A real instance moves each *_forth figure as it moves its plain twin (slots 10-12 as 1, 3, 6). */
     double cpu = (double)(c->vcpus[i] * c->uses_cpu[i]), dsk = -(double)c->dsk[i], sp = (double)c->spindle_use[i];
-    double pri_step[SLOTS] = {-(double)(c->mem[i] * c->uses_mem[i]), dsk, 0.0, cpu, c->util_cpu[i], c->util_mem[i],
-                              c->util_dsk[i], c->util_net[i], sp, -(double)c->mem[i], dsk, cpu, sp};
-    double sec_step[SLOTS] = {0.0, dsk, 0.0, 0.0, 0.0, 0.0, c->util_dsk[i], 0.0, sp, 0.0, dsk, 0.0, sp};
+    double pri_step[SLOTS] = {-(double)(c->mem[i] * c->uses_mem[i]), dsk, 0.0, cpu, c->util_cpu[i], c->util_dsk[i],
+                              sp, -(double)c->mem[i], c->util_mem[i], c->util_net[i], dsk, cpu, sp};
+    double sec_step[SLOTS] = {0.0, dsk, 0.0, 0.0, 0.0, c->util_dsk[i], sp, 0.0, 0.0, 0.0, dsk, 0.0, sp};
     int need[5] = {0};
     for (int k = REPLACE_SECONDARY; k <= FAILOVER_AND_REPLACE; k++) {
         int as_secondary = k == REPLACE_SECONDARY || k == FAILOVER_AND_REPLACE;
@@ -1036,7 +1063,7 @@ static void instance_bounds(cairn_cluster *c, int group, search *s, int i, int f
     for (int tg = 0; tg < c->n_nodes; tg++) {
         if (c->group[tg] != group || c->offline[tg] || tg == op || tg == os)
             continue;
-        for (int j = 0; j < SLOTS; j++) {
+        for (int j = 0; j < e->lay.n; j++) {
             double sc = slot_scale(c, tg, j);
             as_pri[j] = pri_step[j] * sc;
             as_sec[j] = sec_step[j] * sc;
