@@ -3,8 +3,6 @@
 The CLI only parses options and prints what `run` emits.
 """
 
-import re
-
 from fastpath import engine_class
 from fastpath.balance import BalanceOptions, balance, commands, jobsets, lower_bound, move_line
 from fastpath.htools_text import parse, write
@@ -38,7 +36,7 @@ class HbalRequest:
 
 
 # A number as hbal's `read` takes it: decimal with optional fraction and exponent, or hex / octal.
-_NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|0[xX][0-9a-fA-F]+|0[oO][0-7]+)")
+_NUMBER = r"-?(?:\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|0[xX][0-9a-fA-F]+|0[oO][0-7]+)"
 
 
 def parse_utilisation(text: str) -> dict[str, tuple[float, float, float, float]]:
@@ -46,6 +44,9 @@ def parse_utilisation(text: str) -> dict[str, tuple[float, float, float, float]]
 
     hbal's rules: five fields separated by single spaces, numbers as Haskell reads them. Unlike
     hbal, NaN and infinities are refused (hbal takes them and prints NaN scores)."""
+    import re  # here, not at the top: importing re (and enum) costs every balance process ~8 ms
+
+    pattern = re.compile(_NUMBER)
     loads = {}
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split(" ")
@@ -54,7 +55,7 @@ def parse_utilisation(text: str) -> dict[str, tuple[float, float, float, float]]
                             "'instance cpu mem disk net', separated by single spaces")
         values = []
         for value in fields[1:]:
-            if not _NUMBER.fullmatch(value):
+            if not pattern.fullmatch(value):
                 raise HbalError(f"can't parse utilisation data: {fields[0]}: cannot parse string '{value}' "
                                 f"(line {number}); write a finite number such as 0.5 or 12")
             values.append(float(int(value, 0)) if value.lstrip("-")[:2].lower() in ("0x", "0o") else float(value))
