@@ -136,7 +136,7 @@ class Engine:
         tags = sum(1 << t for t, count in enumerate(row) if count >= 1)
         return {"u_mem": self._c.mem_base[k] - st.i_mem, "r_mem": st.r_mem, "fail": st.fail, "f_dsk": st.f_dsk,
                 "u_cpu": st.u_cpu, "all_mem": st.all_mem, "forth_base": self._c.forth_base[k], "tags": tags,
-                "inst_sp": st.inst_sp, "f_sp": st.f_sp, "load": list(st.load)}
+                "inst_sp": st.inst_sp, "f_sp": st.f_sp}
 
     def forth_use(self, k: int) -> dict:
         """What forthcoming instances take of node k (`spec.FORTH_FIELDS`)."""

@@ -553,7 +553,7 @@ class Engine:
         tags = sum(1 << t for t in range(self.T) if self.tagcnt[k * self.T + t] >= 1)
         return {"u_mem": self._u_mem(k, st), "r_mem": st[R_MEM], "fail": st[FAIL], "f_dsk": st[F_DSK],
                 "u_cpu": st[U_CPU], "all_mem": st[ALL_MEM], "forth_base": self.forth_base[k], "tags": tags,
-                "inst_sp": st[INST_SP], "f_sp": st[F_SP], "load": st[L_CPU:L_NET + 1]}
+                "inst_sp": st[INST_SP], "f_sp": st[F_SP]}
 
     def forth_use(self, k: int) -> dict:
         """What forthcoming instances take of node k (`spec.FORTH_FIELDS`)."""
