@@ -870,6 +870,7 @@ static const int SUM_METRICS[] = {2, 4, 5, 11, 17, 18, 19};
 
 typedef struct {
     int feasible;
+    long r_fixed; /* the reserved memory of the kind's fixed secondary (0 when unknown) */
     double mean[SLOTS], m2[SLOTS], sums;
     double gmin[SLOTS];
     const slot_layout *lay;
@@ -1013,7 +1014,7 @@ static void instance_bounds(cairn_cluster *c, int group, search *s, int i, int f
     st_remove(c, op, &c->state[op], i, 1, -1, &int_p);
     st_remove(c, os, &c->state[os], i, 2, op, &int_s);
     for (int k = 0; k < 5; k++)
-        kb[k].feasible = 0;
+        kb[k].feasible = 0, kb[k].r_fixed = 0;
     t.n = 0;
     *touch(&t, os) = int_s;
     refreshed_primary(c, op, touch(&t, op));
@@ -1025,6 +1026,7 @@ static void instance_bounds(cairn_cluster *c, int group, search *s, int i, int f
     if (st_add_sec(c, op, &int_p, i, force_s, r_op, 0, touch(&t, op)) == OK) {
         bound_fixed(c, &s->st, &t, &kb[REPLACE_AND_FAILOVER]);
         kb[REPLACE_AND_FAILOVER].feasible = 1;
+        kb[REPLACE_AND_FAILOVER].r_fixed = r_op;
     }
     if (st_add_pri(c, os, &int_s, i, force_p, &tmp) == OK) {
         t.n = 0;
@@ -1033,6 +1035,7 @@ static void instance_bounds(cairn_cluster *c, int group, search *s, int i, int f
         if (st_add_sec(c, os, &int_s, i, force_p, r_os > sec ? r_os : sec, 0, touch(&t, os)) == OK) {
             bound_fixed(c, &s->st, &t, &kb[REPLACE_PRIMARY]);
             kb[REPLACE_PRIMARY].feasible = 1;
+            kb[REPLACE_PRIMARY].r_fixed = r_os > sec ? r_os : sec;
         }
         t.n = 0;
         *touch(&t, op) = int_p;
@@ -1079,6 +1082,67 @@ static void instance_bounds(cairn_cluster *c, int group, search *s, int i, int f
     }
 }
 
+/* ---- sweeping one (instance, kind) over its targets --------------------------------------------
+ *
+ * Outside the special targets, a kind's fixed nodes end in the same states whatever the target
+ * (instance_bounds computed them into kb); only the target's own state differs. The sweep scores a
+ * target from kb's post-fixed means and variances plus the target's change alone, as approx_with
+ * would from all touched nodes, and sends only targets within reach of the best to `consider`,
+ * which then decides exactly as before.
+ */
+
+static int swept_target(cairn_cluster *c, int i, int kind, int t, int flags, cairn_nstate *out)
+{
+    int op = c->pnode[i], os = c->snode[i], soft = (flags & IGNORE_SOFT) != 0;
+    int force_p = soft || c->offline[op], force_s = soft || c->offline[os];
+    long sec = c->sec_mem[i];
+    const cairn_nstate *in = &c->state[t];
+    switch (kind) {
+    case REPLACE_SECONDARY: return st_add_sec(c, t, in, i, force_s, rmem_with(c, t, op, sec, -1, 0), 0, out);
+    case REPLACE_AND_FAILOVER: return st_add_pri(c, t, in, i, soft, out);
+    case REPLACE_PRIMARY: return st_add_pri(c, t, in, i, force_p, out);
+    default: return st_add_sec(c, t, in, i, force_p, rmem_with(c, t, os, sec, -1, 0), 0, out);
+    }
+}
+
+/* Whether target t of a pruned kind may beat the best: feasible and its swept score within reach. */
+static int sweep_passes(cairn_cluster *c, const search *s, const kind_bound *kb, int i, int kind, int t, int flags)
+{
+    cairn_nstate st;
+    double nv[CAIRN_METRICS];
+    if (!migrations_ok(c, kind, c->pnode[i], c->snode[i], t) || swept_target(c, i, kind, t, flags, &st) != OK)
+        return 0;
+    const double *ov = c->vals + t * CAIRN_METRICS;
+    node_values(c, t, &st, nv);
+    int n = s->st.n_on;
+    double keep = n > 0 ? 1.0 - 1.0 / n : 0.0, total = kb->sums;
+    for (size_t j = 0; j < sizeof ONLINE_SUMS / sizeof ONLINE_SUMS[0]; j++)
+        total += WEIGHTS[ONLINE_SUMS[j]] * (nv[ONLINE_SUMS[j]] - ov[ONLINE_SUMS[j]]);
+    for (int q = 0; q < kb->lay->n && n > 0; q++) {
+        int m = SLOT_METRIC[q];
+        double step = nv[m] - ov[m], m2 = kb->m2[q] + step * (2.0 * (ov[m] - kb->mean[q]) + step * keep);
+        total += kb->lay->weight[q] * (m2 > 0 ? sqrt(m2 / n) : 0.0);
+    }
+    return total <= s->best + 1e-8 * (1.0 + fabs(s->best));
+}
+
+/* Whether target t of `kind` goes to `consider`: a special target (one whose peer entry changes
+ * the fixed part) always, else unless the kind is pruned or, when pruning, its sweep says it
+ * cannot beat the best. */
+static int wanted(cairn_cluster *c, const search *s, const kind_bound *kb, const int *skip, int prune, int special,
+                  int i, int kind, int t, int flags)
+{
+    if (prune && special)
+        return 1;
+    if (skip[kind])
+        return 0;
+    return !prune || sweep_passes(c, s, &kb[kind], i, kind, t, flags);
+}
+
+/* Whether a target with peer entry `entry` changes the fixed part (rmem_with: the entry grows by
+ * sec, the new maximum is the larger of the old one and it). */
+static int special(long entry, long sec, const kind_bound *kb) { return entry > 0 && entry + sec > kb->r_fixed; }
+
 static int pruning_possible(const cairn_cluster *c)
 {
     for (int k = 0; k < c->n_nodes; k++)
@@ -1091,6 +1155,7 @@ static void instance_moves(cairn_cluster *c, int group, search *s, int i, int fl
                            const group_extremes *e)
 {
     int op = c->pnode[i], os = c->snode[i];
+    long sec = c->sec_mem[i];
     if (c->kind[i] == KIND_MIRRORED) {
         int sec_offline = c->offline[os];
         kind_bound kb[5];
@@ -1105,27 +1170,29 @@ static void instance_moves(cairn_cluster *c, int group, search *s, int i, int fl
             double limit = s->best + 1e-8 * (1.0 + fabs(s->best));
             for (int k = REPLACE_SECONDARY; k <= FAILOVER_AND_REPLACE; k++)
                 skip[k] = !kb[k].feasible || bound_value(&kb[k], s->st.n_on) > limit;
-            if (skip[REPLACE_AND_FAILOVER])
-                peers_of(c, op, c->acc_c, 1);
-            if (skip[REPLACE_PRIMARY])
-                peers_of(c, os, c->acc_d, 1);
+            peers_of(c, op, c->acc_c, 1);
+            peers_of(c, os, c->acc_d, 1);
         }
         for (int t = 0; t < c->n_nodes; t++) {
             if (c->group[t] != group || c->offline[t] || t == op || t == os)
                 continue;
-            if (!skip[REPLACE_SECONDARY])
+            if (wanted(c, s, kb, skip, prune, 0, i, REPLACE_SECONDARY, t, flags))
                 consider(c, group, s, i, REPLACE_SECONDARY, t, flags);
             /* Restricted migration keeps only secondary replacements unless the primary is offline. */
             if (flags & NO_INSTANCE_MOVES || ((flags & RESTRICTED_MIGRATION) && !c->offline[op]))
                 continue;
-            /* Targets with a peer entry on the old primary (or secondary) change the fixed part. */
-            if (!skip[REPLACE_AND_FAILOVER] || c->acc_c[t] > 0)
+            /* A target's peer entry on the old primary (or secondary) grows by the instance's
+             * memory; when that tops the fixed reserved memory, the fixed part changes. */
+            if (wanted(c, s, kb, skip, prune, prune && special(c->acc_c[t], sec, &kb[REPLACE_AND_FAILOVER]), i,
+                       REPLACE_AND_FAILOVER, t, flags))
                 consider(c, group, s, i, REPLACE_AND_FAILOVER, t, flags);
             if (sec_offline)
                 continue;
-            if (!(flags & RESTRICTED_MIGRATION) && (!skip[REPLACE_PRIMARY] || c->acc_d[t] > 0))
+            if (!(flags & RESTRICTED_MIGRATION)
+                && wanted(c, s, kb, skip, prune, prune && special(c->acc_d[t], sec, &kb[REPLACE_PRIMARY]), i,
+                          REPLACE_PRIMARY, t, flags))
                 consider(c, group, s, i, REPLACE_PRIMARY, t, flags);
-            if (!skip[FAILOVER_AND_REPLACE])
+            if (wanted(c, s, kb, skip, prune, 0, i, FAILOVER_AND_REPLACE, t, flags))
                 consider(c, group, s, i, FAILOVER_AND_REPLACE, t, flags);
         }
         if (prune) {
