@@ -14,11 +14,12 @@ simulation decides.
 
 Most evacuations are settled without choosing: a failed failover, or an instance no node takes,
 fails it whatever hail chooses; a node that takes all the moved instances at once makes it pass
-whatever hail chooses. Only the rest is simulated on the engine with hail's choices
-(`Evacuation.simulate`). A candidate only lowers resources on its primary (memory and disk) and
-secondary (disk), so per candidate only the evacuations whose failovers used those nodes, those
-two nodes' own, those whose only all-taking nodes they are, and the simulated ones are looked at
-again. An evacuation that fails for sure stays failed whatever a candidate does, so then every
+whatever hail chooses, and so do enough slots (`Evacuation._slots`). Only the rest is simulated
+on the engine with hail's choices (`Evacuation.simulate`). A candidate only lowers resources on
+its primary (memory and disk) and secondary (disk), so per candidate only the evacuations whose
+failovers used those nodes, those two nodes' own, those whose only all-taking nodes they are,
+those passing by slots with fewer to spare than those two nodes hold, and the simulated ones are
+looked at again. An evacuation that fails for sure stays failed whatever a candidate does, so then every
 candidate fails. The answer is the one a full simulation per candidate gives.
 """
 
@@ -79,6 +80,13 @@ def _by_kind(engine, inst: int) -> str:
     return MOVE if engine.instance_value(inst, "kind") == KIND_SHARED else RECREATE
 
 
+def _fits(room: int, need: int) -> int:
+    """How many needs of up to `need` fit in `room` one after another (each while room >= need)."""
+    if room < 0:
+        return 0
+    return room // need if need > 0 else 1 << 30
+
+
 class Evacuation:
     """Node evacuations (hard limits only) over free resources that differ from `memory`, the base,
     only on a few nodes named per run.
@@ -90,8 +98,8 @@ class Evacuation:
     best depends on the whole cluster, so `classify` first settles what does not depend on it: a
     failover that fails, or an instance no node holds, fails the evacuation whatever the choices;
     a node that holds all the moved instances at once makes it pass whatever the choices (hail
-    always finds a node, that one at least). Only what is left is simulated on the engine
-    (`simulate`), with hail's choices."""
+    always finds a node, that one at least), and so do enough slots (`_slots`). Only what is left
+    is simulated on the engine (`simulate`), with hail's choices."""
 
     def __init__(self, engine, spec: Spec, memory: list[int]):
         self.engine = engine
@@ -123,9 +131,11 @@ class Evacuation:
         return self.facts[i]
 
     def classify(self, n: int, memory: list[int], disk: list[int], spindles: list[int], primaries: list[int],
-                 placed: tuple[int, int, int] = (-1, -1, -1), want: int = 1) -> tuple[str, dict[int, int], list[int]]:
+                 placed: tuple[int, int, int] = (-1, -1, -1),
+                 want: int = 1) -> tuple[str, dict[int, int], list[int], tuple[dict[int, int], int] | None]:
         """(PASS, FAIL or UNSURE, each failover target's free memory after the failovers, up to
-        `want` nodes that take every moved instance at once).
+        `want` nodes that take every moved instance at once, and for a pass by slots (`_slots`)
+        each counted node's slots with the slots to spare, else None).
 
         `placed` is a candidate (instance, primary, secondary) already counted in the figures."""
         mem: dict[int, int] = {}  # free memory where the failovers changed it
@@ -139,16 +149,16 @@ class Evacuation:
                 if (mem[s] <= 0 or disk[s] <= 0 or (disk[n] <= 0 and not self.offline[n])
                         or self.mig[n] & ~self.rmig[s] or self._spindles_fail(s, spindles[s], need_sp)
                         or self._spindles_fail(n, spindles[n], need_sp)):
-                    return FAIL, mem, []
+                    return FAIL, mem, [], None
             else:
                 moving.append(i)
         if not moving:
-            return PASS, mem, []
+            return PASS, mem, [], None
         g = self.group[n]
         order = self.order[g]  # the group's nodes, n among them (skipped below)
         facts = [self.facts_of(i) for i in moving]
         if any(f[7] for f in facts):
-            return FAIL, mem, []
+            return FAIL, mem, [], None
         # hail re-creates an instance only where the instance policy admits it (the spindle part
         # depends on the node's exclusive storage); a shared one moves without that test.
         admitted = [{excl: f[6] or self._admits(i, g, excl) for excl in (False, True)} for i, f in zip(moving, facts)]
@@ -165,13 +175,45 @@ class Evacuation:
                 if len(holders) == want:
                     break
         if holders:
-            return PASS, mem, holders
+            return PASS, mem, holders, None
+        slots = self._slots(n, order, mem, memory, disk, spindles, facts, admitted, total)
+        if sum(slots.values()) >= len(moving):
+            return PASS, mem, [], (slots, sum(slots.values()) - len(moving))
         for f, a in zip(facts, admitted):
             one = (f[1], f[3] if f[5] else 0, f[4] if f[5] else 0, f[5] and f[4] < 0, f[5], f[6])
             if not any(k != n and a[bool(self.excl[k])] and self._holds(n, k, mem.get(k, memory[k]), disk[k],
                                                                         spindles[k], one) for k in order):
-                return FAIL, mem, []
-        return UNSURE, mem, []
+                return FAIL, mem, [], None
+        return UNSURE, mem, [], None
+
+    def _slots(self, n: int, order: list[int], mem: dict[int, int], memory: list[int], disk: list[int],
+               spindles: list[int], facts: list[tuple], admitted: list[dict[bool, bool]], total: tuple) -> dict[int, int]:
+        """How many of the moved instances each online node of the group takes for sure, whichever
+        of them come and in whatever order: its free memory (disk, spindles) over the largest need,
+        less one unit for hail's strict 'more than needed'. Each instance placed anywhere takes at
+        most one slot of its node, so while slots are left some node holds the next instance:
+        with at least as many slots as instances the evacuation passes whatever hail chooses."""
+        need_mem = max(f[1] for f in facts)
+        local = [f for f in facts if f[5]]
+        need_dsk = max((f[3] for f in local), default=0)
+        need_sp = max(max(f[4], 0) for f in facts)
+        _, _, _, unknown_sp, any_local, shared = total
+        slots = {}
+        for k in order:
+            if k == n or self.offline[k] or not all(a[bool(self.excl[k])] for a in admitted):
+                continue
+            if shared and self.mig[n] & ~self.rmig[k]:
+                continue
+            free = mem.get(k, memory[k])
+            count = _fits(free - 1, need_mem)
+            if any_local:
+                count = min(count, _fits(disk[k] - 1, need_dsk))
+                if self.excl[k]:
+                    # A spindle-less copy leaves -1 free there, however many were free.
+                    count = 0 if unknown_sp else min(count, _fits(spindles[k], need_sp))
+            if count > 0:
+                slots[k] = count
+        return slots
 
     def _admits(self, i: int, g: int, excl: bool) -> bool:
         key = (i, g, excl)
@@ -287,9 +329,10 @@ class CandidateCheck:
         self.failing = set()
         self.unsure = set()  # evacuations to simulate with every candidate
         self.fragile: list[tuple[int, set[int]]] = []  # (n, its only holders) when they are one or two nodes
+        self.slotted: list[tuple[int, dict[int, int], int]] = []  # (n, its slots, spare) when it passes by slots
         for n in range(spec.n_nodes):
-            status, after, holders = self.evacuation.classify(n, self.memory, self.disk, self.spindles,
-                                                              self.primaries[n], want=3)
+            status, after, holders, slots = self.evacuation.classify(n, self.memory, self.disk, self.spindles,
+                                                                     self.primaries[n], want=3)
             if status == FAIL:
                 self.failing.add(n)
                 break  # every candidate fails: nothing else is needed
@@ -297,6 +340,8 @@ class CandidateCheck:
                 self.unsure.add(n)
             elif 0 < len(holders) <= 2:
                 self.fragile.append((n, set(holders)))
+            elif slots is not None:
+                self.slotted.append((n, *slots))
             self.after.append(after)
             for k in after:
                 self.users[k].add(n)
@@ -316,6 +361,8 @@ class CandidateCheck:
                 spindles[k] = -1 if self.need_sp < 0 else spindles[k] - self.need_sp
         full = changed | self.unsure
         full.update(n for n, holders in self.fragile if holders <= changed)
+        # A pass by slots holds while the unchanged nodes' slots suffice (the changed ones may lose all theirs).
+        full.update(n for n, slots, spare in self.slotted if sum(slots.get(k, 0) for k in changed) > spare)
         for n in users - full:
             # n's evacuation passed and some node not changed takes its moved instances: only its
             # failovers onto the changed nodes can fail now.

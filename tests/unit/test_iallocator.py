@@ -182,7 +182,7 @@ def _check_documents():
     documents = [json.loads((DATA / f"{name}.json").read_text())
                  for name in ("globaln1-next", "globaln1-next-drbd", "demo-allocate", "demo-allocate-plain",
                               "n4-alloc", "n20-alloc", "forth-gen-2", "forth-gen-72", "globaln1-mig",
-                              "globaln1-fulldisk", "excl-mixgen-8")]
+                              "globaln1-fulldisk", "excl-mixgen-8", "globaln1-slots-1", "globaln1-slots-2")]
     request = {"type": "allocate", "name": "new", "required_nodes": 2, "disk_template": "drbd", "memory": 512,
                "vcpus": 1, "disk_space_total": 1024, "disks": [{"size": 1024}], "nics": [], "tags": [],
                "spindle_use": 1}
@@ -237,6 +237,35 @@ def test_ranked_candidates_are_hail_order_per_primary(implementation):
                 assert runs == expected, (document["request"]["name"], required)
                 ties += sum(len(run) - len({c[2] for c in run}) for run in runs)
     assert ties > 0
+
+
+def test_passes_by_slots_are_passes_whatever_hail_chooses(implementation, monkeypatch):
+    """An evacuation that passes by slots (enough instances fit for sure, whichever node hail picks
+    for each) passes hail's own simulation: for every candidate, the check with slots answers
+    what simulating every evacuation with moved instances answers. On globaln1-slots-1 every
+    node passes by slots with none to spare before any candidate (so each candidate on a node
+    with a slot is settled again), on -2 every evacuation needs the simulation, and on -176 a
+    candidate that takes the slot of a node with none to spare breaks that node's evacuation
+    (12 candidates FailN1 in hail's answer, 6 of them through it)."""
+    from fastpath.globaln1 import CandidateCheck, Evacuation, globally_redundant
+
+    seen = set()
+    for name, slotted in (("globaln1-slots-1", 10), ("globaln1-slots-2", 0), ("globaln1-slots-176", 1)):
+        session = _request_session(json.loads((DATA / f"{name}.json").read_text()), implementation)
+        engine, inst, spec = session.engine, session.new[0], session.spec
+        check = CandidateCheck(engine, spec, inst)
+        assert len(check.slotted) == slotted and {spare for _, _, spare in check.slotted} <= {0}
+        answers = {(p, s): check.redundant(p, s) for p, s, _ in engine.all_allocs(0, inst, 2, None, 0, cap=10_000)[0]}
+        with monkeypatch.context() as patched:
+            patched.setattr(Evacuation, "_slots", lambda self, *args: {})
+            for (p, s), redundant in answers.items():
+                touched = engine.touched_flags()
+                engine.place(inst, p, s)
+                simulated = globally_redundant(engine, spec)
+                engine.restore(inst, -1, -1, touched)
+                assert redundant == simulated, (name, p, s)
+                seen.add((name, simulated))
+    assert {answer for _, answer in seen} == {True, False} and ("globaln1-slots-176", False) in seen
 
 
 def test_recreation_takes_hail_choice_and_policy(implementation):
