@@ -10,6 +10,7 @@ CDEF = """
 #define CAIRN_OK ...
 #define CAIRN_EINVAL ...
 #define CAIRN_NONE ...
+#define CAIRN_FO_TAG ...
 typedef struct {
     long i_mem, all_mem, f_dsk, u_cpu, pcnt, scnt, inst_sp, r_mem, tags_v, loc_v;
     long fail;
@@ -49,6 +50,10 @@ typedef struct {
     int *top_peer;            /* n_nodes * 2: their peers (-1: none) */
     int exact_only;
     int initialised;
+    int *epoch;
+    int *fo_tag;
+    double *fo_nv;
+    int fo_gen;
 } cairn_cluster;
 int cairn_stddev(const double *values, size_t n, double *out);
 int cairn_rebuild(cairn_cluster *c);

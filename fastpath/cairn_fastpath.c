@@ -240,17 +240,14 @@ static void stats_init(const cairn_cluster *c, int group, stats *s)
 static const int ONLINE_SUMS[] = {2, 11, 17, 19};
 static const int OFFLINE_SUMS[] = {4, 5};
 
-static double approx_with(const cairn_cluster *c, const stats *s, const touch_set *t, long loc_delta)
+/* The approximate score with the n nodes `ks` at the values `nvs` (n rows of CAIRN_METRICS). */
+static double approx_values(const cairn_cluster *c, const stats *s, int n, const int *ks, const double *nvs,
+                            long loc_delta)
 {
-    /* On exclusive storage free disk counts spindles: the slots' steps do not hold there. */
-    if (c->exact_only)
-        return -INFINITY;
     double dsum[CAIRN_METRICS] = {0}, dsq[SLOTS] = {0}, doff[CAIRN_METRICS] = {0};
-    double nv[CAIRN_METRICS];
-    for (int j = 0; j < t->n; j++) {
-        int k = t->k[j];
-        const double *ov = c->vals + k * CAIRN_METRICS;
-        node_values(c, k, &t->st[j], nv);
+    for (int j = 0; j < n; j++) {
+        int k = ks[j];
+        const double *ov = c->vals + k * CAIRN_METRICS, *nv = nvs + j * CAIRN_METRICS;
         if (c->offline[k]) {
             for (size_t j2 = 0; j2 < sizeof OFFLINE_SUMS / sizeof OFFLINE_SUMS[0]; j2++)
                 doff[OFFLINE_SUMS[j2]] += nv[OFFLINE_SUMS[j2]] - ov[OFFLINE_SUMS[j2]];
@@ -277,6 +274,17 @@ static double approx_with(const cairn_cluster *c, const stats *s, const touch_se
     for (size_t j = 0; j < sizeof OFFLINE_SUMS / sizeof OFFLINE_SUMS[0]; j++)
         total += WEIGHTS[OFFLINE_SUMS[j]] * (s->sum_off[OFFLINE_SUMS[j]] + doff[OFFLINE_SUMS[j]]);
     return total;
+}
+
+static double approx_with(const cairn_cluster *c, const stats *s, const touch_set *t, long loc_delta)
+{
+    /* On exclusive storage free disk counts spindles: the slots' steps do not hold there. */
+    if (c->exact_only)
+        return -INFINITY;
+    double nvs[4 * CAIRN_METRICS];
+    for (int j = 0; j < t->n; j++)
+        node_values(c, t->k[j], &t->st[j], nvs + j * CAIRN_METRICS);
+    return approx_values(c, s, t->n, t->k, nvs, loc_delta);
 }
 
 /* ---- state: tags, peers, location ---------------------------------------------------------- */
@@ -742,7 +750,9 @@ static void add_instance_state(cairn_cluster *c, int i)
     }
 }
 
-int cairn_rebuild(cairn_cluster *c)
+/* Node states from the placement; relocate bumps the epochs of the nodes it changed, any other
+ * caller the failover cache's generation (cairn_rebuild). */
+static int rebuild_states(cairn_cluster *c)
 {
     if (c == NULL || c->n_nodes < 0 || c->n_inst > c->cap_inst || c->n_tags > 64 || c->n_groups < 1)
         return CAIRN_EINVAL;
@@ -786,6 +796,14 @@ int cairn_rebuild(cairn_cluster *c)
     for (int k = 0; k < c->n_nodes; k++)
         node_values(c, k, &c->state[k], c->vals + k * CAIRN_METRICS);
     return CAIRN_OK;
+}
+
+int cairn_rebuild(cairn_cluster *c)
+{
+    if (c == NULL)
+        return CAIRN_EINVAL;
+    c->fo_gen++;
+    return rebuild_states(c);
 }
 
 int cairn_metrics(cairn_cluster *c, int group, double *metrics, double *score)
@@ -853,6 +871,46 @@ static void consider(cairn_cluster *c, int group, search *s, int i, int kind, in
     if (approx > s->best + 1e-8 * (1.0 + fabs(s->best)))
         return;
     offer_move(s, i, kind, target, exact_with(c, group, &t, ld));
+}
+
+/* A failover through the cache: its status and its two nodes' new values are kept while neither
+ * node changed (their epochs) and nothing else was rebuilt (the generation); only candidates
+ * within reach of the best go on to `consider`, which decides exactly as without the cache. */
+enum { FO_GEN, FO_FLAGS, FO_P, FO_S, FO_EP, FO_ES, FO_STATUS, FO_N, FO_K0, FO_K1, FO_TAG };
+_Static_assert(FO_TAG == CAIRN_FO_TAG, "the failover cache's row");
+#define FO_FULL_PATH (-1) /* a kept status: always evaluate in full */
+
+static void consider_failover(cairn_cluster *c, int group, search *s, int i, int flags)
+{
+    if (c->fo_tag == NULL || c->exact_only) {
+        consider(c, group, s, i, FAILOVER, -1, flags);
+        return;
+    }
+    int op = c->pnode[i], os = c->snode[i];
+    int *tag = c->fo_tag + (size_t)FO_TAG * (size_t)i;
+    double *nv = c->fo_nv + (size_t)(2 * CAIRN_METRICS) * (size_t)i;
+    if (tag[FO_GEN] != c->fo_gen || tag[FO_FLAGS] != flags || tag[FO_P] != op || tag[FO_S] != os
+        || tag[FO_EP] != c->epoch[op] || tag[FO_ES] != c->epoch[os]) {
+        touch_set t;
+        long ld;
+        int status = move_states(c, i, FAILOVER, -1, flags, &t, &ld);
+        int kept[FO_TAG] = {c->fo_gen, flags, op, os, c->epoch[op], c->epoch[os], status, t.n,
+                            t.n > 0 ? t.k[0] : -1, t.n > 1 ? t.k[1] : -1};
+        if (status == OK && t.n > 2)
+            kept[FO_STATUS] = FO_FULL_PATH; /* more nodes than kept */
+        for (int j = 0; status == OK && j < t.n && j < 2; j++)
+            node_values(c, t.k[j], &t.st[j], nv + j * CAIRN_METRICS);
+        memcpy(tag, kept, sizeof kept);
+    }
+    if (tag[FO_STATUS] == FO_FULL_PATH) {
+        consider(c, group, s, i, FAILOVER, -1, flags);
+        return;
+    }
+    if (tag[FO_STATUS] != OK)
+        return;
+    double approx = approx_values(c, &s->st, tag[FO_N], tag + FO_K0, nv, loc_delta(c, i, op, os));
+    if (approx <= s->best + 1e-8 * (1.0 + fabs(s->best)))
+        consider(c, group, s, i, FAILOVER, -1, flags);
 }
 
 /* ---- pruning: a lower bound of the score over every target of one (instance, move kind) --------
@@ -1161,7 +1219,7 @@ static void instance_moves(cairn_cluster *c, int group, search *s, int i, int fl
         kind_bound kb[5];
         int skip[5] = {0};
         if (!(flags & NO_INSTANCE_MOVES) && !sec_offline)
-            consider(c, group, s, i, FAILOVER, -1, flags);
+            consider_failover(c, group, s, i, flags);
         if (flags & NO_DISK_MOVES)
             return;
         prune = prune && c->desired_mask[i] == 0 && !c->exact_only;
@@ -1455,6 +1513,8 @@ static int relocate(cairn_cluster *c, int i, int np, int ns)
         if (k < 0 || dup)
             continue;
         c->touched[k] = 1;
+        if (c->epoch != NULL)
+            c->epoch[k]++;
         c->dsk_delta[k] += c->dsk[i] * ((k == op || k == os) - (k == np || k == ns));
         if (c->excl[k] && c->disk_sp[i] >= 0)
             c->sp_delta[k] += c->disk_sp[i] * ((k == op || k == os) - (k == np || k == ns));
@@ -1470,7 +1530,7 @@ static int relocate(cairn_cluster *c, int i, int np, int ns)
         load_change(c, c->loads + 4 * ns, i, 1.0, 0);
     c->pnode[i] = np;
     c->snode[i] = ns;
-    return cairn_rebuild(c);
+    return rebuild_states(c);
 }
 
 int cairn_apply_move(cairn_cluster *c, int inst, int kind, int target)

@@ -9,6 +9,7 @@
 #define CAIRN_NONE 2
 
 #define CAIRN_METRICS 20
+#define CAIRN_FO_TAG 10 /* ints kept per instance by the failover cache */
 
 /* Derived per-node state; the engine recomputes it from the instance placement. */
 typedef struct {
@@ -56,6 +57,13 @@ typedef struct {
     int *top_peer;            /* n_nodes * 2: their peers (-1: none) */
     int exact_only;           /* exclusive storage somewhere: every candidate scored exactly */
     int initialised;
+    /* The failover cache (NULL arrays: none). Each instance's failover touches only its two nodes,
+     * so their new values are kept from step to step while neither node changed: relocate bumps
+     * its nodes' epochs, any other rebuild the generation. */
+    int *epoch;               /* n_nodes */
+    int *fo_tag;              /* cap_inst * CAIRN_FO_TAG: generation, flags, nodes, epochs, status, count */
+    double *fo_nv;            /* cap_inst * 2 * 20: the touched nodes' new values */
+    int fo_gen;
 } cairn_cluster;
 
 int cairn_stddev(const double *values, size_t n, double *out);

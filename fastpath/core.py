@@ -101,9 +101,17 @@ class Engine:
 
     def best_move(self, group: int, flags: int, only: int = -1) -> tuple[int, int, int, float] | None:
         """The best single move (instance, kind, target, new score), or None if nothing beats the current score."""
+        if self._c.fo_tag == ffi.NULL:
+            self._failover_cache()
         inst, kind, target, score = (ffi.new("int *"), ffi.new("int *"), ffi.new("int *"), ffi.new("double *"))
         code = _check(lib.cairn_best_move(self._c, group, flags, only, inst, kind, target, score), "best move")
         return None if code == lib.CAIRN_NONE else (inst[0], kind[0], target[0], score[0])
+
+    def _failover_cache(self) -> None:
+        # Allocated on the first move search (allocation and planning never read it).
+        self._c.epoch = self._array("int", self.n)
+        self._c.fo_tag = self._array("int", self.capacity * lib.CAIRN_FO_TAG)
+        self._c.fo_nv = self._array("double", self.capacity * 40)
 
     def eval_move(self, group: int, inst: int, kind: int, target: int, flags: int) -> tuple[int, float]:
         """(status, exact score after the move) for one candidate move."""
@@ -189,6 +197,8 @@ class Engine:
                 old = getattr(c, name)
                 setattr(c, name, self._array(ctype, capacity, ffi.unpack(old, self.capacity)))
         self.capacity = c.cap_inst = capacity
+        if c.fo_tag != ffi.NULL:
+            self._failover_cache()
         _check(lib.cairn_rebuild(c), "rebuild")
 
     def best_alloc(self, group: int, inst: int, required: int, mask: Sequence[bool] | None,
