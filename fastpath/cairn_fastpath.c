@@ -594,6 +594,23 @@ static void refreshed_primary(const cairn_cluster *c, int op, cairn_nstate *out)
     out->fail = u_mem(c, op, out) <= out->r_mem;
 }
 
+/* hbal (3.0's applyMoveEx) takes the primary of a secondary replacement off and adds it back,
+ * forced: only the hard limits hold (memory, disk, free spindles on exclusive storage), and an
+ * instance without a spindle count leaves the primary -1 free spindles there. */
+static int primary_readd(const cairn_cluster *c, int op, int i, cairn_nstate *st)
+{
+    int local = c->kind[i] == KIND_LOCAL || c->kind[i] == KIND_MIRRORED;
+    long f_sp = sp_after(c, op, i, sp_after(c, op, i, st->f_sp, 1), -1);
+    if (u_mem(c, op, st) <= 0)
+        return FAIL_MEM;
+    if (local && st->f_dsk <= 0)
+        return FAIL_DISK;
+    if (local && c->excl[op] && f_sp < 0)
+        return FAIL_SPINDLES;
+    st->f_sp = f_sp;
+    return OK;
+}
+
 static cairn_nstate *touch(touch_set *t, int k)
 {
     for (int j = 0; j < t->n; j++)
@@ -685,6 +702,8 @@ static int move_states(cairn_cluster *c, int i, int kind, int target, int flags,
                             touch(t, target));
         st_remove(c, os, &c->state[os], i, 2, op, touch(t, os));
         refreshed_primary(c, op, touch(t, op));
+        if (status == OK)
+            status = primary_readd(c, op, i, touch(t, op));
         break;
     case REPLACE_PRIMARY:
         st_remove(c, op, &c->state[op], i, 1, -1, touch(t, op));
@@ -1076,8 +1095,10 @@ static void instance_bounds(cairn_cluster *c, int group, search *s, int i, int f
     t.n = 0;
     *touch(&t, os) = int_s;
     refreshed_primary(c, op, touch(&t, op));
-    bound_fixed(c, &s->st, &t, &kb[REPLACE_SECONDARY]);
-    kb[REPLACE_SECONDARY].feasible = 1;
+    if (primary_readd(c, op, i, touch(&t, op)) == OK) {
+        bound_fixed(c, &s->st, &t, &kb[REPLACE_SECONDARY]);
+        kb[REPLACE_SECONDARY].feasible = 1;
+    }
     t.n = 0;
     *touch(&t, os) = int_s;
     long r_op = c->state[op].r_mem > sec ? c->state[op].r_mem : sec;
@@ -1501,7 +1522,10 @@ int cairn_best_move(cairn_cluster *c, int group, int flags, int only,
     return CAIRN_OK;
 }
 
-/* Record which nodes changed and how their free disk moved, then set the placement and rebuild. */
+/* Record which nodes changed and how their free disk moved, then set the placement and rebuild.
+ * htools adds the instance afresh to its new nodes (a secondary replacement re-adds the primary
+ * too): on exclusive storage one without a spindle count leaves them -1 free spindles, whatever
+ * they had (calcNewFreeSpindles). */
 static int relocate(cairn_cluster *c, int i, int np, int ns)
 {
     int op = c->pnode[i], os = c->snode[i];
@@ -1518,6 +1542,11 @@ static int relocate(cairn_cluster *c, int i, int np, int ns)
         c->dsk_delta[k] += c->dsk[i] * ((k == op || k == os) - (k == np || k == ns));
         if (c->excl[k] && c->disk_sp[i] >= 0)
             c->sp_delta[k] += c->disk_sp[i] * ((k == op || k == os) - (k == np || k == ns));
+    }
+    for (int j = 0; j < 2; j++) {
+        int k = j == 0 ? np : ns;
+        if (k >= 0 && c->excl[k] && c->disk_sp[i] < 0)
+            c->sp_delta[k] = -1 - c->f_sp0[k];
     }
     /* The loads change as hbal changes them: the old nodes lose the instance, then the new ones take it. */
     if (op >= 0)

@@ -428,6 +428,19 @@ class Engine:
         st[FAIL] = new_fail
         return OK, st
 
+    def _primary_readd(self, op: int, i: int, st: list) -> int:
+        """The hard limits of adding instance i back to its primary op (state `st`, changed in place)."""
+        local = self.it["kind"][i] in (KIND_LOCAL, KIND_MIRRORED)
+        f_sp = self._sp_after(op, i, self._sp_after(op, i, st[F_SP], 1), -1)
+        if self._u_mem(op, st) <= 0:
+            return FAIL_MEM
+        if local and st[F_DSK] <= 0:
+            return FAIL_DISK
+        if local and self.nd["excl"][op] and f_sp < 0:
+            return FAIL_SPINDLES
+        st[F_SP] = f_sp
+        return OK
+
     def move_states(self, i: int, kind: int, target: int, flags: int) -> tuple[int, dict, int]:
         """Apply move `kind` to copies of the involved nodes: (status, new node states, location delta).
 
@@ -458,10 +471,13 @@ class Engine:
             status, new[target] = self._add_sec(target, self.state[target], i, force_s,
                                                 self._rmem_with(target, [(op, sec)]))
             new[os_] = self._remove(os_, self.state[os_], i, 2, op)
-            # hbal re-adds the primary, so its N+1 flag takes the after-move test.
+            # hbal takes the primary off and adds it back, forced: its N+1 flag takes the after-move
+            # test, and only the hard limits hold (3.0's applyMoveEx).
             primary = list(self.state[op])
             primary[FAIL] = int(self._u_mem(op, primary) <= primary[R_MEM])
             new[op] = primary
+            if status == OK:
+                status = self._primary_readd(op, i, primary)
         elif kind == REPLACE_PRIMARY:
             new[op] = self._remove(op, self.state[op], i, 1, -1)
             int_s = self._remove(os_, self.state[os_], i, 2, op)
@@ -524,7 +540,9 @@ class Engine:
         self.place(i, *new_nodes(kind, self.pnode[i], self.snode[i], target))
 
     def place(self, i: int, np_: int, ns: int) -> None:
-        """Put an instance on (np_, ns), or take it off the cluster with np_ = -1."""
+        """Put an instance on (np_, ns), or take it off the cluster with np_ = -1. htools adds the
+        instance afresh to its new nodes (a secondary replacement re-adds the primary too): on
+        exclusive storage one without a spindle count leaves them -1 free spindles."""
         op, os_ = self.pnode[i], self.snode[i]
         dsk = self.it["dsk"][i]
         for k in {op, os_, np_, ns} - {-1}:
@@ -532,6 +550,9 @@ class Engine:
             self.dsk_delta[k] += dsk * ((k in (op, os_)) - (k in (np_, ns)))
             if self.nd["excl"][k] and self.it["disk_sp"][i] >= 0:
                 self.sp_delta[k] += self.it["disk_sp"][i] * ((k in (op, os_)) - (k in (np_, ns)))
+        for k in (np_, ns):
+            if k >= 0 and self.nd["excl"][k] and self.it["disk_sp"][i] < 0:
+                self.sp_delta[k] = -1 - self.nd["f_sp"][k]
         # The loads change as hbal changes them: the old nodes lose the instance, then the new ones take it.
         for k, sign, primary in ((op, -1.0, True), (os_, -1.0, False), (np_, 1.0, True), (ns, 1.0, False)):
             if k >= 0:
@@ -744,14 +765,15 @@ class Engine:
                     best_score, best = value, (i, kind, target, value)
         return best
 
-    def touched_flags(self) -> list[int]:
-        """Which nodes moves have touched (their N+1 test switches from reported to computed memory)."""
-        return list(self.touched)
+    def touched_flags(self) -> tuple[list[int], list[int]]:
+        """What `restore` puts back after trial moves: which nodes moves have touched (their N+1 test
+        switches from reported to computed memory) and how their free spindles moved."""
+        return list(self.touched), list(self.sp_delta)
 
-    def restore(self, i: int, np_: int, ns: int, touched: list[int]) -> None:
-        """Put an instance back where it was and restore the touched flags, undoing trial moves."""
+    def restore(self, i: int, np_: int, ns: int, saved: tuple[list[int], list[int]]) -> None:
+        """Put an instance back where it was and restore what `touched_flags` saved, undoing trial moves."""
         self.place(i, np_, ns)
-        self.touched = list(touched)
+        self.touched, self.sp_delta = list(saved[0]), list(saved[1])
         self._rebuild()
 
 

@@ -115,6 +115,7 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("n20-forth.l5.hbal", {"options": BalanceOptions(max_moves=5)}),
     ("n20-excl.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
     ("n20-excl.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True, max_moves=10)}),
+    ("n20-excl-rbd.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
     ("n20.dynu.no-disk-moves.hbal", {"utilisation": DYNU, "options": BalanceOptions(no_disk_moves=True,
                                                                                    max_moves=10)}),
     # -U is read but --ignore-dynu wins, as in hbal: the answer without -U.
@@ -137,6 +138,7 @@ def test_balance_output_equals_hbal(implementation, answer, args):
     ("n20-forth.l20.hbal", {"options": BalanceOptions(max_moves=20)}),
     ("n20-forth.l60.hbal", {"options": BalanceOptions(max_moves=60)}),
     ("n20.dynu.l20.hbal", {"utilisation": DYNU, "options": BalanceOptions(max_moves=20)}),
+    ("n20-excl-rbd.hbal", {}),
 ])
 def test_long_balance_output_equals_hbal(answer, args):
     """Longer recorded runs match hbal line for line (compiled core only: the twin needs minutes)."""
