@@ -4,9 +4,9 @@ Pure stdlib; the engine does the per-group search.
 """
 
 from fastpath.globaln1 import CandidateCheck
-from fastpath.model import Cluster, Policy
+from fastpath.model import Cluster
 from fastpath.record import field, record
-from fastpath.spec import (ALLOC_EITHER, ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_DISK, FAIL_N1, FAIL_NAMES, IGNORE_SOFT,
+from fastpath.spec import (ALLOC_EITHER, ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_N1, FAIL_NAMES, IGNORE_SOFT,
                            Ranked, Spec, hail_order)
 
 POLICY_ORDER = {"preferred": 0, "last_resort": 1}
@@ -31,23 +31,9 @@ class GroupOutcome:
         return ", ".join(f"{name}: {count}" for name, count in self.failures.items() if count)
 
 
-def policy_violation(policy: Policy, mem: int, vcpus: int, disks: list[int], nics: int, spindle_use: int,
-                     template: str) -> str | None:
-    """Why an instance spec breaks the instance policy, or None if some (min, max) pair admits it."""
-    if policy.templates and template not in policy.templates:
-        return f"disk template '{template}' is not allowed by the instance policy"
-    for low, high in policy.minmax:
-        if (low.memory <= mem <= high.memory and low.cpu <= vcpus <= high.cpu
-                and low.disk_count <= len(disks) <= high.disk_count and low.nic_count <= nics <= high.nic_count
-                and low.spindle_use <= spindle_use <= high.spindle_use
-                and all(low.disk <= d <= high.disk for d in disks)):
-            return None
-    return "the instance spec is outside every min/max pair of the instance policy"
-
-
 def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, group_indices: list[int],
              mask=None, ignore_soft: bool = False, capacity_check: bool = True,
-             policy_of=None, whole_cluster: bool = True, unconnected=None,
+             whole_cluster: bool = True, unconnected=None,
              refused_primaries=None, search=None) -> tuple[GroupOutcome | None, list[GroupOutcome]]:
     """Try every group; return the chosen outcome (policy order, then score) and all outcomes.
 
@@ -68,10 +54,6 @@ def allocate(engine, spec: Spec, cluster: Cluster, inst: int, required: int, gro
         if outcome.message:
             continue
         if group.alloc_policy == "unallocable":
-            continue
-        violation = policy_of(g) if policy_of else None
-        if violation:
-            outcome.failures = {FAIL_NAMES[FAIL_DISK]: 1}
             continue
         online = _candidate_count(engine, spec, g, 1, mask)
         if online < required:

@@ -72,8 +72,18 @@ def no_target_text(session, inst: int, kind: int, excluded: set[int] = frozenset
     return f"Can't find any good node: {failures}"
 
 
-def _template_error(session, inst: int) -> str:
-    return f"Instances of type {session.cluster.instances[inst].template} cannot be relocated"
+def _template_error(session, inst: int, mode: str) -> str | None:
+    """hail's refusal of an instance its template cannot move in `mode` (nodeEvacInstance), or None."""
+    template = session.cluster.instances[inst].template
+    if template in ("plain", "file"):
+        return f"Instances of type {template} cannot be relocated"
+    if template == "drbd":
+        return None
+    if mode == "secondary-only":
+        return f"Instances with disk template '{template}' can't execute change secondary"
+    if template == "diskless":
+        return "Can't relocate/evacuate non-mirrored instances"
+    return None
 
 
 def evacuate_one(session, inst: int, mode: str, groups: list[int] | None = None,
@@ -83,11 +93,10 @@ def evacuate_one(session, inst: int, mode: str, groups: list[int] | None = None,
     name = spec.instance_names[inst]
     kind = spec.instances["kind"][inst]
     p, s = engine.nodes_of(inst)
-    if kind not in (KIND_MIRRORED, KIND_SHARED):
-        return _template_error(session, inst)
+    refusal = _template_error(session, inst, mode)
+    if refusal is not None:
+        return refusal
     if mode == "secondary-only":
-        if kind != KIND_MIRRORED:
-            return _template_error(session, inst)
         best = best_target(session, inst, REPLACE_SECONDARY, excluded)
         if best is None:
             return no_target_text(session, inst, REPLACE_SECONDARY, excluded)

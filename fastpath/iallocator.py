@@ -7,7 +7,7 @@ Written from the protocol description in shared/reference/htools.md section 4.
 import json
 
 from fastpath import dedicated, engine_class
-from fastpath.allocate import GroupOutcome, allocate, policy_violation, try_group
+from fastpath.allocate import GroupOutcome, allocate, try_group
 from fastpath.forthmove import ForthcomingSearch, Moves
 from fastpath.globaln1 import MOVE, RECREATE, STUCK, use_policy
 from fastpath.model import Cluster, Group, Instance, Node, Policy, Spec as PolicySpec
@@ -199,12 +199,6 @@ def _allocate_one(session: Session, request: dict, inst: int, obj: dict):
     if restrict:
         allowed = set(restrict)
         mask = [name in allowed for name in session.names]
-    disks = [int(d.get("size", 0)) for d in obj.get("disks", [])] or [int(obj.get("disk_space_total", 0))]
-
-    def violation(g: int):
-        return policy_violation(session.policy(g), int(obj.get("memory", 0)), int(obj.get("vcpus", 1)), disks,
-                                len(obj.get("nics", [])) or 1, int(obj.get("spindle_use", 1)),
-                                obj.get("disk_template", "plain"))
 
     groups = _allocation_groups(session, request)
     unconnected = network_check(session.cluster, nic_networks(obj), obj.get("name", ""),
@@ -218,14 +212,17 @@ def _allocate_one(session: Session, request: dict, inst: int, obj: dict):
     new = _dedicated_instance(session, inst, obj)
 
     def refused_primaries(g: int) -> dict[int, int]:
-        # On exclusive storage hail's policy check counts the disks' spindles, per candidate primary.
-        reason = dedicated.policy_failure(session.policy(g), new)
-        nodes = session.spec.nodes
-        return {k: reason for k in range(session.spec.n_nodes) if nodes["group"][k] == g and nodes["excl"][k]
-                } if reason else {}
+        # hail tests the instance policy per candidate, before anything fits, with the spindle
+        # part counting the disks' spindles when the primary has exclusive storage
+        # (instMatchesPolicy); every candidate of a refused primary fails with its reason.
+        policy, nodes = session.policy(g), session.spec.nodes
+        reasons = {excl: dedicated.placement_policy_failure(policy, new.mem, new.vcpus, new.disks, new.template,
+                                                            new.spindle_use, new.spindles, excl) for excl in (0, 1)}
+        return {k: reasons[bool(nodes["excl"][k])] for k in range(session.spec.n_nodes)
+                if nodes["group"][k] == g and reasons[bool(nodes["excl"][k])] != OK}
 
     return allocate(session.engine, session.spec, session.cluster, inst, required, groups, mask,
-                    session.options.ignore_soft_errors, session.options.capacity_checks, violation,
+                    session.options.ignore_soft_errors, session.options.capacity_checks,
                     whole_cluster=not request.get("group_name"), unconnected=unconnected,
                     refused_primaries=refused_primaries)
 
