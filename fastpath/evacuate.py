@@ -38,37 +38,40 @@ def _primary_op(session, inst: int, target: int | None = None) -> dict:
     return failover(name, node) if inst in session.moves.forth else migrate(name, node)
 
 
-def _targets(session, inst: int, excluded: set[int]):
-    """The candidate targets of a one-node move, in node order: online nodes of the instance's group
-    other than its own and the excluded ones."""
+def _targets(session, inst: int, excluded: set[int], group: int | None = None):
+    """The candidate targets of a one-node move, in node order: online nodes of `group` (default:
+    the instance's) other than its own and the excluded ones."""
     spec = session.spec
     p, s = session.moves.nodes_of(inst)
-    group = session.group_of_node(p)
+    group = session.group_of_node(p) if group is None else group
     return [t for t in range(spec.n_nodes) if spec.nodes["group"][t] == group and not spec.nodes["offline"][t]
             and t not in (p, s) and t not in excluded]
 
 
-def _evaluate(session, inst: int, kind: int, target: int) -> tuple[int, float]:
-    group = session.group_of_node(session.moves.nodes_of(inst)[0])
+def _evaluate(session, inst: int, kind: int, target: int, group: int | None = None) -> tuple[int, float]:
+    """(status, score over `group`, default the instance's) of one move."""
+    group = session.group_of_node(session.moves.nodes_of(inst)[0]) if group is None else group
     return session.moves.eval_move(group, inst, kind, target, 8 if session.options.ignore_soft_errors else 0)
 
 
-def best_target(session, inst: int, kind: int, excluded: set[int] = frozenset()) -> tuple[int, float] | None:
+def best_target(session, inst: int, kind: int, excluded: set[int] = frozenset(),
+                group: int | None = None) -> tuple[int, float] | None:
     """The target node with the lowest score after the move (even if the score gets worse); of equal
-    scores the last node wins, as in hail's evacuation fold."""
+    scores the last node wins, as in hail's evacuation fold. With `group` (change-group), the
+    targets are that group's nodes and the score is over it (evacOneNodeOnly's gdx)."""
     best = None
-    for t in _targets(session, inst, excluded):
-        status, score = _evaluate(session, inst, kind, t)
+    for t in _targets(session, inst, excluded, group):
+        status, score = _evaluate(session, inst, kind, t, group)
         if status == OK and (best is None or score <= best[1]):
             best = (t, score)
     return best
 
 
-def no_target_text(session, inst: int, kind: int, excluded: set[int] = frozenset()) -> str:
+def no_target_text(session, inst: int, kind: int, excluded: set[int] = frozenset(), group: int | None = None) -> str:
     """hail's text when no target fits a one-node move: each candidate's failure, in node order
     (nothing after the colon when there is no candidate at all)."""
-    failures = "".join(f" Node {session.names[t]} failed: {FAIL_NAMES[_evaluate(session, inst, kind, t)[0]]};"
-                       for t in _targets(session, inst, excluded))
+    failures = "".join(f" Node {session.names[t]} failed: {FAIL_NAMES[_evaluate(session, inst, kind, t, group)[0]]};"
+                       for t in _targets(session, inst, excluded, group))
     return f"Can't find any good node: {failures}"
 
 
@@ -116,9 +119,10 @@ def evacuate_one(session, inst: int, mode: str, groups: list[int] | None = None,
         engine.apply_move(inst, FAILOVER_TO_ANY, best[0])
         return engine.nodes_of(inst), [_primary_op(session, inst, best[0])]
     if kind == KIND_SHARED:
-        best = best_target(session, inst, FAILOVER_TO_ANY, excluded)
+        group = groups[0] if groups is not None else None
+        best = best_target(session, inst, FAILOVER_TO_ANY, excluded, group)
         if best is None:
-            return no_target_text(session, inst, FAILOVER_TO_ANY, excluded)
+            return no_target_text(session, inst, FAILOVER_TO_ANY, excluded, group)
         engine.apply_move(inst, FAILOVER_TO_ANY, best[0])
         return engine.nodes_of(inst), [_primary_op(session, inst, best[0])]
     if groups is None:
@@ -199,15 +203,20 @@ def target_group(session, inst: int, groups: list[int]):
     values["pnode"] = values["snode"] = -1
     session.spare = engine.define_instance(values, session.spare)
     session.copy_of[session.spare] = inst
-    from fastpath.iallocator import group_text, network_check
+    from fastpath.iallocator import group_text, network_check, policy_refusals
 
     instance = session.cluster.instances[inst]
+    refused = None
+    if instance.disks or instance.template == "diskless":  # a hand-written document without disks: no test
+        spindles = int(instance.spindles) if instance.spindles.isdigit() else None
+        refused = policy_refusals(session, instance.mem, instance.vcpus, instance.disks, instance.template,
+                                  instance.spindle_use, spindles)
     # hail allocates a forthcoming instance as forthcoming: only the forthcoming checks and figures.
     search = ForthcomingSearch(session.moves, values) if inst in session.moves.forth else None
     chosen, outcomes = allocate(engine, spec, session.cluster, session.spare, required, groups, None,
                                 session.options.ignore_soft_errors, session.options.capacity_checks,
                                 unconnected=network_check(session.cluster, instance.networks, instance.name),
-                                search=search)
+                                refused_primaries=refused, search=search)
     if chosen is None:
 
         return ", ".join(group_text(o) for o in outcomes)

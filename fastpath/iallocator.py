@@ -211,20 +211,27 @@ def _allocate_one(session: Session, request: dict, inst: int, obj: dict):
                                   network_check(session.cluster, nic_networks(obj), obj.get("name", ""), True))
     new = _dedicated_instance(session, inst, obj)
 
-    def refused_primaries(g: int) -> dict[int, int]:
-        # hail tests the instance policy per candidate, before anything fits, with the spindle
-        # part counting the disks' spindles when the primary has exclusive storage
-        # (instMatchesPolicy); every candidate of a refused primary fails with its reason.
-        policy, nodes = session.policy(g), session.spec.nodes
-        reasons = {excl: dedicated.placement_policy_failure(policy, new.mem, new.vcpus, new.disks, new.template,
-                                                            new.spindle_use, new.spindles, excl) for excl in (0, 1)}
-        return {k: reasons[bool(nodes["excl"][k])] for k in range(session.spec.n_nodes)
-                if nodes["group"][k] == g and reasons[bool(nodes["excl"][k])] != OK}
-
+    refused_primaries = policy_refusals(session, new.mem, new.vcpus, new.disks, new.template, new.spindle_use,
+                                        new.spindles)
     return allocate(session.engine, session.spec, session.cluster, inst, required, groups, mask,
                     session.options.ignore_soft_errors, session.options.capacity_checks,
                     whole_cluster=not request.get("group_name"), unconnected=unconnected,
                     refused_primaries=refused_primaries)
+
+
+def policy_refusals(session: Session, mem: int, vcpus: int, disks: list[int], template: str, spindle_use: int,
+                    spindles: int | None):
+    """`refused_primaries` for `allocate`: hail tests the instance policy per candidate, before
+    anything fits, with the spindle part counting the disks' spindles when the primary has
+    exclusive storage (instMatchesPolicy); every candidate of a refused primary fails with its
+    reason."""
+    def refused(g: int) -> dict[int, int]:
+        policy, nodes = session.policy(g), session.spec.nodes
+        reasons = {excl: dedicated.placement_policy_failure(policy, mem, vcpus, disks, template, spindle_use,
+                                                            spindles, excl) for excl in (False, True)}
+        return {k: reasons[bool(nodes["excl"][k])] for k in range(session.spec.n_nodes)
+                if nodes["group"][k] == g and reasons[bool(nodes["excl"][k])] != OK}
+    return refused
 
 
 def _dedicated(session: Session, request: dict, groups: list[int]) -> bool:
