@@ -1524,8 +1524,8 @@ int cairn_best_move(cairn_cluster *c, int group, int flags, int only,
 
 /* Record which nodes changed and how their free disk moved, then set the placement and rebuild.
  * htools adds the instance afresh to its new nodes (a secondary replacement re-adds the primary
- * too): on exclusive storage one without a spindle count leaves them -1 free spindles, whatever
- * they had (calcNewFreeSpindles). */
+ * too): on exclusive storage one without a spindle count leaves them -1 free spindles, with and
+ * without the forthcoming instances, whatever they had (calcNewFreeSpindles and its Forth twin). */
 static int relocate(cairn_cluster *c, int i, int np, int ns)
 {
     int op = c->pnode[i], os = c->snode[i];
@@ -1545,8 +1545,10 @@ static int relocate(cairn_cluster *c, int i, int np, int ns)
     }
     for (int j = 0; j < 2; j++) {
         int k = j == 0 ? np : ns;
-        if (k >= 0 && c->excl[k] && c->disk_sp[i] < 0)
+        if (k >= 0 && c->excl[k] && c->disk_sp[i] < 0) {
             c->sp_delta[k] = -1 - c->f_sp0[k];
+            c->forth_fsp[k] = 0; /* the forthcoming figure is -1 too (calcNewFreeSpindlesForth) */
+        }
     }
     /* The loads change as hbal changes them: the old nodes lose the instance, then the new ones take it. */
     if (op >= 0)

@@ -248,16 +248,18 @@ class Engine:
                                    count, counts), "all allocs")
         return pnodes, snodes, scores, count[0], list(counts)
 
-    def touched_flags(self) -> tuple[list[int], list[int]]:
+    def touched_flags(self) -> tuple[list[int], list[int], list[int]]:
         """What `restore` puts back after trial moves: which nodes moves have touched (their N+1 test
-        switches from reported to computed memory) and how their free spindles moved."""
-        return [self._c.touched[k] for k in range(self.n)], ffi.unpack(self._c.sp_delta, self.n)
+        switches from reported to computed memory) and their free spindles."""
+        return ([self._c.touched[k] for k in range(self.n)], ffi.unpack(self._c.sp_delta, self.n),
+                ffi.unpack(self._c.forth_fsp, self.n))
 
-    def restore(self, inst: int, pnode: int, snode: int, saved: tuple[list[int], list[int]]) -> None:
+    def restore(self, inst: int, pnode: int, snode: int, saved: tuple[list[int], list[int], list[int]]) -> None:
         """Put an instance back where it was and restore what `touched_flags` saved, undoing trial moves."""
         _check(lib.cairn_place(self._c, inst, pnode, snode), "restore")
-        touched, sp_delta = saved
+        touched, sp_delta, forth_fsp = saved
         for k, flag in enumerate(touched):
             self._c.touched[k] = flag
         self._c.sp_delta[0:self.n] = sp_delta
+        self._c.forth_fsp[0:self.n] = forth_fsp
         _check(lib.cairn_rebuild(self._c), "rebuild")

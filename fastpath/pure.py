@@ -553,6 +553,7 @@ class Engine:
         for k in (np_, ns):
             if k >= 0 and self.nd["excl"][k] and self.it["disk_sp"][i] < 0:
                 self.sp_delta[k] = -1 - self.nd["f_sp"][k]
+                self.nd["forth_fsp"][k] = 0  # the forthcoming figure is -1 too
         # The loads change as hbal changes them: the old nodes lose the instance, then the new ones take it.
         for k, sign, primary in ((op, -1.0, True), (os_, -1.0, False), (np_, 1.0, True), (ns, 1.0, False)):
             if k >= 0:
@@ -765,15 +766,15 @@ class Engine:
                     best_score, best = value, (i, kind, target, value)
         return best
 
-    def touched_flags(self) -> tuple[list[int], list[int]]:
+    def touched_flags(self) -> tuple[list[int], list[int], list[int]]:
         """What `restore` puts back after trial moves: which nodes moves have touched (their N+1 test
-        switches from reported to computed memory) and how their free spindles moved."""
-        return list(self.touched), list(self.sp_delta)
+        switches from reported to computed memory) and their free spindles."""
+        return list(self.touched), list(self.sp_delta), list(self.nd["forth_fsp"])
 
-    def restore(self, i: int, np_: int, ns: int, saved: tuple[list[int], list[int]]) -> None:
+    def restore(self, i: int, np_: int, ns: int, saved: tuple[list[int], list[int], list[int]]) -> None:
         """Put an instance back where it was and restore what `touched_flags` saved, undoing trial moves."""
         self.place(i, np_, ns)
-        self.touched, self.sp_delta = list(saved[0]), list(saved[1])
+        self.touched, self.sp_delta, self.nd["forth_fsp"] = list(saved[0]), list(saved[1]), list(saved[2])
         self._rebuild()
 
 

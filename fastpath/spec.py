@@ -210,10 +210,14 @@ def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_e
 
 def _forthcoming_use(cluster) -> list[dict[str, int]]:
     """What forthcoming instances take on each node, as htools' *_forth metrics count it: memory
-    and (online ones) CPUs on the primary, local disk and spindle use (free spindles on exclusive
-    storage) on primary and secondary."""
+    and (online ones) CPUs on the primary, local disk and spindle use on primary and secondary,
+    and on exclusive storage free spindles as htools' loader leaves them (`forth_fsp` is the
+    reported free spindles less that figure): each forthcoming instance placed there takes its
+    disks' spindles, and one without a spindle count sets the figure to -1 (calcNewFreeSpindlesForth),
+    in file order."""
     use = {n.name: dict(forth_mem=0, forth_dsk=0, forth_cpu=0, forth_sp=0, forth_fsp=0) for n in cluster.nodes}
-    exclusive = {n.name for n in cluster.nodes if n.excl_stor}
+    exclusive = {n.name: n.free_spindles for n in cluster.nodes if n.excl_stor}
+    left = dict(exclusive)  # htools' fSpindlesForth while the instances are placed
     for inst in cluster.instances:
         if not inst.forthcoming or not inst.pnode:
             continue
@@ -221,17 +225,16 @@ def _forthcoming_use(cluster) -> list[dict[str, int]]:
         use[inst.pnode]["forth_mem"] += inst.mem
         use[inst.pnode]["forth_cpu"] += inst.vcpus if inst.status != "ADMIN_offline" else 0
         for name in (inst.pnode, inst.snode):
+            if name in exclusive:
+                spindles = disk_spindles(inst)
+                left[name] = -1 if spindles < 0 else left[name] - spindles
             if not name or not local:
                 continue
             use[name]["forth_dsk"] += inst.dsk
             if name not in exclusive:
                 use[name]["forth_sp"] += inst.spindle_use
-            elif disk_spindles(inst) < 0:
-                # htools would leave its forthcoming free spindles at -1, failing every later check.
-                raise ValueError(f"forthcoming instance {inst.name} gives no disk spindles but node {name} "
-                                 "has exclusive storage; give its disks 'spindles'")
-            else:
-                use[name]["forth_fsp"] += disk_spindles(inst)
+    for name, free in exclusive.items():
+        use[name]["forth_fsp"] = free - left[name]
     return [use[n.name] for n in cluster.nodes]
 
 

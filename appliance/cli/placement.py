@@ -123,7 +123,6 @@ def balance(text_file, max_length, min_gain, min_gain_limit, epsilon, no_disk_mo
     """Balance the cluster like Ganeti's hbal: greedy moves that lower the cluster score."""
     from fastpath.balance import BalanceOptions
     from fastpath.hbal import HbalError, HbalRequest, run
-    from fastpath.htools_text import FormatError
 
     _check_output(output)
     if text_file is None:
@@ -138,7 +137,7 @@ def balance(text_file, max_length, min_gain, min_gain_limit, epsilon, no_disk_mo
     report: dict = {}
     try:
         files = run(request, _out if output == "text" else lambda line: None, report)
-    except (HbalError, FormatError) as error:
+    except (HbalError, ValueError) as error:  # FormatError is one; flatten's limits raise the others
         raise Failed(str(error)) from None
     for path, content in files.items():
         with open(path, "w", encoding="utf-8") as f:
@@ -151,12 +150,12 @@ def balance(text_file, max_length, min_gain, min_gain_limit, epsilon, no_disk_mo
 
 def iallocator(request_file, no_capacity_checks, ignore_soft_errors, static_kvm_node_memory, engine) -> int:
     """Answer a Ganeti iallocator request like hail: one line of JSON on stdout."""
-    from fastpath.iallocator import Options, RequestError, answer
+    from fastpath.iallocator import Options, answer
 
     options = Options(not no_capacity_checks, ignore_soft_errors, static_kvm_node_memory, engine)
     try:
         _out(answer(_read(request_file), options))
-    except RequestError as error:
+    except ValueError as error:  # RequestError is one; the engines' limits raise the others
         print(f"Error: {error}", file=sys.stderr)
         return 1
     return 0
@@ -194,7 +193,10 @@ def capacity(text_file, machine_readable, accept_existing_errors, disk_template,
         raise Failed(str(error)) from None
     request = CapacityRequest(cluster, accept_existing_errors, template, max_length, not no_tiered, engine,
                               _tiered_spec(tiered_alloc))
-    values = plan(request)
+    try:
+        values = plan(request)
+    except ValueError as error:  # what the engines cannot hold, e.g. too many distinct exclusion tags
+        raise Failed(str(error)) from None
     if output == "json":
         _print_json({key: _json_value(value) for key, value in values})
         return 0

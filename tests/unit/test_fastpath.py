@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastpath import engine_class
@@ -116,6 +116,7 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("n20-excl.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
     ("n20-excl.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True, max_moves=10)}),
     ("n20-excl-rbd.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
+    ("n20-excl-forth-nosp.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
     ("n20.dynu.no-disk-moves.hbal", {"utilisation": DYNU, "options": BalanceOptions(no_disk_moves=True,
                                                                                    max_moves=10)}),
     # -U is read but --ignore-dynu wins, as in hbal: the answer without -U.
@@ -255,10 +256,7 @@ def _with_random_forthcoming(model, data):
     cluster, offline = model
     for inst in cluster.instances:
         inst.forthcoming = data.draw(st.booleans())
-    try:
-        return flatten(cluster, offline=offline)
-    except ValueError:
-        assume(False)  # a forthcoming instance without disk spindles on exclusive storage
+    return flatten(cluster, offline=offline)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

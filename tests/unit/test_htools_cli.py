@@ -1,5 +1,6 @@
 """The placement CLI: `cairn balance -t`, `cairn capacity -t` and their files and errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,31 @@ def test_lean_path_reports_errors_like_the_command(capsys):
 
     assert lean_main(["balance"]) == 1
     assert "give a cluster file with -t FILE" in capsys.readouterr().err
+
+
+def test_what_the_engines_cannot_hold_is_a_clear_error(tmp_path, capsys):
+    """More distinct exclusion tags than the engines' 64-bit masks hold: each placement command
+    names the limit and the fix and exits 1, without a traceback."""
+    from appliance.cli.placement import lean_main
+    from fastpath.htools_text import parse
+    from fastpath.iallocator import request_document
+
+    lines = []
+    for k, line in enumerate((DATA / "n20.txt").read_text().splitlines()):
+        fields = line.split("|")
+        if line.startswith("inst-"):
+            fields[9] = f"service:t{k}"  # 199 distinct values under the cluster's htools:iextags:service
+        lines.append("|".join(fields))
+    text = tmp_path / "tags.txt"
+    text.write_text("\n".join(lines))
+    request = tmp_path / "tags.json"
+    request.write_text(json.dumps(request_document(parse(text.read_text()), {
+        "type": "allocate", "name": "new", "required_nodes": 1, "disk_template": "plain", "memory": 512,
+        "vcpus": 1, "disk_space_total": 1024, "disks": [{"size": 1024}], "nics": [], "tags": [], "spindle_use": 1})))
+    for argv in (["balance", "-t", str(text)], ["capacity", "-t", str(text)], ["iallocator", str(request)]):
+        assert lean_main(argv) == 1
+        assert "more than 64 distinct exclusion tags; use fewer distinct values or shorter prefixes" in \
+            capsys.readouterr().err
 
 
 def test_placement_commands_do_not_import_typer():
