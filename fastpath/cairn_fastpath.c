@@ -32,6 +32,20 @@ typedef struct {
 static int popcount64(uint64_t x) { return __builtin_popcountll(x); }
 static int ntags(const cairn_cluster *c) { return c->n_tags > 0 ? c->n_tags : 1; }
 
+/* Instance i's exclusion tags: tag_words 64-bit words per instance, tag t in bit t % 64 of word t / 64. */
+#define FOR_EACH_TAG(c, i, t)                                                                      \
+    for (int w_ = 0; w_ < (c)->tag_words; w_++)                                                    \
+        for (uint64_t b_ = (c)->excl_mask[(size_t)(i) * (size_t)(c)->tag_words + (size_t)w_];     \
+             b_ && ((t) = w_ * 64 + __builtin_ctzll(b_), 1); b_ &= b_ - 1)
+
+static int has_tags(const cairn_cluster *c, int i)
+{
+    for (int w = 0; w < c->tag_words; w++)
+        if (c->excl_mask[(size_t)i * (size_t)c->tag_words + (size_t)w])
+            return 1;
+    return 0;
+}
+
 int cairn_stddev(const double *values, size_t n, double *out)
 {
     if (out == NULL || (n > 0 && values == NULL))
@@ -292,10 +306,8 @@ static double approx_with(const cairn_cluster *c, const stats *s, const touch_se
 static long tag_count_at_least(const cairn_cluster *c, int k, int i, int floor)
 {
     long count = 0;
-    uint64_t bits = c->excl_mask[i];
-    while (bits) {
-        int t = __builtin_ctzll(bits);
-        bits &= bits - 1;
+    int t;
+    FOR_EACH_TAG(c, i, t) {
         if (c->tagcnt[k * ntags(c) + t] >= floor)
             count++;
     }
@@ -304,10 +316,8 @@ static long tag_count_at_least(const cairn_cluster *c, int k, int i, int floor)
 
 static void tag_change(cairn_cluster *c, int k, int i, int delta)
 {
-    uint64_t bits = c->excl_mask[i];
-    while (bits) {
-        int t = __builtin_ctzll(bits);
-        bits &= bits - 1;
+    int t;
+    FOR_EACH_TAG(c, i, t) {
         c->tagcnt[k * ntags(c) + t] += delta;
     }
 }
@@ -335,7 +345,7 @@ static uint64_t counted_locs(const cairn_cluster *c, int k)
 
 static long loc_delta(const cairn_cluster *c, int i, int a, int b)
 {
-    if (a == b || c->excl_mask[i] == 0)
+    if (a == b || !has_tags(c, i))
         return 0;
     uint64_t la = counted_locs(c, a), lb = counted_locs(c, b);
     int k = pass_node(a, b);
@@ -345,10 +355,8 @@ static long loc_delta(const cairn_cluster *c, int i, int a, int b)
         while (locs) {
             int l = __builtin_ctzll(locs);
             locs &= locs - 1;
-            uint64_t bits = c->excl_mask[i];
-            while (bits) {
-                int t = __builtin_ctzll(bits);
-                bits &= bits - 1;
+            int t;
+            FOR_EACH_TAG(c, i, t) {
                 int cnt = *loc_slot(c, pass == 0 ? a : b, l, t);
                 (void)k;
                 if (pass == 0 && cnt >= 2)
@@ -367,10 +375,8 @@ static void loccnt_change(cairn_cluster *c, int i, int p, int sign)
     while (locs) {
         int l = __builtin_ctzll(locs);
         locs &= locs - 1;
-        uint64_t bits = c->excl_mask[i];
-        while (bits) {
-            int t = __builtin_ctzll(bits);
-            bits &= bits - 1;
+        int t;
+        FOR_EACH_TAG(c, i, t) {
             int *cnt = loc_slot(c, p, l, t);
             if (sign > 0 && *cnt >= 1)
                 c->loc_totals[c->group[p]]++;
@@ -773,7 +779,8 @@ static void add_instance_state(cairn_cluster *c, int i)
  * caller the failover cache's generation (cairn_rebuild). */
 static int rebuild_states(cairn_cluster *c)
 {
-    if (c == NULL || c->n_nodes < 0 || c->n_inst > c->cap_inst || c->n_tags > 64 || c->n_groups < 1)
+    if (c == NULL || c->n_nodes < 0 || c->n_inst > c->cap_inst || c->tag_words < 1 || c->n_tags > 64 * c->tag_words
+        || c->n_groups < 1)
         return CAIRN_EINVAL;
     for (int k = 0; k < c->n_nodes; k++)
         if (c->group[k] < 0 || c->group[k] >= c->n_groups)
@@ -1594,10 +1601,8 @@ static long merged_new_delta(const cairn_cluster *c, int i, int p)
     while (locs) {
         int l = __builtin_ctzll(locs);
         locs &= locs - 1;
-        uint64_t bits = c->excl_mask[i];
-        while (bits) {
-            int t = __builtin_ctzll(bits);
-            bits &= bits - 1;
+        int t;
+        FOR_EACH_TAG(c, i, t) {
             delta += merged_count(c, l, t) >= 1;
         }
     }

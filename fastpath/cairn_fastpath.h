@@ -22,6 +22,7 @@ typedef struct {
 /* One cluster: inputs (node and instance arrays) and caller-allocated state and scratch. */
 typedef struct {
     int n_nodes, n_inst, cap_inst, n_tags, n_locs, n_groups;
+    int tag_words;            /* 64-bit words of exclusion tags per instance; n_tags <= 64 * tag_words */
     /* nodes */
     double *t_mem, *t_dsk, *t_cpu, *cpu_speed, *hi_spindles, *vcpu_ratio, *lo_dsk;
     long *mem_base, *f_mem, *f_dsk0, *node_cpus;
@@ -34,7 +35,8 @@ typedef struct {
     /* instances, cap_inst long */
     long *mem, *dsk, *vcpus, *spindle_use, *sec_mem;
     int *kind, *uses_mem, *uses_cpu, *movable;
-    uint64_t *excl_mask, *desired_mask;
+    uint64_t *excl_mask;      /* cap_inst * tag_words: exclusion tag bits (tag t: word t / 64, bit t % 64) */
+    uint64_t *desired_mask;
     long *disk_sp;            /* the disks' total spindles, -1 when some disk gives none */
     double *util_cpu, *util_mem, *util_dsk, *util_net; /* dynamic utilisation (hbal -U; 1 each by default) */
     int *pnode, *snode;

@@ -54,7 +54,10 @@ class Engine:
         self.capacity = count + extra_instances + 1
         c = ffi.new("cairn_cluster *")
         self._c, self._keep = c, []
-        c.n_nodes, c.n_inst, c.cap_inst, c.n_tags, c.n_locs = n, count, self.capacity, MAX_TAGS, MAX_TAGS
+        # Exclusion tags take whole 64-bit words per instance, with room for one more tag.
+        self.tag_words = spec.n_tags // 64 + 1
+        c.n_nodes, c.n_inst, c.cap_inst, c.n_locs = n, count, self.capacity, MAX_TAGS
+        c.tag_words, c.n_tags = self.tag_words, 64 * self.tag_words
         for ctype, names in _NODE_ARRAYS:
             for name in names:
                 setattr(c, name, self._array(ctype, n, spec.nodes[name]))
@@ -62,7 +65,9 @@ class Engine:
         c.f_sp0 = self._array("long", n, spec.nodes["f_sp"])
         for ctype, names in _INSTANCE_ARRAYS:
             for name in names:
-                setattr(c, name, self._array(ctype, self.capacity, spec.instances[name]))
+                if name != "excl_mask":
+                    setattr(c, name, self._array(ctype, self.capacity, spec.instances[name]))
+        c.excl_mask = self._mask_array(self.capacity, spec.instances["excl_mask"])
         c.forth_pnode = self._array("int", self.capacity, [-1] * self.capacity)
         c.forth_snode = self._array("int", self.capacity, [-1] * self.capacity)
         for i in spec.forthcoming:
@@ -75,14 +80,50 @@ class Engine:
             setattr(c, name, self._array("long", n))
         c.touched, c.sec_head, c.pri_head = (self._array("int", n) for _ in range(3))
         c.sec_next, c.pri_next = self._array("int", self.capacity), self._array("int", self.capacity)
-        c.tagcnt = self._array("int", n * MAX_TAGS)
         groups = max(spec.nodes["group"], default=0) + 1
         c.n_groups = groups
-        c.loccnt = self._array("int", groups * 64 * MAX_TAGS)
+        self._tag_counts()
         c.loc_totals = self._array("long", groups)
         c.vals = self._array("double", n * 20)
         c.top_val, c.top_peer = self._array("long", 2 * n), self._array("int", 2 * n)
         _check(lib.cairn_rebuild(c), "rebuild")
+
+    def _tag_counts(self) -> None:
+        # Per node and per (group, location) key, one count for each exclusion tag.
+        c = self._c
+        c.tagcnt = self._array("int", self.n * c.n_tags)
+        c.loccnt = self._array("int", c.n_groups * 64 * c.n_tags)
+
+    def _mask_array(self, capacity: int, masks: Sequence[int]):
+        """The exclusion tag masks as `tag_words` 64-bit words per instance."""
+        words = self.tag_words
+        if words == 1:
+            return self._array("uint64_t", capacity, masks)
+        array = self._array("uint64_t", capacity * words)
+        for i, mask in enumerate(masks):
+            for w in range(words):
+                array[i * words + w] = (mask >> (64 * w)) & 0xFFFFFFFFFFFFFFFF
+        return array
+
+    def _mask(self, i: int) -> int:
+        words, array = self.tag_words, self._c.excl_mask
+        return sum(array[i * words + w] << (64 * w) for w in range(words))
+
+    def _set_mask(self, i: int, mask: int) -> None:
+        if mask.bit_length() > 64 * self.tag_words:  # a new tag past the words: widen them
+            masks = [self._mask(j) for j in range(self.count)]
+            self.tag_words = mask.bit_length() // 64 + 1
+            self._c.tag_words, self._c.n_tags = self.tag_words, 64 * self.tag_words
+            self._c.excl_mask = self._mask_array(self.capacity, masks)
+            self._tag_counts()
+            self._write_mask(i, mask)
+            _check(lib.cairn_rebuild(self._c), "rebuild")  # the counts, afresh in the wider rows
+            return
+        self._write_mask(i, mask)
+
+    def _write_mask(self, i: int, mask: int) -> None:
+        for w in range(self.tag_words):
+            self._c.excl_mask[i * self.tag_words + w] = (mask >> (64 * w)) & 0xFFFFFFFFFFFFFFFF
 
     def _array(self, ctype: str, size: int, values: Sequence = ()):
         array = ffi.new(f"{ctype}[]", max(1, size))
@@ -137,14 +178,14 @@ class Engine:
 
     def instance_value(self, inst: int, name: str):
         """One field (of `spec.INSTANCE_FIELDS`) of an instance as the engine holds it."""
-        return getattr(self._c, name)[inst]
+        return self._mask(inst) if name == "excl_mask" else getattr(self._c, name)[inst]
 
     def node_state(self, k: int) -> dict:
         """Node k's figures as the engine holds them: free memory for moves, reserved memory, N+1
         flag, free disk, used CPUs, all primaries' memory, the forthcoming-aware memory base and
         the exclusion tags present (bit mask)."""
         st = self._c.state[k]
-        row = ffi.unpack(self._c.tagcnt + k * MAX_TAGS, min(self.spec.n_tags, MAX_TAGS))
+        row = ffi.unpack(self._c.tagcnt + k * self._c.n_tags, self._c.n_tags)
         tags = sum(1 << t for t, count in enumerate(row) if count >= 1)
         return {"u_mem": self._c.mem_base[k] - st.i_mem, "r_mem": st.r_mem, "fail": st.fail, "f_dsk": st.f_dsk,
                 "u_cpu": st.u_cpu, "all_mem": st.all_mem, "forth_base": self._c.forth_base[k], "tags": tags,
@@ -171,6 +212,8 @@ class Engine:
 
     def instance_column(self, name: str) -> list:
         """One field (of `spec.INSTANCE_FIELDS`) of every defined instance, in index order."""
+        if name == "excl_mask":
+            return [self._mask(i) for i in range(self.count)]
         return ffi.unpack(getattr(self._c, name), self.count)
 
     def define_instance(self, values: dict, reuse: int = -1) -> int:
@@ -179,27 +222,34 @@ class Engine:
         if reuse >= 0:
             if self._c.pnode[reuse] >= 0:
                 raise FastpathError(f"instance {reuse} is placed; only an unplaced instance can be redefined")
-            for name in _INSTANCE_FIELDS:
-                getattr(self._c, name)[reuse] = values[name]
+            self._set_fields(reuse, values)
             self._c.pnode[reuse] = self._c.snode[reuse] = -1
             return reuse
         if self.count + 1 >= self.capacity:
             self._grow(2 * self.capacity)
         i = self.count
-        for name in _INSTANCE_FIELDS:
-            getattr(self._c, name)[i] = values[name]
+        self._set_fields(i, values)
         self._c.pnode[i] = self._c.snode[i] = -1
         self.count += 1
         self._c.n_inst = self.count
         return i
 
+    def _set_fields(self, i: int, values: dict) -> None:
+        for name in _INSTANCE_FIELDS:
+            if name != "excl_mask":
+                getattr(self._c, name)[i] = values[name]
+        self._set_mask(i, values["excl_mask"])
+
     def _grow(self, capacity: int) -> None:
         """Room for `capacity` instances: every per-instance array is copied into a larger one."""
         c = self._c
+        masks = [self._mask(i) for i in range(self.count)]
         for ctype, names in _INSTANCE_ARRAYS + (("int", ("forth_pnode", "forth_snode", "sec_next", "pri_next")),):
             for name in names:
-                old = getattr(c, name)
-                setattr(c, name, self._array(ctype, capacity, ffi.unpack(old, self.capacity)))
+                if name != "excl_mask":
+                    old = getattr(c, name)
+                    setattr(c, name, self._array(ctype, capacity, ffi.unpack(old, self.capacity)))
+        c.excl_mask = self._mask_array(capacity, masks)
         self.capacity = c.cap_inst = capacity
         if c.fo_tag != ffi.NULL:
             self._failover_cache()

@@ -82,8 +82,10 @@ class Engine:
 
     # ---- state -------------------------------------------------------------------------------------------------
     def _rebuild(self) -> None:
-        n, T = self.n, 64
-        self.T = 64
+        # The tag counts' row: whole 64-bit words over every exclusion tag any instance has.
+        n = self.n
+        widest = max((mask.bit_length() for mask in self.it["excl_mask"][:self.count]), default=0)
+        T = self.T = 64 * (widest // 64 + 1)
         self.state = [[0, 0, self.nd["f_dsk"][k] + self.dsk_delta[k], self.nd["node_cpus"][k], 0, 0, 0, 0, 0, 0, 0,
                        self.nd["f_sp"][k] + self.sp_delta[k], *self.loads[k]] for k in range(n)]
         self.tagcnt = [0] * (n * T)
@@ -608,12 +610,16 @@ class Engine:
         if reuse >= 0:
             for name, column in self.it.items():
                 column[reuse] = values[name]
+            if values["excl_mask"].bit_length() > self.T:
+                self._rebuild()
             return reuse
         for name, column in self.it.items():
             column.append(values[name])
         self.pnode.append(-1)
         self.snode.append(-1)
         self.count += 1
+        if values["excl_mask"].bit_length() > self.T:  # a tag past the counts' row: widen it
+            self._rebuild()
         return self.count - 1
 
     def best_alloc(self, group: int, i: int, required: int, mask, flags: int, scope: int = -1, after=None):

@@ -58,7 +58,9 @@ WEIGHTS = (0.5, 0.5, 1.0, 1.0, 4.0, 16.0, 0.5, 1.0, 1.0, 1.0, 1.0, 2.0, 0.5, 0.5
 # Aggregation per metric: 0 standard deviation over online nodes, 1 sum over online nodes,
 # 2 sum over offline nodes, 3 the cluster-wide location/exclusion map.
 AGGREGATION = (0, 0, 1, 0, 2, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 3, 1)
-MAX_TAGS = 64
+MAX_TAGS = 64  # distinct location tags: the engines keep a node's as one 64-bit mask
+# Distinct exclusion tags: the C core keeps each node's count of each (n_nodes x tags ints).
+MAX_EXCLUSION_TAGS = 4096
 
 # What forthcoming instances take of a node (htools' *Forth figures less the real ones); moving a
 # forthcoming instance changes only these and its primary's exclusion tags.
@@ -144,18 +146,19 @@ def _prefixes(cluster: Cluster, extra_exclusion: list[str]) -> tuple[list[str], 
 
 
 class _Interner:
-    """Numbers distinct tag strings as bits of a 64-bit mask."""
+    """Numbers distinct tag strings as bits of a mask (at most `limit` of them)."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, limit: int = MAX_TAGS):
         self.ids: dict[str, int] = {}
         self.what = what
+        self.limit = limit
 
     def mask(self, tags: list[str]) -> int:
         bits = 0
         for tag in tags:
             if tag not in self.ids:
-                if len(self.ids) >= MAX_TAGS:
-                    raise ValueError(f"more than {MAX_TAGS} distinct {self.what} tags; "
+                if len(self.ids) >= self.limit:
+                    raise ValueError(f"more than {self.limit} distinct {self.what} tags; "
                                      "use fewer distinct values or shorter prefixes")
                 self.ids[tag] = len(self.ids)
             bits |= 1 << self.ids[tag]
@@ -168,7 +171,7 @@ def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_e
     `ignore_dynu` every instance's dynamic utilisation is 0 (else its `util`)."""
     group_index = group_index or {g.uuid: k for k, g in enumerate(cluster.groups)}
     excl, loc_prefixes, desired = _prefixes(cluster, list(extra_exclusion))
-    locs, excls = _Interner("location"), _Interner("exclusion")
+    locs, excls = _Interner("location"), _Interner("exclusion", MAX_EXCLUSION_TAGS)
     spec = Spec()
     spec.nodes = {name: [] for name in NODE_FIELDS}
     spec.instances = {name: [] for name in INSTANCE_FIELDS}

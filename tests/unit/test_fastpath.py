@@ -117,6 +117,7 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("n20-excl.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True, max_moves=10)}),
     ("n20-excl-rbd.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
     ("n20-excl-forth-nosp.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
+    ("n20-tags100.l20.hbal", {"options": BalanceOptions(max_moves=20)}),
     ("n20.dynu.no-disk-moves.hbal", {"utilisation": DYNU, "options": BalanceOptions(no_disk_moves=True,
                                                                                    max_moves=10)}),
     # -U is read but --ignore-dynu wins, as in hbal: the answer without -U.
@@ -387,6 +388,29 @@ def test_c_and_pure_agree_on_the_global_n1_check(case, required, memory):
         answers.append(([engine.node_state(k) for k in range(spec.n_nodes)], check.failing,
                         [(p, s, check.redundant(p, s)) for p, s, _ in possible]))
     assert answers[0] == answers[1]
+
+
+def test_exclusion_tags_past_the_engine_words():
+    """An instance defined with an exclusion tag past the C engine's tag words widens them: both
+    engines then agree on its allocation (the tag clashes on the nodes holding it) and the C
+    engine gives its mask back whole."""
+    from fastpath.model import Instance
+    from fastpath.spec import instance_values
+
+    cluster = generate(12, 80, 4)
+    for k, inst in enumerate(cluster.instances):
+        inst.tags = [f"service:t{k % 63}"]  # 63 distinct tags: one 64-bit word, room for one more
+    spec = flatten(cluster)
+    assert spec.n_tags == 63
+    wide = (1 << 70) | (1 << 5)  # past the word, and t5, which instances already hold
+    new = instance_values(Instance("new", 1024, 10240, 1, "running", True, "", "", "drbd"), {})
+    answers = []
+    for implementation in ("c", "pure"):
+        engine = engine_class(implementation)(spec, extra_instances=1)
+        index = engine.define_instance({**new, "excl_mask": wide})
+        assert engine.instance_value(index, "excl_mask") == wide
+        answers.append(engine.best_alloc(0, index, 2, None, 0))
+    assert answers[0][0][:2] == answers[1][0][:2] and answers[0][1] == answers[1][1]
 
 
 def test_engine_grows_past_its_extra_instances():

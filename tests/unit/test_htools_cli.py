@@ -100,8 +100,8 @@ def test_lean_path_reports_errors_like_the_command(capsys):
 
 
 def test_what_the_engines_cannot_hold_is_a_clear_error(tmp_path, capsys):
-    """More distinct exclusion tags than the engines' 64-bit masks hold: each placement command
-    names the limit and the fix and exits 1, without a traceback."""
+    """More distinct exclusion tags than the engines count (4096): each placement command names the
+    limit and the fix and exits 1, without a traceback."""
     from appliance.cli.placement import lean_main
     from fastpath.htools_text import parse
     from fastpath.iallocator import request_document
@@ -109,8 +109,8 @@ def test_what_the_engines_cannot_hold_is_a_clear_error(tmp_path, capsys):
     lines = []
     for k, line in enumerate((DATA / "n20.txt").read_text().splitlines()):
         fields = line.split("|")
-        if line.startswith("inst-"):
-            fields[9] = f"service:t{k}"  # 199 distinct values under the cluster's htools:iextags:service
+        if line.startswith("inst-"):  # 199 x 21 distinct values under the cluster's htools:iextags:service
+            fields[9] = ",".join(f"service:t{k}-{j}" for j in range(21))
         lines.append("|".join(fields))
     text = tmp_path / "tags.txt"
     text.write_text("\n".join(lines))
@@ -120,7 +120,7 @@ def test_what_the_engines_cannot_hold_is_a_clear_error(tmp_path, capsys):
         "vcpus": 1, "disk_space_total": 1024, "disks": [{"size": 1024}], "nics": [], "tags": [], "spindle_use": 1})))
     for argv in (["balance", "-t", str(text)], ["capacity", "-t", str(text)], ["iallocator", str(request)]):
         assert lean_main(argv) == 1
-        assert "more than 64 distinct exclusion tags; use fewer distinct values or shorter prefixes" in \
+        assert "more than 4096 distinct exclusion tags; use fewer distinct values or shorter prefixes" in \
             capsys.readouterr().err
 
 
