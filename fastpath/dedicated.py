@@ -96,8 +96,8 @@ class Figures:
     def __init__(self, spec: Spec, k: int, state: dict, free_spindles: int):
         nodes = spec.nodes
         self.t_cpu, self.ratio, self.lo_dsk = nodes["t_cpu"][k], nodes["vcpu_ratio"][k], nodes["lo_dsk"][k]
-        self.forth_mem, self.forth_dsk, self.forth_cpu = (nodes[name][k] for name in
-                                                          ("forth_mem", "forth_dsk", "forth_cpu"))
+        self.forth_mem, self.forth_dsk, self.forth_cpu, self.forth_fsp = (
+            nodes[name][k] for name in ("forth_mem", "forth_dsk", "forth_cpu", "forth_fsp"))
         self.u_mem, self.r_mem, self.fail = state["u_mem"], state["r_mem"], state["fail"]
         self.f_dsk, self.u_cpu, self.all_mem = state["f_dsk"], state["u_cpu"], state["all_mem"]
         self.forth_base, self.tags, self.f_sp = state["forth_base"], state["tags"], free_spindles
@@ -121,6 +121,12 @@ class Figures:
         return f_dsk <= 0 or f_dsk < self.lo_dsk
 
 
+def forth_spindles(new: Figures, inst: NewInstance) -> int:
+    """A node's free spindles counting forthcoming instances once `inst` is added (htools'
+    calcNewFreeSpindlesForth): -1 for an instance without a spindle count."""
+    return -1 if inst.spindles is None else new.f_sp - new.forth_fsp
+
+
 def add_primary(node: Figures, inst: NewInstance, force: bool) -> tuple[int, Figures]:
     """htools' addPriEx of a new instance on an exclusive-storage node: the status and the figures."""
     new = node.copy()
@@ -138,6 +144,7 @@ def add_primary(node: Figures, inst: NewInstance, force: bool) -> tuple[int, Fig
         checks += [(new.fail and not node.fail, FAIL_MEM), (node.cpu_fails(new.u_cpu), FAIL_CPU),
                    (bool(node.tags & inst.excl_mask), FAIL_TAGS), (new.mem_forth() <= 0, FAIL_MEM),
                    (local and node.disk_fails(new.f_dsk - node.forth_dsk), FAIL_DISK),
+                   (local and forth_spindles(new, inst) < 0, FAIL_SPINDLES),
                    (node.cpu_fails(new.u_cpu + node.forth_cpu), FAIL_CPU)]
     return next((reason for failed, reason in checks if failed), OK), new
 
@@ -155,6 +162,7 @@ def add_secondary(node: Figures, inst: NewInstance, force: bool, peer_mem: int) 
     if not force:
         checks += [(inst.sec_mem >= node.u_mem, FAIL_MEM), (new.fail and not node.fail, FAIL_MEM),
                    (node.disk_fails(new.f_dsk - node.forth_dsk), FAIL_DISK),
+                   (forth_spindles(new, inst) < 0, FAIL_SPINDLES),
                    (inst.sec_mem >= node.mem_forth(), FAIL_MEM)]
     return next((reason for failed, reason in checks if failed), OK), new
 

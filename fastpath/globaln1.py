@@ -187,7 +187,8 @@ class Evacuation:
         return UNSURE, mem, [], None
 
     def _slots(self, n: int, order: list[int], mem: dict[int, int], memory: list[int], disk: list[int],
-               spindles: list[int], facts: list[tuple], admitted: list[dict[bool, bool]], total: tuple) -> dict[int, int]:
+               spindles: list[int], facts: list[tuple], admitted: list[dict[bool, bool]],
+               total: tuple) -> dict[int, int]:
         """How many of the moved instances each online node of the group takes for sure, whichever
         of them come and in whatever order: its free memory (disk, spindles) over the largest need,
         less one unit for hail's strict 'more than needed'. Each instance placed anywhere takes at

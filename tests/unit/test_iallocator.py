@@ -444,7 +444,7 @@ def test_dedicated_copies_equal_adding_one_by_one(u_mem, r_mem, fail, f_dsk, u_c
     from fastpath.dedicated import NewInstance, add_primary, copies
     from fastpath.spec import KIND_LOCAL, OK
 
-    node = _figures(dict(t_cpu=16.0, ratio=4.0, lo_dsk=0.0, forth_mem=forth_mem, forth_dsk=0, forth_cpu=0,
+    node = _figures(dict(t_cpu=16.0, ratio=4.0, lo_dsk=0.0, forth_mem=forth_mem, forth_dsk=0, forth_cpu=0, forth_fsp=0,
                          u_mem=u_mem, r_mem=r_mem, fail=int(fail), f_dsk=f_dsk, u_cpu=u_cpu, all_mem=0,
                          forth_base=u_mem + 5000, tags=0, f_sp=3))
     test = NewInstance(mem, dsk, vcpus, KIND_LOCAL, 1, 1, 0, 0, spindles=0)
