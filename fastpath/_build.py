@@ -15,6 +15,7 @@ typedef struct {
     long i_mem, all_mem, f_dsk, u_cpu, pcnt, scnt, inst_sp, r_mem, tags_v, loc_v;
     long fail;
     long f_sp;
+    long fsp_reset;
     double load[4];
 } cairn_nstate;
 typedef struct {

@@ -89,6 +89,13 @@ static void load_change(const cairn_cluster *c, double *load, int i, double sign
     load[2] += sign * c->util_dsk[i];
 }
 
+/* Free spindles counting forthcoming instances (htools' fSpindlesForth): -1 once an instance
+ * without a spindle count was added in this state, as calcNewFreeSpindlesForth sets it. */
+static long forth_free_sp(const cairn_cluster *c, int k, const cairn_nstate *st)
+{
+    return st->fsp_reset ? -1 : st->f_sp - c->forth_fsp[k];
+}
+
 static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, double *v)
 {
     /* Offline nodes loaded with unknown resources have zero totals; their ratios are unused. */
@@ -113,7 +120,7 @@ static void node_values(const cairn_cluster *c, int k, const cairn_nstate *st, d
     v[12] = sp;
     /* htools' *_forth metrics also count the forthcoming instances, which the state leaves out. */
     v[13] = t_mem != 0 ? (double)(c->forth_base[k] - st->all_mem - c->forth_mem[k]) / t_mem : 0.0;
-    v[14] = free_disk_ratio(c, k, st->f_dsk - c->forth_dsk[k], st->f_sp - c->forth_fsp[k]);
+    v[14] = free_disk_ratio(c, k, st->f_dsk - c->forth_dsk[k], forth_free_sp(c, k, st));
     v[15] = c->t_cpu[k] != 0 && c->cpu_speed[k] != 0
                 ? (double)(st->u_cpu + c->forth_cpu[k]) / c->t_cpu[k] / c->cpu_speed[k] : 0.0;
     v[16] = c->hi_spindles[k] != 0 ? (double)(st->inst_sp + c->forth_sp[k]) / c->hi_spindles[k] : 0.0;
@@ -505,7 +512,7 @@ static int forth_disk_status(const cairn_cluster *c, int k, const cairn_nstate *
     long f_dsk = st->f_dsk - c->forth_dsk[k];
     if (f_dsk <= 0 || (double)f_dsk < c->lo_dsk[k])
         return FAIL_DISK;
-    if (c->excl[k] && st->f_sp - c->forth_fsp[k] < 0)
+    if (c->excl[k] && forth_free_sp(c, k, st) < 0)
         return FAIL_SPINDLES;
     return (double)(st->inst_sp + c->forth_sp[k]) > c->hi_spindles[k] ? FAIL_DISK : OK;
 }
@@ -522,6 +529,7 @@ static int st_add_pri(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
     out->pcnt++;
     out->inst_sp += sp_use(c, k, i);
     out->f_sp = sp_after(c, k, i, out->f_sp, -1);
+    out->fsp_reset |= c->excl[k] && c->disk_sp[i] < 0;
     load_change(c, out->load, i, 1.0, 1);
     long um = u_mem(c, k, out);
     long new_fail = um <= out->r_mem;
@@ -565,6 +573,7 @@ static int st_add_sec(cairn_cluster *c, int k, const cairn_nstate *in, int i, in
     out->scnt++;
     out->inst_sp += sp_use(c, k, i);
     out->f_sp = sp_after(c, k, i, out->f_sp, -1);
+    out->fsp_reset |= c->excl[k] && c->disk_sp[i] < 0;
     load_change(c, out->load, i, 1.0, 0);
     long um = u_mem(c, k, out);
     long new_fail = um <= r_mem;

@@ -16,6 +16,7 @@ typedef struct {
     long i_mem, all_mem, f_dsk, u_cpu, pcnt, scnt, inst_sp, r_mem, tags_v, loc_v;
     long fail;
     long f_sp;                /* free spindles (counted on exclusive-storage nodes only) */
+    long fsp_reset;           /* an instance without a spindle count was added: forthcoming free spindles -1 */
     double load[4];           /* dynamic load (cpu, mem, disk, net): primaries, and secondaries for disk */
 } cairn_nstate;
 

@@ -16,6 +16,7 @@ from fastpath.spec import (AGGREGATION, ALLOC_EITHER, ALLOC_PRIMARY, ALLOC_SECON
 # Per-node derived state, one list per node: the indices of its fields.
 I_MEM, ALL_MEM, F_DSK, U_CPU, PCNT, SCNT, INST_SP, R_MEM, FAIL, TAGS_V, LOC_V, F_SP = range(12)
 L_CPU, L_MEM, L_DSK, L_NET = range(12, 16)  # dynamic loads: primaries', and secondaries' too for disk
+FSP_RESET = 16  # an instance without a spindle count was added: forthcoming free spindles -1
 _UTIL = (("util_cpu", L_CPU), ("util_mem", L_MEM), ("util_dsk", L_DSK), ("util_net", L_NET))
 
 
@@ -87,7 +88,7 @@ class Engine:
         widest = max((mask.bit_length() for mask in self.it["excl_mask"][:self.count]), default=0)
         T = self.T = 64 * (widest // 64 + 1)
         self.state = [[0, 0, self.nd["f_dsk"][k] + self.dsk_delta[k], self.nd["node_cpus"][k], 0, 0, 0, 0, 0, 0, 0,
-                       self.nd["f_sp"][k] + self.sp_delta[k], *self.loads[k]] for k in range(n)]
+                       self.nd["f_sp"][k] + self.sp_delta[k], *self.loads[k], 0] for k in range(n)]
         self.tagcnt = [0] * (n * T)
         self.peers = [dict() for _ in range(n)]
         self.loccnt = {}
@@ -215,7 +216,7 @@ class Engine:
         sp = st[INST_SP] / nd["hi_spindles"][k] if nd["hi_spindles"][k] else 0.0
         # htools' *_forth metrics also count the forthcoming instances, which the state leaves out.
         forth = (self.forth_base[k] - st[ALL_MEM] - nd["forth_mem"][k]) / t_mem if inv_mem else 0.0
-        dsk_forth = self._free_disk_ratio(k, st[F_DSK] - nd["forth_dsk"][k], st[F_SP] - nd["forth_fsp"][k])
+        dsk_forth = self._free_disk_ratio(k, st[F_DSK] - nd["forth_dsk"][k], self._forth_free_sp(k, st))
         cpu_forth = ((st[U_CPU] + nd["forth_cpu"][k]) / nd["t_cpu"][k] / nd["cpu_speed"][k]
                      if nd["t_cpu"][k] and nd["cpu_speed"][k] else 0.0)
         sp_forth = (st[INST_SP] + nd["forth_sp"][k]) / nd["hi_spindles"][k] if nd["hi_spindles"][k] else 0.0
@@ -338,6 +339,11 @@ class Engine:
         # Free memory counting forthcoming instances and every primary, running or not (fMemForth).
         return self.forth_base[k] - st[ALL_MEM] - self.nd["forth_mem"][k]
 
+    def _forth_free_sp(self, k: int, st: list) -> int:
+        """Free spindles counting forthcoming instances (htools' fSpindlesForth): -1 once an instance
+        without a spindle count was added in this state (calcNewFreeSpindlesForth)."""
+        return -1 if st[FSP_RESET] else st[F_SP] - self.nd["forth_fsp"][k]
+
     def _forth_disk_status(self, k: int, st: list) -> int:
         # htools' disk limits counting forthcoming instances (free disk, its reserve, free spindles
         # on exclusive storage, spindle use), in its order.
@@ -345,7 +351,7 @@ class Engine:
         f_dsk = st[F_DSK] - nd["forth_dsk"][k]
         if f_dsk <= 0 or f_dsk < nd["lo_dsk"][k]:
             return FAIL_DISK
-        if nd["excl"][k] and st[F_SP] - nd["forth_fsp"][k] < 0:
+        if nd["excl"][k] and self._forth_free_sp(k, st) < 0:
             return FAIL_SPINDLES
         return FAIL_DISK if st[INST_SP] + nd["forth_sp"][k] > nd["hi_spindles"][k] else OK
 
@@ -361,6 +367,7 @@ class Engine:
         st[PCNT] += 1
         st[INST_SP] += self._sp_use(k, i)
         st[F_SP] = self._sp_after(k, i, st[F_SP], -1)
+        st[FSP_RESET] |= int(bool(nd["excl"][k]) and it["disk_sp"][i] < 0)
         self._load_change(st, i, 1.0, True)
         local = it["kind"][i] in (KIND_LOCAL, KIND_MIRRORED)
         u_mem = self._u_mem(k, st)
@@ -404,6 +411,7 @@ class Engine:
         st[SCNT] += 1
         st[INST_SP] += self._sp_use(k, i)
         st[F_SP] = self._sp_after(k, i, st[F_SP], -1)
+        st[FSP_RESET] |= int(bool(nd["excl"][k]) and it["disk_sp"][i] < 0)
         self._load_change(st, i, 1.0, False)
         u_mem = self._u_mem(k, st)
         new_fail = int(u_mem <= r_mem)
