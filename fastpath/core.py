@@ -96,14 +96,13 @@ class Engine:
 
     def _mask_array(self, capacity: int, masks: Sequence[int]):
         """The exclusion tag masks as `tag_words` 64-bit words per instance."""
-        words = self.tag_words
-        if words == 1:
+        if self.tag_words == 1:
             return self._array("uint64_t", capacity, masks)
-        array = self._array("uint64_t", capacity * words)
-        for i, mask in enumerate(masks):
-            for w in range(words):
-                array[i * words + w] = (mask >> (64 * w)) & 0xFFFFFFFFFFFFFFFF
-        return array
+        return self._array("uint64_t", capacity * self.tag_words,
+                           [word for mask in masks for word in self._words(mask)])
+
+    def _words(self, mask: int) -> list[int]:
+        return [(mask >> (64 * w)) & 0xFFFFFFFFFFFFFFFF for w in range(self.tag_words)]
 
     def _mask(self, i: int) -> int:
         words, array = self.tag_words, self._c.excl_mask
@@ -122,8 +121,7 @@ class Engine:
         self._write_mask(i, mask)
 
     def _write_mask(self, i: int, mask: int) -> None:
-        for w in range(self.tag_words):
-            self._c.excl_mask[i * self.tag_words + w] = (mask >> (64 * w)) & 0xFFFFFFFFFFFFFFFF
+        self._c.excl_mask[i * self.tag_words:(i + 1) * self.tag_words] = self._words(mask)
 
     def _array(self, ctype: str, size: int, values: Sequence = ()):
         array = ffi.new(f"{ctype}[]", max(1, size))

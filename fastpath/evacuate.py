@@ -203,14 +203,11 @@ def target_group(session, inst: int, groups: list[int]):
     values["pnode"] = values["snode"] = -1
     session.spare = engine.define_instance(values, session.spare)
     session.copy_of[session.spare] = inst
-    from fastpath.iallocator import group_text, network_check, policy_refusals
+    from fastpath.iallocator import group_text, network_check, policy_figures, policy_refusals
 
     instance = session.cluster.instances[inst]
-    refused = None
-    if instance.disks or instance.template == "diskless":  # a hand-written document without disks: no test
-        spindles = int(instance.spindles) if instance.spindles.isdigit() else None
-        refused = policy_refusals(session, instance.mem, instance.vcpus, instance.disks, instance.template,
-                                  instance.spindle_use, spindles)
+    figures = policy_figures(instance)
+    refused = policy_refusals(session, *figures) if figures else None
     # hail allocates a forthcoming instance as forthcoming: only the forthcoming checks and figures.
     search = ForthcomingSearch(session.moves, values) if inst in session.moves.forth else None
     chosen, outcomes = allocate(engine, spec, session.cluster, session.spare, required, groups, None,

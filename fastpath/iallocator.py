@@ -165,12 +165,8 @@ class Session:
 
     def admits(self, inst: int, group: int, exclusive: bool) -> bool:
         """hail's instMatchesPolicy for an instance on a node of `group` (exclusive storage or not)."""
-        model = self._model(inst)
-        if model is None or (not model.disks and model.template != "diskless"):
-            return True  # nothing to test (a hand-written document without disks): admitted, as before
-        spindles = int(model.spindles) if model.spindles.isdigit() else None
-        return dedicated.placement_policy_failure(self.policy(group), model.mem, model.vcpus, model.disks,
-                                                  model.template, model.spindle_use, spindles, exclusive) == OK
+        figures = policy_figures(self._model(inst))
+        return figures is None or dedicated.placement_policy_failure(self.policy(group), *figures, exclusive) == OK
 
     def policy(self, group: int) -> Policy:
         """The instance policy of a group."""
@@ -217,6 +213,16 @@ def _allocate_one(session: Session, request: dict, inst: int, obj: dict):
                     session.options.ignore_soft_errors, session.options.capacity_checks,
                     whole_cluster=not request.get("group_name"), unconnected=unconnected,
                     refused_primaries=refused_primaries)
+
+
+def policy_figures(model: Instance | None) -> tuple | None:
+    """What hail's policy test reads of an instance (`dedicated.placement_policy_failure`'s figures
+    before the exclusive-storage flag), or None when there is nothing to test (no instance, or a
+    hand-written document without disks: admitted, as before)."""
+    if model is None or (not model.disks and model.template != "diskless"):
+        return None
+    spindles = int(model.spindles) if model.spindles.isdigit() else None
+    return model.mem, model.vcpus, model.disks, model.template, model.spindle_use, spindles
 
 
 def policy_refusals(session: Session, mem: int, vcpus: int, disks: list[int], template: str, spindle_use: int,
