@@ -71,6 +71,8 @@ int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int requi
                      long *fail_counts);
 int cairn_alloc_all(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
                     int flags, long cap, int *pnodes, int *snodes, double *scores, long *count, long *fail_counts);
+int cairn_best_forth_alloc(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
+                           int *pnode, int *snode, double *score, long *passed, long *fail_counts);
 int cairn_rank_allocs(int n_nodes, int by_primary, long n, int *pnodes, int *snodes, double *scores,
                       long cap_runs, long *run_ends, long *n_runs);
 """

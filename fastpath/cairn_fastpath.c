@@ -1313,7 +1313,9 @@ typedef struct {
     long mem, dsk, fsp, sp, cpu;
 } forth_figures;
 
-/* What forthcoming instance i takes of node k as primary or secondary (forthmove.contribution). */
+/* What forthcoming instance i takes of node k as primary or secondary (forthmove.contribution):
+ * on exclusive storage its disks' spindles whatever its template, as calcNewFreeSpindlesForth
+ * counts them (one without a spindle count takes none here; see forth_score). */
 static void forth_contribution(const cairn_cluster *c, int i, int k, int primary, long out[5])
 {
     int local = c->kind[i] == KIND_LOCAL || c->kind[i] == KIND_MIRRORED;
@@ -1321,7 +1323,7 @@ static void forth_contribution(const cairn_cluster *c, int i, int k, int primary
     out[1] = local ? c->dsk[i] : 0;                                    /* forth_dsk */
     out[2] = primary ? c->vcpus[i] * c->uses_cpu[i] : 0;               /* forth_cpu */
     out[3] = local && !c->excl[k] ? c->spindle_use[i] : 0;             /* forth_sp */
-    out[4] = local && c->excl[k] ? (c->disk_sp[i] > 0 ? c->disk_sp[i] : 0) : 0; /* forth_fsp */
+    out[4] = c->excl[k] && c->disk_sp[i] > 0 ? c->disk_sp[i] : 0;      /* forth_fsp */
 }
 
 static forth_figures forth_without(const cairn_cluster *c, int i, int k)
@@ -1419,26 +1421,36 @@ static int forth_check(const cairn_cluster *c, int i, int kind, int target, int 
     }
 }
 
-/* The exact score with forthcoming instance i moved to (np, ns): its use leaves the old nodes'
- * forth_* figures for the new ones' (put back afterwards), its exclusion tags its old primary for
- * the new one. INFINITY when the approximate score shows that it cannot beat the search's best. */
-static double forth_score(cairn_cluster *c, int group, const search *s, int i, int np, int ns)
+/* A trial placement of forthcoming instance i: its use leaves the old nodes' forth_* figures for
+ * the new ones', its exclusion tags its old primary for the new one; the nodes' states are copied
+ * into `t` and their figures saved, to be put back by forth_trial_end. */
+typedef struct {
+    touch_set t;
+    long saved[MAX_TOUCH][5];
+} forth_trial;
+
+static void forth_fields(const cairn_cluster *c, long *fields[5])
 {
-    int op = c->forth_pnode[i], os = c->forth_snode[i];
-    long *fields[5] = {c->forth_mem, c->forth_dsk, c->forth_cpu, c->forth_sp, c->forth_fsp};
-    long saved[MAX_TOUCH][5], own[5];
-    touch_set t = {0};
+    fields[0] = c->forth_mem, fields[1] = c->forth_dsk, fields[2] = c->forth_cpu;
+    fields[3] = c->forth_sp, fields[4] = c->forth_fsp;
+}
+
+static void forth_trial_begin(cairn_cluster *c, forth_trial *tr, int i, int op, int os, int np, int ns)
+{
+    long *fields[5], own[5];
+    forth_fields(c, fields);
     int nodes[4] = {op, os, np, ns}, signs[4] = {-1, -1, 1, 1}, roles[4] = {1, 0, 1, 0};
+    tr->t.n = 0;
     for (int j = 0; j < 4; j++) {
         int k = nodes[j];
         if (k < 0)
             continue;
-        int before = t.n;
-        cairn_nstate *st = touch(&t, k);
-        if (t.n > before) {
+        int before = tr->t.n;
+        cairn_nstate *st = touch(&tr->t, k);
+        if (tr->t.n > before) {
             *st = c->state[k];
             for (int f = 0; f < 5; f++)
-                saved[t.n - 1][f] = fields[f][k];
+                tr->saved[tr->t.n - 1][f] = fields[f][k];
         }
     }
     for (int j = 0; j < 4; j++) {
@@ -1448,16 +1460,37 @@ static double forth_score(cairn_cluster *c, int group, const search *s, int i, i
         for (int f = 0; f < 5; f++)
             fields[f][nodes[j]] += signs[j] * own[f];
     }
+    /* Added without a spindle count, it leaves its new nodes -1 forthcoming free spindles
+     * (calcNewFreeSpindlesForth); taken away, it changes nothing. */
+    for (int j = 2; j < 4 && c->disk_sp[i] < 0; j++)
+        if (nodes[j] >= 0 && c->excl[nodes[j]])
+            c->forth_fsp[nodes[j]] = c->state[nodes[j]].f_sp + 1;
     if (np != op) {
-        touch(&t, op)->tags_v -= tag_count_at_least(c, op, i, 2);
-        touch(&t, np)->tags_v += tag_count_at_least(c, np, i, 1);
+        if (op >= 0)
+            touch(&tr->t, op)->tags_v -= tag_count_at_least(c, op, i, 2);
+        touch(&tr->t, np)->tags_v += tag_count_at_least(c, np, i, 1);
     }
-    double score = INFINITY;
-    if (approx_with(c, &s->st, &t, 0) <= s->best + 1e-8 * (1.0 + fabs(s->best)))
-        score = exact_with(c, group, &t, 0);
-    for (int j = 0; j < t.n; j++)
+}
+
+static void forth_trial_end(cairn_cluster *c, const forth_trial *tr)
+{
+    long *fields[5];
+    forth_fields(c, fields);
+    for (int j = 0; j < tr->t.n; j++)
         for (int f = 0; f < 5; f++)
-            fields[f][t.k[j]] = saved[j][f];
+            fields[f][tr->t.k[j]] = tr->saved[j][f];
+}
+
+/* The exact score with forthcoming instance i moved to (np, ns); INFINITY when the approximate
+ * score shows that it cannot beat the search's best. */
+static double forth_score(cairn_cluster *c, int group, const search *s, int i, int np, int ns)
+{
+    forth_trial tr;
+    forth_trial_begin(c, &tr, i, c->forth_pnode[i], c->forth_snode[i], np, ns);
+    double score = INFINITY;
+    if (approx_with(c, &s->st, &tr.t, 0) <= s->best + 1e-8 * (1.0 + fabs(s->best)))
+        score = exact_with(c, group, &tr.t, 0);
+    forth_trial_end(c, &tr);
     return score;
 }
 
@@ -1818,6 +1851,62 @@ int cairn_alloc_all(cairn_cluster *c, int group, int scope, int inst, int requir
     if (code == CAIRN_OK && all.n > cap)
         return CAIRN_EINVAL;
     return code;
+}
+
+/* hail's search for a forthcoming copy of instance `inst` (unplaced, on no forthcoming nodes) in
+ * `group` (forthmove.ForthcomingSearch, change-group's choice of group and allocate-secondary of a
+ * forthcoming instance): each candidate takes only the forthcoming checks of addPriEx /
+ * addSecExEx, never forced, and is scored over `scope` with the copy in its nodes' forthcoming
+ * figures and its exclusion tags on the primary, as an allocation is scored (a pair by hail's
+ * updated statistics). Gives the best candidate (of equal scores the last, as hail), how many
+ * candidates passed the checks and the failure counts by reason. */
+int cairn_best_forth_alloc(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
+                           int *pnode, int *snode, double *score, long *passed, long *fail_counts)
+{
+    search s;
+    hail_stats hs;
+    if (c == NULL || inst < 0 || inst >= c->n_inst || c->pnode[inst] >= 0 || c->forth_pnode[inst] >= 0
+        || c->forth_snode[inst] >= 0 || required < 1 || required > 2)
+        return CAIRN_EINVAL;
+    stats_init(c, scope, &s.st);
+    s.st.lay.n = SLOTS, s.st.lay.weight = FULL_WEIGHT;  /* the copy brings forthcoming use, perhaps the first */
+    hail_stats_init(c, scope, &hs);
+    s.best = INFINITY;
+    s.found = 0;
+    *passed = 0;
+    long *sec_status = c->acc_d;  /* per allowed secondary its status + 1 (zeroed scratch, zeroed again) */
+    for (int q = 0; q < c->n_nodes && required == 2; q++)
+        if (alloc_ok(c, q, group, mask, ALLOC_SECONDARY))
+            sec_status[q] = 1 + forth_add_sec(c, inst, q, 0);
+    for (int p = 0; p < c->n_nodes; p++) {
+        if (!alloc_ok(c, p, group, mask, ALLOC_PRIMARY))
+            continue;
+        int status = forth_add_pri(c, inst, p, 0);
+        for (int q = required == 2 ? 0 : -1; q < (required == 2 ? c->n_nodes : 0); q++) {
+            if (q == p || (q >= 0 && !sec_status[q]))
+                continue;
+            int st = status != OK ? status : q >= 0 ? (int)sec_status[q] - 1 : OK;
+            if (st != OK) {
+                fail_counts[st]++;
+                continue;
+            }
+            (*passed)++;
+            forth_trial tr;
+            forth_trial_begin(c, &tr, inst, -1, -1, p, q);
+            if (!s.found || approx_with(c, &s.st, &tr.t, 0) <= s.best + 1e-8 * (1.0 + fabs(s.best)))
+                alloc_offer(c, &s, NULL, NULL, p, q, q < 0 ? exact_with(c, scope, &tr.t, 0)
+                                                           : hail_pair_score(c, scope, &hs, &tr.t, 0));
+            forth_trial_end(c, &tr);
+        }
+    }
+    for (int q = 0; q < c->n_nodes; q++)
+        sec_status[q] = 0;
+    if (!s.found)
+        return CAIRN_NONE;
+    *pnode = s.inst;
+    *snode = s.target;
+    *score = s.best;
+    return CAIRN_OK;
 }
 
 /* hail's order of two listed candidates: the lower score first, of equal scores the later one in

@@ -83,6 +83,10 @@ int cairn_best_alloc(cairn_cluster *c, int group, int scope, int inst, int requi
                      long *fail_counts);
 int cairn_alloc_all(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
                     int flags, long cap, int *pnodes, int *snodes, double *scores, long *count, long *fail_counts);
+/* The best candidate for a forthcoming copy of an unplaced instance (forthcoming checks and figures
+ * only), how many candidates passed, failure counts by reason. */
+int cairn_best_forth_alloc(cairn_cluster *c, int group, int scope, int inst, int required, const unsigned char *mask,
+                           int *pnode, int *snode, double *score, long *passed, long *fail_counts);
 /* Sort listed candidates into hail's order (lower score first, of equal scores the later in scan
  * order) within runs: one per primary (a scan lists a primary's candidates together) when
  * by_primary, else one; run_ends gets each run's end. */

@@ -218,7 +218,7 @@ class Engine:
         """Add an unplaced instance with the fields of `spec.INSTANCE_FIELDS` (or overwrite the unplaced
         instance `reuse`); returns its index."""
         if reuse >= 0:
-            if self._c.pnode[reuse] >= 0:
+            if self._c.pnode[reuse] >= 0 or self._c.forth_pnode[reuse] >= 0:
                 raise FastpathError(f"instance {reuse} is placed; only an unplaced instance can be redefined")
             self._set_fields(reuse, values)
             self._c.pnode[reuse] = self._c.snode[reuse] = -1
@@ -227,7 +227,7 @@ class Engine:
             self._grow(2 * self.capacity)
         i = self.count
         self._set_fields(i, values)
-        self._c.pnode[i] = self._c.snode[i] = -1
+        self._c.pnode[i] = self._c.snode[i] = self._c.forth_pnode[i] = self._c.forth_snode[i] = -1
         self.count += 1
         self._c.n_inst = self.count
         return i
@@ -245,8 +245,10 @@ class Engine:
         for ctype, names in _INSTANCE_ARRAYS + (("int", ("forth_pnode", "forth_snode", "sec_next", "pri_next")),):
             for name in names:
                 if name != "excl_mask":
-                    old = getattr(c, name)
-                    setattr(c, name, self._array(ctype, capacity, ffi.unpack(old, self.capacity)))
+                    old = ffi.unpack(getattr(c, name), self.capacity)
+                    if name.startswith("forth_"):  # the new slots hold no forthcoming instance
+                        old += [-1] * (capacity - self.capacity)
+                    setattr(c, name, self._array(ctype, capacity, old))
         c.excl_mask = self._mask_array(capacity, masks)
         self.capacity = c.cap_inst = capacity
         if c.fo_tag != ffi.NULL:
@@ -267,6 +269,18 @@ class Engine:
                                            counts), "best alloc")
         found = None if code == lib.CAIRN_NONE else (p[0], s[0], score[0])
         return found, list(counts)
+
+    def best_forth_alloc(self, group: int, inst: int, required: int, mask: Sequence[bool] | None,
+                         scope: int = -1) -> tuple[tuple[int, int, float] | None, int, list[int]]:
+        """The best (primary, secondary, score over `scope`) for a forthcoming copy of the unplaced
+        instance `inst` in `group` (forthcoming checks and figures only: `forthmove.ForthcomingSearch`),
+        how many candidates passed the checks, and failure counts by reason."""
+        p, s, score, passed = ffi.new("int *"), ffi.new("int *"), ffi.new("double *"), ffi.new("long *")
+        counts = ffi.new("long[10]")
+        cmask = ffi.new("unsigned char[]", [int(m) for m in mask]) if mask is not None else ffi.NULL
+        code = _check(lib.cairn_best_forth_alloc(self._c, group, scope, inst, required, cmask, p, s, score, passed,
+                                                 counts), "best forthcoming alloc")
+        return (None if code == lib.CAIRN_NONE else (p[0], s[0], score[0])), passed[0], list(counts)
 
     def all_allocs(self, group: int, inst: int, required: int, mask: Sequence[bool] | None, flags: int,
                    scope: int = -1, cap: int = 0) -> tuple[list[tuple[int, int, float]], list[int]]:

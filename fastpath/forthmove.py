@@ -14,15 +14,16 @@ from fastpath.spec import (FAIL_CPU, FAIL_DISK, FAIL_MEM, FAIL_MIG, FAIL_SPINDLE
 
 def contribution(spec: Spec, i: int, k: int, primary: bool) -> dict:
     """What forthcoming instance i takes of node k as its primary or secondary (`spec.FORTH_FIELDS`):
-    memory and (online ones) CPUs on the primary, local disk and spindle use (free spindles on
-    exclusive storage) on both."""
+    memory and (online ones) CPUs on the primary, local disk and spindle use on both, and on
+    exclusive storage its disks' spindles whatever its template, as calcNewFreeSpindlesForth counts
+    them (one without a spindle count takes none here; `Moves.place` sets the figure)."""
     it, excl = spec.instances, spec.nodes["excl"][k]
     local = it["kind"][i] in (KIND_LOCAL, KIND_MIRRORED)
     return {"forth_mem": it["mem"][i] if primary else 0,
             "forth_cpu": it["vcpus"][i] * it["uses_cpu"][i] if primary else 0,
             "forth_dsk": it["dsk"][i] if local else 0,
             "forth_sp": it["spindle_use"][i] if local and not excl else 0,
-            "forth_fsp": max(it["disk_sp"][i], 0) if local and excl else 0}
+            "forth_fsp": max(it["disk_sp"][i], 0) if excl else 0}
 
 
 class Moves:
@@ -45,9 +46,9 @@ class Moves:
         if status != OK:
             return status, 0.0
         old = self.forth[i]
-        self.place(i, *new)
+        before = self.place(i, *new)
         score = self.engine.score(group)
-        self.place(i, *old)
+        self.place(i, *old, before)
         return OK, score
 
     def apply_move(self, i: int, kind: int, target: int) -> None:
@@ -57,19 +58,24 @@ class Moves:
             return
         self.place(i, *new_nodes(kind, *self.forth[i], target))
 
-    def touched_flags(self) -> list[int]:
-        """The engine's touched flags (moves of forthcoming instances touch no node's real figures)."""
+    def touched_flags(self):
+        """The engine's touched flags (moves of forthcoming instances touch no node's real figures)
+        with every node's forthcoming free-spindle figure (`spec.FORTH_FIELDS`' forth_fsp)."""
         return self.engine.touched_flags()
 
-    def restore(self, i: int, p: int, s: int, touched: list[int]) -> None:
+    def restore(self, i: int, p: int, s: int, touched) -> None:
         """Put an instance back where it was, undoing trial moves."""
         if i in self.forth:
-            self.place(i, p, s)
+            forth_fsp = touched[-1]
+            self.place(i, p, s, {k: forth_fsp[k] for k in {p, s, *self.forth[i]} if k >= 0})
         else:
             self.engine.restore(i, p, s, touched)
 
-    def place(self, i: int, p: int, s: int) -> None:
-        """Put forthcoming instance i on (p, s): its use leaves its old nodes and comes to the new ones."""
+    def place(self, i: int, p: int, s: int, before: dict[int, int] | None = None) -> dict[int, int]:
+        """Put forthcoming instance i on (p, s): its use leaves its old nodes and comes to the new ones.
+        Returns the nodes' forthcoming free-spindle figures (forth_fsp) it replaced: passed back as
+        `before` they undo this move exactly (an instance without a spindle count sets the figure of
+        its new nodes, so moving it back would not)."""
         old_p, old_s = self.forth[i]
         use: dict[int, dict] = {}
         for k, sign, primary in ((old_p, -1, True), (old_s, -1, False), (p, 1, True), (s, 1, False)):
@@ -77,8 +83,17 @@ class Moves:
                 figures = use.setdefault(k, self.engine.forth_use(k))
                 for name, value in contribution(self.spec, i, k, primary).items():
                     figures[name] += sign * value
+        replaced = {k: self.engine.forth_use(k)["forth_fsp"] for k in use}
+        if before is not None:
+            for k, value in before.items():
+                use[k]["forth_fsp"] = value
+        elif self.spec.instances["disk_sp"][i] < 0:
+            for k in (p, s):  # added without a spindle count: -1 forthcoming free spindles there
+                if k >= 0 and self.spec.nodes["excl"][k]:
+                    use[k]["forth_fsp"] = self.engine.node_state(k)["f_sp"] + 1
         self.engine.set_forth(use, i, p, s)
         self.forth[i] = (p, s)
+        return replaced
 
     def _check(self, i: int, kind: int, target: int, force: bool) -> tuple[int, tuple[int, int]]:
         """hail's checks of one move of forthcoming instance i (applyMoveEx's order) and its new nodes."""
@@ -195,9 +210,8 @@ class ForthcomingSearch:
         self.moves, self.values = moves, values
 
     def __call__(self, engine, spec: Spec, outcome, search_args: tuple, capacity_check: bool) -> None:
-        from fastpath.allocate import role_allowed
         from fastpath.globaln1 import CandidateCheck
-        from fastpath.spec import ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_N1, FAIL_NAMES
+        from fastpath.spec import FAIL_N1, FAIL_NAMES
 
         group, i, required, mask, _flags, scope = search_args
         columns = spec.instances
@@ -210,33 +224,49 @@ class ForthcomingSearch:
                 column[i] = self.values[name]
         self.moves.forth[i] = (-1, -1)
         try:
-            primaries = [k for k in range(spec.n_nodes) if role_allowed(spec, mask, group, k, ALLOC_PRIMARY)]
-            secondaries = ([-1] if required == 1 else
-                           [k for k in range(spec.n_nodes) if role_allowed(spec, mask, group, k, ALLOC_SECONDARY)])
-            counts, found = [0] * len(FAIL_NAMES), []
-            for p in primaries:
-                for s in secondaries:
-                    if s == p:
-                        continue
-                    status = self.moves._add_pri(i, p, False)
-                    if status == OK and s >= 0:
-                        status = self.moves._add_sec(i, s, False)
-                    if status != OK:
-                        counts[status] += 1
-                        continue
-                    self.moves.place(i, p, s)
-                    found.append((p, s, engine.score(scope)))
-                    self.moves.place(i, -1, -1)
-            if found and capacity_check and CandidateCheck(engine, spec, i).failing:
+            if hasattr(engine, "best_forth_alloc"):  # the C core: the same search in C
+                best, passed, counts = engine.best_forth_alloc(group, i, required, mask, scope)
+            else:
+                best, passed, counts = self._search(engine, spec, search_args)
+            if best is not None and capacity_check and CandidateCheck(engine, spec, i).failing:
                 # The copy changes no real figure, so the cluster stays as redundant as it is.
-                counts[FAIL_N1] += len(found)
-                found = []
+                counts[FAIL_N1] += passed
+                best, passed = None, 0
         finally:
             del self.moves.forth[i]
             for name, column in columns.items():
                 del column[lengths[name]:]
         outcome.failures = {FAIL_NAMES[k]: counts[k] for k in range(1, len(FAIL_NAMES)) if counts[k]}
-        outcome.successes = len(found)
-        if found:
-            p, s, score = hail_order(spec.n_nodes, found)[0]
+        outcome.successes = passed
+        if best is not None:
+            p, s, score = best
             outcome.nodes, outcome.score = (p, s), score
+
+    def _search(self, engine, spec: Spec, search_args: tuple) -> tuple[tuple[int, int, float] | None, int, list[int]]:
+        """The search in Python on the pure twin: the best candidate in hail's order, how many
+        candidates passed the checks, failure counts by reason."""
+        from fastpath.allocate import role_allowed
+        from fastpath.spec import ALLOC_PRIMARY, ALLOC_SECONDARY, FAIL_NAMES
+
+        group, i, required, mask, _flags, scope = search_args
+        primaries = [k for k in range(spec.n_nodes) if role_allowed(spec, mask, group, k, ALLOC_PRIMARY)]
+        secondaries = ([-1] if required == 1 else
+                       [k for k in range(spec.n_nodes) if role_allowed(spec, mask, group, k, ALLOC_SECONDARY)])
+        counts, found = [0] * len(FAIL_NAMES), []
+        for p in primaries:
+            for s in secondaries:
+                if s == p:
+                    continue
+                status = self.moves._add_pri(i, p, False)
+                if status == OK and s >= 0:
+                    status = self.moves._add_sec(i, s, False)
+                if status != OK:
+                    counts[status] += 1
+                    continue
+                old = {k: engine.node_values(k, engine.state[k]) for k in (p, s) if k >= 0}
+                before = self.moves.place(i, p, s)
+                # scored as hail scores an allocation: a pair by its updated statistics
+                found.append((p, s, engine.score(scope) if s < 0 else
+                              engine.pair_score(scope, [(k, engine.state[k]) for k in (p, s)], before=old)))
+                self.moves.place(i, -1, -1, before)
+        return (hail_order(spec.n_nodes, found)[0] if found else None), len(found), counts

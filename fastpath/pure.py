@@ -248,14 +248,17 @@ class Engine:
                 out.append(float(total + loc_delta))
         return out
 
-    def pair_score(self, scope: int, changes: list[tuple[int, list]], loc_delta: int = 0) -> float:
+    def pair_score(self, scope: int, changes: list[tuple[int, list]], loc_delta: int = 0,
+                   before: dict[int, list[float]] | None = None) -> float:
         """hail's score of a two-node allocation (allocateOnPair): the statistics of the scope
         updated node by node (variance by ((n dss - 2 s ds) - ds^2) / n^2, sums by the
-        difference), as the C core's hail_pair_score does."""
+        difference), as the C core's hail_pair_score does. `before` gives the changed nodes' values
+        before the allocation when the engine holds it already (a forthcoming copy's figures)."""
         online = [k for k in range(self.n) if (scope < 0 or self.nd["group"][k] == scope)
                   and not self.nd["offline"][k]]
         offline = [k for k in range(self.n) if (scope < 0 or self.nd["group"][k] == scope) and self.nd["offline"][k]]
         base = {k: self.node_values(k, self.state[k]) for k in online + offline}
+        base.update(before or {})
         count, total, var = [0.0] * 20, [0.0] * 20, [0.0] * 20
         for m in range(20):
             agg = AGGREGATION[m]

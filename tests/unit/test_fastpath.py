@@ -117,6 +117,8 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("n20-excl.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True, max_moves=10)}),
     ("n20-excl-rbd.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
     ("n20-excl-forth-nosp.l10.hbal", {"options": BalanceOptions(max_moves=10)}),
+    ("excl-forth-shared-6.l60.hbal", {"options": BalanceOptions(max_moves=60)}),
+    ("excl-forth-shared-32.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True, max_moves=10)}),
     ("n20-tags100.l20.hbal", {"options": BalanceOptions(max_moves=20)}),
     ("n20.dynu.no-disk-moves.hbal", {"utilisation": DYNU, "options": BalanceOptions(no_disk_moves=True,
                                                                                    max_moves=10)}),
@@ -225,6 +227,8 @@ def cluster_models(draw):
             node.free_spindles = draw(st.integers(min_value=0, max_value=12))
         for inst in cluster.instances:
             inst.spindles = draw(st.sampled_from(["-", "1", "2", "3"]))
+            if inst.template == "drbd" and draw(st.integers(min_value=0, max_value=3)) == 0:
+                inst.template, inst.snode = "rbd", ""  # shared storage: spindles counted, no local disk
     if draw(st.booleans()):
         # Dynamic utilisation (hbal -U), fractional: float sums that depend on their order.
         loads = st.sampled_from([0.0, 0.1, 0.25, 1.0, 1.7, 2.5, 3.3333])
@@ -286,6 +290,34 @@ def test_c_and_pure_agree_on_moves_of_forthcoming_instances(model, data):
     for (c_status, c_score), (pure_status, pure_score) in zip(*answers):
         assert c_status == pure_status
         assert c_score == pytest.approx(pure_score, rel=1e-12, abs=1e-12)
+
+
+def test_forthcoming_instance_without_spindles_leaves_its_new_node_minus_one(implementation):
+    """A forthcoming rbd instance without a spindle count moved onto an exclusive-storage node
+    leaves that node -1 forthcoming free spindles (htools' calcNewFreeSpindlesForth), whatever the
+    node had; a trial move and a move undone put every figure back exactly."""
+    from fastpath.forthmove import Moves
+    from fastpath.spec import FAILOVER_TO_ANY
+
+    spec, engine = engine_for("excl-forth-shared-32.txt", implementation)
+    moves = Moves(engine, spec)
+    inst, target = spec.instance_names.index("inst-00000"), spec.node_names.index("node-0000")
+    assert inst in spec.forthcoming and spec.instances["disk_sp"][inst] < 0 and spec.nodes["excl"][target]
+
+    def forth_free(k):
+        return engine.node_state(k)["f_sp"] - engine.forth_use(k)["forth_fsp"]
+
+    figures = [engine.forth_use(k) for k in range(spec.n_nodes)]
+    assert forth_free(target) == 7
+    for t in range(spec.n_nodes):
+        if t != moves.nodes_of(inst)[0]:
+            moves.eval_move(0, inst, FAILOVER_TO_ANY, t, 8)
+    assert [engine.forth_use(k) for k in range(spec.n_nodes)] == figures
+    saved, before = moves.touched_flags(), moves.nodes_of(inst)
+    moves.apply_move(inst, FAILOVER_TO_ANY, target)
+    assert forth_free(target) == -1
+    moves.restore(inst, *before, saved)
+    assert [engine.forth_use(k) for k in range(spec.n_nodes)] == figures and forth_free(target) == 7
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -428,3 +460,48 @@ def test_engine_grows_past_its_extra_instances():
             engine.place(engine.define_instance(instance_values(inst, {})), k, -1)
         scores.append((engine.count, round(engine.score(0), 9)))
     assert scores[0] == scores[1] == (spec.n_instances + 5, scores[0][1])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cluster_models(), st.data())
+def test_c_and_pure_agree_on_forthcoming_copy_searches(model, data):
+    """change-group's search for a forthcoming copy of an instance (forthmove.ForthcomingSearch:
+    in C on the C core, in Python on the pure twin) gives the same nodes, score, number of
+    candidates and failure counts on random clusters with forthcoming instances."""
+    from fastpath.allocate import GroupOutcome
+    from fastpath.forthmove import ForthcomingSearch, Moves
+
+    spec = _with_random_forthcoming(model, data)
+    if not spec.n_instances:
+        return
+    picks = data.draw(st.lists(st.integers(0, spec.n_instances - 1), min_size=1, max_size=3))
+    mask = data.draw(st.none() | st.lists(st.booleans(), min_size=spec.n_nodes, max_size=spec.n_nodes))
+    scope = data.draw(st.sampled_from([-1, 0]))
+    answers = []
+    for implementation in ("c", "pure"):
+        engine = engine_class(implementation)(spec)
+        moves, out = Moves(engine, spec), []
+        for i in picks:
+            values = {name: column[i] for name, column in spec.instances.items()}
+            values["pnode"] = values["snode"] = -1
+            spare = engine.define_instance(values)
+            for required in (1, 2):
+                outcome = GroupOutcome("default", "preferred", 0)
+                ForthcomingSearch(moves, values)(engine, spec, outcome, (0, spare, required, mask, 0, scope), False)
+                out.append((outcome.nodes, outcome.score, outcome.successes, outcome.failures))
+        answers.append(out)
+    for (c_nodes, c_score, *c_counts), (pure_nodes, pure_score, *pure_counts) in zip(*answers):
+        assert c_nodes == pure_nodes and c_counts == pure_counts
+        assert c_score == pytest.approx(pure_score, rel=1e-12, abs=1e-12)
+
+
+def test_instances_defined_after_the_arrays_grow_are_unplaced_everywhere():
+    """Instances defined past the C core's first capacity are unplaced, also as forthcoming
+    instances, so that a forthcoming copy can be searched for in any of them."""
+    spec, engine = engine_for("n4.txt", "c")
+    values = {name: column[0] for name, column in spec.instances.items()}
+    values["pnode"] = values["snode"] = -1
+    spares = [engine.define_instance(values) for _ in range(3 * engine.capacity)]
+    for spare in spares[-3:]:
+        best, passed, _counts = engine.best_forth_alloc(0, spare, 2, None)
+        assert best is not None and passed > 0
