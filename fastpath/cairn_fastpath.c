@@ -850,15 +850,27 @@ int cairn_metrics(cairn_cluster *c, int group, double *metrics, double *score)
     return CAIRN_OK;
 }
 
+static void forth_eval_move(cairn_cluster *c, int group, int i, int kind, int target, int flags,
+                            int *status, double *score);
+
+/* The status and exact score of one move of a placed instance, or of a forthcoming instance (one on
+ * forthcoming nodes only: forthmove.Moves' checks and figures, without rebuilding the state). */
 int cairn_eval_move(cairn_cluster *c, int group, int inst, int kind, int target, int flags,
                     int *status, double *score)
 {
     touch_set t;
     long ld;
-    if (c == NULL || inst < 0 || inst >= c->n_inst || c->pnode[inst] < 0 || kind < 0 || kind > 5)
+    if (c == NULL || inst < 0 || inst >= c->n_inst || kind < 0 || kind > 5)
+        return CAIRN_EINVAL;
+    int forthcoming = c->pnode[inst] < 0 && c->forth_pnode[inst] >= 0;
+    if (c->pnode[inst] < 0 && !forthcoming)
         return CAIRN_EINVAL;
     if (kind != FAILOVER && (target < 0 || target >= c->n_nodes))
         return CAIRN_EINVAL;
+    if (forthcoming) {  /* a move that needs a secondary it lacks fails FAIL_DISK, as in forthmove.Moves */
+        forth_eval_move(c, group, inst, kind, target, flags, status, score);
+        return CAIRN_OK;
+    }
     if ((kind == FAILOVER || (kind >= REPLACE_SECONDARY && kind <= FAILOVER_AND_REPLACE)) && c->snode[inst] < 0)
         return CAIRN_EINVAL;
     *status = move_states(c, inst, kind, target, flags, &t, &ld);
@@ -1388,7 +1400,7 @@ static int forth_check(const cairn_cluster *c, int i, int kind, int target, int 
 {
     int p = c->forth_pnode[i], s = c->forth_snode[i], status;
     if (kind == REPLACE_SECONDARY)
-        return forth_add_sec(c, i, target, force || c->offline[s]);
+        return forth_add_sec(c, i, target, force || (s >= 0 && c->offline[s]));
     if (kind == FAILOVER_TO_ANY)
         return !migration_ok(c, p, target) ? FAIL_MIG : forth_add_pri(c, i, target, force || c->offline[p]);
     if (s < 0)
@@ -1492,6 +1504,21 @@ static double forth_score(cairn_cluster *c, int group, const search *s, int i, i
         score = exact_with(c, group, &tr.t, 0);
     forth_trial_end(c, &tr);
     return score;
+}
+
+static void forth_eval_move(cairn_cluster *c, int group, int i, int kind, int target, int flags,
+                            int *status, double *score)
+{
+    int np, ns;
+    forth_trial tr;
+    *score = 0.0;
+    *status = forth_check(c, i, kind, target, (flags & IGNORE_SOFT) != 0);
+    if (*status != OK)
+        return;
+    new_nodes(kind, c->forth_pnode[i], c->forth_snode[i], target, &np, &ns);
+    forth_trial_begin(c, &tr, i, c->forth_pnode[i], c->forth_snode[i], np, ns);
+    *score = exact_with(c, group, &tr.t, 0);
+    forth_trial_end(c, &tr);
 }
 
 static void forth_consider(cairn_cluster *c, int group, search *s, int i, int kind, int target, int flags)

@@ -39,9 +39,15 @@ class Moves:
         return self.forth[i] if i in self.forth else self.engine.nodes_of(i)
 
     def eval_move(self, group: int, i: int, kind: int, target: int, flags: int) -> tuple[int, float]:
-        """(status, exact score over `group` after the move) for one candidate move."""
-        if i not in self.forth:
+        """(status, exact score over `group` after the move) for one candidate move. The C core
+        checks and scores a forthcoming instance's move itself (`native_forth_moves`: a trial on
+        the touched nodes); the pure twin places it, rebuilds and places it back."""
+        if i not in self.forth or self.engine.native_forth_moves:
             return self.engine.eval_move(group, i, kind, target, flags)
+        return self.eval_forth_move(group, i, kind, target, flags)
+
+    def eval_forth_move(self, group: int, i: int, kind: int, target: int, flags: int) -> tuple[int, float]:
+        """eval_move of forthcoming instance i in Python, on either engine."""
         status, new = self._check(i, kind, target, bool(flags & IGNORE_SOFT))
         if status != OK:
             return status, 0.0
@@ -100,7 +106,7 @@ class Moves:
         p, s = self.forth[i]
         offline = self.spec.nodes["offline"]
         if kind == REPLACE_SECONDARY:
-            return self._add_sec(i, target, force or bool(offline[s])), (p, target)
+            return self._add_sec(i, target, force or (s >= 0 and bool(offline[s]))), (p, target)
         if kind == FAILOVER_TO_ANY:
             if not self._migration_ok(p, target):
                 return FAIL_MIG, (target, -1)

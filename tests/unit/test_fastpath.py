@@ -268,17 +268,20 @@ def _with_random_forthcoming(model, data):
 @given(cluster_models(), st.data())
 def test_c_and_pure_agree_on_moves_of_forthcoming_instances(model, data):
     """On random clusters with forthcoming instances both engines give every move of a forthcoming
-    instance (failover, every new secondary, every new primary) the same status and score."""
+    instance (failover, every new secondary, every new primary, the two-step moves) the same status
+    and score: the C core's trial in C, the pure twin's by placing and rebuilding."""
     from fastpath.forthmove import Moves
-    from fastpath.spec import FAILOVER, FAILOVER_TO_ANY, REPLACE_SECONDARY
+    from fastpath.spec import (FAILOVER, FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, REPLACE_AND_FAILOVER,
+                               REPLACE_PRIMARY, REPLACE_SECONDARY)
 
     spec = _with_random_forthcoming(model, data)
     flags = data.draw(st.sampled_from([0, 8]))
+    kinds = (REPLACE_SECONDARY, FAILOVER_TO_ANY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE)
     answers = []
     for implementation in ("c", "pure"):
         moves, out = Moves(engine_class(implementation)(spec), spec), []
         for i in spec.forthcoming:
-            for kind, target in [(FAILOVER, -1)] + [(k, t) for k in (REPLACE_SECONDARY, FAILOVER_TO_ANY)
+            for kind, target in [(FAILOVER, -1)] + [(k, t) for k in kinds
                                                     for t in range(spec.n_nodes) if t not in moves.nodes_of(i)]:
                 out.append(moves.eval_move(0, i, kind, target, flags))
             if moves.nodes_of(i)[1] >= 0:
