@@ -39,11 +39,19 @@ def main() -> None:
     # A placement command is one short process that leaves no cyclic garbage worth collecting;
     # the collector's passes over the parsed cluster would cost it about 2 ms.
     gc.disable()
-    from appliance.cli.placement import lean_main
+    try:
+        from appliance.cli.placement import lean_main
 
-    code = lean_main(sys.argv[1:])
-    if code is not None:
-        sys.stdout.flush()
-        sys.exit(code)
-    gc.enable()
-    __getattr__("app")()
+        code = lean_main(sys.argv[1:])
+        if code is not None:
+            sys.stdout.flush()
+            sys.exit(code)
+        gc.enable()
+        __getattr__("app")()
+    except BrokenPipeError:
+        # The reader went away (`cairn balance ... | head`): stop quietly with status 1 rather than a
+        # traceback, and point stdout at /dev/null so that Python's final flush cannot fail again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

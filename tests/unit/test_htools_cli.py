@@ -217,3 +217,19 @@ def test_balance_reads_hbal_utilisation_file():
     assert result.output == (DATA / "n20.dynu.no-disk-moves.hbal").read_text()
     missing = runner.invoke(app, ["balance", "-t", str(DATA / "n20.txt"), "-U", str(DATA / "no-such.dynu")])
     assert missing.exit_code == 1 and "cannot read" in missing.output and "no-such.dynu" in missing.output
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`cairn balance ... | head -1`: when the reader has closed the pipe the command exits 1
+    without a traceback on stderr."""
+    import os
+
+    cairn = Path(sys.executable).parent / "cairn"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        writer = subprocess.run([str(cairn), "balance", "-t", str(DATA / "n20.txt"), "-C"], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert writer.returncode == 1 and writer.stderr == ""
