@@ -21,6 +21,7 @@ typedef struct {
 typedef struct {
     int n_nodes, n_inst, cap_inst, n_tags, n_locs, n_groups;
     int tag_words;
+    int loc_words;
     double *t_mem, *t_dsk, *t_cpu, *cpu_speed, *hi_spindles, *vcpu_ratio, *lo_dsk;
     long *mem_base, *f_mem, *f_dsk0, *node_cpus;
     long *forth_mem, *forth_dsk, *forth_cpu, *forth_sp;

@@ -38,6 +38,39 @@ static int ntags(const cairn_cluster *c) { return c->n_tags > 0 ? c->n_tags : 1;
         for (uint64_t b_ = (c)->excl_mask[(size_t)(i) * (size_t)(c)->tag_words + (size_t)w_];     \
              b_ && ((t) = w_ * 64 + __builtin_ctzll(b_), 1); b_ &= b_ - 1)
 
+/* Node k's location tags and instance i's desired locations: loc_words 64-bit words each, location l
+ * in bit l % 64 of word l / 64. */
+static const uint64_t *node_locs(const cairn_cluster *c, int k)
+{
+    return c->loc_mask + (size_t)k * (size_t)c->loc_words;
+}
+
+static const uint64_t *desired_locs(const cairn_cluster *c, int i)
+{
+    return c->desired_mask + (size_t)i * (size_t)c->loc_words;
+}
+
+/* The locations node k adds to the location-exclusion map: the map is merged over the online nodes
+ * of one group, so an offline node (or none, k = -1) adds none (NULL). */
+static const uint64_t *counted_locs(const cairn_cluster *c, int k)
+{
+    return k >= 0 && !c->offline[k] ? node_locs(c, k) : NULL;
+}
+
+/* Each location l in `only` (loc_words words; NULL: none) that is not in `but` (NULL: none). */
+#define FOR_EACH_LOC(c, only, but, l)                                                              \
+    for (int lw_ = 0; (only) != NULL && lw_ < (c)->loc_words; lw_++)                              \
+        for (uint64_t lb_ = (only)[lw_] & ~((but) != NULL ? (but)[lw_] : 0);                       \
+             lb_ && ((l) = lw_ * 64 + __builtin_ctzll(lb_), 1); lb_ &= lb_ - 1)
+
+static int any_word(const uint64_t *words, int n)
+{
+    for (int w = 0; w < n; w++)
+        if (words[w])
+            return 1;
+    return 0;
+}
+
 static int has_tags(const cairn_cluster *c, int i)
 {
     for (int w = 0; w < c->tag_words; w++)
@@ -135,7 +168,7 @@ static long merged_count(const cairn_cluster *c, int l, int t)
 {
     long count = 0;
     for (int g = 0; g < c->n_groups; g++)
-        count += c->loccnt[((size_t)g * 64 + (size_t)l) * (size_t)(c->n_tags > 0 ? c->n_tags : 1) + (size_t)t];
+        count += c->loccnt[((size_t)g * (size_t)c->n_locs + (size_t)l) * (size_t)ntags(c) + (size_t)t];
     return count;
 }
 
@@ -145,8 +178,8 @@ static long loc_total(const cairn_cluster *c, int group)
     long total = 0;
     if (group >= 0 || c->n_groups == 1)
         return c->loc_totals[group >= 0 ? group : 0];
-    for (int l = 0; l < 64; l++)
-        for (int t = 0; t < (c->n_tags > 0 ? c->n_tags : 1); t++) {
+    for (int l = 0; l < c->n_locs; l++)
+        for (int t = 0; t < ntags(c); t++) {
             long count = merged_count(c, l, t);
             total += count > 1 ? count - 1 : 0;
         }
@@ -331,41 +364,31 @@ static void tag_change(cairn_cluster *c, int k, int i, int delta)
 
 static long loc_contrib(const cairn_cluster *c, int i, int p, int s)
 {
-    uint64_t lp = c->loc_mask[p];
-    long shared = s >= 0 ? popcount64(lp & c->loc_mask[s]) : 0;
-    return shared + popcount64(c->desired_mask[i] & ~lp);
+    const uint64_t *lp = node_locs(c, p), *ls = s >= 0 ? node_locs(c, s) : NULL, *d = desired_locs(c, i);
+    long count = 0;
+    for (int w = 0; w < c->loc_words; w++)
+        count += (ls != NULL ? popcount64(lp[w] & ls[w]) : 0) + popcount64(d[w] & ~lp[w]);
+    return count;
 }
-
-/* Change of the location-exclusion map value when instance i's primary goes from a to b (a may be -1). */
-static int pass_node(int a, int b) { return a >= 0 ? a : b; }
 
 static int *loc_slot(const cairn_cluster *c, int k, int l, int t)
 {
-    return &c->loccnt[((size_t)c->group[k] * 64 + (size_t)l) * (size_t)ntags(c) + (size_t)t];
+    return &c->loccnt[((size_t)c->group[k] * (size_t)c->n_locs + (size_t)l) * (size_t)ntags(c) + (size_t)t];
 }
 
-/* The map is merged over the online nodes of one group: offline nodes hold no keys. */
-static uint64_t counted_locs(const cairn_cluster *c, int k)
-{
-    return k >= 0 && !c->offline[k] ? c->loc_mask[k] : 0;
-}
-
+/* Change of the location-exclusion map value when instance i's primary goes from a to b (a may be -1). */
 static long loc_delta(const cairn_cluster *c, int i, int a, int b)
 {
     if (a == b || !has_tags(c, i))
         return 0;
-    uint64_t la = counted_locs(c, a), lb = counted_locs(c, b);
-    int k = pass_node(a, b);
+    const uint64_t *la = counted_locs(c, a), *lb = counted_locs(c, b);
+    int l;
     long delta = 0;
     for (int pass = 0; pass < 2; pass++) {
-        uint64_t locs = pass == 0 ? la & ~lb : lb & ~la;
-        while (locs) {
-            int l = __builtin_ctzll(locs);
-            locs &= locs - 1;
+        FOR_EACH_LOC(c, pass == 0 ? la : lb, pass == 0 ? lb : la, l) {
             int t;
             FOR_EACH_TAG(c, i, t) {
                 int cnt = *loc_slot(c, pass == 0 ? a : b, l, t);
-                (void)k;
                 if (pass == 0 && cnt >= 2)
                     delta--;
                 if (pass == 1 && cnt >= 1)
@@ -378,10 +401,9 @@ static long loc_delta(const cairn_cluster *c, int i, int a, int b)
 
 static void loccnt_change(cairn_cluster *c, int i, int p, int sign)
 {
-    uint64_t locs = counted_locs(c, p);
-    while (locs) {
-        int l = __builtin_ctzll(locs);
-        locs &= locs - 1;
+    const uint64_t *locs = counted_locs(c, p);
+    int l;
+    FOR_EACH_LOC(c, locs, (const uint64_t *)NULL, l) {
         int t;
         FOR_EACH_TAG(c, i, t) {
             int *cnt = loc_slot(c, p, l, t);
@@ -789,14 +811,14 @@ static void add_instance_state(cairn_cluster *c, int i)
 static int rebuild_states(cairn_cluster *c)
 {
     if (c == NULL || c->n_nodes < 0 || c->n_inst > c->cap_inst || c->tag_words < 1 || c->n_tags > 64 * c->tag_words
-        || c->n_groups < 1)
+        || c->n_groups < 1 || c->loc_words < 1 || c->n_locs != 64 * c->loc_words)
         return CAIRN_EINVAL;
     for (int k = 0; k < c->n_nodes; k++)
         if (c->group[k] < 0 || c->group[k] >= c->n_groups)
             return CAIRN_EINVAL;
     memset(c->state, 0, sizeof(cairn_nstate) * (size_t)c->n_nodes);
     memset(c->tagcnt, 0, sizeof(int) * (size_t)c->n_nodes * (size_t)ntags(c));
-    memset(c->loccnt, 0, sizeof(int) * (size_t)c->n_groups * 64 * (size_t)ntags(c));
+    memset(c->loccnt, 0, sizeof(int) * (size_t)c->n_groups * (size_t)c->n_locs * (size_t)ntags(c));
     memset(c->loc_totals, 0, sizeof(long) * (size_t)c->n_groups);
     c->exact_only = 0;
     if (!c->initialised)
@@ -1252,10 +1274,7 @@ static int special(long entry, long sec, const kind_bound *kb) { return entry > 
 
 static int pruning_possible(const cairn_cluster *c)
 {
-    for (int k = 0; k < c->n_nodes; k++)
-        if (c->loc_mask[k])
-            return 0;
-    return 1;
+    return !any_word(c->loc_mask, c->n_nodes * c->loc_words);
 }
 
 static void instance_moves(cairn_cluster *c, int group, search *s, int i, int flags, int prune,
@@ -1271,7 +1290,7 @@ static void instance_moves(cairn_cluster *c, int group, search *s, int i, int fl
             consider_failover(c, group, s, i, flags);
         if (flags & NO_DISK_MOVES)
             return;
-        prune = prune && c->desired_mask[i] == 0 && !c->exact_only;
+        prune = prune && !any_word(desired_locs(c, i), c->loc_words) && !c->exact_only;
         if (prune) {
             instance_bounds(c, group, s, i, flags, kb, e);
             double limit = s->best + 1e-8 * (1.0 + fabs(s->best));
@@ -1666,10 +1685,9 @@ int cairn_place(cairn_cluster *c, int inst, int pnode, int snode)
 static long merged_new_delta(const cairn_cluster *c, int i, int p)
 {
     long delta = 0;
-    uint64_t locs = counted_locs(c, p);
-    while (locs) {
-        int l = __builtin_ctzll(locs);
-        locs &= locs - 1;
+    const uint64_t *locs = counted_locs(c, p);
+    int l;
+    FOR_EACH_LOC(c, locs, (const uint64_t *)NULL, l) {
         int t;
         FOR_EACH_TAG(c, i, t) {
             delta += merged_count(c, l, t) >= 1;

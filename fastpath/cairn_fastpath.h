@@ -24,12 +24,14 @@ typedef struct {
 typedef struct {
     int n_nodes, n_inst, cap_inst, n_tags, n_locs, n_groups;
     int tag_words;            /* 64-bit words of exclusion tags per instance; n_tags <= 64 * tag_words */
+    int loc_words;            /* 64-bit words of location tags per node and instance; n_locs = 64 * loc_words */
     /* nodes */
     double *t_mem, *t_dsk, *t_cpu, *cpu_speed, *hi_spindles, *vcpu_ratio, *lo_dsk;
     long *mem_base, *f_mem, *f_dsk0, *node_cpus;
     long *forth_mem, *forth_dsk, *forth_cpu, *forth_sp;  /* what forthcoming instances take (htools *_forth) */
     int *offline, *group;
-    uint64_t *loc_mask, *mig_mask, *rmig_mask;
+    uint64_t *loc_mask;       /* n_nodes * loc_words: location tag bits (location l: word l / 64, bit l % 64) */
+    uint64_t *mig_mask, *rmig_mask;
     int *excl;                /* exclusive storage: free spindles are a resource, free_disk_cv counts them */
     double *t_sp;             /* total spindles */
     long *f_sp0, *forth_fsp;  /* free spindles as reported; what forthcoming instances take of them */
@@ -37,7 +39,7 @@ typedef struct {
     long *mem, *dsk, *vcpus, *spindle_use, *sec_mem;
     int *kind, *uses_mem, *uses_cpu, *movable;
     uint64_t *excl_mask;      /* cap_inst * tag_words: exclusion tag bits (tag t: word t / 64, bit t % 64) */
-    uint64_t *desired_mask;
+    uint64_t *desired_mask;   /* cap_inst * loc_words: desired location bits, as loc_mask */
     long *disk_sp;            /* the disks' total spindles, -1 when some disk gives none */
     double *util_cpu, *util_mem, *util_dsk, *util_net; /* dynamic utilisation (hbal -U; 1 each by default) */
     int *pnode, *snode;
@@ -50,7 +52,7 @@ typedef struct {
     long *dsk_delta, *forth_base, *sp_delta;
     int *touched;
     int *tagcnt;              /* n_nodes * max(1, n_tags) */
-    int *loccnt;              /* n_groups * 64 * max(1, n_tags) */
+    int *loccnt;              /* n_groups * n_locs * max(1, n_tags) */
     int *sec_head, *pri_head; /* per node, -1 terminated lists through: */
     int *sec_next, *pri_next; /* cap_inst */
     long *acc_a, *acc_b, *acc_c, *acc_d; /* zeroed scratch */

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from fastpath._cairn_fastpath import ffi, lib
-from fastpath.spec import FORTH_FIELDS, MAX_TAGS, Ranked, Spec
+from fastpath.spec import FORTH_FIELDS, Ranked, Spec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:  # collections.abc pulls in collections: about 1.3 ms of every balance process
@@ -18,12 +18,20 @@ _NODE_ARRAYS = (("double", ("t_mem", "t_dsk", "t_cpu", "cpu_speed", "hi_spindles
                 ("long", ("mem_base", "f_mem", "node_cpus", "forth_mem", "forth_dsk", "forth_cpu", "forth_sp",
                           "forth_fsp")),
                 ("int", ("offline", "group", "excl")),
-                ("uint64_t", ("loc_mask", "mig_mask", "rmig_mask")))
+                ("uint64_t", ("mig_mask", "rmig_mask")))
 _INSTANCE_ARRAYS = (("long", ("mem", "dsk", "vcpus", "spindle_use", "sec_mem", "disk_sp")),
                     ("double", ("util_cpu", "util_mem", "util_dsk", "util_net")),
                     ("int", ("kind", "uses_mem", "uses_cpu", "movable", "pnode", "snode")),
                     ("uint64_t", ("excl_mask", "desired_mask")))
 _INSTANCE_FIELDS = [name for _, names in _INSTANCE_ARRAYS for name in names]
+# Tag masks of any width, kept as whole 64-bit words per instance: exclusion tags in `tag_words`,
+# desired locations in `loc_words` (nodes' location masks take as many).
+_MASKS = {"excl_mask": "tag_words", "desired_mask": "loc_words"}
+_WORD = 0xFFFFFFFFFFFFFFFF
+
+
+def _split(mask: int, words: int) -> list[int]:
+    return [(mask >> (64 * w)) & _WORD for w in range(words)]
 
 
 class FastpathError(RuntimeError):
@@ -54,20 +62,21 @@ class Engine:
         self.capacity = count + extra_instances + 1
         c = ffi.new("cairn_cluster *")
         self._c, self._keep = c, []
-        # Exclusion tags take whole 64-bit words per instance, with room for one more tag.
-        self.tag_words = spec.n_tags // 64 + 1
-        c.n_nodes, c.n_inst, c.cap_inst, c.n_locs = n, count, self.capacity, MAX_TAGS
-        c.tag_words, c.n_tags = self.tag_words, 64 * self.tag_words
+        c.n_nodes, c.n_inst, c.cap_inst = n, count, self.capacity
+        # Exclusion and location tags take whole 64-bit words, with room for one more tag of each.
+        self._set_widths(spec.n_tags // 64 + 1, spec.n_locations // 64 + 1)
         for ctype, names in _NODE_ARRAYS:
             for name in names:
                 setattr(c, name, self._array(ctype, n, spec.nodes[name]))
+        c.loc_mask = self._words_array(n, self.loc_words, spec.nodes["loc_mask"])
         c.f_dsk0 = self._array("long", n, spec.nodes["f_dsk"])
         c.f_sp0 = self._array("long", n, spec.nodes["f_sp"])
         for ctype, names in _INSTANCE_ARRAYS:
             for name in names:
-                if name != "excl_mask":
+                if name not in _MASKS:
                     setattr(c, name, self._array(ctype, self.capacity, spec.instances[name]))
-        c.excl_mask = self._mask_array(self.capacity, spec.instances["excl_mask"])
+        for name, width in _MASKS.items():
+            setattr(c, name, self._words_array(self.capacity, getattr(self, width), spec.instances[name]))
         c.forth_pnode = self._array("int", self.capacity, [-1] * self.capacity)
         c.forth_snode = self._array("int", self.capacity, [-1] * self.capacity)
         for i in spec.forthcoming:
@@ -88,40 +97,46 @@ class Engine:
         c.top_val, c.top_peer = self._array("long", 2 * n), self._array("int", 2 * n)
         _check(lib.cairn_rebuild(c), "rebuild")
 
+    def _set_widths(self, tag_words: int, loc_words: int) -> None:
+        c = self._c
+        self.tag_words, self.loc_words = tag_words, loc_words
+        c.tag_words, c.n_tags = tag_words, 64 * tag_words
+        c.loc_words, c.n_locs = loc_words, 64 * loc_words
+
     def _tag_counts(self) -> None:
         # Per node and per (group, location) key, one count for each exclusion tag.
         c = self._c
         c.tagcnt = self._array("int", self.n * c.n_tags)
-        c.loccnt = self._array("int", c.n_groups * 64 * c.n_tags)
+        c.loccnt = self._array("int", c.n_groups * c.n_locs * c.n_tags)
 
-    def _mask_array(self, capacity: int, masks: Sequence[int]):
-        """The exclusion tag masks as `tag_words` 64-bit words per instance."""
-        if self.tag_words == 1:
-            return self._array("uint64_t", capacity, masks)
-        return self._array("uint64_t", capacity * self.tag_words,
-                           [word for mask in masks for word in self._words(mask)])
+    def _words_array(self, rows: int, words: int, masks: Sequence[int]):
+        """Bit masks as `words` 64-bit words per row (bit b in word b // 64)."""
+        if words == 1:
+            return self._array("uint64_t", rows, masks)
+        return self._array("uint64_t", rows * words, [word for mask in masks for word in _split(mask, words)])
 
-    def _words(self, mask: int) -> list[int]:
-        return [(mask >> (64 * w)) & 0xFFFFFFFFFFFFFFFF for w in range(self.tag_words)]
-
-    def _mask(self, i: int) -> int:
-        words, array = self.tag_words, self._c.excl_mask
+    def _mask(self, i: int, name: str) -> int:
+        words, array = getattr(self, _MASKS[name]), getattr(self._c, name)
         return sum(array[i * words + w] << (64 * w) for w in range(words))
 
-    def _set_mask(self, i: int, mask: int) -> None:
-        if mask.bit_length() > 64 * self.tag_words:  # a new tag past the words: widen them
-            masks = [self._mask(j) for j in range(self.count)]
-            self.tag_words = mask.bit_length() // 64 + 1
-            self._c.tag_words, self._c.n_tags = self.tag_words, 64 * self.tag_words
-            self._c.excl_mask = self._mask_array(self.capacity, masks)
+    def _set_masks(self, i: int, values: dict) -> None:
+        """Write instance i's tag masks; a tag past the words widens them first (every row copied,
+        the counts rebuilt afresh in the wider rows)."""
+        tag_words, loc_words = (max(self.tag_words, values["excl_mask"].bit_length() // 64 + 1),
+                                max(self.loc_words, values["desired_mask"].bit_length() // 64 + 1))
+        widen = (tag_words, loc_words) != (self.tag_words, self.loc_words)
+        if widen:
+            masks = {name: [self._mask(j, name) for j in range(self.count)] for name in _MASKS}
+            self._set_widths(tag_words, loc_words)
+            for name, width in _MASKS.items():
+                setattr(self._c, name, self._words_array(self.capacity, getattr(self, width), masks[name]))
+            self._c.loc_mask = self._words_array(self.n, loc_words, self.spec.nodes["loc_mask"])
             self._tag_counts()
-            self._write_mask(i, mask)
-            _check(lib.cairn_rebuild(self._c), "rebuild")  # the counts, afresh in the wider rows
-            return
-        self._write_mask(i, mask)
-
-    def _write_mask(self, i: int, mask: int) -> None:
-        self._c.excl_mask[i * self.tag_words:(i + 1) * self.tag_words] = self._words(mask)
+        for name, width in _MASKS.items():
+            words = getattr(self, width)
+            getattr(self._c, name)[i * words:(i + 1) * words] = _split(values[name], words)
+        if widen:
+            _check(lib.cairn_rebuild(self._c), "rebuild")
 
     def _array(self, ctype: str, size: int, values: Sequence = ()):
         array = ffi.new(f"{ctype}[]", max(1, size))
@@ -176,7 +191,7 @@ class Engine:
 
     def instance_value(self, inst: int, name: str):
         """One field (of `spec.INSTANCE_FIELDS`) of an instance as the engine holds it."""
-        return self._mask(inst) if name == "excl_mask" else getattr(self._c, name)[inst]
+        return self._mask(inst, name) if name in _MASKS else getattr(self._c, name)[inst]
 
     def node_state(self, k: int) -> dict:
         """Node k's figures as the engine holds them: free memory for moves, reserved memory, N+1
@@ -210,8 +225,8 @@ class Engine:
 
     def instance_column(self, name: str) -> list:
         """One field (of `spec.INSTANCE_FIELDS`) of every defined instance, in index order."""
-        if name == "excl_mask":
-            return [self._mask(i) for i in range(self.count)]
+        if name in _MASKS:
+            return [self._mask(i, name) for i in range(self.count)]
         return ffi.unpack(getattr(self._c, name), self.count)
 
     def define_instance(self, values: dict, reuse: int = -1) -> int:
@@ -234,22 +249,23 @@ class Engine:
 
     def _set_fields(self, i: int, values: dict) -> None:
         for name in _INSTANCE_FIELDS:
-            if name != "excl_mask":
+            if name not in _MASKS:
                 getattr(self._c, name)[i] = values[name]
-        self._set_mask(i, values["excl_mask"])
+        self._set_masks(i, values)
 
     def _grow(self, capacity: int) -> None:
         """Room for `capacity` instances: every per-instance array is copied into a larger one."""
         c = self._c
-        masks = [self._mask(i) for i in range(self.count)]
+        masks = {name: [self._mask(i, name) for i in range(self.count)] for name in _MASKS}
         for ctype, names in _INSTANCE_ARRAYS + (("int", ("forth_pnode", "forth_snode", "sec_next", "pri_next")),):
             for name in names:
-                if name != "excl_mask":
+                if name not in _MASKS:
                     old = ffi.unpack(getattr(c, name), self.capacity)
                     if name.startswith("forth_"):  # the new slots hold no forthcoming instance
                         old += [-1] * (capacity - self.capacity)
                     setattr(c, name, self._array(ctype, capacity, old))
-        c.excl_mask = self._mask_array(capacity, masks)
+        for name, width in _MASKS.items():
+            setattr(c, name, self._words_array(capacity, getattr(self, width), masks[name]))
         self.capacity = c.cap_inst = capacity
         if c.fo_tag != ffi.NULL:
             self._failover_cache()

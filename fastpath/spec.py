@@ -58,9 +58,12 @@ WEIGHTS = (0.5, 0.5, 1.0, 1.0, 4.0, 16.0, 0.5, 1.0, 1.0, 1.0, 1.0, 2.0, 0.5, 0.5
 # Aggregation per metric: 0 standard deviation over online nodes, 1 sum over online nodes,
 # 2 sum over offline nodes, 3 the cluster-wide location/exclusion map.
 AGGREGATION = (0, 0, 1, 0, 2, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 3, 1)
-MAX_TAGS = 64  # distinct location tags: the engines keep a node's as one 64-bit mask
-# Distinct exclusion tags: the C core keeps each node's count of each (n_nodes x tags ints).
+# Distinct exclusion and location tags: the C core keeps each node's count of each exclusion tag
+# (n_nodes x tags ints) and one count per group, location and exclusion tag (groups x locations x
+# tags ints, rounded up to whole 64-bit words of each).
 MAX_EXCLUSION_TAGS = 4096
+MAX_LOCATION_TAGS = 4096
+MAX_MIGRATION_TAGS = 64  # migration classes: the engines keep a node's as one 64-bit mask
 
 # What forthcoming instances take of a node (htools' *Forth figures less the real ones); moving a
 # forthcoming instance changes only these and its primary's exclusion tags.
@@ -128,7 +131,7 @@ def _migration_masks(cluster: Cluster) -> list[tuple[int, int]]:
     prefixes = [t[len("htools:migration:"):] + ":" for t in cluster.tags if t.startswith("htools:migration:")]
     allowed = [t[len("htools:allowmigration:"):].split("::", 1) for t in cluster.tags
                if t.startswith("htools:allowmigration:") and "::" in t]
-    classes = _Interner("migration")
+    classes = _Interner("migration", MAX_MIGRATION_TAGS)
     out = []
     for node in cluster.nodes:
         own = [t for t in node.tags if any(t.startswith(p) for p in prefixes)]
@@ -148,7 +151,7 @@ def _prefixes(cluster: Cluster, extra_exclusion: list[str]) -> tuple[list[str], 
 class _Interner:
     """Numbers distinct tag strings as bits of a mask (at most `limit` of them)."""
 
-    def __init__(self, what: str, limit: int = MAX_TAGS):
+    def __init__(self, what: str, limit: int):
         self.ids: dict[str, int] = {}
         self.what = what
         self.limit = limit
@@ -171,7 +174,7 @@ def flatten(cluster: Cluster, group_index: dict[str, int] | None = None, extra_e
     `ignore_dynu` every instance's dynamic utilisation is 0 (else its `util`)."""
     group_index = group_index or {g.uuid: k for k, g in enumerate(cluster.groups)}
     excl, loc_prefixes, desired = _prefixes(cluster, list(extra_exclusion))
-    locs, excls = _Interner("location"), _Interner("exclusion", MAX_EXCLUSION_TAGS)
+    locs, excls = _Interner("location", MAX_LOCATION_TAGS), _Interner("exclusion", MAX_EXCLUSION_TAGS)
     spec = Spec()
     spec.nodes = {name: [] for name in NODE_FIELDS}
     spec.instances = {name: [] for name in INSTANCE_FIELDS}

@@ -120,6 +120,7 @@ def test_score_with_groups_and_locations_equals_hbal(implementation, group, answ
     ("excl-forth-shared-6.l60.hbal", {"options": BalanceOptions(max_moves=60)}),
     ("excl-forth-shared-32.no-disk-moves.hbal", {"options": BalanceOptions(no_disk_moves=True, max_moves=10)}),
     ("n20-tags100.l20.hbal", {"options": BalanceOptions(max_moves=20)}),
+    ("n20-loc70.l20.hbal", {"options": BalanceOptions(max_moves=20)}),
     ("n20.dynu.no-disk-moves.hbal", {"utilisation": DYNU, "options": BalanceOptions(no_disk_moves=True,
                                                                                    max_moves=10)}),
     # -U is read but --ignore-dynu wins, as in hbal: the answer without -U.
@@ -446,6 +447,36 @@ def test_exclusion_tags_past_the_engine_words():
         assert engine.instance_value(index, "excl_mask") == wide
         answers.append(engine.best_alloc(0, index, 2, None, 0))
     assert answers[0][0][:2] == answers[1][0][:2] and answers[0][1] == answers[1][1]
+
+
+def test_desired_locations_past_the_engine_words():
+    """An instance defined with a desired location past the C engine's location words widens them
+    (and the nodes' location masks with them): both engines then agree on its allocation and the C
+    engine gives its mask back whole."""
+    from fastpath.model import Instance
+    from fastpath.spec import instance_values
+
+    cluster = generate(12, 80, 4)
+    for k, node in enumerate(cluster.nodes):
+        node.tags = [f"rack:r{k}"] + [f"pdu:p{k}-{j}" for j in range(4)] + (["pdu:shared"] if k < 3 else [])
+    cluster.tags += ["htools:nlocation:rack", "htools:nlocation:pdu", "htools:desiredlocation:rack",
+                     "htools:desiredlocation:pdu"]
+    for i, inst in enumerate(cluster.instances):
+        inst.tags = [f"rack:r{i % 14}"]  # r12 and r13 on no node: 63 distinct, one word and room for one more
+    spec = flatten(cluster)
+    assert spec.n_locations == 63
+    rack0, shared = (1 << spec.loc_interner.ids[name] for name in ("rack:r0", "pdu:shared"))
+    wide = (1 << 70) | rack0 | shared  # past the word, and locations that nodes hold
+    new = instance_values(Instance("new", 1024, 10240, 1, "running", True, "", "", "drbd"), {})
+    answers = []
+    for implementation in ("c", "pure"):
+        engine = engine_class(implementation)(spec, extra_instances=1)
+        index = engine.define_instance({**new, "desired_mask": wide})
+        assert engine.instance_value(index, "desired_mask") == wide
+        answers.append((engine.score(0), engine.best_alloc(0, index, 2, None, 0)))
+    (c_score, (c_best, c_counts)), (pure_score, (pure_best, pure_counts)) = answers
+    assert c_best[:2] == pure_best[:2] and c_counts == pure_counts
+    assert c_score == pytest.approx(pure_score, rel=1e-12) and c_best[2] == pytest.approx(pure_best[2], rel=1e-12)
 
 
 def test_engine_grows_past_its_extra_instances():

@@ -124,6 +124,26 @@ def test_what_the_engines_cannot_hold_is_a_clear_error(tmp_path, capsys):
             capsys.readouterr().err
 
 
+def test_more_location_tags_than_the_engines_hold_is_a_clear_error(tmp_path, capsys):
+    """More distinct location tags than the engines count (4096): `cairn balance` names the limit
+    and the fix and exits 1, without a traceback."""
+    from appliance.cli.placement import lean_main
+
+    lines = []
+    for k, line in enumerate((DATA / "n20.txt").read_text().splitlines()):
+        fields = line.split("|")
+        if line.startswith("node-"):  # 20 x 205 distinct values under htools:nlocation:rack
+            fields[10] = ",".join(f"rack:r{k}-{j}" for j in range(205))
+        lines.append(line if line.startswith("htools:iextags") else "|".join(fields))
+        if line.startswith("htools:iextags"):
+            lines.append("htools:nlocation:rack")
+    text = tmp_path / "racks.txt"
+    text.write_text("\n".join(lines))
+    assert lean_main(["balance", "-t", str(text)]) == 1
+    assert "more than 4096 distinct location tags; use fewer distinct values or shorter prefixes" in \
+        capsys.readouterr().err
+
+
 def test_placement_commands_do_not_import_typer():
     """`cairn balance` as a process never imports typer, the model, re, enum or collections beyond
     what Python's start-up loaded (it starts about as fast as Python; re and enum alone cost ~8 ms,
