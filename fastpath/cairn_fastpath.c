@@ -1346,7 +1346,7 @@ typedef struct {
 
 /* What forthcoming instance i takes of node k as primary or secondary (forthmove.contribution):
  * on exclusive storage its disks' spindles whatever its template, as calcNewFreeSpindlesForth
- * counts them (one without a spindle count takes none here; see forth_score). */
+ * counts them (one without a spindle count takes none here; see forth_trial_begin). */
 static void forth_contribution(const cairn_cluster *c, int i, int k, int primary, long out[5])
 {
     int local = c->kind[i] == KIND_LOCAL || c->kind[i] == KIND_MIRRORED;

@@ -64,12 +64,12 @@ class Moves:
             return
         self.place(i, *new_nodes(kind, *self.forth[i], target))
 
-    def touched_flags(self):
-        """The engine's touched flags (moves of forthcoming instances touch no node's real figures)
-        with every node's forthcoming free-spindle figure (`spec.FORTH_FIELDS`' forth_fsp)."""
+    def touched_flags(self) -> tuple[list[int], list[int], list[int]]:
+        """The engine's touched flags (moves of forthcoming instances touch no node's real figures),
+        free-spindle changes and, last, every node's forthcoming free-spindle figure (forth_fsp)."""
         return self.engine.touched_flags()
 
-    def restore(self, i: int, p: int, s: int, touched) -> None:
+    def restore(self, i: int, p: int, s: int, touched: tuple[list[int], list[int], list[int]]) -> None:
         """Put an instance back where it was, undoing trial moves."""
         if i in self.forth:
             forth_fsp = touched[-1]
