@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Debian's own python3 (built with profile-guided optimisation) folds the event log 12-16 % faster
-# than a plain source build of the same version (docs/2026-12-02-event-model.md); prefer it.
+# than a plain source build of the same version (docs/decisions/0005-prefer-debian-python.md); prefer it.
 if [ -z "${PYTHON:-}" ]; then
     PYTHON=python3
     if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
@@ -42,8 +42,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+# constraints.txt: the exact versions the tests ran with, so every machine gets the same ones.
 # compat mode: a plain .pth path entry; the default finder costs every cairn process about 9 ms at start-up.
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' -c constraints.txt \
+    --config-settings editable_mode=compat
 .venv/bin/python fastpath/_build.py
 
 case "${1:-}" in

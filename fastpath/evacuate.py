@@ -1,9 +1,11 @@
 """Moving existing instances for the iallocator: relocate, node-evacuate and change-group, with Ganeti opcodes.
 
-Pure stdlib; `fastpath.iallocator` reads the request and calls these.
+Pure stdlib; `fastpath.iallocator` reads the request and calls these with its `fastpath.session.Session`.
 """
 
+from fastpath.allocate import allocate
 from fastpath.forthmove import ForthcomingSearch
+from fastpath.session import group_text, network_check, policy_figures, policy_refusals
 from fastpath.spec import FAIL_NAMES, FAILOVER, FAILOVER_TO_ANY, KIND_MIRRORED, KIND_SHARED, OK, REPLACE_SECONDARY
 
 
@@ -190,8 +192,6 @@ def _move_both(session, inst: int, groups: list[int], excluded: set[int], keep_s
 
 def target_group(session, inst: int, groups: list[int]):
     """hail's change-group first step: the group the instance would be allocated to, or the failure text."""
-    from fastpath.allocate import allocate
-
     if not groups:
         # hail prints its internal records here; this names the cause and the fix.
         return ("no groups for evacuation: every group allowed (target_groups, or all groups when it is "
@@ -203,8 +203,6 @@ def target_group(session, inst: int, groups: list[int]):
     values["pnode"] = values["snode"] = -1
     session.spare = engine.define_instance(values, session.spare)
     session.copy_of[session.spare] = inst
-    from fastpath.iallocator import group_text, network_check, policy_figures, policy_refusals
-
     instance = session.cluster.instances[inst]
     figures = policy_figures(instance)
     refused = policy_refusals(session, *figures) if figures else None
@@ -215,7 +213,6 @@ def target_group(session, inst: int, groups: list[int]):
                                 unconnected=network_check(session.cluster, instance.networks, instance.name),
                                 refused_primaries=refused, search=search)
     if chosen is None:
-
         return ", ".join(group_text(o) for o in outcomes)
     return chosen.index
 

@@ -6,27 +6,16 @@ Written from the protocol description in shared/reference/htools.md section 4.
 
 import json
 
-from fastpath import dedicated, engine_class
+from fastpath import dedicated
 from fastpath.allocate import GroupOutcome, allocate, try_group
-from fastpath.forthmove import ForthcomingSearch, Moves
-from fastpath.globaln1 import MOVE, RECREATE, STUCK, use_policy
+from fastpath.forthmove import ForthcomingSearch
 from fastpath.model import Cluster, Group, Instance, Node, Policy, Spec as PolicySpec
-from fastpath.record import record
 from fastpath.request_shape import RequestError, check_document
-from fastpath.spec import (ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_MIRRORED, OK,
-                           KIND_SHARED, REPLACE_SECONDARY, append_instance, flatten)
+from fastpath.session import Options, Session, group_text, network_check, no_solution_text, policy_refusals
+from fastpath.spec import (ALLOC_NEVER, ALLOC_PRIMARY, ALLOC_SECONDARY, FAILOVER_TO_ANY, IGNORE_SOFT, KIND_MIRRORED,
+                           KIND_SHARED, REPLACE_SECONDARY)
 
 ADMIN_STATES = {"up": "running", "down": "ADMIN_down", "offline": "ADMIN_offline"}
-
-
-@record
-class Options:
-    """hail's command-line options that change answers."""
-
-    capacity_checks: bool = True
-    ignore_soft_errors: bool = False
-    static_kvm_node_memory: int = 4096
-    implementation: str = "c"
 
 
 def _key(obj: dict, key: str, what: str):
@@ -126,53 +115,6 @@ def load(document: dict, options: Options) -> Cluster:
     return cluster
 
 
-class Session:
-    """One request being answered: the cluster, its flat arrays and an engine with room for new instances."""
-
-    def __init__(self, cluster: Cluster, options: Options, new_instances: list[Instance]):
-        self.cluster, self.options = cluster, options
-        self.group_index = {g.uuid: k for k, g in enumerate(cluster.groups)}
-        self.spec = flatten(cluster, self.group_index)
-        self.index = {name: k for k, name in enumerate(self.spec.node_names)}
-        self.new = [append_instance(self.spec, inst, {}) for inst in new_instances]
-        self.engine = engine_class(options.implementation)(self.spec, extra_instances=1)
-        self.models = cluster.instances + list(new_instances)  # by engine index
-        if options.capacity_checks:
-            use_policy(self.engine, self.admits, self.evacuated_how)
-        self.moves = Moves(self.engine, self.spec)  # moves of real and forthcoming instances alike
-        self.spare = -1  # an unplaced engine slot for trial copies of existing instances
-        self.copy_of: dict[int, int] = {}  # engine slot: the instance it holds a trial copy of
-        self.used_spindles: dict[int, int] = {}  # node: free spindles this request's instances took
-        self.names = self.spec.node_names
-
-    def group_of_node(self, node: int) -> int:
-        """The group index of a node."""
-        return self.spec.nodes["group"][node]
-
-    def evacuated_how(self, inst: int) -> str:
-        """How hail's global N+1 check empties a node of this (non-drbd) instance, by its template."""
-        model = self._model(inst)
-        template = model.template if model else "plain"
-        if template == "diskless":
-            return STUCK
-        return MOVE if template in ("sharedfile", "rbd", "ext", "gluster") else RECREATE
-
-    def _model(self, inst: int) -> Instance | None:
-        """The instance an engine slot holds (or a trial copy of); None for the global N+1 check's
-        own copy slots, which are never on a node when it asks."""
-        source = self.copy_of.get(inst, inst)
-        return self.models[source] if source < len(self.models) else None
-
-    def admits(self, inst: int, group: int, exclusive: bool) -> bool:
-        """hail's instMatchesPolicy for an instance on a node of `group` (exclusive storage or not)."""
-        figures = policy_figures(self._model(inst))
-        return figures is None or dedicated.placement_policy_failure(self.policy(group), *figures, exclusive) == OK
-
-    def policy(self, group: int) -> Policy:
-        """The instance policy of a group."""
-        return self.cluster.policy_of(self.cluster.groups[group].uuid)
-
-
 def _new_instance(obj: dict) -> Instance:
     inst = _instance(_key(obj, "name", "the request"), {**obj, "nodes": []})
     return inst
@@ -215,31 +157,6 @@ def _allocate_one(session: Session, request: dict, inst: int, obj: dict):
                     refused_primaries=refused_primaries)
 
 
-def policy_figures(model: Instance | None) -> tuple | None:
-    """What hail's policy test reads of an instance (`dedicated.placement_policy_failure`'s figures
-    before the exclusive-storage flag), or None when there is nothing to test (no instance, or a
-    hand-written document without disks: admitted, as before)."""
-    if model is None or (not model.disks and model.template != "diskless"):
-        return None
-    spindles = int(model.spindles) if model.spindles.isdigit() else None
-    return model.mem, model.vcpus, model.disks, model.template, model.spindle_use, spindles
-
-
-def policy_refusals(session: Session, mem: int, vcpus: int, disks: list[int], template: str, spindle_use: int,
-                    spindles: int | None):
-    """`refused_primaries` for `allocate`: hail tests the instance policy per candidate, before
-    anything fits, with the spindle part counting the disks' spindles when the primary has
-    exclusive storage (instMatchesPolicy); every candidate of a refused primary fails with its
-    reason."""
-    def refused(g: int) -> dict[int, int]:
-        policy, nodes = session.policy(g), session.spec.nodes
-        reasons = {excl: dedicated.placement_policy_failure(policy, mem, vcpus, disks, template, spindle_use,
-                                                            spindles, excl) for excl in (False, True)}
-        return {k: reasons[bool(nodes["excl"][k])] for k in range(session.spec.n_nodes)
-                if nodes["group"][k] == g and reasons[bool(nodes["excl"][k])] != OK}
-    return refused
-
-
 def _dedicated(session: Session, request: dict, groups: list[int]) -> bool:
     """hail's test for its dedicated allocation: every node of the named group, or of every group
     that is not unallocable, has exclusive storage."""
@@ -259,33 +176,6 @@ def _dedicated_instance(session: Session, inst: int, obj: dict) -> dedicated.New
                                  disks=[int(d.get("size", 0)) for d in disks], spindles=spindles,
                                  template=obj.get("disk_template", "plain"),
                                  spindle_use=int(obj.get("spindle_use", 1)))
-
-
-def network_check(cluster: Cluster, networks: list[str], name: str, named: bool = False):
-    """hail's network test for instance `name`: a group must be connected to every network its NICs
-    name; the function gives the text for a group that is not (None for one that is)."""
-    def unconnected(g: int) -> str | None:
-        group = cluster.groups[g]
-        if set(networks) <= set(group.networks):
-            return None
-        return (f"{'The group' if named else 'group'} {group.name} is not connected to a network required by "
-                f"instance {name}")
-    return unconnected
-
-
-def group_text(outcome) -> str:
-    """hail's text for a group that got no solution."""
-    if outcome.message:
-        return outcome.message
-    if outcome.error:
-        return f"Group {outcome.name}: error {outcome.error}"
-    if outcome.nodes is None:
-        return f"Group {outcome.name} ({outcome.policy}): {_no_solution_text(outcome)}"
-    return ""
-
-
-def _no_solution_text(outcome) -> str:
-    return f"No valid allocation solutions, failure reasons: {outcome.reasons()}"
 
 
 def _solution_text(session: Session, outcome) -> str:
@@ -348,7 +238,7 @@ def answer_allocate_secondary(document: dict, options: Options) -> dict:
     search(session.engine, session.spec, outcome, (group, session.new[0], 2, mask, flags, -1),
            options.capacity_checks)
     if outcome.nodes is None:
-        return {"success": False, "info": f"Request failed: {_no_solution_text(outcome)}", "result": []}
+        return {"success": False, "info": f"Request failed: {no_solution_text(outcome)}", "result": []}
     return {"success": True, "info": f"Request successful: {_solution_text(session, outcome)}",
             "result": session.names[outcome.nodes[1]]}
 
@@ -379,6 +269,8 @@ def answer_multi_allocate(document: dict, options: Options) -> dict:
 
 def answer_relocate(document: dict, options: Options) -> dict:
     """hail's answer to relocate: a new secondary (drbd) or primary (shared storage) for one instance."""
+    # Here, not at the top: only relocate and evacuation requests need it, and every allocate
+    # process would pay its import (about 0.7 ms).
     from fastpath.evacuate import best_target, no_target_text
 
     request = document["request"]
@@ -404,7 +296,7 @@ def answer_relocate(document: dict, options: Options) -> dict:
 
 def answer_node_evacuate(document: dict, options: Options) -> dict:
     """hail's answer to node-evacuate: [moved, failed, jobs]."""
-    from fastpath.evacuate import evacuate_many
+    from fastpath.evacuate import evacuate_many  # here for the reason answer_relocate gives
 
     request = document["request"]
     mode = request.get("evac_mode", "all")
@@ -417,7 +309,7 @@ def answer_node_evacuate(document: dict, options: Options) -> dict:
 
 def answer_change_group(document: dict, options: Options) -> dict:
     """hail's answer to change-group: re-place instances in the best of the target groups."""
-    from fastpath.evacuate import evacuate_many
+    from fastpath.evacuate import evacuate_many  # here for the reason answer_relocate gives
 
     request = document["request"]
     session = Session(load(document, options), options, [])

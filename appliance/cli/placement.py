@@ -91,15 +91,35 @@ def _out(line: str) -> None:
     print(line, file=sys.stdout)
 
 
-def _read(path: str) -> str:
+# What each input file must be, and where a good one comes from, for the error when it is not text.
+CLUSTER_TEXT = ("a text cluster file",
+                "give a file written by Ganeti's hscan or hbal -S, or by 'cairn balance -S PREFIX'")
+DYNU_TEXT = ("a text utilisation file", "give lines 'instance cpu mem disk net', as hbal -U reads them")
+REQUEST_TEXT = ("an iallocator request", "give the JSON document Ganeti passes to an iallocator script")
+
+
+def _read(path: str, kind: tuple[str, str]) -> str:
+    """The text of `path` ('-': standard input); Failed naming the file when it cannot be read or is
+    not text (a binary file, say), so that no command shows a decoding traceback."""
+    name = "standard input" if path == "-" else f"'{path}'"
     # open() rather than pathlib: importing pathlib (with re and enum) costs every placement process ~7 ms.
     try:
         if path == "-":
-            return sys.stdin.read()
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+            stdin = getattr(sys.stdin, "buffer", None)  # bytes, so stdin decodes as strictly as a file
+            data = stdin.read() if stdin is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
     except OSError as error:
         raise Failed(f"cannot read '{path}': {error.strerror}; check the path") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise Failed(f"{name} is not {kind[0]}: byte {error.start} is not UTF-8 text; {kind[1]}") from None
+    # A binary file can decode as UTF-8 (all zeros, say), but no text file holds a NUL.
+    if "\0" in text:
+        raise Failed(f"{name} is not {kind[0]}: byte {data.index(0)} is a NUL, which no text file holds; {kind[1]}")
+    return text
 
 
 def _names(text: str | None) -> list[str]:
@@ -130,10 +150,10 @@ def balance(text_file, max_length, min_gain, min_gain_limit, epsilon, no_disk_mo
     options = BalanceOptions(max_length, min_gain, min_gain_limit, epsilon, no_disk_moves, no_instance_moves,
                              evac_mode, ignore_soft_errors, restricted_migration)
     offline_names = [name for item in offline or [] for name in _names(item)]
-    request = HbalRequest(_read(text_file), options, offline_names, group, print_commands, save,
+    request = HbalRequest(_read(text_file, CLUSTER_TEXT), options, offline_names, group, print_commands, save,
                           _names(exclusion_tags), ignore_dynu, engine, _names(select_instances),
                           _names(exclude_instances), max_cpu, min_disk,
-                          _read(dynu_file) if dynu_file is not None else None)
+                          _read(dynu_file, DYNU_TEXT) if dynu_file is not None else None)
     report: dict = {}
     try:
         files = run(request, _out if output == "text" else lambda line: None, report)
@@ -154,7 +174,7 @@ def iallocator(request_file, no_capacity_checks, ignore_soft_errors, static_kvm_
 
     options = Options(not no_capacity_checks, ignore_soft_errors, static_kvm_node_memory, engine)
     try:
-        _out(answer(_read(request_file), options))
+        _out(answer(_read(request_file, REQUEST_TEXT), options))
     except ValueError as error:  # RequestError is one; the engines' limits raise the others
         print(f"Error: {error}", file=sys.stderr)
         return 1
@@ -188,7 +208,7 @@ def capacity(text_file, machine_readable, accept_existing_errors, disk_template,
         raise Failed("capacity of the live cluster is not available yet; give a cluster file with -t FILE")
     template = {"replicated": "drbd"}.get(disk_template, disk_template)
     try:
-        cluster = parse(_read(text_file))
+        cluster = parse(_read(text_file, CLUSTER_TEXT))
     except FormatError as error:
         raise Failed(str(error)) from None
     request = CapacityRequest(cluster, accept_existing_errors, template, max_length, not no_tiered, engine,

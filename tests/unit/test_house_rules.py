@@ -127,3 +127,36 @@ def test_the_rule_checker_catches_a_banned_call(tmp_path):
     found = " ".join(banned_calls(bad))
     for word in ("pickle", "time.time", "print", "random.random"):
         assert word in found
+
+
+def import_cycles(package: str) -> list[str]:
+    """Every pair of modules of `package` that import each other, directly or through others, with
+    imports inside functions counted: a lazy import hides a cycle from Python, not from a reader."""
+    import grimp  # comes with import-linter
+
+    graph = grimp.build_graph(package, cache_dir=None)
+    cycles = []
+    for importer in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            back = graph.find_shortest_chain(importer=imported, imported=importer)
+            if back is not None and importer < imported:
+                cycles.append(f"{importer} imports {imported}, which imports it back: {' -> '.join(back)}")
+    return cycles
+
+
+def test_fastpath_has_no_import_cycle():
+    """No module of fastpath imports itself back through another; what two modules both need lives
+    in a third that imports neither (as `fastpath.session` does for iallocator and evacuate)."""
+    cycles = import_cycles("fastpath")
+    assert not cycles, "\n".join(cycles)
+
+
+def test_the_cycle_checker_catches_a_lazy_import_cycle(tmp_path, monkeypatch):
+    """The cycle checker finds two modules that import each other, one of them inside a function."""
+    package = tmp_path / "cyclic"
+    package.mkdir()
+    (package / "__init__.py").write_text('"""A package with a cycle."""\n')
+    (package / "a.py").write_text('"""A."""\nfrom cyclic.b import g\n')
+    (package / "b.py").write_text('"""B."""\n\ndef g():\n    from cyclic.a import g as f\n    return f\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert import_cycles("cyclic") == ["cyclic.a imports cyclic.b, which imports it back: cyclic.b -> cyclic.a"]

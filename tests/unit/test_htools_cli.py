@@ -11,6 +11,8 @@ from appliance.cli import app
 from fastpath.htools_text import parse
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "htools"
+# The first bytes of an ELF program (as /bin/ls begins) and every byte value: not UTF-8, and with NULs.
+BINARY = b"\x7fELF\x02\x01\x01\x00" + bytes(range(256))
 runner = CliRunner()
 
 
@@ -253,3 +255,57 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     finally:
         os.close(write_end)
     assert writer.returncode == 1 and writer.stderr == ""
+
+
+def test_binary_cluster_file_is_a_clear_error(tmp_path, capsys):
+    """A binary file given with -t makes balance and capacity name it, say what to give instead and
+    exit 1, without a traceback."""
+    from appliance.cli.placement import lean_main
+
+    binary = tmp_path / "ls"
+    binary.write_bytes(BINARY)
+    for command in ("balance", "capacity"):
+        assert lean_main([command, "-t", str(binary)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"cairn: '{binary}' is not a text cluster file: byte 136 is not UTF-8 text;")
+        assert "give a file written by Ganeti's hscan or hbal -S" in err and "Traceback" not in err
+
+
+def test_binary_cluster_file_is_a_clear_error_on_the_typer_path(tmp_path):
+    """The typer command reports a binary -t file as the lean path does."""
+    binary = tmp_path / "ls"
+    binary.write_bytes(BINARY)
+    result = runner.invoke(app, ["capacity", "-t", str(binary)])
+    assert result.exit_code == 1 and f"'{binary}' is not a text cluster file" in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_utf8_file_with_nuls_is_not_a_cluster_file(tmp_path, capsys):
+    """A file of NULs (valid UTF-8, but no text) is refused the same way, with where the first NUL is."""
+    from appliance.cli.placement import lean_main
+
+    zeros = tmp_path / "zeros"
+    zeros.write_bytes(b"group|uuid\x00" + bytes(64))
+    assert lean_main(["balance", "-t", str(zeros)]) == 1
+    assert f"'{zeros}' is not a text cluster file: byte 10 is a NUL" in capsys.readouterr().err
+
+
+def test_binary_utilisation_file_is_a_clear_error(tmp_path, capsys):
+    """A binary file given with -U is named as a utilisation file, with the line format to give."""
+    from appliance.cli.placement import lean_main
+
+    binary = tmp_path / "ls"
+    binary.write_bytes(BINARY)
+    assert lean_main(["balance", "-t", str(DATA / "n4.txt"), "-U", str(binary)]) == 1
+    err = capsys.readouterr().err
+    assert f"'{binary}' is not a text utilisation file" in err and "'instance cpu mem disk net'" in err
+
+
+def test_cairn_balance_on_a_binary_file_prints_no_traceback(tmp_path):
+    """`cairn balance -t` on a binary file, as a process: one line on stderr, exit 1."""
+    binary = tmp_path / "ls"
+    binary.write_bytes(BINARY)
+    cairn = Path(sys.executable).with_name("cairn")
+    result = subprocess.run([str(cairn), "balance", "-t", str(binary)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("cairn: ") and len(result.stderr.splitlines()) == 1

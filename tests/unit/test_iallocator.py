@@ -122,8 +122,25 @@ def test_cairn_iallocator_bad_input_exits_1(tmp_path):
     assert result.returncode == 1 and result.stderr.startswith("Error: ")
 
 
+def test_cairn_iallocator_binary_input_is_a_clear_error(tmp_path):
+    """A binary request file or binary standard input makes `cairn iallocator` name it as not an
+    iallocator request and exit 1, without a traceback."""
+    binary = tmp_path / "ls"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
+    cairn = Path(sys.executable).with_name("cairn")
+    from_file = subprocess.run([str(cairn), "iallocator", str(binary)], capture_output=True, text=True, timeout=60)
+    with binary.open("rb") as stdin:
+        from_stdin = subprocess.run([str(cairn), "iallocator", "-"], stdin=stdin, capture_output=True, text=True,
+                                    timeout=60)
+    for result, name in ((from_file, f"'{binary}'"), (from_stdin, "standard input")):
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr == (f"cairn: {name} is not an iallocator request: byte 136 is not UTF-8 text; "
+                                 "give the JSON document Ganeti passes to an iallocator script\n")
+
+
 def _demo_session(memory_of_tmp1: int, implementation: str):
-    from fastpath.iallocator import Session, load
+    from fastpath.iallocator import load
+    from fastpath.session import Session
 
     document = json.loads((DATA / "demo-allocate.json").read_text())
     document["instances"]["tmp1"]["memory"] = memory_of_tmp1
@@ -149,7 +166,8 @@ def test_unrecreatable_plain_instance_breaks_global_redundancy(implementation):
 
 def test_next_candidate_follows_hails_order(implementation):
     """best_alloc(after=...) walks the candidates in hail's order: scores never fall, each once."""
-    from fastpath.iallocator import Session, _new_instance, load
+    from fastpath.iallocator import _new_instance, load
+    from fastpath.session import Session
 
     document = json.loads((DATA / "globaln1-next-drbd.json").read_text())
     options = Options(implementation=implementation)
@@ -195,7 +213,8 @@ def test_incremental_global_n1_equals_full_simulation(implementation):
     node's evacuation answers (both outcomes occur, and groups with an evacuation that fails
     before any candidate, where CandidateCheck rejects every candidate at once, are among them)."""
     from fastpath.globaln1 import CandidateCheck, globally_redundant
-    from fastpath.iallocator import Session, _new_instance, load
+    from fastpath.iallocator import _new_instance, load
+    from fastpath.session import Session
 
     seen = set()
     for document in _check_documents():
@@ -295,7 +314,8 @@ def test_recreation_takes_hail_choice_and_policy(implementation):
 
 
 def _request_session(document: dict, implementation: str):
-    from fastpath.iallocator import Session, _new_instance, load
+    from fastpath.iallocator import _new_instance, load
+    from fastpath.session import Session
 
     options = Options(implementation=implementation)
     return Session(load(document, options), options, [_new_instance(document["request"])])
@@ -325,7 +345,8 @@ def test_failover_limits_break_global_redundancy(implementation, name):
 def test_all_candidates_in_hails_order_equal_the_walk(implementation):
     """all_allocs sorted by hail_order is the sequence best_alloc(after=...) walks."""
     from fastpath.allocate import hail_order
-    from fastpath.iallocator import Session, _new_instance, load
+    from fastpath.iallocator import _new_instance, load
+    from fastpath.session import Session
 
     for document in _check_documents():
         options = Options(implementation=implementation)
@@ -346,7 +367,8 @@ def test_forthcoming_copy_search_leaves_the_session_as_it_was(implementation):
     the forthcoming placements and every node's forthcoming figures are as before."""
     from fastpath.allocate import GroupOutcome
     from fastpath.forthmove import ForthcomingSearch
-    from fastpath.iallocator import Session, load
+    from fastpath.iallocator import load
+    from fastpath.session import Session
 
     options = Options(implementation=implementation)
     session = Session(load(json.loads((DATA / "loc-cg-forth-11.json").read_text()), options), options, [])
@@ -368,7 +390,8 @@ def test_forthcoming_copy_search_leaves_the_session_as_it_was(implementation):
 
 
 def _forth_moves(name: str, implementation: str):
-    from fastpath.iallocator import Session, load
+    from fastpath.iallocator import load
+    from fastpath.session import Session
 
     options = Options(implementation=implementation)
     session = Session(load(json.loads((DATA / f"{name}.json").read_text()), options), options, [])
