@@ -117,6 +117,14 @@ class EventLog(abc.ABC):
         """Stop the member; waiting calls raise LogClosed."""
 
 
+def check_proposal(closed: bool, payload: object) -> None:
+    """Refuse a proposal before anything is sent: LogClosed on a closed log, TypeError for a payload not in bytes."""
+    if closed:
+        raise LogClosed("the log is closed")
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a payload is bytes, not {type(payload).__name__}; encode the event first")
+
+
 @contextlib.contextmanager
 def unwrap_single_exception():
     """Re-raise the caller's own exception rather than the one-member group a nursery wraps it in."""

@@ -7,15 +7,16 @@ to a history file so a restart can read it back.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import trio
 
-from consensus.log import EventLog, Leadership, LogClosed, LogStatus
-from consensus.record import ChainHead, Record, RecordReader, RecordWriter, next_record
+from consensus.log import Leadership, LogStatus, check_proposal
+from consensus.read_side import ListLog
+from consensus.record import Record, RecordReader, RecordWriter, next_record
 
 
-class MemoryLog(EventLog):
+class MemoryLog(ListLog):
     """Always the leader of a cluster of one; committed records live in a list."""
 
     def __init__(self, address: str = "memory", history_path: str | os.PathLike | None = None) -> None:
@@ -23,7 +24,6 @@ class MemoryLog(EventLog):
         self._records: list[Record] = []
         self._changed = trio.Event()
         self._closed = False
-        self._snapshot: tuple[int, bytes] | None = None
         self._writer: RecordWriter | None = None
         if history_path is not None:
             if os.path.exists(history_path):
@@ -35,10 +35,7 @@ class MemoryLog(EventLog):
 
     def propose_nowait(self, payload: bytes) -> int:
         """Commit at once without waiting; the synchronous twin of `propose`."""
-        if self._closed:
-            raise LogClosed("the log is closed")
-        if not isinstance(payload, (bytes, bytearray, memoryview)):
-            raise TypeError(f"a payload is bytes, not {type(payload).__name__}; encode the event first")
+        check_proposal(self._closed, payload)
         record = next_record(self.head(), payload)
         if self._writer is not None:
             self._writer.append(record)
@@ -48,25 +45,11 @@ class MemoryLog(EventLog):
         self._changed = trio.Event()
         return record.seq
 
-    def head(self) -> ChainHead:
-        if not self._records:
-            return ChainHead()
-        last = self._records[-1]
-        return ChainHead(last.seq, last.hash)
+    def _record_list(self) -> list[Record]:
+        return self._records
 
-    def read(self, first_seq: int = 1, last_seq: int | None = None) -> Iterator[Record]:
-        end = len(self._records) if last_seq is None else min(last_seq, len(self._records))
-        return iter(self._records[max(first_seq, 1) - 1:end])
-
-    async def committed(self, after_seq: int = 0) -> AsyncIterator[Record]:
-        position = after_seq
-        while True:
-            while position < len(self._records):
-                position += 1
-                yield self._records[position - 1]
-            if self._closed:
-                raise LogClosed("the log is closed")
-            await self._changed.wait()
+    def _next_change(self) -> trio.Event:
+        return self._changed
 
     def leader(self) -> str | None:
         return None if self._closed else self.address
@@ -82,12 +65,6 @@ class MemoryLog(EventLog):
         while not self._closed:
             await self._changed.wait()
         yield Leadership(None, 1)
-
-    def set_snapshot(self, seq: int, data: bytes) -> None:
-        self._snapshot = (seq, bytes(data))
-
-    def latest_snapshot(self) -> tuple[int, bytes] | None:
-        return self._snapshot
 
     async def aclose(self) -> None:
         self._closed = True

@@ -21,12 +21,13 @@ import hashlib
 import heapq
 import itertools
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import trio
 
-from consensus.log import EventLog, Leadership, LogClosed, LogError, LogStatus, NotLeader, OutcomeUnknown
+from consensus.log import Leadership, LogClosed, LogError, LogStatus, NotLeader, OutcomeUnknown, check_proposal
+from consensus.read_side import ListLog
 from consensus.record import ChainHead, Record, next_record
 
 FOLLOWER, CANDIDATE, LEADER = "follower", "candidate", "leader"
@@ -352,24 +353,20 @@ class _SimWaiter:
             self.done.set()
 
 
-class SimMember(EventLog):
+class SimMember(ListLog):
     """One simulated member's view of the log."""
 
     def __init__(self, cluster: SimCluster, name: str) -> None:
         self.cluster = cluster
         self.address = name
         self._closed = False
-        self._snapshot: tuple[int, bytes] | None = None
 
     @property
     def _node(self) -> _Node:
         return self.cluster.nodes[self.address]
 
     async def propose(self, payload: bytes, timeout_s: float = 5.0) -> int:
-        if self._closed:
-            raise LogClosed("the log is closed")
-        if not isinstance(payload, (bytes, bytearray, memoryview)):
-            raise TypeError(f"a payload is bytes, not {type(payload).__name__}; encode the event first")
+        check_proposal(self._closed, payload)
         waiter = self.cluster.propose_nowait(self.address, payload)
         with trio.move_on_after(timeout_s):
             await waiter.done.wait()
@@ -379,26 +376,11 @@ class SimMember(EventLog):
             raise waiter.error
         return waiter.seq
 
-    def head(self) -> ChainHead:
-        records = self._node.records
-        return ChainHead(records[-1].seq, records[-1].hash) if records else ChainHead()
+    def _record_list(self) -> list[Record]:
+        return self._node.records
 
-    def read(self, first_seq: int = 1, last_seq: int | None = None) -> Iterator[Record]:
-        records = self._node.records
-        end = len(records) if last_seq is None else min(last_seq, len(records))
-        return iter(records[max(first_seq, 1) - 1:end])
-
-    async def committed(self, after_seq: int = 0) -> AsyncIterator[Record]:
-        position = after_seq
-        while True:
-            changed = self.cluster._changed
-            records = self._node.records
-            while position < len(records):
-                position += 1
-                yield records[position - 1]
-            if self._closed:
-                raise LogClosed("the log is closed")
-            await changed.wait()
+    def _next_change(self) -> trio.Event:
+        return self.cluster._changed
 
     def leader(self) -> str | None:
         node = self._node
@@ -421,12 +403,6 @@ class SimMember(EventLog):
                 last = current
                 yield current
             await changed.wait()
-
-    def set_snapshot(self, seq: int, data: bytes) -> None:
-        self._snapshot = (seq, bytes(data))
-
-    def latest_snapshot(self) -> tuple[int, bytes] | None:
-        return self._snapshot
 
     async def aclose(self) -> None:
         self._closed = True

@@ -8,7 +8,8 @@ import pytest
 import trio
 
 from consensus.log import LogError
-from consensus.syncobj_log import SyncObjSettings, _conf, node_address, open_syncobj_log, raft_address, wait_for
+from consensus.syncobj_log import SyncObjSettings, node_address, open_syncobj_log, raft_address, wait_for
+from consensus.syncobj_settings import syncobj_conf
 from tests.contract.log_contract import free_node_address
 
 SECRET = "unit-test-cluster-secret"
@@ -33,7 +34,7 @@ def test_a_missing_secret_is_refused():
 
 def test_pysyncobj_is_configured_safely(tmp_path):
     """The pysyncobj configuration has a password, an explicit bind, non-batch mode, tuned timeouts and both files."""
-    conf = _conf(SyncObjSettings(password=SECRET), tmp_path, "127.0.0.1:7001", lambda *a: None, lambda *a: None)
+    conf = syncobj_conf(SyncObjSettings(password=SECRET), tmp_path, "127.0.0.1:7001", lambda *a: None, lambda *a: None)
     conf.validate()
     assert conf.password == SECRET and conf.bindAddress == "127.0.0.1:7001"
     assert conf.appendEntriesUseBatch is False and conf.appendEntriesPeriod == 0.05
@@ -215,14 +216,14 @@ def test_the_journal_syncer_syncs_what_changed_and_only_that(tmp_path, monkeypat
     """New entries are msynced once, a new term or vote fsyncs the meta file; with nothing new, nothing is synced."""
     from pysyncobj.journal import FileJournal
 
-    from consensus import syncobj_log
+    from consensus import syncobj_journal
 
     journal = FileJournal(str(tmp_path / "raft.journal"))
     flushes, fsynced = [], []
     real_flush = journal.flush
     monkeypatch.setattr(journal, "flush", lambda: (flushes.append(1), real_flush()))
-    monkeypatch.setattr(syncobj_log, "_fsync_path", fsynced.append)
-    syncer = syncobj_log.JournalSyncer(journal)
+    monkeypatch.setattr(syncobj_journal, "_fsync_path", fsynced.append)
+    syncer = syncobj_journal.JournalSyncer(journal)
     assert syncer.sync() and len(flushes) == 1 and len(fsynced) == 1  # nothing was known to be on disk
     assert not syncer.sync()
     journal.add(b"entry", 1, 1)
