@@ -1,86 +1,113 @@
-"""A realistic synthetic history, built through the real operations, for demos and benchmarks.
+"""A realistic synthetic history, built as jobs through the real job engine, for demos and benchmarks.
 
 One cluster of 50 nodes; thousands of instances are added, started, stopped,
-rebooted, migrated, modified, renamed and removed, each as the operation would
-do it (checks included: refused actions are simply not recorded), with the
-reconcilers' observations and some of the work wrapped in jobs. Everything is
-derived from one seed, so the same seed gives the same file.
+rebooted, migrated, modified, renamed and removed. Every action is a job
+submitted to the leader's NodeCore over an in-process log
+(`appliance.sandbox.InProcessCluster`): the engine admits it, plans each
+operation, commits its steps and waits, and a refused operation ends as a
+failed job. The sandbox's Observer answers the waits as the nodes'
+reconcilers would. Operators submit a few jobs at a time, so jobs overlap in
+the log. Everything is derived from one seed, so the same seed gives the
+same file.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 
 from appliance.model import events as ev
-from appliance.model.codec import Envelope, encode
-from appliance.model.errors import PrereqError
-from appliance.sandbox import Sandbox
+from appliance.model.codec import Envelope
+from appliance.sandbox import InProcessCluster
 from consensus.record import FileSummary, RecordWriter
 from ops import registry
 
 NODES = 50
 TARGET_INSTANCES = 3000
+DOMAIN = "demo.example.com"
+LEADER = f"node01.{DOMAIN}"
 RECONCILER = "reconciler"
 OPERATORS = ("alice", "bob", "carol")
 MEMORY_CHOICES_MIB = (512, 1024, 2048, 4096, 8192)
 DISK_CHOICES_MIB = (2048, 5120, 10240, 20480, 51200)
 TEMPLATES = ("replicated", "replicated", "file", "diskless")
-JOB_FRACTION = 0.1
+# How many jobs operators submit together in one step of the demo.
+BURST = (1, 1, 2, 3, 4)
+
+
+def op(operation: str, /, **params) -> dict:
+    """One operation of a job, as a client sends it."""
+    return {"op": operation, "params": params}
 
 
 class Demo:
-    """Drives a sandbox through a long, plausible life of a cluster."""
+    """Drives an in-process cluster through a long, plausible life, one burst of jobs per step.
 
-    def __init__(self, seed: int, sink: Callable[[Envelope], None] | None = None) -> None:
-        self.box = Sandbox(seed=seed, keep=False, sink=sink)
-        self.rng = self.box.rng
-        self.count = 0
+    `sink` sees every committed envelope; `record(seq, payload)` every committed record, encoded.
+    """
+
+    def __init__(self, seed: int, sink: Callable[[Envelope], None] | None = None,
+                 record: Callable[[int, bytes], None] | None = None) -> None:
+        self.rng = random.Random(seed)
+        self.sink, self.record = sink, record
         self.serial = 0
-        self.refused = 0
-        self.names: list[str] = []
+        self.names: list[str] = []           # instance names that random picks draw from (committed ones)
+        self.ids: list[str] = []             # the instance id of each name
+        self.positions: dict[str, int] = {}  # instance id -> index in names
+        self.cluster = InProcessCluster(LEADER, on_commit=self._committed)
+
+    @property
+    def state(self):
+        return self.cluster.state
 
     # --- set-up ---------------------------------------------------------
 
     def setup(self) -> None:
-        self.box.run("cluster_init", name="demo.example.com", reason="new cluster for the demo")
+        self.submit((op("cluster_init", name=DOMAIN),), "admin", "new cluster for the demo")
+        self.cluster.settle()
         for user in OPERATORS:
-            self._run("user_add", actor="admin", reason="team member", name=user, role="operator")
-        self._run("user_add", actor="admin", reason="node daemons report observations", name=RECONCILER,
-                  role="operator")
+            self.submit((op("user_add", name=user, role="operator"),), "admin", "team member")
+        self.submit((op("user_add", name=RECONCILER, role="operator"),), "admin", "node daemons report observations")
         for n in range(1, NODES + 1):
-            self.box.run("node_add", name=f"node{n:02d}.demo.example.com", address=f"10.0.{n // 250}.{n % 250}:7800",
-                         memory_mib=self.rng.choice((65536, 131072, 262144)),
-                         disk_mib=self.rng.choice((2_000_000, 4_000_000, 8_000_000)),
-                         cpus=self.rng.choice((16, 32, 64)), reason="rack installation")
+            self.submit((op("node_add", name=f"node{n:02d}.{DOMAIN}", address=f"10.0.{n // 250}.{n % 250}:7800",
+                            memory_mib=self.rng.choice((65536, 131072, 262144)),
+                            disk_mib=self.rng.choice((2_000_000, 4_000_000, 8_000_000)),
+                            cpus=self.rng.choice((16, 32, 64))),), "admin", "rack installation")
+        self.cluster.settle()
+
+    def step(self) -> None:
+        """Time passes, operators submit a few jobs, and the cluster runs them to their end."""
+        self.cluster.tick(self.rng.uniform(0.5, 30.0))
+        for _ in range(self.rng.choice(BURST)):
+            if len(self.state.instances) < TARGET_INSTANCES and self.rng.random() < 0.6:
+                self.add_instance()
+            else:
+                self.act_on_instance()
+        self.cluster.settle()
+
+    def submit(self, operations: tuple, actor: str | None = None, reason: str = "") -> None:
+        """Submit one job (if this build has its operations), as an operator would."""
+        if any(entry["op"] not in registry.OPERATIONS for entry in operations):
+            return
+        actor = actor or self.rng.choice(OPERATORS)
+        self.cluster.submit(operations, actor, reason, f"req-{self.rng.getrandbits(32):08x}")
 
     # --- the life of instances -------------------------------------------
-
-    def node_names(self) -> list[str]:
-        return [node.name for node in self.box.state.nodes.values()]
 
     def add_instance(self) -> None:
         self.serial += 1
         template = self.rng.choice(TEMPLATES)
-        nodes = self.rng.sample(self.node_names(), 2)
-        fields = dict(name=f"vm{self.serial:06d}.demo.example.com", primary=nodes[0], disk_template=template,
-                      os=self.rng.choice(("debian-12", "ubuntu-24.04", "alpine-3.20")),
+        nodes = self.rng.sample(range(1, NODES + 1), 2)
+        fields = dict(name=f"vm{self.serial:06d}.{DOMAIN}", primary=f"node{nodes[0]:02d}.{DOMAIN}",
+                      disk_template=template, os=self.rng.choice(("debian-12", "ubuntu-24.04", "alpine-3.20")),
                       memory_mib=self.rng.choice(MEMORY_CHOICES_MIB), vcpus=self.rng.randint(1, 4),
                       start=self.rng.random() < 0.9)
         if template != "diskless":
             fields["disks"] = tuple(self.rng.choice(DISK_CHOICES_MIB) for _ in range(self.rng.randint(1, 2)))
         if template == "replicated":
-            fields["secondary"] = nodes[1]
-        if self._run("instance_add", reason="customer order", **fields) and fields["start"]:
-            self.observe(fields["name"], running=True)
-
-    def observe(self, name: str, running: bool) -> None:
-        """What the primary's reconciler reports after acting."""
-        instance = self.box.state.instance_by_name(name)
-        if instance is None:
-            return
-        cls = ev.InstanceObservedRunning if running else ev.InstanceObservedStopped
-        self.box.commit(cls(instance.id, instance.primary), RECONCILER, f"reconciled on {instance.primary}")
+            fields["secondary"] = f"node{nodes[1]:02d}.{DOMAIN}"
+        self.submit((op("instance_add", **fields),), reason="customer order")
 
     def act_on_instance(self) -> None:
         if not self.names:
@@ -89,107 +116,64 @@ class Demo:
         action = self.rng.choices(
             ("startup", "shutdown", "reboot", "migrate", "modify", "rename", "remove"),
             weights=(20, 20, 10, 15, 15, 3, 12))[0]
-        getattr(self, f"_{action}")(name)
-
-    def _startup(self, name: str) -> None:
-        if self._run("instance_startup", reason="customer request", instance=name):
-            self.observe(name, running=True)
-
-    def _shutdown(self, name: str) -> None:
-        if self._run("instance_shutdown", reason="customer request", instance=name):
-            self.observe(name, running=False)
-
-    def _reboot(self, name: str) -> None:
-        if self._run("instance_reboot", reason="kernel update", instance=name):
-            self.observe(name, running=True)
-
-    def _migrate(self, name: str) -> None:
-        if self._run("instance_migrate", reason="rebalancing", instance=name):
-            self.observe(name, running=True)
+        if action == "modify":
+            self._modify(name)
+        elif action == "rename":
+            self.serial += 1
+            self.submit((op("instance_shutdown", instance=name),
+                         op("instance_rename", instance=name, new_name=f"vm{self.serial:06d}r.{DOMAIN}")),
+                        reason="customer rename")
+        else:
+            reason = {"startup": "customer request", "shutdown": "customer request", "reboot": "kernel update",
+                      "migrate": "rebalancing", "remove": "contract ended"}[action]
+            self.submit((op(f"instance_{action}", instance=name),), reason=reason)
 
     def _modify(self, name: str) -> None:
         change = self.rng.choice(("memory", "vcpus", "disk_add", "disk_grow", "nic_add", "tags"))
-        instance = self.box.state.instance_by_name(name)
+        instance = self.state.instance_by_name(name)
         if change == "memory":
-            self._run("instance_modify", reason="resize", instance=name, memory_mib=self.rng.choice(MEMORY_CHOICES_MIB))
+            self.submit((op("instance_modify", instance=name, memory_mib=self.rng.choice(MEMORY_CHOICES_MIB)),),
+                        reason="resize")
         elif change == "vcpus":
-            self._run("instance_modify", reason="resize", instance=name, vcpus=self.rng.randint(1, 4))
+            self.submit((op("instance_modify", instance=name, vcpus=self.rng.randint(1, 4)),), reason="resize")
         elif change == "disk_add" and instance.disk_template != "diskless":
-            self._run("instance_modify", reason="more space", instance=name, disk_add=(self.rng.choice(DISK_CHOICES_MIB),))
+            self.submit((op("instance_modify", instance=name, disk_add=(self.rng.choice(DISK_CHOICES_MIB),)),),
+                        reason="more space")
         elif change == "disk_grow" and instance.disks:
-            self._run("instance_modify", reason="more space", instance=name,
-                      disk_grow=((0, instance.disks[0].size_mib + 1024),))
+            self.submit((op("instance_modify", instance=name, disk_grow=((0, instance.disks[0].size_mib + 1024),)),),
+                        reason="more space")
         elif change == "nic_add":
-            self._run("instance_modify", reason="second network", instance=name,
-                      nic_add=({"mode": "bridged", "link": "br1", "mac": ""},))
+            self.submit((op("instance_modify", instance=name, nic_add=({"mode": "bridged", "link": "br1", "mac": ""},)),),
+                        reason="second network")
         elif change == "tags":
-            self._run("tags_add", reason="inventory", kind="instance", target=name,
-                      tags=(self.rng.choice(("prod", "staging", "db", "web", "backup")),))
+            self.submit((op("tags_add", kind="instance", target=name,
+                            tags=(self.rng.choice(("prod", "staging", "db", "web", "backup")),)),), reason="inventory")
 
-    def _rename(self, name: str) -> None:
-        self.serial += 1
-        if self._run("instance_shutdown", reason="rename needs it down", instance=name):
-            self.observe(name, running=False)
-        self._run("instance_rename", reason="customer rename", instance=name,
-                  new_name=f"vm{self.serial:06d}r.demo.example.com")
+    # --- the committed stream ----------------------------------------------
 
-    def _remove(self, name: str) -> None:
-        self._run("instance_remove", reason="contract ended", instance=name)
+    def _committed(self, seq: int, payload: bytes, envelope: Envelope) -> None:
+        if self.record is not None:
+            self.record(seq, payload)
+        if self.sink is not None:
+            self.sink(envelope)
+        event = envelope.event
+        kind = type(event)
+        if kind is ev.InstanceAdded and event.instance not in self.positions:
+            self.positions[event.instance] = len(self.names)
+            self.names.append(event.name)
+            self.ids.append(event.instance)
+        elif kind is ev.InstanceRenamed and event.instance in self.positions:
+            self.names[self.positions[event.instance]] = event.name
+        elif kind is ev.InstanceRemoved and event.instance in self.positions:
+            self._forget(event.instance)
 
-    # --- jobs ---------------------------------------------------------------
-
-    def _run(self, operation: str, actor: str | None = None, reason: str = "", **fields) -> bool:
-        """Run an operation if this build has it, sometimes as a job; True when it committed events.
-
-        A refusal is counted, not recorded (except as a failed job).
-        """
-        if operation not in registry.OPERATIONS:
-            return False
-        actor = actor or self.rng.choice(OPERATORS)
-        as_job = self.box.state.cluster is not None and self.rng.random() < JOB_FRACTION
-        job_id = self.box.state.next_job_id
-        if as_job:
-            self.box.commit(ev.JobSubmitted(({"op": operation, "params": fields},),
-                                            f"req-{self.rng.getrandbits(32):08x}"), actor, reason)
-        try:
-            plan = self.box.plan(operation, actor=actor, **fields)
-        except PrereqError as error:
-            self.refused += 1
-            if as_job:
-                self.box.commit(ev.JobFailed(job_id, error.code, error.message), actor, "prerequisites not met")
-            return False
-        if as_job:
-            self.box.commit(ev.JobAdmitted(job_id, tuple(r.as_payload() for r in plan.reservations), plan.macs),
-                            actor, "no conflicting claims")
-        for index, step in enumerate(plan.steps):
-            if as_job:
-                self.box.commit(ev.JobProgressed(job_id, 0, index, step.message), actor, reason)
-            for event in step.events:
-                self.box.commit(event, actor, reason)
-        if as_job:
-            self.box.commit(ev.JobSucceeded(job_id, plan.result), actor, "done")
-        self._track(operation, fields)
-        return bool(plan.steps)
-
-    def _track(self, operation: str, fields: dict) -> None:
-        """Keep the list of instance names that random picks draw from (the state's map is not indexable)."""
-        if operation == "instance_add":
-            self.names.append(fields["name"])
-        elif operation in ("instance_remove", "instance_rename"):
-            position = self.names.index(fields["instance"])
-            if operation == "instance_remove":
-                self.names[position] = self.names[-1]
-                self.names.pop()
-            else:
-                self.names[position] = fields["new_name"]
-
-    def step(self) -> None:
-        self.box.tick(self.rng.uniform(0.5, 30.0))
-        instances = len(self.box.state.instances)
-        if instances < TARGET_INSTANCES and self.rng.random() < 0.6:
-            self.add_instance()
-        else:
-            self.act_on_instance()
+    def _forget(self, instance_id: str) -> None:
+        """Drop a removed instance from the picks: the last name takes its place."""
+        position = self.positions.pop(instance_id)
+        last_name, last_id = self.names.pop(), self.ids.pop()
+        if position < len(self.names):
+            self.names[position], self.ids[position] = last_name, last_id
+            self.positions[last_id] = position
 
 
 def write_demo(path: str | os.PathLike, events: int, seed: int = 1,
@@ -199,10 +183,12 @@ def write_demo(path: str | os.PathLike, events: int, seed: int = 1,
         os.unlink(path)
     writer = RecordWriter(path)
 
-    def sink(envelope: Envelope) -> None:
-        writer.append_payload(encode(envelope))
+    def record(seq: int, payload: bytes) -> None:
+        written = writer.append_payload(payload)
+        if written.seq != seq:
+            raise AssertionError(f"the event file numbers record {written.seq} where the log committed {seq}")
 
-    demo = Demo(seed, sink)
+    demo = Demo(seed, record=record)
     demo.setup()
     report_every = max(events // 20, 1)
     while writer.count < events:

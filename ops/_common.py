@@ -14,7 +14,7 @@ from appliance.model.errors import (
 )
 from appliance.model.ids import DEFAULT_GROUP_NAME, is_hostname, is_mac, is_simple_name, is_tag, mac_from_int
 from appliance.model.state import ROLES, ClusterState, Group, Instance, Node, User
-from ops.base import Claims
+from ops.base import Claims, new_name
 
 HYPERVISORS = ("kvm", "fake")
 DISK_TEMPLATES = ("diskless", "file", "replicated")
@@ -195,21 +195,28 @@ def role(value: str) -> None:
         raise PrereqError(WRONG_INPUT, f"Invalid role '{value}'; choose one of {', '.join(ROLES)}")
 
 
-def node_names_of(state: ClusterState, found: Instance) -> frozenset:
-    """The names of an instance's primary and (if any) secondary node, for claims."""
-    names = set()
-    for node_id in (found.primary, found.secondary):
-        if node_id and node_id in state.nodes:
-            names.add(state.nodes[node_id].name)
-    return frozenset(names)
+def node_ids_of(found: Instance) -> frozenset:
+    """The ids of an instance's primary and (if any) secondary node, for claims."""
+    return frozenset(node_id for node_id in (found.primary, found.secondary) if node_id)
+
+
+def claim_key(state: ClusterState, kind: str, name: str) -> str:
+    """The claim key of an entity: its id when it exists, else the name marked as new."""
+    found = {"instance": state.instance_by_name, "node": state.node_by_name,
+             "group": state.group_by_name}[kind](name)
+    return found.id if found is not None else new_name(name)
 
 
 def instance_claims(state: ClusterState, name: str, *extra_names: str) -> Claims:
-    """Claims on an instance (by its name) and its nodes; just the name if it does not exist yet."""
+    """The instance exclusively (by id; by name while it does not exist) and its nodes shared.
+
+    `extra_names` are names the operation will give (a rename's new name).
+    """
     found = state.instance_by_name(name)
+    extra = {new_name(extra) for extra in extra_names}
     if found is None:
-        return Claims(instances=frozenset({name, *extra_names}))
-    return Claims(instances=frozenset({found.name, *extra_names}), nodes=node_names_of(state, found))
+        return Claims(instances=frozenset({new_name(name), *extra}))
+    return Claims(instances=frozenset({found.id, *extra}), shared_nodes=node_ids_of(found))
 
 
 def primary_online(state: ClusterState, found: Instance, doing: str) -> Node:
@@ -330,12 +337,9 @@ def tag_target(state: ClusterState, kind: str, target: str) -> tuple[str, str, t
 def tag_claims(state: ClusterState, kind: str, target: str) -> Claims:
     """Claims of a tag operation: the tagged object by name (the whole cluster for cluster tags)."""
     if kind == "node":
-        found = state.node_by_name(target)
-        return Claims(nodes=frozenset({found.name if found else target}))
+        return Claims(nodes=frozenset({claim_key(state, "node", target)}))
     if kind == "group":
-        found = state.group_by_name(target)
-        return Claims(groups=frozenset({found.name if found else target}))
+        return Claims(groups=frozenset({claim_key(state, "group", target)}))
     if kind == "instance":
-        found = state.instance_by_name(target)
-        return Claims(instances=frozenset({found.name if found else target}))
+        return Claims(instances=frozenset({claim_key(state, "instance", target)}))
     return Claims(cluster=True)

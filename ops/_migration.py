@@ -1,6 +1,10 @@
 """What migrate and failover share: moving a replicated instance to its secondary by swapping the two nodes.
 
-Both end in one InstanceMigrated event; they differ in what they require.
+Migrate moves the instance live in two steps (InstanceMigrationStarted, then
+InstanceMigrated once the source reports success); failover swaps the nodes in
+one InstanceFailedOver. Both plans are fixed at admission and name the nodes
+by id, so a new leader continues them and never re-plans toward the node the
+instance has already reached. They differ in what they require.
 Migrate moves a running instance live, so the instance must be marked up and
 both nodes reachable. Failover stops it on the primary and starts it on the
 secondary, so it also works for a stopped instance or an offline primary
@@ -42,14 +46,39 @@ def check_common(state, instance: str, doing: str):
     return found, primary, secondary
 
 
-def plan(state, instance: str, doing: str, timeout_s: int) -> Plan:
-    """One step: swap the nodes, then (if the instance is marked up) wait to see it run on the new primary."""
+def migrate_plan(state, instance: str, timeout_s: int) -> Plan:
+    """Two steps, both fixed at admission: migrate live to the secondary, then make it the primary.
+
+    The first step asks the source to migrate and waits for it to say how it
+    went; a failure or a timeout commits InstanceMigrationAborted (the target
+    must then confirm the instance is not running there before anyone starts
+    it) and the job fails with the source still running the instance.
+    """
+    found = _common.instance(state, instance)
+    primary, secondary = state.nodes[found.primary], state.nodes[found.secondary]
+    migrate = Step(f"migrating instance {found.name} from {primary.name} to {secondary.name}",
+                   (ev.InstanceMigrationStarted(found.id, primary.id, secondary.id),),
+                   (Wait("migration_finished", found.id, primary.id, timeout_s, "compensate"),),
+                   (ev.InstanceMigrationAborted(found.id, secondary.id),))
+    switch = Step(f"making {secondary.name} the primary node of instance {found.name}",
+                  (ev.InstanceMigrated(found.id, secondary.id, primary.id),),
+                  (Wait("observed_running", found.id, secondary.id, timeout_s),))
+    return Plan(steps=(migrate, switch), reservations=(Reservation(secondary.id, found.memory_mib, 0),),
+                result={"primary": secondary.name, "secondary": primary.name})
+
+
+def failover_plan(state, instance: str, timeout_s: int) -> Plan:
+    """One step: swap the nodes; an instance marked up is then waited for on the new primary.
+
+    The new primary starts it only once the old primary has confirmed it stopped
+    there (or is fenced): InstanceFailedOver puts the old primary in `pending_stop`.
+    """
     found = _common.instance(state, instance)
     primary, secondary = state.nodes[found.primary], state.nodes[found.secondary]
     waits = ()
     if found.admin_state == "up":
         waits = (Wait("observed_running", found.id, secondary.id, timeout_s),)
-    step = Step(f"{doing} instance {found.name} from {primary.name} to {secondary.name}",
-                (ev.InstanceMigrated(found.id, secondary.id, primary.id),), waits)
+    step = Step(f"failing over instance {found.name} from {primary.name} to {secondary.name}",
+                (ev.InstanceFailedOver(found.id, secondary.id, primary.id),), waits)
     return Plan(steps=(step,), reservations=(Reservation(secondary.id, found.memory_mib, 0),),
                 result={"primary": secondary.name, "secondary": primary.name})

@@ -6,12 +6,15 @@ from appliance.model import events as ev
 from appliance.model.errors import ALREADY_EXISTS, WRONG_INPUT, PrereqError
 from appliance.model.ids import group_id, is_mac_prefix, is_simple_name
 from ops import _common
-from ops.base import Claims, Plan, one_step
+from ops.base import Claims, Plan, one_step, no_prepare
 
 NAME = "cluster_init"
 OPCODE = "CLUSTER_INIT"
 ROLE = "admin"
 BEFORE_INIT = True
+DRAIN_EXEMPT = False
+REFERENCES = {}
+prepare = no_prepare
 FEATURE_LEVEL = 1
 
 

@@ -19,12 +19,15 @@ from appliance.model import events as ev
 from appliance.model.errors import WRONG_INPUT, PrereqError
 from appliance.model.state import MODES
 from ops import _common
-from ops.base import Claims, Plan, one_step
+from ops.base import Claims, Plan, one_step, no_prepare
 
 NAME = "cluster_mode"
 OPCODE = "CLUSTER_SET_MODE"
 ROLE = "admin"
 DRAIN_EXEMPT = True
+BEFORE_INIT = False
+REFERENCES = {"target": "node"}
+prepare = no_prepare
 NODE_MODES = ("maintenance",)
 
 
@@ -38,8 +41,7 @@ class Params:
 
 def claims(state, params: Params) -> Claims:
     if params.mode in NODE_MODES:
-        found = state.node_by_name(params.target)
-        return Claims(nodes=frozenset({found.name if found else params.target}))
+        return Claims(nodes=frozenset({_common.claim_key(state, "node", params.target)}))
     # Cluster-wide modes deliberately claim nothing: draining must not wait behind the jobs it is meant to stop.
     return Claims()
 

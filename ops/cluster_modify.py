@@ -12,11 +12,15 @@ from appliance.model import events as ev
 from appliance.model.errors import FEATURE_LEVEL, WRONG_INPUT, WRONG_STATE, PrereqError
 from appliance.model.ids import is_mac_prefix
 from ops import _common
-from ops.base import Claims, Plan, one_step
+from ops.base import Claims, Plan, one_step, no_prepare
 
 NAME = "cluster_modify"
 OPCODE = "CLUSTER_SET_PARAMS"
 ROLE = "admin"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {}
+prepare = no_prepare
 HIGHEST_FEATURE_LEVEL = max(cls.SINCE_LEVEL for cls in ev.REGISTRY.values())
 CHANGES = ("enabled_hypervisors", "enabled_disk_templates", "default_hypervisor", "ipolicy", "mac_prefix",
            "feature_level", "fencing_interval_s", "recovery_interval_s")
@@ -111,4 +115,5 @@ def plan(state, params: Params) -> Plan:
     changes = changes_of(state, params)
     if not changes:
         return Plan(steps=(), result="the cluster already has the requested settings")
-    return one_step("modifying cluster parameters", ev.ClusterModified(changes), result=changes)
+    event = ev.ClusterModified(**{key: changes.get(key) for key in CHANGES})
+    return one_step("modifying cluster parameters", event, result=changes)

@@ -7,11 +7,14 @@ from appliance.model import events as ev
 from appliance.model.errors import WRONG_INPUT, PrereqError
 from appliance.model.ids import group_id
 from ops import _common
-from ops.base import Claims, Plan, one_step
+from ops.base import Claims, Plan, new_name, one_step
 
 NAME = "group_add"
 OPCODE = "GROUP_ADD"
 ROLE = "admin"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {}
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ def prepare(state, params: Params, rng: random.Random) -> Params:
 
 
 def claims(state, params: Params) -> Claims:
-    return Claims(groups=frozenset({params.name}))
+    return Claims(groups=frozenset({new_name(params.name)}))
 
 
 def check(state, params: Params) -> None:

@@ -11,11 +11,15 @@ from dataclasses import dataclass
 from appliance.model import events as ev
 from appliance.model.errors import WRONG_INPUT, WRONG_STATE, PrereqError
 from ops import _common
-from ops.base import Claims, Plan, one_step
+from ops.base import Claims, Plan, one_step, no_prepare
 
 NAME = "group_assign_nodes"
 OPCODE = "GROUP_ASSIGN_NODES"
 ROLE = "admin"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"group": "group", "nodes": "nodes"}
+prepare = no_prepare
 
 
 @dataclass(frozen=True)
@@ -26,9 +30,8 @@ class Params:
 
 
 def claims(state, params: Params) -> Claims:
-    found = state.group_by_name(params.group)
-    names = {n.name if n else name for name, n in ((name, state.node_by_name(name)) for name in params.nodes)}
-    return Claims(nodes=frozenset(names), groups=frozenset({found.name if found else params.group}))
+    return Claims(nodes=frozenset(_common.claim_key(state, "node", name) for name in params.nodes),
+                  groups=frozenset({_common.claim_key(state, "group", params.group)}))
 
 
 def moving(state, params: Params) -> list:

@@ -4,11 +4,15 @@ from dataclasses import dataclass
 
 from appliance.model import events as ev
 from ops import _common
-from ops.base import Claims, Plan, one_step
+from ops.base import Claims, Plan, new_name, no_prepare, one_step
 
 NAME = "group_rename"
 OPCODE = "GROUP_RENAME"
 ROLE = "admin"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"group": "group"}
+prepare = no_prepare
 
 
 @dataclass(frozen=True)
@@ -18,8 +22,7 @@ class Params:
 
 
 def claims(state, params: Params) -> Claims:
-    found = state.group_by_name(params.group)
-    return Claims(groups=frozenset({found.name if found else params.group, params.new_name}))
+    return Claims(groups=frozenset({_common.claim_key(state, "group", params.group), new_name(params.new_name)}))
 
 
 def check(state, params: Params) -> None:

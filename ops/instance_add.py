@@ -7,10 +7,14 @@ from appliance.model import events as ev
 from appliance.model.errors import WRONG_INPUT, PrereqError
 from appliance.model.ids import instance_id
 from ops import _common
-from ops.base import Claims, Plan, Reservation, Step, Wait
+from ops.base import Claims, new_name, Plan, Reservation, Step, Wait
 
 NAME = "instance_add"
 OPCODE = "INSTANCE_CREATE"
+ROLE = "operator"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"primary": "node", "secondary": "node"}
 DEFAULT_LINK = "br0"
 
 
@@ -41,7 +45,8 @@ def prepare(state, params: Params, rng: random.Random) -> Params:
 
 def claims(state, params: Params) -> Claims:
     nodes = {params.primary} | ({params.secondary} if params.secondary else set())
-    return Claims(instances=frozenset({params.name}), nodes=frozenset(nodes))
+    return Claims(instances=frozenset({new_name(params.name)}),
+                  shared_nodes=frozenset(_common.claim_key(state, "node", node) for node in nodes))
 
 
 def check(state, params: Params) -> None:

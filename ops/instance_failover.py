@@ -3,10 +3,15 @@
 from dataclasses import dataclass
 
 from ops import _common, _migration
-from ops.base import Claims, Plan
+from ops.base import Claims, Plan, no_prepare
 
 NAME = "instance_failover"
 OPCODE = "INSTANCE_FAILOVER"
+ROLE = "operator"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"instance": "instance"}
+prepare = no_prepare
 
 
 @dataclass(frozen=True)
@@ -25,4 +30,5 @@ def check(state, params: Params) -> None:
 
 
 def plan(state, params: Params) -> Plan:
-    return _migration.plan(state, params.instance, "failing over", params.timeout_s)
+    """One InstanceFailedOver (the old primary must then confirm it stopped the instance), as _migration builds it."""
+    return _migration.failover_plan(state, params.instance, params.timeout_s)

@@ -4,10 +4,15 @@ from dataclasses import dataclass
 
 from appliance.model.errors import WRONG_STATE, PrereqError
 from ops import _migration
-from ops.base import Claims, Plan
+from ops.base import Claims, Plan, no_prepare
 
 NAME = "instance_migrate"
 OPCODE = "INSTANCE_MIGRATE"
+ROLE = "operator"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"instance": "instance"}
+prepare = no_prepare
 
 
 @dataclass(frozen=True)
@@ -41,5 +46,6 @@ def check(state, params: Params) -> None:
 
 
 def plan(state, params: Params) -> Plan:
-    doing = "failing over" if falls_back(state, params) else "migrating"
-    return _migration.plan(state, params.instance, doing, params.timeout_s)
+    if falls_back(state, params):
+        return _migration.failover_plan(state, params.instance, params.timeout_s)
+    return _migration.migrate_plan(state, params.instance, params.timeout_s)

@@ -20,6 +20,10 @@ from ops.instance_add import DEFAULT_LINK
 
 NAME = "instance_modify"
 OPCODE = "INSTANCE_SET_PARAMS"
+ROLE = "operator"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"instance": "instance"}
 CHANGES = ("memory_mib", "vcpus", "hvparams", "disk_add", "disk_grow", "nic_add", "nic_remove", "nic_modify")
 
 

@@ -4,10 +4,15 @@ from dataclasses import dataclass
 
 from appliance.model import events as ev
 from ops import _common
-from ops.base import Claims, Plan, Step, Wait
+from ops.base import Claims, Plan, Step, Wait, no_prepare
 
 NAME = "instance_remove"
 OPCODE = "INSTANCE_REMOVE"
+ROLE = "operator"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"instance": "instance"}
+prepare = no_prepare
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,15 @@ from dataclasses import dataclass
 from appliance.model import events as ev
 from appliance.model.errors import WRONG_STATE, PrereqError
 from ops import _common
-from ops.base import Claims, Plan, one_step
+from ops.base import Claims, Plan, one_step, no_prepare
 
 NAME = "instance_rename"
 OPCODE = "INSTANCE_RENAME"
+ROLE = "operator"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"instance": "instance"}
+prepare = no_prepare
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,15 @@ from dataclasses import dataclass
 
 from appliance.model import events as ev
 from ops import _common
-from ops.base import Claims, Plan, Wait, one_step
+from ops.base import Claims, Plan, Wait, one_step, no_prepare
 
 NAME = "instance_shutdown"
 OPCODE = "INSTANCE_SHUTDOWN"
+ROLE = "operator"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"instance": "instance"}
+prepare = no_prepare
 
 
 @dataclass(frozen=True)

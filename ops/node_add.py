@@ -7,11 +7,14 @@ from appliance.model import events as ev
 from appliance.model.errors import ALREADY_EXISTS, WRONG_INPUT, PrereqError
 from appliance.model.ids import node_id
 from ops import _common
-from ops.base import Claims, Plan, one_step
+from ops.base import Claims, Plan, new_name, one_step
 
 NAME = "node_add"
 OPCODE = "NODE_ADD"
 ROLE = "admin"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"group": "group"}
 MAX_VOTERS = 5
 DEFAULT_PORT = 7800
 
@@ -35,7 +38,7 @@ def prepare(state, params: Params, rng: random.Random) -> Params:
 
 
 def claims(state, params: Params) -> Claims:
-    return Claims(nodes=frozenset({params.name}))
+    return Claims(nodes=frozenset({new_name(params.name)}), shared_groups=frozenset({_common.claim_key(state, "group", params.group)}))
 
 
 def address_of(params: Params) -> str:

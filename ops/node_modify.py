@@ -6,6 +6,10 @@ Choices, Ganeti-strict where it is sensible (none can be overridden):
 - Offlining a node that holds instances is allowed: it is how an operator
   declares a dead node dead before failing its instances over. Offlining a
   voter is refused when the voters left online would be fewer than a majority.
+- Offlining is also the operator's fence proof: the plan records NodeFenced
+  right after the NodeModified, the operator's assertion that the unreachable
+  node is dead, so its instances may start elsewhere without that node first
+  confirming they stopped there. Bringing the node online clears the proof.
 - vm_capable cannot be unset while the node holds instances (Ganeti's rule).
 - A voter must stay master_capable: make it a non-voter in the same request.
   There are at most five voters, and the last voter cannot be demoted.
@@ -18,12 +22,16 @@ from appliance.model import events as ev
 from appliance.model.errors import WRONG_INPUT, WRONG_STATE, PrereqError
 from appliance.model.state import NODE_ROLES, NodeUsage
 from ops import _common
-from ops.base import Claims, Plan, Step
+from ops.base import Claims, Plan, Step, no_prepare
 from ops.node_add import MAX_VOTERS
 
 NAME = "node_modify"
 OPCODE = "NODE_SET_PARAMS"
 ROLE = "admin"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"node": "node"}
+prepare = no_prepare
 FLAGS = ("offline", "drained", "master_capable", "vm_capable")
 CHANGES = FLAGS + ("role", "memory_mib", "disk_mib", "cpus")
 
@@ -42,8 +50,7 @@ class Params:
 
 
 def claims(state, params: Params) -> Claims:
-    found = state.node_by_name(params.node)
-    return Claims(nodes=frozenset({found.name if found else params.node}))
+    return Claims(nodes=frozenset({_common.claim_key(state, "node", params.node)}))
 
 
 def flag_changes(found, params: Params) -> dict:
@@ -130,7 +137,9 @@ def plan(state, params: Params) -> Plan:
     events = []
     changes = flag_changes(found, params)
     if changes:
-        events.append(ev.NodeModified(found.id, changes))
+        events.append(ev.NodeModified(found.id, **{key: changes.get(key) for key in FLAGS + ("role",)}))
+    if changes.get("offline"):
+        events.append(ev.NodeFenced(found.id, "operator", "marked offline by the operator"))
     current = (found.memory_mib, found.disk_mib, found.cpus)
     given = (params.memory_mib, params.disk_mib, params.cpus)
     capacity = tuple(old if new is None else new for old, new in zip(current, given))

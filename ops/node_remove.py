@@ -6,11 +6,15 @@ from appliance.model import events as ev
 from appliance.model.errors import WRONG_STATE, PrereqError
 from appliance.model.state import MODES, NodeUsage
 from ops import _common
-from ops.base import Claims, Plan, one_step
+from ops.base import Claims, Plan, one_step, no_prepare
 
 NAME = "node_remove"
 OPCODE = "NODE_REMOVE"
 ROLE = "admin"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"node": "node"}
+prepare = no_prepare
 
 
 @dataclass(frozen=True)
@@ -19,8 +23,7 @@ class Params:
 
 
 def claims(state, params: Params) -> Claims:
-    found = state.node_by_name(params.node)
-    return Claims(nodes=frozenset({found.name if found else params.node}))
+    return Claims(nodes=frozenset({_common.claim_key(state, "node", params.node)}))
 
 
 def check(state, params: Params) -> None:

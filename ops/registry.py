@@ -2,15 +2,16 @@
 
 from types import ModuleType
 
+from ops.base import conforms
 from ops import (
     cluster_init, cluster_mode, cluster_modify, group_add, group_assign_nodes, group_remove, group_rename, instance_add, instance_failover,
     instance_migrate, instance_modify, instance_reboot, instance_remove, instance_rename, instance_shutdown,
-    instance_startup, node_add, node_modify, node_remove, tags_add, tags_remove, user_add, user_remove,
+    instance_startup, node_add, node_migrate, node_modify, node_remove, tags_add, tags_remove, user_add, user_remove,
     user_set_role,
 )
 
 OPERATIONS: dict[str, ModuleType] = {
-    module.NAME: module
+    module.NAME: conforms(module)
     for module in (
         cluster_init,
         node_add,
@@ -24,6 +25,7 @@ OPERATIONS: dict[str, ModuleType] = {
         instance_migrate,
         instance_failover,
         node_remove,
+        node_migrate,
         node_modify,
         group_add,
         group_remove,

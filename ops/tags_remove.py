@@ -5,10 +5,15 @@ from dataclasses import dataclass
 from appliance.model import events as ev
 from appliance.model.errors import UNKNOWN_ENTITY, PrereqError
 from ops import _common
-from ops.base import Claims, Plan, one_step
+from ops.base import Claims, Plan, one_step, no_prepare
 
 NAME = "tags_remove"
 OPCODE = "TAGS_DEL"
+ROLE = "operator"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {"target": "tag_target"}
+prepare = no_prepare
 
 
 @dataclass(frozen=True)

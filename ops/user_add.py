@@ -6,11 +6,15 @@ from appliance.model import events as ev
 from appliance.model.errors import ALREADY_EXISTS, WRONG_INPUT, PrereqError
 from appliance.model.ids import is_simple_name
 from ops import _common
-from ops.base import Claims, Plan, one_step
+from ops.base import Claims, Plan, one_step, no_prepare
 
 NAME = "user_add"
 OPCODE = "USER_ADD"
 ROLE = "admin"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {}
+prepare = no_prepare
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,15 @@ from dataclasses import dataclass
 
 from appliance.model import events as ev
 from ops import _common
-from ops.base import Claims, Plan, one_step
+from ops.base import Claims, Plan, one_step, no_prepare
 
 NAME = "user_set_role"
 OPCODE = "USER_SET_ROLE"
 ROLE = "admin"
+DRAIN_EXEMPT = False
+BEFORE_INIT = False
+REFERENCES = {}
+prepare = no_prepare
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 Envelope keys: `event_id` (16 bytes; a retry reuses it), `type`, `version`,
 `payload`, `actor` and `reason` (the audit trail), `proposed_at` (seconds since
-the epoch, as the proposer's clock read it). Encoding is canonical (sorted
-keys, shortest forms) so every node writes identical bytes. Decoding upcasts
-old versions and refuses, loudly, what it does not know.
+the epoch, as the proposer's clock read it) and `job` (the job that caused the
+event, 0 for none; envelopes written before it existed have no such key and
+read as 0). Encoding is canonical (sorted keys, shortest forms) so every node
+writes identical bytes. Decoding upcasts old versions and refuses, loudly,
+what it does not know.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from appliance.model import events
 from appliance.model.errors import UndecodableEvent
 from appliance.model.ids import EVENT_ID_BYTES
 
-ENVELOPE_KEYS = frozenset({"event_id", "type", "version", "payload", "actor", "reason", "proposed_at"})
+ENVELOPE_KEYS = frozenset({"event_id", "type", "version", "payload", "actor", "reason", "proposed_at", "job"})
+# The envelope before `job` was added: still read, as job 0, never written.
+ENVELOPE_KEYS_V1 = ENVELOPE_KEYS - {"job"}
 
 
 class Envelope(NamedTuple):
@@ -30,6 +34,7 @@ class Envelope(NamedTuple):
     actor: str
     reason: str
     proposed_at: float
+    job: int = 0          # the job that caused the event; 0 when no job did
 
     @property
     def type_name(self) -> str:
@@ -69,6 +74,7 @@ def envelope_dict(envelope: Envelope) -> dict[str, Any]:
         "actor": envelope.actor,
         "reason": envelope.reason,
         "proposed_at": envelope.proposed_at,
+        "job": envelope.job,
     }
 
 
@@ -83,7 +89,7 @@ def encode(envelope: Envelope) -> bytes:
 _FAST = {number: (cls, cls.VERSION, len(cls.FIELDS), cls.GETTER, cls.CONTAINER_INDEXES)
          for number, cls in events.REGISTRY.items()}
 _ENVELOPE_SIZE = len(ENVELOPE_KEYS)
-_ENVELOPE = itemgetter("event_id", "type", "version", "payload", "actor", "reason", "proposed_at")
+_ENVELOPE = itemgetter("event_id", "type", "version", "payload", "actor", "reason", "proposed_at", "job")
 
 
 def decode(data: bytes, seq: int | None = None) -> Envelope:
@@ -96,20 +102,20 @@ def decode(data: bytes, seq: int | None = None) -> Envelope:
     # Missing keys raise KeyError and wrong shapes fall through to the checked path, which names the fault.
     if type(raw) is dict and len(raw) == _ENVELOPE_SIZE:
         try:
-            event_id, type_number, version, payload, actor, reason, proposed_at = _ENVELOPE(raw)
+            event_id, type_number, version, payload, actor, reason, proposed_at, job = _ENVELOPE(raw)
             cls, current, size, getter, containers = _FAST[type_number]
             if (version == current and type(payload) is dict and len(payload) == size
-                    and type(event_id) is bytes and len(event_id) == EVENT_ID_BYTES):
+                    and type(event_id) is bytes and len(event_id) == EVENT_ID_BYTES and type(job) is int and job >= 0):
                 values = getter(payload)
                 if containers:
                     values = list(values)
                     for index in containers:
                         if type(values[index]) in _CONTAINERS:
                             values[index] = freeze(values[index])
-                return _tuple_new(Envelope, (event_id, _tuple_new(cls, values), actor, reason, proposed_at))
+                return _tuple_new(Envelope, (event_id, _tuple_new(cls, values), actor, reason, proposed_at, job))
         except (KeyError, TypeError):
             pass
-    if not isinstance(raw, dict) or raw.keys() != ENVELOPE_KEYS:
+    if not isinstance(raw, dict) or (raw.keys() != ENVELOPE_KEYS and raw.keys() != ENVELOPE_KEYS_V1):
         raise UndecodableEvent("payload is not a Cairn event envelope", seq)
     return from_dict(raw, seq)
 
@@ -131,18 +137,26 @@ def _from_dict_checked(raw: dict[str, Any], seq: int | None) -> Envelope:
     if not isinstance(payload, dict):
         raise UndecodableEvent(f"{cls.__name__} payload is not a map", seq)
     if version < cls.VERSION:
-        payload = events.upcast(cls, version, payload)
+        try:
+            payload = events.upcast(cls, version, payload)
+        except UndecodableEvent as error:
+            raise UndecodableEvent(f"{cls.__name__} v{version} cannot be upcast: {error.message}", seq) from None
+        except ValueError as error:
+            raise UndecodableEvent(f"{cls.__name__} v{version} cannot be upcast: {error}", seq) from None
     if payload.keys() != cls.FIELD_SET:
         raise UndecodableEvent(f"{cls.__name__} v{version} payload has fields {sorted(payload)}, "
                                f"expected {sorted(cls.FIELDS)}", seq)
     event_id = raw["event_id"]
     if not isinstance(event_id, bytes) or len(event_id) != EVENT_ID_BYTES:
         raise UndecodableEvent("event_id is not 16 bytes", seq)
+    job = raw.get("job", 0)
+    if type(job) is not int or job < 0:
+        raise UndecodableEvent(f"envelope job {job!r} is not a job id (a non-negative integer)", seq)
     try:
         event_value = cls(**{k: freeze(v) for k, v in payload.items()})
     except TypeError as error:
         raise UndecodableEvent(f"{cls.__name__} payload does not fit ({error})", seq) from None
-    return Envelope(event_id, event_value, str(raw["actor"]), str(raw["reason"]), float(raw["proposed_at"]))
+    return Envelope(event_id, event_value, str(raw["actor"]), str(raw["reason"]), float(raw["proposed_at"]), job)
 
 
 def to_json_ready(envelope: Envelope, seq: int | None = None) -> dict[str, Any]:
@@ -156,6 +170,7 @@ def to_json_ready(envelope: Envelope, seq: int | None = None) -> dict[str, Any]:
         "actor": envelope.actor,
         "reason": envelope.reason,
         "proposed_at": envelope.proposed_at,
+        "job": envelope.job,
         "payload": _json_value(events.payload_of(envelope.event)),
     }
     return line

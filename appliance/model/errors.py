@@ -45,6 +45,7 @@ class UndecodableEvent(CairnError):
 
     def __init__(self, message: str, seq: int | None = None) -> None:
         self.seq = seq
+        self.message = message
         where = f"event at seq {seq}: " if seq is not None else ""
         super().__init__(
             f"{where}{message}; this node stops applying the log here (it never skips an event). "

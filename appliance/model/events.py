@@ -18,6 +18,9 @@ NAMES: dict[str, type] = {}
 # Ranges by family, so a number tells what it is about.
 CLUSTER, TAGS, USERS, GROUPS, NODES, INSTANCES, JOBS = 0x0100, 0x0110, 0x0200, 0x0300, 0x0400, 0x0500, 0x0600
 
+# Annotations whose values may be lists or dicts after CBOR decoding (and so are frozen on read).
+_CONTAINER_KINDS = ("tuple", "dict", "Any", "tuple | None", "dict | None")
+
 
 def event(type: int, version: int = 1, since_level: int = 1):
     """Register an event class under a fixed type number and its current version."""
@@ -34,7 +37,7 @@ def event(type: int, version: int = 1, since_level: int = 1):
         cls.GETTER = itemgetter(*cls.FIELDS) if len(cls.FIELDS) > 1 else _single_getter(cls.FIELDS[0])
         # Fields that may hold lists after CBOR decoding; only these are frozen into tuples on read.
         cls.CONTAINER_INDEXES = tuple(i for i, name in enumerate(cls.FIELDS)
-                                      if cls.ANNOTATIONS[name] in ("tuple", "dict", "Any"))
+                                      if cls.ANNOTATIONS[name] in _CONTAINER_KINDS)
         for old in range(1, version):
             if not hasattr(cls, f"upcast_v{old}_to_v{old + 1}"):
                 raise ValueError(f"{cls.__name__} v{version} lacks upcast_v{old}_to_v{old + 1}")
@@ -81,12 +84,20 @@ def frozen(cls):
     Not dataclasses: replay decodes one event per record, and building a tuple
     is several times cheaper than a frozen dataclass's __init__. Equality also
     compares the class, so two events with equal fields but different types
-    never compare equal.
+    never compare equal. A field may have a default (only trailing fields, as
+    in any named tuple) so that code written before a new version keeps
+    building the event; the encoded payload always carries every field.
     """
     annotations = dict(cls.__dict__.get("__annotations__", {}))
     built = NamedTuple(cls.__name__, [(name, Any) for name in annotations])
+    defaults = {name: cls.__dict__[name] for name in annotations if name in cls.__dict__}
+    if defaults:
+        if list(defaults) != list(annotations)[len(annotations) - len(defaults):]:
+            raise ValueError(f"{cls.__name__}: only trailing fields may have defaults, got {sorted(defaults)}")
+        built.__new__.__defaults__ = tuple(defaults.values())
+        built._field_defaults = defaults
     for name, value in cls.__dict__.items():
-        if name not in ("__annotations__", "__dict__", "__weakref__"):
+        if name not in ("__annotations__", "__dict__", "__weakref__") and name not in annotations:
             setattr(built, name, value)
     built.__module__ = cls.__module__
     built.__qualname__ = cls.__qualname__
@@ -112,10 +123,23 @@ class ClusterInitialized:
     default_group: str
 
 
-@event(CLUSTER + 2)
+@event(CLUSTER + 2, version=2)
 @frozen
 class ClusterModified:
-    changes: dict
+    """Cluster parameters changed; None means unchanged (v1 held an open `changes` dict)."""
+    enabled_hypervisors: tuple | None
+    enabled_disk_templates: tuple | None
+    default_hypervisor: str | None
+    ipolicy: dict | None
+    mac_prefix: str | None
+    feature_level: int | None
+    fencing_interval_s: int | None
+    recovery_interval_s: int | None
+
+    @staticmethod
+    def upcast_v1_to_v2(payload: dict) -> dict:
+        rest, changes = _split_v1(payload, "ClusterModified", "changes")
+        return {**rest, **_typed_changes("ClusterModified", ClusterModified.FIELDS, changes)}
 
 
 @event(CLUSTER + 3)
@@ -132,6 +156,14 @@ class ModeSet:
 class ModeCleared:
     mode: str
     target: str
+
+
+@event(CLUSTER + 5)
+@frozen
+class LeaderElected:
+    """A node became the leader for `term` (terms only go up: an older term's claim changes nothing)."""
+    node: str
+    term: int
 
 
 @event(TAGS + 0)
@@ -224,12 +256,21 @@ class NodeRemoved:
     node: str
 
 
-@event(NODES + 3)
+@event(NODES + 3, version=2)
 @frozen
 class NodeModified:
-    """Flags changed: keys among offline, drained, master_capable, vm_capable, role."""
+    """A node's flags or role changed; None means unchanged (v1 held an open `changes` dict)."""
     node: str
-    changes: dict
+    offline: bool | None
+    drained: bool | None
+    master_capable: bool | None
+    vm_capable: bool | None
+    role: str | None
+
+    @staticmethod
+    def upcast_v1_to_v2(payload: dict) -> dict:
+        rest, changes = _split_v1(payload, "NodeModified", "changes")
+        return {**rest, **_typed_changes("NodeModified", NodeModified.FIELDS[1:], changes)}
 
 
 @event(NODES + 4)
@@ -239,6 +280,15 @@ class NodeCapacityDetected:
     memory_mib: int
     disk_mib: int
     cpus: int
+
+
+@event(NODES + 5)
+@frozen
+class NodeFenced:
+    """A fence proof: the node's instances are known dead (`proof` says how: "operator", "watchdog", ...)."""
+    node: str
+    proof: str
+    detail: str
 
 
 # --- instances -------------------------------------------------------------
@@ -347,24 +397,108 @@ class InstanceRenamed:
 @event(INSTANCES + 13)
 @frozen
 class InstanceMigrated:
-    """The instance's primary (and secondary) changed; used by migrate, failover and move."""
+    """The instance moved live to a new primary (live migration only: the old primary stopped it itself)."""
     instance: str
     primary: str
     secondary: str
 
 
-@event(INSTANCES + 16)
+# 0x050e and 0x050f are left alone on purpose.
+
+
+@event(INSTANCES + 16, version=2)
 @frozen
 class InstanceObservedRunning:
+    """A node saw the instance running, at the state of `seen_at_seq` (v1: 0)."""
     instance: str
     node: str
+    seen_at_seq: int = 0
+
+    @staticmethod
+    def upcast_v1_to_v2(payload: dict) -> dict:
+        return {**payload, "seen_at_seq": 0}
 
 
-@event(INSTANCES + 17)
+@event(INSTANCES + 17, version=2)
 @frozen
 class InstanceObservedStopped:
+    """A node saw the instance not running there; `cause` is shutdown, crashed, guest or absent (v1: shutdown)."""
     instance: str
     node: str
+    seen_at_seq: int = 0
+    cause: str = "shutdown"
+
+    @staticmethod
+    def upcast_v1_to_v2(payload: dict) -> dict:
+        return {**payload, "seen_at_seq": 0, "cause": "shutdown"}
+
+
+@event(INSTANCES + 18)
+@frozen
+class InstanceFailedOver:
+    """The instance's primary changed without a live migration: the old primary must confirm it stopped it."""
+    instance: str
+    primary: str
+    secondary: str
+
+
+@event(INSTANCES + 19)
+@frozen
+class InstanceMigrationStarted:
+    """A live migration from `source` to `target` began."""
+    instance: str
+    source: str
+    target: str
+
+
+@event(INSTANCES + 20)
+@frozen
+class InstanceMigrationFinished:
+    """The source node reports how a live migration ended, at the state of `seen_at_seq`."""
+    instance: str
+    source: str
+    target: str
+    ok: bool
+    message: str
+    seen_at_seq: int
+
+
+@event(INSTANCES + 21)
+@frozen
+class InstanceMigrationAborted:
+    """A live migration was given up (the compensating step): the target must confirm no copy runs there."""
+    instance: str
+    target: str
+
+
+@event(INSTANCES + 22)
+@frozen
+class InstanceRestartDecided:
+    """The instance crashed and will be restarted on `node` after `delay_s` (attempt 1, 2, ...)."""
+    instance: str
+    node: str
+    attempt: int
+    delay_s: float
+
+
+@event(INSTANCES + 23)
+@frozen
+class InstanceRestartsExhausted:
+    """The instance crashed again after `attempts` restarts: it is left in error for a person to look at."""
+    instance: str
+    node: str
+    attempts: int
+
+
+@event(INSTANCES + 24)
+@frozen
+class DiskStateObserved:
+    """A node saw one replicated disk's state (SYNCING, UPTODATE or DEGRADED) and how far it has synced."""
+    instance: str
+    disk: int
+    node: str
+    state: str
+    sync_percent: float
 
 
 # --- jobs ------------------------------------------------------------------
@@ -377,13 +511,29 @@ class JobSubmitted:
     request_id: str
 
 
-@event(JOBS + 2)
+@event(JOBS + 2, version=2)
 @frozen
 class JobAdmitted:
-    """The leader admitted a job; `reservations` hold what it will consume until it ends."""
+    """The leader admitted a job; `claims` (opaque plain data) say what it locks until it ends.
+
+    Version 1 carried the job's reservations and MACs instead; they now come
+    with each operation's plan (JobOperationPlanned). A v1 record is upcast to
+    one claim holding them (see V1_HOLDINGS), which replay puts back on the
+    job as the v1 handler did, so an old history folds to the state it always
+    folded to.
+    """
     job: int
-    reservations: tuple
-    macs: tuple
+    claims: tuple
+
+    @staticmethod
+    def upcast_v1_to_v2(payload: dict) -> dict:
+        rest, reservations, macs = _split_v1(payload, "JobAdmitted", "reservations", "macs")
+        # A list, as CBOR decodes one, so that decoding freezes it (and what it holds) like any payload.
+        return {**rest, "claims": [{V1_HOLDINGS: True, "reservations": reservations, "macs": macs}]}
+
+
+# The key that marks the one claim an upcast JobAdmitted v1 carries (its reservations and MACs).
+V1_HOLDINGS = "admitted_v1_holdings"
 
 
 @event(JOBS + 3)
@@ -414,6 +564,45 @@ class JobFailed:
 @frozen
 class JobCanceled:
     job: int
+
+
+@event(JOBS + 7)
+@frozen
+class JobOperationPlanned:
+    """The committed plan of one operation of a job (`steps` are opaque plain data); the first one wins."""
+    job: int
+    operation_index: int
+    params: dict
+    steps: tuple
+    reservations: tuple
+    macs: tuple
+    result: Any
+
+
+@event(JOBS + 8)
+@frozen
+class JobCancelRequested:
+    """Someone asked to cancel a job; the runner stops it at the next safe point."""
+    job: int
+
+
+def _split_v1(payload: dict[str, Any], name: str, *keys: str) -> tuple:
+    """The payload less `keys`, then the value of each key; a v1 payload missing one is refused."""
+    missing = [key for key in keys if key not in payload]
+    if missing:
+        raise ValueError(f"{name} v1 payload lacks {', '.join(missing)}")
+    return ({k: v for k, v in payload.items() if k not in keys}, *[payload[key] for key in keys])
+
+
+def _typed_changes(name: str, fields: tuple, changes: Any) -> dict[str, Any]:
+    """A v1 open `changes` dict as typed fields (None: unchanged); a key that is no field is refused."""
+    if not isinstance(changes, dict):
+        raise ValueError(f"{name} v1 payload has no 'changes' map")
+    unknown = sorted(repr(key) for key in changes if key not in fields)
+    if unknown:
+        raise ValueError(f"{name} v1 change {unknown[0]} is not one of {', '.join(fields)} "
+                         "(the record was written by a build that knew another field, or is corrupt)")
+    return {field: changes.get(field) for field in fields}
 
 
 def for_level(level: int) -> list[type]:

@@ -129,10 +129,18 @@ def _cluster_initialized(state, e, envelope, seq):
 
 @handles(ev.ClusterModified)
 def _cluster_modified(state, e, envelope, seq):
+    # Every field of the event is a cluster parameter of the same name; None leaves it unchanged.
     if state.cluster is None:
         return state
-    known = {k: v for k, v in e.changes.items() if k in ClusterParams._index and k != "tags"}
-    return state.evolve(cluster=state.cluster.evolve(**known))
+    changes = {name: value for name, value in zip(e.FIELDS, e) if value is not None}
+    return state.evolve(cluster=state.cluster.evolve(**changes))
+
+
+@handles(ev.LeaderElected)
+def _leader_elected(state, e, envelope, seq):
+    if e.term <= state.leader_term:
+        return {}
+    return {"leader_node": e.node, "leader_term": e.term}
 
 
 @handles(ev.ModeSet)
@@ -245,16 +253,30 @@ def _node_removed(state, e, envelope, seq):
                         usage=state.usage.delete(e.node) if e.node in state.usage else state.usage)
 
 
-_NODE_FLAGS = ("offline", "drained", "master_capable", "vm_capable", "role")
-
-
 @handles(ev.NodeModified)
 def _node_modified(state, e, envelope, seq):
+    # Every field but `node` is a node flag of the same name; None leaves it unchanged.
     node = state.nodes.get(e.node)
     if node is None:
         return state
-    changes = {k: v for k, v in e.changes.items() if k in _NODE_FLAGS}
+    changes = {name: value for name, value in zip(e.FIELDS[1:], e[1:]) if value is not None}
+    if e.offline is False:
+        # A node back online may run instances again: an old fence proof says nothing about them.
+        changes["fenced"] = False
     return state.evolve(nodes=state.nodes.set(e.node, node.evolve(**changes)))
+
+
+@handles(ev.NodeFenced)
+def _node_fenced(state, e, envelope, seq):
+    node = state.nodes.get(e.node)
+    if node is None:
+        return {}
+    instances = state.instances
+    for instance in state.instances.values():
+        if e.node in instance.pending_stop:
+            pending = tuple([n for n in instance.pending_stop if n != e.node])
+            instances = instances.set(instance.id, instance.evolve(pending_stop=pending))
+    return {"nodes": state.nodes.set(e.node, node.evolve(fenced=True)), "instances": instances}
 
 
 @handles(ev.NodeCapacityDetected)
@@ -308,12 +330,13 @@ def _replace_instance(state: ClusterState, old: Instance, new: Instance) -> dict
 
 @handles(ev.InstanceAdded)
 def _instance_added(state, e, envelope, seq):
-    # Built with tuple.__new__ (all sixteen fields given), the cheapest way to make a named tuple.
+    # Built with tuple.__new__ (all twenty-two fields given), the cheapest way to make a named tuple.
     instance = _tuple_new(Instance, (
         e.instance, e.name, e.primary, e.secondary, e.disk_template,
         tuple([_tuple_new(Disk, (d["size_mib"],)) for d in e.disks]),
         tuple([_tuple_new(Nic, (n["mac"], n["mode"], n["link"])) for n in e.nics]),
-        e.memory_mib, e.vcpus, e.hypervisor, e.hvparams, e.os, e.admin_state, "unknown", "", ()))
+        e.memory_mib, e.vcpus, e.hypervisor, e.hvparams, e.os, e.admin_state, "unknown", "", (),
+        (), 0, "", "", 0, ()))
     macs = state.macs
     for nic in instance.nics:
         macs = macs.set(nic.mac, instance.id)
@@ -334,9 +357,18 @@ def _instance_removed(state, e, envelope, seq):
             "instance_names": state.instance_names.delete(instance.name), "macs": macs}
 
 
+_PRIMARY = Instance._index["primary"]
 _ADMIN_STATE = Instance._index["admin_state"]
 _OBSERVED_STATE = Instance._index["observed_state"]
 _OBSERVED_NODE = Instance._index["observed_node"]
+_PENDING_STOP = Instance._index["pending_stop"]
+_MOVED_AT_SEQ = Instance._index["moved_at_seq"]
+_RESTARTS = Instance._index["restarts"]
+# Observed states an explicit start or reboot turns back into "stopped", so the reconciler starts the instance
+# (a crashed one too: a paused watcher restarts nothing on its own, but an operator's start still works).
+_AWAITING_REQUEST = ("user_down", "error", "crashed")
+# What a node saw stop, by the cause it gave.
+_STOPPED_STATES = {"shutdown": "stopped", "absent": "stopped", "crashed": "crashed", "guest": "user_down"}
 
 
 def _admin_state(state: ClusterState, instance_id: str, value: str) -> dict:
@@ -360,9 +392,45 @@ def _observed(state: ClusterState, instance_id: str, value: str, node_id: str) -
     return {"instances": state.instances.set(instance_id, _tuple_new(Instance, values))}
 
 
+def _requested_up(state: ClusterState, instance_id: str) -> dict:
+    """The changes of a start or reboot request: admin state up, restarts reset, the reconciler to act again."""
+    instance = state.instances.get(instance_id)
+    if instance is None:
+        return {}
+    observed = instance[_OBSERVED_STATE]
+    if instance[_ADMIN_STATE] == "up" and instance[_RESTARTS] == 0 and observed not in _AWAITING_REQUEST:
+        return {}
+    values = list(instance)
+    values[_ADMIN_STATE] = "up"
+    values[_RESTARTS] = 0
+    if observed in _AWAITING_REQUEST:
+        values[_OBSERVED_STATE] = "stopped"
+    return {"instances": state.instances.set(instance_id, _tuple_new(Instance, values))}
+
+
+def _changed_instance(state: ClusterState, instance_id: str, **changes) -> dict:
+    """The changes that update fields of an instance that usage does not depend on."""
+    instance = state.instances.get(instance_id)
+    if instance is None:
+        return {}
+    return {"instances": state.instances.set(instance_id, instance.evolve(**changes))}
+
+
+def _with_pending_stop(state: ClusterState, pending: tuple, node_id: str, primary: str) -> tuple:
+    """`pending` with a node added that must confirm it runs no copy.
+
+    Not added: no node, the primary itself, a fenced node (its instances are
+    known dead) or a node no longer in the cluster (nobody is left to confirm).
+    """
+    node = state.nodes.get(node_id)
+    if not node_id or node_id == primary or node is None or node.fenced or node_id in pending:
+        return pending
+    return tuple(sorted(pending + (node_id,)))
+
+
 @handles(ev.InstanceStartupRequested)
 def _instance_startup(state, e, envelope, seq):
-    return _admin_state(state, e.instance, "up")
+    return _requested_up(state, e.instance)
 
 
 @handles(ev.InstanceShutdownRequested)
@@ -372,7 +440,7 @@ def _instance_shutdown(state, e, envelope, seq):
 
 @handles(ev.InstanceRebootRequested)
 def _instance_reboot(state, e, envelope, seq):
-    return _admin_state(state, e.instance, "up")
+    return _requested_up(state, e.instance)
 
 
 @handles(ev.InstanceModified)
@@ -446,7 +514,63 @@ def _instance_migrated(state, e, envelope, seq):
     old = state.instances.get(e.instance)
     if old is None:
         return state
-    return _replace_instance(state, old, old.evolve(primary=e.primary, secondary=e.secondary))
+    return _replace_instance(state, old, old.evolve(primary=e.primary, secondary=e.secondary, moved_at_seq=seq,
+                                                    migration_target="", migration_status="", restarts=0))
+
+
+@handles(ev.InstanceFailedOver)
+def _instance_failed_over(state, e, envelope, seq):
+    old = state.instances.get(e.instance)
+    if old is None:
+        return state
+    pending = _with_pending_stop(state, old.pending_stop, old.primary, e.primary)
+    return _replace_instance(state, old, old.evolve(primary=e.primary, secondary=e.secondary, pending_stop=pending,
+                                                    moved_at_seq=seq, migration_target="", migration_status="",
+                                                    restarts=0))
+
+
+@handles(ev.InstanceMigrationStarted)
+def _instance_migration_started(state, e, envelope, seq):
+    return _changed_instance(state, e.instance, migration_target=e.target, migration_status="running")
+
+
+@handles(ev.InstanceMigrationFinished)
+def _instance_migration_finished(state, e, envelope, seq):
+    instance = state.instances.get(e.instance)
+    if instance is None or instance.migration_target != e.target:
+        return {}
+    return _changed_instance(state, e.instance, migration_status="done" if e.ok else "failed")
+
+
+@handles(ev.InstanceMigrationAborted)
+def _instance_migration_aborted(state, e, envelope, seq):
+    instance = state.instances.get(e.instance)
+    if instance is None or not instance.migration_target:
+        return {}
+    pending = _with_pending_stop(state, instance.pending_stop, instance.migration_target, instance.primary)
+    return _changed_instance(state, e.instance, pending_stop=pending, moved_at_seq=seq, migration_target="",
+                             migration_status="")
+
+
+@handles(ev.InstanceRestartDecided)
+def _instance_restart_decided(state, e, envelope, seq):
+    return _changed_instance(state, e.instance, restarts=e.attempt)
+
+
+@handles(ev.InstanceRestartsExhausted)
+def _instance_restarts_exhausted(state, e, envelope, seq):
+    return _changed_instance(state, e.instance, observed_state="error")
+
+
+@handles(ev.DiskStateObserved)
+def _disk_state_observed(state, e, envelope, seq):
+    instance = state.instances.get(e.instance)
+    if instance is None:
+        return {}
+    entries = [entry for entry in instance.disk_states if (entry[0], entry[1]) != (e.disk, e.node)]
+    entries.append((e.disk, e.node, e.state, e.sync_percent))
+    entries.sort(key=lambda entry: (entry[0], entry[1]))
+    return _changed_instance(state, e.instance, disk_states=tuple(entries))
 
 
 @handles(ev.InstanceObservedRunning)
@@ -456,7 +580,28 @@ def _instance_observed_running(state, e, envelope, seq):
 
 @handles(ev.InstanceObservedStopped)
 def _instance_observed_stopped(state, e, envelope, seq):
-    return _observed(state, e.instance, "stopped", e.node)
+    # (a) A node the instance moved away from confirms it stopped there, if it saw the move.
+    # (b) What was observed is taken from the primary, or from the node it was last seen on.
+    instance = state.instances.get(e.instance)
+    if instance is None:
+        return {}
+    node = e.node
+    values = None
+    pending = instance[_PENDING_STOP]
+    if pending and node in pending and e.seen_at_seq >= instance[_MOVED_AT_SEQ]:
+        values = list(instance)
+        values[_PENDING_STOP] = tuple([n for n in pending if n != node])
+    observed_node = instance[_OBSERVED_NODE]
+    if node == instance[_PRIMARY] or observed_node == "" or observed_node == node:
+        # A cause this build does not know still means the instance is not running there.
+        observed = _STOPPED_STATES.get(e.cause, "stopped")
+        if instance[_OBSERVED_STATE] != observed or observed_node != node:
+            values = values or list(instance)
+            values[_OBSERVED_STATE] = observed
+            values[_OBSERVED_NODE] = node
+    if values is None:
+        return {}
+    return {"instances": state.instances.set(e.instance, _tuple_new(Instance, values))}
 
 
 # --- jobs ------------------------------------------------------------------
@@ -466,11 +611,20 @@ _NEW_JOB = tuple(Job._field_defaults[name] for name in Job._fields[7:])
 
 @handles(ev.JobSubmitted)
 def _job_submitted(state, e, envelope, seq):
+    # A request id already naming a job in the state is a resubmission: the client gets that job again.
+    request_id = e.request_id
+    requests = state.job_requests
+    job_id = state.next_job_id
+    if request_id:
+        known = requests.get(request_id)
+        if known is not None and known in state.jobs:
+            return {}
+        requests = requests.set(request_id, job_id)
     # Every field given, through tuple.__new__: a named tuple's own __new__ with defaults costs several times more.
-    job = _tuple_new(Job, (state.next_job_id, e.operations, e.request_id, envelope.actor, envelope.reason,
+    job = _tuple_new(Job, (job_id, e.operations, request_id, envelope.actor, envelope.reason,
                            envelope.proposed_at, seq) + _NEW_JOB)
-    return state.evolve(jobs=state.jobs.set(job.id, job), next_job_id=job.id + 1,
-                        active_jobs=state.active_jobs.set(job.id, True))
+    return {"jobs": state.jobs.set(job_id, job), "next_job_id": job_id + 1,
+            "active_jobs": state.active_jobs.set(job_id, True), "job_requests": requests}
 
 
 def _set_job(state: ClusterState, job_id: int, **changes) -> dict:
@@ -488,14 +642,43 @@ def _finish_job(state: ClusterState, job_id: int, envelope: Envelope, **changes)
         return {}
     jobs = state.jobs.set(job_id, job.evolve(finished_at=envelope.proposed_at, **changes))
     window, evicted = state.finished_jobs.push(job_id)
+    requests = state.job_requests
     if evicted is not None and evicted in jobs:
+        request_id = jobs[evicted].request_id
         jobs = jobs.delete(evicted)
-    return {"active_jobs": state.active_jobs.delete(job_id), "finished_jobs": window, "jobs": jobs}
+        if request_id and requests.get(request_id) == evicted:
+            requests = requests.delete(request_id)
+    return {"active_jobs": state.active_jobs.delete(job_id), "finished_jobs": window, "jobs": jobs,
+            "job_requests": requests}
 
 
 @handles(ev.JobAdmitted)
 def _job_admitted(state, e, envelope, seq):
-    return _set_job(state, e.job, status="running", reservations=e.reservations, macs=e.macs)
+    claims = e.claims
+    if len(claims) == 1 and type(claims[0]) is dict and claims[0].get(ev.V1_HOLDINGS) is True:
+        # An upcast v1 record: its reservations and MACs go on the job, as the v1 handler put them.
+        held = claims[0]
+        return _set_job(state, e.job, status="running", reservations=held.get("reservations", ()),
+                        macs=held.get("macs", ()))
+    return _set_job(state, e.job, status="running", claims=claims)
+
+
+@handles(ev.JobOperationPlanned)
+def _job_operation_planned(state, e, envelope, seq):
+    # The first plan of an operation wins: a late duplicate (another leader's, a retry's) changes nothing.
+    job = state.jobs.get(e.job)
+    index = e.operation_index
+    if job is None or e.job not in state.active_jobs or index <= job.planned:
+        return {}
+    results = job.results + (job.op_result,) if index > 0 else job.results
+    return _set_job(state, e.job, plan=e.steps, operation_index=index, reservations=e.reservations, macs=e.macs,
+                    op_result=e.result, step_done=-1, step_done_at=envelope.proposed_at, results=results,
+                    planned=index)
+
+
+@handles(ev.JobCancelRequested)
+def _job_cancel_requested(state, e, envelope, seq):
+    return _set_job(state, e.job, cancel_requested=True)
 
 
 @handles(ev.JobProgressed)
@@ -504,7 +687,8 @@ def _job_progressed(state, e, envelope, seq):
     if job is None:
         return state
     return _set_job(state, e.job, progress=job.progress + ((e.operation_index, e.step),),
-                    log=job.log + ((envelope.proposed_at, e.message),))
+                    log=job.log + ((envelope.proposed_at, e.message),), step_done=e.step,
+                    step_done_at=envelope.proposed_at)
 
 
 @handles(ev.JobSucceeded)

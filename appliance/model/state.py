@@ -25,7 +25,7 @@ from appliance.model.codec import _CONTAINERS, freeze
 DEDUP_GENERATION = 50_000
 # Finished jobs beyond this many (oldest first) leave the state; the log keeps them.
 FINISHED_JOBS_KEPT = 5_000
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 ROLES = ("admin", "operator", "read-only")
 NODE_ROLES = ("voter", "non-voter")
@@ -97,6 +97,7 @@ class Node(NamedTuple):
     vm_capable: bool = True
     role: str = "voter"
     tags: tuple = ()
+    fenced: bool = False          # a fence proof was recorded: its instances are known dead
 
 
 @entity
@@ -139,6 +140,13 @@ class Instance(NamedTuple):
     observed_state: str = "unknown"
     observed_node: str = ""
     tags: tuple = ()
+    # Nodes that must confirm the instance is not running there before its primary may start it.
+    pending_stop: tuple = ()
+    moved_at_seq: int = 0         # the seq of the last event that changed where it should run
+    migration_target: str = ""
+    migration_status: str = ""    # "", "running", "done" or "failed"
+    restarts: int = 0             # consecutive crash restarts decided
+    disk_states: tuple = ()       # (disk_index, node, state, sync_percent), sorted by disk and node
 
     @property
     def disk_mib(self) -> int:
@@ -169,6 +177,15 @@ class Job(NamedTuple):
     error_code: str = ""
     error_message: str = ""
     finished_at: float | None = None
+    claims: tuple = ()
+    operation_index: int = 0      # the operation whose plan is current
+    plan: tuple = ()              # that operation's steps (plain data, opaque to the model)
+    step_done: int = -1           # the last step of that plan known done; -1: none yet
+    step_done_at: float = 0.0
+    op_result: Any = None         # that operation's result
+    cancel_requested: bool = False
+    results: tuple = ()           # the results of the operations before the current one
+    planned: int = -1             # the last operation index with a plan (-1: none); a plan up to it is a duplicate
 
 
 @entity
@@ -274,6 +291,9 @@ class ClusterState(NamedTuple):
     next_job_id: int = 1
     recent_events: RecentIds = RecentIds(DEDUP_GENERATION)
     finished_jobs: Window = Window(FINISHED_JOBS_KEPT)
+    leader_node: str = ""
+    leader_term: int = 0
+    job_requests: immutables.Map = EMPTY   # request id -> job id, for the jobs in `jobs` that gave one
 
     # --- reads used by ops and the CLI ---------------------------------
 
@@ -361,6 +381,7 @@ def to_plain(state: ClusterState) -> dict[str, Any]:
         "next_job_id": state.next_job_id,
         "recent_events": state.recent_events.plain(),
         "finished_jobs": [state.finished_jobs.count, state.finished_jobs.ordered()],
+        "leader": [state.leader_node, state.leader_term],
     }
 
 
@@ -431,6 +452,8 @@ def _decode_checkpoint(data: bytes) -> ClusterState:
         next_job_id=plain["next_job_id"],
         recent_events=RecentIds.rebuilt(DEDUP_GENERATION, *plain["recent_events"]),
         finished_jobs=Window.rebuilt(FINISHED_JOBS_KEPT, *plain["finished_jobs"]),
+        leader_node=plain["leader"][0],
+        leader_term=plain["leader"][1],
     )
     return with_indexes(state)
 
@@ -463,7 +486,7 @@ def used_disk_mib(instance: Instance) -> int:
 
 
 def with_indexes(state: ClusterState) -> ClusterState:
-    """Rebuild every derived index (names, usage, MACs, active jobs) from the entities."""
+    """Rebuild every derived index (names, usage, MACs, active jobs, request ids) from the entities."""
     return state.evolve(
         usage=usage_of(state.instances),
         node_names=immutables.Map({n.name: n.id for n in state.nodes.values()}),
@@ -471,4 +494,5 @@ def with_indexes(state: ClusterState) -> ClusterState:
         group_names=immutables.Map({g.name: g.id for g in state.groups.values()}),
         macs=immutables.Map({nic.mac: i.id for i in state.instances.values() for nic in i.nics}),
         active_jobs=immutables.Map({j.id: True for j in state.jobs.values() if j.status in JOB_ACTIVE}),
+        job_requests=immutables.Map({j.request_id: j.id for j in state.jobs.values() if j.request_id}),
     )

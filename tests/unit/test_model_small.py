@@ -1,4 +1,4 @@
-"""Tests of the small model modules: ids, errors, the clock, and the sandbox driver."""
+"""Tests of the small model modules: ids, errors, the clock, the sandbox driver and the memory log."""
 
 import pytest
 import trio
@@ -76,7 +76,7 @@ def test_sandbox_refusal_applies_nothing():
 
 
 async def test_model_runs_end_to_end_over_the_memory_log():
-    """Envelopes proposed to the memory log and folded from its committed stream give the sandbox's digest."""
+    """The demo's committed envelopes, proposed to the memory log and folded from its stream, give the node's digest."""
     envelopes = []
     demo = Demo(9, envelopes.append)
     demo.setup()
@@ -92,5 +92,5 @@ async def test_model_runs_end_to_end_over_the_memory_log():
                                  codec.decode(record.payload, record.seq), record.seq)
             if record.seq == len(envelopes):
                 break
-    assert state.digest() == demo.box.state.digest()
+    assert state.digest() == demo.state.digest()
     await log.aclose()

@@ -82,7 +82,7 @@ def test_modify_refuses_a_bad_mac_prefix():
 def test_modify_refuses_lowering_the_feature_level():
     """The feature level only goes up."""
     box = cluster(nodes=0)
-    box.commit(ev.ClusterModified({"feature_level": 2}))
+    box.commit(ev.ClusterModified(None, None, None, None, None, 2, None, None))
     refused(box, "cluster_modify", WRONG_INPUT, "the cluster is at 2, cannot go back to 1", feature_level=1)
 
 
@@ -103,6 +103,14 @@ def test_modify_sets_the_intervals():
     box = cluster(nodes=0)
     box.run("cluster_modify", fencing_interval_s=30, recovery_interval_s=90)
     assert (box.state.cluster.fencing_interval_s, box.state.cluster.recovery_interval_s) == (30, 90)
+
+
+def test_modify_emits_one_typed_cluster_modified_event():
+    """The changed parameters travel in one ClusterModified; the unchanged ones are None."""
+    plan = cluster(nodes=0).plan("cluster_modify", mac_prefix="aa:11:22", fencing_interval_s=30,
+                                 enabled_hypervisors=["kvm", "fake"])
+    assert plan.events == (ev.ClusterModified(None, None, None, None, "aa:11:22", None, 30, None),)
+    assert plan.result == {"mac_prefix": "aa:11:22", "fencing_interval_s": 30}
 
 
 def test_modify_to_current_values_plans_nothing():

@@ -78,7 +78,8 @@ def test_free_resources_count_reservations():
     box = cluster(memory_mib=4096, disk_mib=10_000)
     node = box.state.node_by_name("n1.example.com")
     box.commit(ev.JobSubmitted(({"op": "x", "params": {}},), "r"))
-    box.commit(ev.JobAdmitted(1, ({"node": node.id, "memory_mib": 4000, "disk_mib": 9000},), ()))
+    box.commit(ev.JobAdmitted(1, ()))
+    box.commit(ev.JobOperationPlanned(1, 0, {}, (), ({"node": node.id, "memory_mib": 4000, "disk_mib": 9000},), (), None))
     error = refusal(_common.disk_fits, box.state, node, 2000, "x", "creating")
     assert "needed 2000 MiB, available 1000 MiB" in error.message
 
@@ -88,7 +89,8 @@ def test_with_macs_avoids_used_and_reserved_macs():
     box = cluster()
     used = add(box).nics[0].mac
     box.commit(ev.JobSubmitted(({"op": "x", "params": {}},), "r"))
-    box.commit(ev.JobAdmitted(1, (), ("aa:00:00:00:00:01",)))
+    box.commit(ev.JobAdmitted(1, ()))
+    box.commit(ev.JobOperationPlanned(1, 0, {}, (), (), ("aa:00:00:00:00:01",), None))
     nics = _common.with_macs(box.state, [{}] * 50, random.Random(7), "br0")
     macs = [n["mac"] for n in nics]
     assert len(set(macs)) == 50 and used not in macs and "aa:00:00:00:00:01" not in macs
@@ -130,20 +132,30 @@ def test_not_last_admin_refuses_the_only_admin():
     assert refusal(_common.not_last_admin, state, state.users["admin"], "remove").code == WRONG_STATE
 
 
-def test_instance_claims_name_the_nodes():
-    """Claims on an instance include its nodes by name; an unknown instance claims only its name."""
+def test_instance_claims_take_ids_and_share_the_nodes():
+    """An instance is claimed by id, exclusively, with its nodes shared; an unknown one by its name as new."""
     box = cluster()
-    add(box)
+    found = add(box)
     claims = _common.instance_claims(box.state, "web1.example.com")
-    assert claims.nodes == {"n1.example.com", "n2.example.com"}
-    assert _common.instance_claims(box.state, "new.example.com").instances == {"new.example.com"}
+    assert claims.instances == {found.id} and claims.nodes == frozenset()
+    assert claims.shared_nodes == {found.primary, found.secondary}
+    assert _common.instance_claims(box.state, "new.example.com").instances == {"name:new.example.com"}
+
+
+def test_claims_by_name_and_by_id_are_the_same():
+    """Two jobs naming one node, once by name and once by id, claim the same key and so conflict."""
+    box = cluster()
+    found = add(box)
+    by_name = _common.instance_claims(box.state, "web1.example.com")
+    by_id = _common.instance_claims(box.state, found.id)
+    assert by_name == by_id and by_name.conflicts(by_id)
 
 
 def test_primary_online_refuses_an_offline_primary():
     """An offline primary is named with the way back."""
     box = cluster()
     found = add(box)
-    box.commit(ev.NodeModified(found.primary, {"offline": True}))
+    box.commit(ev.NodeModified(found.primary, True, None, None, None, None))
     error = refusal(_common.primary_online, box.state, box.state.instances[found.id], "start")
     assert error.code == WRONG_STATE and "cairn node modify --offline no n1.example.com" in error.message
 

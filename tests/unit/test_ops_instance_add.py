@@ -12,7 +12,8 @@ def admit(box, plan) -> int:
     """Commit a JobSubmitted and a JobAdmitted holding the plan's reservations, as the job runner does."""
     job = box.state.next_job_id
     box.commit(ev.JobSubmitted(({"op": "instance_add", "params": {}},), f"req-{job}"))
-    box.commit(ev.JobAdmitted(job, tuple(r.as_payload() for r in plan.reservations), plan.macs))
+    box.commit(ev.JobAdmitted(job, ()))
+    box.commit(ev.JobOperationPlanned(job, 0, {}, (), tuple(r.as_payload() for r in plan.reservations), plan.macs, None))
     return job
 
 

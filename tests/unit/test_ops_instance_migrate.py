@@ -12,8 +12,19 @@ def test_migrate_swaps_primary_and_secondary():
     plan = box.run("instance_migrate", instance="web1.example.com")
     moved = box.state.instances[found.id]
     assert (moved.primary, moved.secondary) == (found.secondary, found.primary)
-    assert plan.events == (ev.InstanceMigrated(found.id, found.secondary, found.primary),)
-    assert plan.steps[0].waits[0].node == found.secondary
+    assert plan.events == (ev.InstanceMigrationStarted(found.id, found.primary, found.secondary),
+                           ev.InstanceMigrated(found.id, found.secondary, found.primary))
+    assert plan.steps[1].waits[0].node == found.secondary
+
+
+def test_migrate_plan_names_its_nodes_and_undoes_a_failed_migration():
+    """The first step waits for the source to report; if that fails, the target must confirm the abort."""
+    box = cluster()
+    found = add(box)
+    started = box.plan("instance_migrate", instance="web1.example.com").steps[0]
+    assert [(w.what, w.node, w.on_timeout) for w in started.waits] == [
+        ("migration_finished", found.primary, "compensate")]
+    assert started.compensation == (ev.InstanceMigrationAborted(found.id, found.secondary),)
 
 
 def test_migrate_moves_the_memory_usage():
@@ -44,7 +55,7 @@ def test_migrate_refuses_an_offline_secondary():
     """The secondary must be online to take the instance."""
     box = cluster()
     found = add(box)
-    box.commit(ev.NodeModified(found.secondary, {"offline": True}))
+    box.commit(ev.NodeModified(found.secondary, True, None, None, None, None))
     refused(box, "instance_migrate", WRONG_STATE, "secondary node n2.example.com is offline",
             instance="web1.example.com")
 
@@ -78,5 +89,5 @@ def test_migrate_refuses_an_offline_primary():
     """Live migration needs the primary online."""
     box = cluster()
     found = add(box)
-    box.commit(ev.NodeModified(found.primary, {"offline": True}))
+    box.commit(ev.NodeModified(found.primary, True, None, None, None, None))
     refused(box, "instance_migrate", WRONG_STATE, "use 'cairn instance failover", instance="web1.example.com")

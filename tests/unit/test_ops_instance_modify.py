@@ -57,7 +57,8 @@ def test_modify_counts_memory_reserved_by_admitted_jobs():
     box = cluster(memory_mib=4096)
     found = add(box)
     box.commit(ev.JobSubmitted(({"op": "instance_add", "params": {}},), "r1"))
-    box.commit(ev.JobAdmitted(1, ({"node": found.primary, "memory_mib": 2560, "disk_mib": 0},), ()))
+    box.commit(ev.JobAdmitted(1, ()))
+    box.commit(ev.JobOperationPlanned(1, 0, {}, (), ({"node": found.primary, "memory_mib": 2560, "disk_mib": 0},), (), None))
     refused(box, "instance_modify", INSUFFICIENT_RESOURCES, "available 512 MiB",
             instance="web1.example.com", memory_mib=2048)
 

@@ -36,5 +36,5 @@ def test_reboot_refuses_an_offline_primary():
     """An instance whose primary is offline cannot be rebooted."""
     box = cluster()
     found = add(box)
-    box.commit(ev.NodeModified(found.primary, {"offline": True}))
+    box.commit(ev.NodeModified(found.primary, True, None, None, None, None))
     refused(box, "instance_reboot", WRONG_STATE, "is offline", instance="web1.example.com")

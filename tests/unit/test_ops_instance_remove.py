@@ -43,8 +43,8 @@ def test_remove_refuses_an_unknown_instance():
 
 
 def test_remove_claims_the_instance_and_its_nodes():
-    """The claims name the instance and both of its nodes."""
+    """The claims hold the instance exclusively and both of its nodes shared, all by id."""
     box = cluster()
-    add(box)
+    found = add(box)
     claims = instance_remove.claims(box.state, instance_remove.Params("web1.example.com"))
-    assert claims.instances == {"web1.example.com"} and claims.nodes == {"n1.example.com", "n2.example.com"}
+    assert claims.instances == {found.id} and claims.shared_nodes == {found.primary, found.secondary}

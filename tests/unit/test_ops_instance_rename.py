@@ -54,6 +54,6 @@ def test_rename_refuses_an_invalid_name():
 def test_rename_claims_both_names():
     """The claims hold the old and the new name, so no add can take the new name meanwhile."""
     box = cluster()
-    add(box, start=False)
+    found = add(box, start=False)
     claims = instance_rename.claims(box.state, instance_rename.Params("web1.example.com", "web9.example.com"))
-    assert claims.instances == {"web1.example.com", "web9.example.com"}
+    assert claims.instances == {found.id, "name:web9.example.com"}

@@ -36,7 +36,7 @@ def test_shutdown_on_an_offline_primary_does_not_wait():
     """With the primary offline the instance is marked down without waiting for a report that cannot come."""
     box = cluster()
     found = add(box)
-    box.commit(ev.NodeModified(found.primary, {"offline": True}))
+    box.commit(ev.NodeModified(found.primary, True, None, None, None, None))
     plan = box.run("instance_shutdown", instance="web1.example.com")
     assert plan.steps[0].waits == () and box.state.instances[found.id].admin_state == "down"
 

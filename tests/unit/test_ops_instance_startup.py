@@ -36,7 +36,7 @@ def test_startup_refuses_an_offline_primary():
     """An instance whose primary is offline cannot be started."""
     box = cluster()
     found = add(box, start=False)
-    box.commit(ev.NodeModified(found.primary, {"offline": True}))
+    box.commit(ev.NodeModified(found.primary, True, None, None, None, None))
     refused(box, "instance_startup", WRONG_STATE, "primary node n1.example.com is offline",
             instance="web1.example.com")
 

@@ -101,7 +101,26 @@ def test_node_modify_emits_one_node_modified_event():
     """The flag changes travel in one NodeModified event."""
     box = cluster()
     plan = box.plan("node_modify", node="n3.example.com", drained=True)
-    assert plan.events == (ev.NodeModified(node_id(box, "n3.example.com"), {"drained": True}),)
+    assert plan.events == (ev.NodeModified(node_id(box, "n3.example.com"), None, True, None, None, None),)
+
+
+def test_node_modify_offline_records_a_fence_proof():
+    """Offlining a node is the operator's fence proof: NodeFenced follows the NodeModified."""
+    box = cluster()
+    n3 = node_id(box, "n3.example.com")
+    plan = box.plan("node_modify", node="n3.example.com", offline=True)
+    assert plan.events == (ev.NodeModified(n3, True, None, None, None, None),
+                           ev.NodeFenced(n3, "operator", "marked offline by the operator"))
+
+
+def test_node_modify_online_clears_the_fence_proof():
+    """Bringing an offlined node back online leaves it neither offline nor fenced."""
+    box = cluster()
+    box.run("node_modify", node="n3.example.com", offline=True)
+    assert node(box).fenced
+    plan = box.run("node_modify", node="n3.example.com", offline=False)
+    assert not node(box).offline and not node(box).fenced
+    assert not any(isinstance(event, ev.NodeFenced) for event in plan.events)
 
 
 def test_node_modify_drain_clears_offline():

@@ -38,7 +38,8 @@ def test_node_remove_refuses_a_node_with_reservations():
     """A node holding a running job's reservations is not removed under it."""
     box = cluster()
     box.commit(ev.JobSubmitted(({"op": "instance_add", "params": {}},), "r1"))
-    box.commit(ev.JobAdmitted(1, ({"node": node_id(box, "n3.example.com"), "memory_mib": 512, "disk_mib": 0},), ()))
+    box.commit(ev.JobAdmitted(1, ()))
+    box.commit(ev.JobOperationPlanned(1, 0, {}, (), ({"node": node_id(box, "n3.example.com"), "memory_mib": 512, "disk_mib": 0},), (), None))
     refused(box, "node_remove", WRONG_STATE, "reserved by a running job", node="n3.example.com")
 
 

@@ -1,14 +1,18 @@
 """Tests of replay and state: determinism, the dedup window, checkpoints, derived indexes."""
 
+import cbor2
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from appliance.demo import Demo
 from appliance.model import codec, events as ev, replay
 from appliance.model.codec import Envelope
 from appliance.model.state import (
-    DEDUP_GENERATION, ClusterState, RecentIds, Window, decode_checkpoint, encode_checkpoint, to_plain, usage_of, with_indexes,
+    CHECKPOINT_FORMAT, DEDUP_GENERATION, ClusterState, RecentIds, Window, decode_checkpoint, encode_checkpoint,
+    to_plain, usage_of, with_indexes,
 )
 from appliance.sandbox import Sandbox
+from tests.unit.test_ops_support import add, cluster, node_id
 
 
 def history(seed: int, steps: int) -> list:
@@ -72,7 +76,7 @@ def test_incremental_indexes_match_a_rebuild(envelopes):
     """Usage, name, MAC and active-job indexes kept by apply equal those rebuilt from the entities."""
     state = replay.fold_envelopes(envelopes)
     rebuilt = with_indexes(state)
-    for name in ("node_names", "instance_names", "group_names", "macs", "active_jobs"):
+    for name in ("node_names", "instance_names", "group_names", "macs", "active_jobs", "job_requests"):
         assert getattr(state, name) == getattr(rebuilt, name), name
     assert {k: v for k, v in state.usage.items() if v != type(v)()} == {
         k: v for k, v in usage_of(state.instances).items() if v != type(v)()}
@@ -90,9 +94,18 @@ def test_snapshot_is_unaffected_by_later_applies():
 def test_apply_tolerates_events_about_missing_entities():
     """Events naming unknown ids leave the state unchanged instead of raising."""
     state = ClusterState()
-    events = (ev.InstanceRemoved("inst-x"), ev.NodeModified("node-x", {"offline": True}),
+    events = (ev.InstanceRemoved("inst-x"), ev.NodeModified("node-x", True, None, None, None, None),
               ev.InstanceDiskGrown("inst-x", 3, 10), ev.JobSucceeded(42, None), ev.GroupRemoved("group-x"),
-              ev.TagsAdded("node", "node-x", ("a",)), ev.ClusterModified({"mac_prefix": "aa:bb:cc"}))
+              ev.TagsAdded("node", "node-x", ("a",)),
+              ev.ClusterModified(None, None, None, None, "aa:bb:cc", None, None, None),
+              ev.NodeFenced("node-x", "operator", ""), ev.InstanceFailedOver("inst-x", "node-a", "node-b"),
+              ev.InstanceMigrationStarted("inst-x", "node-a", "node-b"),
+              ev.InstanceMigrationFinished("inst-x", "node-a", "node-b", True, "", 3),
+              ev.InstanceMigrationAborted("inst-x", "node-b"), ev.InstanceRestartDecided("inst-x", "node-a", 1, 5.0),
+              ev.InstanceRestartsExhausted("inst-x", "node-a", 3),
+              ev.DiskStateObserved("inst-x", 0, "node-a", "UPTODATE", 100.0),
+              ev.InstanceObservedStopped("inst-x", "node-a", 1, "crashed"),
+              ev.JobOperationPlanned(42, 0, {}, (), (), (), None), ev.JobCancelRequested(42), ev.JobAdmitted(42, ()))
     for number, event in enumerate(events):
         after = replay.apply(state, Envelope(f"{number:016d}".encode(), event, "admin", "", 0.0))
         assert without_seq(after) | {"recent_events": None} == without_seq(state) | {"recent_events": None}
@@ -148,7 +161,9 @@ def test_reservations_count_until_the_job_ends():
     box.run("node_add", name="n1.example.com", memory_mib=4096, disk_mib=10240, cpus=2)
     node = box.state.node_by_name("n1.example.com")
     box.commit(ev.JobSubmitted((), ""))
-    box.commit(ev.JobAdmitted(1, ({"node": node.id, "memory_mib": 1000, "disk_mib": 200},), ()))
+    box.commit(ev.JobAdmitted(1, ()))
+    box.commit(ev.JobOperationPlanned(1, 0, {}, (), ({"node": node.id, "memory_mib": 1000, "disk_mib": 200},), (),
+                                      None))
     assert box.state.free_memory_mib(node.id) == 3096 and box.state.free_disk_mib(node.id) == 10040
     box.commit(ev.JobFailed(1, "wrong_input", "x"))
     assert box.state.free_memory_mib(node.id) == 4096
@@ -212,3 +227,397 @@ def test_dedup_window_with_random_forks_matches_the_plain_rule(generation, steps
         previous, current = _reference_window(generation, pushed)
         assert window.plain() == [previous, current]
         assert {key for key in every_key if key in window} == set(previous) | set(current)
+
+
+# --- the leader, the cluster and nodes ------------------------------------
+
+def test_leader_elected_sets_the_leader_of_a_higher_term():
+    """LeaderElected with a term above the known one records the node and the term."""
+    box = cluster(nodes=0)
+    box.commit(ev.LeaderElected("node-a", 3))
+    assert (box.state.leader_node, box.state.leader_term) == ("node-a", 3)
+
+
+def test_leader_elected_of_an_old_term_changes_nothing():
+    """LeaderElected with a term not above the known one leaves the leader as it was."""
+    box = cluster(nodes=0)
+    box.commit(ev.LeaderElected("node-a", 3))
+    box.commit(ev.LeaderElected("node-b", 3))
+    box.commit(ev.LeaderElected("node-c", 2))
+    assert (box.state.leader_node, box.state.leader_term) == ("node-a", 3)
+
+
+def test_cluster_modified_applies_every_given_field_and_keeps_the_rest():
+    """ClusterModified sets each non-None field on the cluster and leaves the None ones unchanged."""
+    box = cluster(nodes=0)
+    before = box.state.cluster
+    box.commit(ev.ClusterModified(("fake",), ("file",), "fake", {"max": {}}, "aa:11:22", 2, 30, 90))
+    after = box.state.cluster
+    assert after == before.evolve(enabled_hypervisors=("fake",), enabled_disk_templates=("file",),
+                                  default_hypervisor="fake", ipolicy={"max": {}}, mac_prefix="aa:11:22",
+                                  feature_level=2, fencing_interval_s=30, recovery_interval_s=90)
+    box.commit(ev.ClusterModified(None, None, None, None, None, None, None, None))
+    assert box.state.cluster == after
+
+
+def test_node_modified_applies_every_given_flag_and_keeps_the_rest():
+    """NodeModified sets each non-None flag and role on the node and leaves the None ones unchanged."""
+    box = cluster()
+    node = box.state.node_by_name("n3.example.com")
+    box.commit(ev.NodeModified(node.id, None, True, False, None, "non-voter"))
+    assert box.state.nodes[node.id] == node.evolve(drained=True, master_capable=False, role="non-voter")
+
+
+def test_node_fenced_marks_the_node_and_releases_its_pending_stops():
+    """NodeFenced marks the node fenced and removes it from every instance's pending_stop."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceFailedOver(found.id, found.secondary, found.primary))
+    assert box.state.instances[found.id].pending_stop == (found.primary,)
+    box.commit(ev.NodeFenced(found.primary, "operator", "marked offline by the operator"))
+    assert box.state.nodes[found.primary].fenced and box.state.instances[found.id].pending_stop == ()
+
+
+def test_node_back_online_is_no_longer_fenced():
+    """NodeModified with offline False clears the node's fence proof."""
+    box = cluster()
+    n3 = node_id(box, "n3.example.com")
+    box.commit(ev.NodeModified(n3, True, None, None, None, None))
+    box.commit(ev.NodeFenced(n3, "operator", ""))
+    box.commit(ev.NodeModified(n3, False, None, None, None, None))
+    assert not box.state.nodes[n3].fenced and not box.state.nodes[n3].offline
+
+
+# --- instances: moves, migrations, restarts, disks -------------------------
+
+def test_failed_over_swaps_the_nodes_and_waits_for_the_old_primary():
+    """InstanceFailedOver swaps the nodes, keeps usage right and puts the old primary in pending_stop."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceFailedOver(found.id, found.secondary, found.primary))
+    moved = box.state.instances[found.id]
+    assert (moved.primary, moved.secondary) == (found.secondary, found.primary)
+    assert moved.pending_stop == (found.primary,) and moved.moved_at_seq == box.state.seq
+    assert {k: v for k, v in box.state.usage.items() if v != type(v)()} == dict(usage_of(box.state.instances))
+
+
+def test_failed_over_from_a_fenced_primary_needs_no_confirmation():
+    """A failover away from a fenced primary adds nothing to pending_stop: its instances are known dead."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.NodeFenced(found.primary, "operator", ""))
+    box.commit(ev.InstanceFailedOver(found.id, found.secondary, found.primary))
+    assert box.state.instances[found.id].pending_stop == ()
+
+
+def test_failed_over_ends_a_migration_and_resets_restarts():
+    """InstanceFailedOver clears the migration fields and the restart count."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceMigrationStarted(found.id, found.primary, found.secondary))
+    box.commit(ev.InstanceRestartDecided(found.id, found.primary, 2, 10.0))
+    box.commit(ev.InstanceFailedOver(found.id, found.secondary, found.primary))
+    moved = box.state.instances[found.id]
+    assert (moved.migration_target, moved.migration_status, moved.restarts) == ("", "", 0)
+
+
+def test_migrated_records_the_move_without_pending_stop():
+    """InstanceMigrated (live) sets moved_at_seq and clears the migration, with nobody left to confirm a stop."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceMigrationStarted(found.id, found.primary, found.secondary))
+    box.commit(ev.InstanceMigrated(found.id, found.secondary, found.primary))
+    moved = box.state.instances[found.id]
+    assert moved.primary == found.secondary and moved.pending_stop == () and moved.moved_at_seq == box.state.seq
+    assert (moved.migration_target, moved.migration_status) == ("", "")
+
+
+def test_migration_started_records_the_target():
+    """InstanceMigrationStarted sets the target and the status running."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceMigrationStarted(found.id, found.primary, found.secondary))
+    instance = box.state.instances[found.id]
+    assert (instance.migration_target, instance.migration_status) == (found.secondary, "running")
+
+
+@pytest.mark.parametrize("ok, status", [(True, "done"), (False, "failed")])
+def test_migration_finished_records_how_it_ended(ok, status):
+    """InstanceMigrationFinished for the current target sets the status done or failed."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceMigrationStarted(found.id, found.primary, found.secondary))
+    box.commit(ev.InstanceMigrationFinished(found.id, found.primary, found.secondary, ok, "", box.state.seq))
+    assert box.state.instances[found.id].migration_status == status
+
+
+def test_migration_finished_for_another_target_changes_nothing():
+    """A report about a migration to another node than the current target is ignored."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceMigrationStarted(found.id, found.primary, found.secondary))
+    other = node_id(box, "n3.example.com")
+    box.commit(ev.InstanceMigrationFinished(found.id, found.primary, other, True, "", box.state.seq))
+    assert box.state.instances[found.id].migration_status == "running"
+
+
+def test_migration_aborted_makes_the_target_confirm_a_stop():
+    """InstanceMigrationAborted puts the target in pending_stop, records the seq and clears the migration."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceMigrationStarted(found.id, found.primary, found.secondary))
+    box.commit(ev.InstanceMigrationAborted(found.id, found.secondary))
+    instance = box.state.instances[found.id]
+    assert instance.pending_stop == (found.secondary,) and instance.moved_at_seq == box.state.seq
+    assert (instance.migration_target, instance.migration_status, instance.primary) == ("", "", found.primary)
+
+
+def test_migration_aborted_without_a_migration_changes_nothing():
+    """An abort when no migration is recorded leaves the instance as it was."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceMigrationAborted(found.id, found.secondary))
+    assert box.state.instances[found.id] == found
+
+
+def test_restart_decided_records_the_attempt():
+    """InstanceRestartDecided sets the instance's restart count to the attempt."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceRestartDecided(found.id, found.primary, 2, 30.0))
+    assert box.state.instances[found.id].restarts == 2
+
+
+def test_restarts_exhausted_leaves_the_instance_in_error():
+    """InstanceRestartsExhausted sets the observed state to error."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceRestartsExhausted(found.id, found.primary, 3))
+    assert box.state.instances[found.id].observed_state == "error"
+
+
+def test_disk_state_observed_replaces_the_entry_of_that_disk_and_node():
+    """DiskStateObserved keeps one entry per (disk, node), sorted, the latest one winning."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.DiskStateObserved(found.id, 0, found.secondary, "SYNCING", 10.0))
+    box.commit(ev.DiskStateObserved(found.id, 0, found.primary, "UPTODATE", 100.0))
+    box.commit(ev.DiskStateObserved(found.id, 0, found.secondary, "UPTODATE", 100.0))
+    assert box.state.instances[found.id].disk_states == tuple(sorted(
+        [(0, found.primary, "UPTODATE", 100.0), (0, found.secondary, "UPTODATE", 100.0)]))
+
+
+# --- instances: observations and requests -----------------------------------
+
+def test_observed_stopped_after_the_move_confirms_the_stop():
+    """A stop seen by a pending node at or after the move's seq removes it from pending_stop."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceFailedOver(found.id, found.secondary, found.primary))
+    moved_at = box.state.seq
+    box.commit(ev.InstanceObservedStopped(found.id, found.primary, moved_at, "shutdown"))
+    assert box.state.instances[found.id].pending_stop == ()
+
+
+def test_observed_stopped_before_the_move_confirms_nothing():
+    """A stop seen by a pending node before the move's seq leaves it in pending_stop."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceFailedOver(found.id, found.secondary, found.primary))
+    box.commit(ev.InstanceObservedStopped(found.id, found.primary, box.state.seq - 1, "shutdown"))
+    assert box.state.instances[found.id].pending_stop == (found.primary,)
+
+
+@pytest.mark.parametrize("cause, observed", [("shutdown", "stopped"), ("absent", "stopped"),
+                                             ("crashed", "crashed"), ("guest", "user_down")])
+def test_observed_stopped_on_the_primary_records_the_cause(cause, observed):
+    """A stop seen on the primary sets the observed state its cause stands for."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceObservedStopped(found.id, found.primary, box.state.seq, cause))
+    instance = box.state.instances[found.id]
+    assert (instance.observed_state, instance.observed_node) == (observed, found.primary)
+
+
+def test_observed_stopped_on_another_node_leaves_what_was_seen_on_the_primary():
+    """A stop seen on a node that is neither the primary nor where it was last seen changes no observed state."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceObservedStopped(found.id, found.secondary, box.state.seq, "absent"))
+    instance = box.state.instances[found.id]
+    assert (instance.observed_state, instance.observed_node) == ("running", found.primary)
+
+
+def test_observed_running_records_the_node():
+    """InstanceObservedRunning sets the observed state running on the reporting node."""
+    box = cluster()
+    found = add(box, observed=False)
+    box.commit(ev.InstanceObservedRunning(found.id, found.primary, box.state.seq))
+    instance = box.state.instances[found.id]
+    assert (instance.observed_state, instance.observed_node) == ("running", found.primary)
+
+
+@pytest.mark.parametrize("request_event", [ev.InstanceStartupRequested, ev.InstanceRebootRequested])
+@pytest.mark.parametrize("observed", ["user_down", "error"])
+def test_start_or_reboot_request_makes_the_reconciler_act_again(request_event, observed):
+    """A start or reboot request resets restarts and turns user_down or error into stopped."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.InstanceRestartDecided(found.id, found.primary, 3, 60.0))
+    if observed == "user_down":
+        box.commit(ev.InstanceObservedStopped(found.id, found.primary, box.state.seq, "guest"))
+    else:
+        box.commit(ev.InstanceRestartsExhausted(found.id, found.primary, 3))
+    box.commit(request_event(found.id, "hard") if request_event is ev.InstanceRebootRequested
+               else request_event(found.id))
+    instance = box.state.instances[found.id]
+    assert (instance.admin_state, instance.restarts, instance.observed_state) == ("up", 0, "stopped")
+
+
+# --- jobs -------------------------------------------------------------------
+
+def submitted(box, request_id: str = "") -> int:
+    """Commit a JobSubmitted and return the id of the job it names."""
+    box.commit(ev.JobSubmitted(({"op": "cluster_init", "params": {}},), request_id))
+    return box.state.job_requests.get(request_id, box.state.next_job_id - 1)
+
+
+def test_job_submitted_twice_with_one_request_id_makes_one_job():
+    """A resubmission with a request id already in the state changes nothing: the job is the first one."""
+    box = cluster(nodes=0)
+    first = submitted(box, "req-1")
+    before = box.state
+    assert submitted(box, "req-1") == first
+    assert without_seq(box.state) | {"recent_events": None} == without_seq(before) | {"recent_events": None}
+    assert box.state.next_job_id == first + 1
+
+
+def test_an_evicted_job_frees_its_request_id():
+    """Once a finished job leaves the state, its request id is forgotten and may name a new job."""
+    box = cluster(nodes=0)
+    box.state = box.state.evolve(finished_jobs=Window(1))
+    first = submitted(box, "req-1")
+    box.commit(ev.JobSucceeded(first, None))
+    other = submitted(box)
+    box.commit(ev.JobSucceeded(other, None))
+    assert first not in box.state.jobs and "req-1" not in box.state.job_requests
+    assert submitted(box, "req-1") == other + 1
+
+
+def test_job_admitted_records_the_claims():
+    """JobAdmitted sets the job running with its claims."""
+    box = cluster(nodes=0)
+    job = submitted(box)
+    box.commit(ev.JobAdmitted(job, ({"instances": ("inst-1",)},)))
+    assert (box.state.jobs[job].status, box.state.jobs[job].claims) == ("running", ({"instances": ("inst-1",)},))
+
+
+def test_job_admitted_v1_puts_reservations_and_macs_on_the_job():
+    """A JobAdmitted v1 record folds as it did: reservations and MACs on the job, no claims."""
+    box = cluster()
+    node = node_id(box, "n1.example.com")
+    job = submitted(box)
+    raw = {"event_id": bytes(16), "type": ev.JobAdmitted.TYPE, "version": 1, "actor": "admin", "reason": "",
+           "proposed_at": 0.0, "payload": {"job": job, "macs": ["aa:00:00:00:00:01"],
+                                           "reservations": [{"node": node, "memory_mib": 1000, "disk_mib": 0}]}}
+    state = replay.apply(box.state, codec.decode(cbor2.dumps(raw, canonical=True)))
+    admitted = state.jobs[job]
+    assert (admitted.status, admitted.claims, admitted.macs) == ("running", (), ("aa:00:00:00:00:01",))
+    assert state.free_memory_mib(node) == box.state.free_memory_mib(node) - 1000
+
+
+def test_job_operation_planned_records_the_plan():
+    """JobOperationPlanned puts the operation's steps, holdings and result on the job, no step done yet."""
+    box = cluster(nodes=0)
+    job = submitted(box)
+    assert box.state.jobs[job].planned == -1
+    box.commit(ev.JobOperationPlanned(job, 0, {"x": 1}, ({"events": ()},), ({"node": "n", "memory_mib": 1,
+                                                                             "disk_mib": 0},), ("m",), "ok"))
+    planned = box.state.jobs[job]
+    assert (planned.plan, planned.operation_index, planned.reservations, planned.macs, planned.op_result) == (
+        ({"events": ()},), 0, ({"node": "n", "memory_mib": 1, "disk_mib": 0},), ("m",), "ok")
+    assert (planned.step_done, planned.step_done_at, planned.results, planned.planned) == (-1, box.now, (), 0)
+
+
+def test_job_operation_planned_twice_keeps_the_first_plan():
+    """A second plan for an operation already planned (a late duplicate) changes nothing."""
+    box = cluster(nodes=0)
+    job = submitted(box)
+    box.commit(ev.JobOperationPlanned(job, 0, {}, ("first",), (), (), "one"))
+    box.commit(ev.JobProgressed(job, 0, 0, "step one"))
+    box.commit(ev.JobOperationPlanned(job, 0, {}, ("second",), (), (), "two"))
+    planned = box.state.jobs[job]
+    assert (planned.plan, planned.op_result, planned.step_done) == (("first",), "one", 0)
+
+
+def test_job_operation_planned_for_the_next_operation_keeps_the_previous_result():
+    """The plan of operation k > 0 appends the previous operation's result to the job's results."""
+    box = cluster(nodes=0)
+    job = submitted(box)
+    box.commit(ev.JobOperationPlanned(job, 0, {}, (), (), (), "first result"))
+    box.commit(ev.JobOperationPlanned(job, 1, {}, ("s",), (), (), "second result"))
+    planned = box.state.jobs[job]
+    assert (planned.operation_index, planned.results, planned.op_result) == (1, ("first result",), "second result")
+
+
+def test_job_operation_planned_for_a_finished_job_changes_nothing():
+    """A plan arriving after the job ended is ignored."""
+    box = cluster(nodes=0)
+    job = submitted(box)
+    box.commit(ev.JobCanceled(job))
+    before = box.state.jobs[job]
+    box.commit(ev.JobOperationPlanned(job, 0, {}, ("s",), (), (), None))
+    assert box.state.jobs[job] == before
+
+
+def test_job_progressed_records_the_step_done():
+    """JobProgressed records the step as done, and when."""
+    box = cluster(nodes=0)
+    job = submitted(box)
+    box.commit(ev.JobOperationPlanned(job, 0, {}, ("a", "b"), (), (), None))
+    box.tick(5.0)
+    box.commit(ev.JobProgressed(job, 0, 1, "second step"))
+    assert (box.state.jobs[job].step_done, box.state.jobs[job].step_done_at) == (1, box.now)
+
+
+def test_job_cancel_requested_marks_an_active_job():
+    """JobCancelRequested marks an active job; a finished one stays as it ended."""
+    box = cluster(nodes=0)
+    active, finished = submitted(box), submitted(box)
+    box.commit(ev.JobSucceeded(finished, None))
+    box.commit(ev.JobCancelRequested(active))
+    box.commit(ev.JobCancelRequested(finished))
+    assert box.state.jobs[active].cancel_requested and not box.state.jobs[finished].cancel_requested
+
+
+# --- checkpoints --------------------------------------------------------------
+
+def test_checkpoint_round_trip_keeps_the_new_fields():
+    """A state using every new field encodes and decodes to the same digest and the same entities."""
+    box = cluster()
+    found = add(box)
+    job = submitted(box, "req-1")
+    box.commit(ev.LeaderElected(found.primary, 4))
+    box.commit(ev.JobAdmitted(job, ({"instances": (found.id,)},)))
+    box.commit(ev.JobOperationPlanned(job, 0, {"instance": found.id}, ({"events": ({"x": (1, 2)},)},), (), (), None))
+    box.commit(ev.JobCancelRequested(job))
+    box.commit(ev.InstanceMigrationStarted(found.id, found.primary, found.secondary))
+    box.commit(ev.InstanceMigrationAborted(found.id, found.secondary))
+    box.commit(ev.InstanceMigrationStarted(found.id, found.primary, found.secondary))
+    box.commit(ev.InstanceRestartDecided(found.id, found.primary, 1, 2.5))
+    box.commit(ev.DiskStateObserved(found.id, 0, found.secondary, "DEGRADED", 42.5))
+    box.commit(ev.NodeFenced(node_id(box, "n3.example.com"), "operator", ""))
+    decoded = decode_checkpoint(encode_checkpoint(box.state))
+    assert decoded.digest() == box.state.digest()
+    assert decoded.instances == box.state.instances and decoded.jobs == box.state.jobs
+    assert decoded.nodes == box.state.nodes
+    assert dict(decoded.job_requests) == dict(box.state.job_requests) == {"req-1": job}
+    assert (decoded.leader_node, decoded.leader_term) == (found.primary, 4)
+
+
+def test_a_checkpoint_of_the_old_format_is_refused():
+    """A checkpoint written in format 1 is refused with the advice to rebuild the checkpoints."""
+    plain = to_plain(cluster(nodes=0).state) | {"format": 1}
+    assert CHECKPOINT_FORMAT == 2
+    with pytest.raises(ValueError, match="rebuild the checkpoints"):
+        decode_checkpoint(cbor2.dumps(plain, canonical=True))

@@ -1,0 +1,130 @@
+"""The inputs a node core takes and the `Ready` it returns (etcd-raft's shape, for Cairn)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.model.codec import Envelope
+
+
+# --- inputs -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Committed:
+    """A record the log committed, in order (the payload is an encoded envelope)."""
+
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class CommittedBatch:
+    """Records the log committed together, in order: applied one by one, decided on once (etcd-raft's
+    Ready.CommittedEntries)."""
+
+    records: tuple
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A caller submits a job: operations are `{"op": NAME, "params": {...}}` with names as typed."""
+
+    token: Any
+    operations: tuple
+    actor: str
+    reason: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    """A caller asks to cancel a job."""
+
+    token: Any
+    job: int
+    actor: str
+
+
+@dataclass(frozen=True)
+class DriverDone:
+    """A driver action finished: `ok`, a message, and for a listing the value it read."""
+
+    action_id: int
+    ok: bool
+    message: str = ""
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passes: `now` is the shell's wall clock, in seconds."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class LeadershipChanged:
+    """The log's view of who leads in which term (`leader` is a node name, or None)."""
+
+    leader: str | None
+    term: int
+
+
+@dataclass(frozen=True)
+class ProposalLost:
+    """A proposal did not commit or its outcome is unknown; the core may propose it again."""
+
+    event_id: bytes
+
+
+# --- outputs ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Proposal:
+    """An event to propose; `key` says what made it (for the simulator's checks and for logs)."""
+
+    envelope: Envelope
+    key: tuple
+
+
+@dataclass(frozen=True)
+class Action:
+    """A driver action for this node's hypervisor or storage.
+
+    Kinds: start (args: spec), stop (timeout_s), migrate (target), list (hypervisor
+    listing), disk_create (index, size_mib), disk_remove (index), disk_list.
+    """
+
+    id: int
+    kind: str
+    instance: str = ""
+    args: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to a caller waiting on a submission or a cancel: `ok` with a value, or an error."""
+
+    token: Any
+    ok: bool
+    value: Any = None
+    code: str = ""
+    message: str = ""
+
+
+@dataclass
+class Ready:
+    """Everything one step asks the shell to do, in order."""
+
+    proposals: list = field(default_factory=list)
+    actions: list = field(default_factory=list)
+    replies: list = field(default_factory=list)
+    wake_at: float | None = None
+
+    def extend(self, other: Ready) -> None:
+        self.proposals += other.proposals
+        self.actions += other.actions
+        self.replies += other.replies
+        if other.wake_at is not None and (self.wake_at is None or other.wake_at < self.wake_at):
+            self.wake_at = other.wake_at

@@ -1,0 +1,166 @@
+"""`NodeCore`: one node's whole decision logic, `step(input) -> Ready`, with no I/O.
+
+It holds the state folded from committed records, the job engine (which acts
+only while this node leads) and the reconciler (which acts only on this
+node's machine). The shell feeds it committed records, submissions, cancel
+requests, driver results, ticks and leadership changes, and performs exactly
+what the returned Ready says: propose these events, run these driver
+actions, answer these callers, wake me at this time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from appliance.core import engine as engine_module
+from appliance.core.engine import JobEngine, job_claims
+from appliance.core.io import (
+    CancelRequested, Committed, CommittedBatch, DriverDone, LeadershipChanged, Proposal, ProposalLost, Ready, Reply,
+    Submitted, Tick,
+)
+from appliance.core.plans import event_id
+from appliance.core.reconciler import Reconciler
+from appliance.model import events as ev
+from appliance.model import replay
+from appliance.model.codec import Envelope, decode
+from appliance.model.errors import QUEUE_DRAINED, UNKNOWN_ENTITY, WRONG_INPUT, WRONG_STATE, PrereqError
+from appliance.model.state import ClusterState
+from ops import registry
+
+
+class NodeCore:
+    """The decision logic of one node; `step` is its only entry point."""
+
+    def __init__(self, node_name: str, state: ClusterState | None = None, bugs: frozenset = frozenset(),
+                 reconcile: bool = True) -> None:
+        self.node_name = node_name
+        self.state = state if state is not None else ClusterState()
+        self.engine = JobEngine(node_name, bugs)
+        self.reconciler = Reconciler(node_name, bugs) if reconcile else None
+        self.now = 0.0
+        self.submissions: dict[bytes, Any] = {}     # event id of a JobSubmitted -> caller token
+        self.cancels: dict[bytes, Any] = {}
+        self.outstanding: dict[bytes, list] = {}    # callers' proposals until they commit: [proposal, sent at]
+        self.submit_count = 0
+
+    def step(self, message: Any) -> Ready:
+        """Take one input; return what the shell must do."""
+        ready = Ready()
+        kind = type(message)
+        if kind is Committed:
+            self._committed(ready, message)
+        elif kind is CommittedBatch:
+            for record in message.records:
+                self._committed(ready, record)
+        elif kind is Tick:
+            self.now = max(self.now, message.now)
+        elif kind is Submitted:
+            self._submitted(ready, message)
+        elif kind is CancelRequested:
+            self._cancel(ready, message)
+        elif kind is DriverDone:
+            self._driver_done(message)
+        elif kind is LeadershipChanged:
+            self.engine.on_leadership(message.leader, message.term)
+        elif kind is ProposalLost:
+            self.engine.forget(message.event_id)
+            if message.event_id in self.outstanding:
+                self.outstanding[message.event_id][1] = float("-inf")
+        else:
+            raise TypeError(f"NodeCore.step takes no {kind.__name__}")
+        self._decide(ready)
+        return ready
+
+    # --- inputs ---------------------------------------------------------------
+
+    def _committed(self, ready: Ready, record: Committed) -> None:
+        envelope = decode(record.payload, record.seq)
+        self.state = replay.apply(self.state, envelope, record.seq)
+        self.engine.forget(envelope.event_id)
+        self.outstanding.pop(envelope.event_id, None)
+        token = self.submissions.pop(envelope.event_id, None)
+        if token is not None and type(envelope.event) is ev.JobSubmitted:
+            job_id = self.state.job_requests.get(envelope.event.request_id) if envelope.event.request_id else None
+            ready.replies.append(Reply(token, True, job_id if job_id is not None else self.state.next_job_id - 1))
+        token = self.cancels.pop(envelope.event_id, None)
+        if token is not None:
+            ready.replies.append(Reply(token, True, envelope.event.job))
+
+    def _submitted(self, ready: Ready, message: Submitted) -> None:
+        """Check the job's shape and queue mode, then propose JobSubmitted; the reply comes when it commits."""
+        try:
+            operations = tuple(message.operations)
+            if not operations:
+                raise PrereqError(WRONG_INPUT, "A job needs at least one operation")
+            for entry in operations:
+                engine_module.operation(entry)
+            drained = self.state.mode_active("queue_drained", self.now)
+            if drained and not all(registry.get(e["op"]).DRAIN_EXEMPT for e in operations):
+                raise PrereqError(QUEUE_DRAINED, "The job queue is drained: no new jobs are accepted; "
+                                                 "run 'cairn cluster queue undrain' to accept jobs again")
+        except PrereqError as error:
+            ready.replies.append(Reply(message.token, False, code=error.code, message=error.message))
+            return
+        existing = self.state.job_requests.get(message.request_id) if message.request_id else None
+        if existing is not None:
+            ready.replies.append(Reply(message.token, True, existing))
+            return
+        self.submit_count += 1
+        key = ("submit", message.request_id) if message.request_id else ("submit", self.node_name, self.submit_count,
+                                                                          self.now)
+        eid = event_id(*key)
+        self.submissions[eid] = message.token
+        envelope = Envelope(eid, ev.JobSubmitted(operations, message.request_id), message.actor,
+                            message.reason, self.now, 0)
+        self._send(ready, Proposal(envelope, key))
+
+    def _cancel(self, ready: Ready, message: CancelRequested) -> None:
+        job = self.state.jobs.get(message.job)
+        if job is None:
+            ready.replies.append(Reply(message.token, False, code=UNKNOWN_ENTITY,
+                                       message=f"Job {message.job} not known; 'cairn job list' shows the jobs"))
+            return
+        if job.status not in ("queued", "waiting", "running"):
+            ready.replies.append(Reply(message.token, False, code=WRONG_STATE,
+                                       message=f"Job {message.job} has already ended ({job.status})"))
+            return
+        key = ("cancel", message.job)
+        eid = event_id(*key)
+        self.cancels[eid] = message.token
+        self._send(ready, Proposal(Envelope(eid, ev.JobCancelRequested(message.job), message.actor,
+                                            "cancel requested", self.now, message.job), key))
+
+    def _send(self, ready: Ready, proposal: Proposal) -> None:
+        """Propose a caller's event, and again after a loss or RETRY_S until it commits (same id)."""
+        self.outstanding[proposal.envelope.event_id] = [proposal, self.now]
+        ready.proposals.append(proposal)
+
+    def _driver_done(self, message: DriverDone) -> None:
+        if self.reconciler is None:
+            return
+        action = self.reconciler.find(message.action_id)
+        if action is not None:
+            self.reconciler.done(action, message.ok, message.value if message.ok else message.message)
+
+    # --- decisions --------------------------------------------------------------
+
+    def _decide(self, ready: Ready) -> None:
+        for entry in self.outstanding.values():
+            if self.now - entry[1] >= engine_module.RETRY_S:
+                entry[1] = self.now
+                ready.proposals.append(entry[0])
+        proposals, wake = self.engine.drive(self.state, self.now)
+        ready.proposals += proposals
+        if wake is not None:
+            ready.wake_at = wake
+        if self.reconciler is not None:
+            reports, actions, again = self.reconciler.decide(self.state, self.now)
+            ready.proposals += reports
+            ready.actions += actions
+            ready.wake_at = again if ready.wake_at is None else min(ready.wake_at, again)
+
+    # --- reads for callers ---------------------------------------------------------
+
+    def claims_of(self, job_id: int):
+        """The claims a job holds (or would take), for `cairn job info`."""
+        return job_claims(self.state, self.state.jobs[job_id])

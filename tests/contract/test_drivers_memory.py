@@ -1,0 +1,42 @@
+"""The hypervisor and storage contracts, run against the in-memory drivers on a mock clock."""
+
+import contextlib
+
+import pytest
+import trio
+
+from appliance.drivers.memory import MemoryHypervisor, MemoryStorage, MemoryWorld
+from tests.contract.hypervisor_contract import HypervisorContract, Pair
+from tests.contract.storage_contract import StorageContract
+
+
+@pytest.fixture(autouse=True)
+def _mock_time(autojump_clock):
+    """Latencies pass on trio's autojump clock: the clock is injected, so no test waits in real time."""
+    return autojump_clock
+
+
+class TestMemoryHypervisor(HypervisorContract):
+    """MemoryHypervisor passes the hypervisor contract."""
+
+    @contextlib.asynccontextmanager
+    async def open_pair(self, tmp_path):
+        world = MemoryWorld(["node1", "node2"])
+        source, target = world.hosts["node1"], world.hosts["node2"]
+
+        async def crash(instance_id):
+            source.crash(instance_id)
+
+        async def guest_shutdown(instance_id):
+            source.guest_shutdown(instance_id)
+
+        yield Pair(MemoryHypervisor(source, trio.sleep, 0.5), MemoryHypervisor(target, trio.sleep, 0.5), "node2",
+                   crash, guest_shutdown)
+
+
+class TestMemoryStorage(StorageContract):
+    """MemoryStorage passes the storage contract."""
+
+    @contextlib.asynccontextmanager
+    async def open_storage(self, tmp_path):
+        yield MemoryStorage(MemoryWorld(["node1"]).hosts["node1"], trio.sleep, 0.5)

@@ -1,0 +1,178 @@
+"""The simulator's invariants, checked after every commit and every machine change.
+
+- Every node holds the same record at the same seq, and nodes at the same seq
+  have the same state digest (checked every DIGEST_EVERY seqs and at the end).
+- No instance runs on two machines at once.
+- Every acknowledged job reaches exactly one end state.
+- No step's events are applied twice, and a job applies only events of the
+  plan it committed (a re-planned job would apply others).
+- Reservations and instances never take more memory or disk than a node has.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from appliance.core.plans import decode_steps
+from appliance.model import events as ev
+from appliance.model import replay
+from appliance.model.codec import decode
+from appliance.model.state import ClusterState
+
+DIGEST_EVERY = 100
+JOB_EVENTS = (ev.JobSubmitted, ev.JobAdmitted, ev.JobOperationPlanned, ev.JobProgressed, ev.JobSucceeded,
+              ev.JobFailed, ev.JobCanceled, ev.JobCancelRequested)
+END_EVENTS = (ev.JobSucceeded, ev.JobFailed, ev.JobCanceled)
+CAPACITY_EVENTS = (ev.InstanceAdded, ev.InstanceMigrated, ev.InstanceFailedOver, ev.JobOperationPlanned,
+                   ev.InstanceModified, ev.InstanceDiskAdded, ev.InstanceDiskGrown)
+
+
+class Violation(AssertionError):
+    """An invariant did not hold."""
+
+
+class Checker:
+    """Folds the committed log once more, as a reference, and checks every node and machine against it."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.records: list = []
+        self.state = ClusterState()
+        self.digests: dict[int, str] = {}
+        self.used: Counter = Counter()
+        self.ends: Counter = Counter()
+        self.acked: set[int] = set()
+        self.keys: dict[bytes, tuple] = {}
+
+    # --- the log ----------------------------------------------------------------
+
+    def proposed(self, proposal) -> None:
+        self.keys[proposal.envelope.event_id] = proposal.key
+
+    def record(self, name: str, record) -> None:
+        """A node applies a record: it must be the record every other node has at that seq."""
+        if record.seq <= len(self.records):
+            if self.records[record.seq - 1].hash != record.hash:
+                raise Violation(f"{name} has another record at seq {record.seq} than the others")
+            return
+        if record.seq != len(self.records) + 1:
+            raise Violation(f"{name} applied seq {record.seq} after {len(self.records)}")
+        self.records.append(record)
+        self._apply(record)
+
+    def _apply(self, record) -> None:
+        envelope = decode(record.payload, record.seq)
+        effective = envelope.event_id not in self.state.recent_events
+        before = self.state
+        self.state = replay.apply(self.state, envelope, record.seq)
+        if not effective:
+            return
+        event = envelope.event
+        if isinstance(event, END_EVENTS):
+            self.ends[event.job] += 1
+            if self.ends[event.job] > 1:
+                raise Violation(f"job {event.job} ended twice (again with {type(event).__name__} at {record.seq})")
+        elif envelope.job and not isinstance(event, (*JOB_EVENTS, ev.LeaderElected)):
+            self._in_plan(before, envelope, record.seq)
+        if isinstance(event, CAPACITY_EVENTS):
+            self._capacity(record.seq, with_reservations=isinstance(event, ev.JobOperationPlanned))
+        if record.seq % DIGEST_EVERY == 0:
+            self.digests[record.seq] = self.state.digest()
+
+    def _in_plan(self, before: ClusterState, envelope, seq: int) -> None:
+        """A job's event must be one its committed plan holds, applied no more often than the plan has it."""
+        job = before.jobs.get(envelope.job)
+        event = envelope.event
+        if job is None or job.planned < 0:
+            raise Violation(f"seq {seq}: {type(event).__name__} of job {envelope.job}, which has no plan")
+        allowed = Counter()
+        for step in decode_steps(job.plan):
+            allowed.update(repr(e) for e in step.events + step.compensation)
+        key = (job.id, job.operation_index, repr(event))
+        self.used[key] += 1
+        if self.used[key] > allowed[repr(event)]:
+            what = "is not in its committed plan" if not allowed[repr(event)] else "was applied twice"
+            raise Violation(f"seq {seq}: {type(event).__name__} of job {job.id} {what} "
+                            f"(proposed as {self.keys.get(envelope.event_id)})")
+
+    def _capacity(self, seq: int, with_reservations: bool) -> None:
+        """No node holds more than it has; right after a plan commits, counting what running jobs reserve.
+
+        A reservation and the instance it is for are both counted between the
+        step that places the instance and the job's end, so reservations are
+        counted only where they are taken.
+        """
+        state = self.state
+        for node_id, node in state.nodes.items():
+            usage = state.usage.get(node_id)
+            if usage is None or not node.memory_mib:
+                continue
+            memory, disk = state.reserved(node_id) if with_reservations else (0, 0)
+            if usage.memory_mib + memory > node.memory_mib or usage.disk_mib + disk > node.disk_mib:
+                raise Violation(f"seq {seq}: node {node.name} is committed past its capacity: memory "
+                                f"{usage.memory_mib}+{memory} of {node.memory_mib} MiB, disk "
+                                f"{usage.disk_mib}+{disk} of {node.disk_mib} MiB")
+
+    def after_apply(self, name: str, state: ClusterState) -> None:
+        """A node's state after a record: at a sampled seq its digest must equal the reference's."""
+        expected = self.digests.get(state.seq)
+        if expected is not None and state.digest() != expected:
+            raise Violation(f"{name} has another state digest than the reference at seq {state.seq}")
+
+    # --- jobs -----------------------------------------------------------------------
+
+    def acknowledged(self, job_id: int) -> None:
+        self.acked.add(job_id)
+
+    def all_ended(self) -> bool:
+        return self.state.cluster is not None and not self.state.active_jobs
+
+    def nodes_known(self, count: int) -> bool:
+        return len(self.state.nodes) == count
+
+    # --- machines ---------------------------------------------------------------------
+
+    def machines(self, world, now: float) -> None:
+        """No instance runs on two machines."""
+        seen: dict[str, str] = {}
+        for host in world.hosts.values():
+            for instance_id in host.running():
+                if instance_id in seen:
+                    raise Violation(f"instance {instance_id} runs on {seen[instance_id]} and {host.name} at once")
+                seen[instance_id] = host.name
+
+    # --- the end ------------------------------------------------------------------------
+
+    def converged(self, sim) -> bool:
+        return self.why_not_converged(sim) is None
+
+    def why_not_converged(self, sim) -> str | None:
+        state = self.state
+        if state.active_jobs:
+            return f"jobs still active: {sorted(state.active_jobs)[:10]}"
+        for name in sim.names:
+            core = sim.cores[name]
+            if core is None:
+                return f"{name} is down"
+            if core.state.seq != len(self.records):
+                return f"{name} is at seq {core.state.seq}, the log at {len(self.records)}"
+        for instance in state.instances.values():
+            running = [host.name for host in sim.world.hosts.values() if instance.id in host.running()]
+            primary = state.nodes[instance.primary].name
+            wanted = (instance.admin_state == "up" and instance.observed_state not in ("user_down", "error")
+                      and not state.nodes[instance.primary].offline)
+            if running != ([primary] if wanted else []):
+                return f"instance {instance.name} runs on {running}, should on {[primary] if wanted else []}"
+            if wanted and (instance.observed_state, instance.observed_node) != ("running", instance.primary):
+                return f"instance {instance.name} is not yet seen running on {primary}"
+        return None
+
+    def final(self, sim) -> None:
+        """Every acknowledged job ended exactly once, and every node has the reference digest."""
+        for job_id in sorted(self.acked):
+            if self.ends[job_id] != 1 and job_id in self.state.jobs:
+                raise Violation(f"acknowledged job {job_id} ended {self.ends[job_id]} times")
+        digest = self.state.digest()
+        for name in sim.names:
+            if sim.cores[name].state.digest() != digest:
+                raise Violation(f"{name} ends with another state digest than the reference")

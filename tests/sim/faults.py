@@ -1,0 +1,189 @@
+"""The simulator's faults, each drawn from the run's one RNG, and the healing of phase two.
+
+A daemon crash keeps its machine's instances running (the hypervisor is not
+the daemon); a power loss takes them, and then the operator fences the node
+(marks it offline: the only fence proof there is for now) and fails its
+instances over. An operator only ever fences a node that really lost power.
+"""
+
+from __future__ import annotations
+
+KINDS = ("leader_crash", "daemon_crash", "power_loss", "partition", "drops", "driver_failures", "driver_hangs",
+         "guest_crash", "guest_shutdown", "clock_jump")
+
+
+def inject(sim) -> None:
+    kind = sim.rng.choice(KINDS)
+    globals()[f"_{kind}"](sim)
+
+
+def _note(sim, text: str) -> None:
+    sim.faults.append(f"{sim.now - 1_764_633_600.0:.2f}s {text}")
+
+
+def _up(sim) -> list[str]:
+    return [n for n in sim.names if sim.cores[n] is not None]
+
+
+def _crash(sim, name: str, power: bool) -> None:
+    sim.log.crash(name)
+    sim.cores[name] = None
+    sim.incarnation[name] += 1
+    if power:
+        sim.world.hosts[name].power_off()
+        sim.powered_off.add(name)
+        sim.checker.machines(sim.world, sim.now)
+
+
+def restart(sim, name: str) -> None:
+    """Start a node's daemon again: a fresh core that replays the whole log it has."""
+    if sim.cores[name] is not None:
+        return
+    if name in sim.powered_off:
+        sim.world.hosts[name].power_on()
+        sim.powered_off.discard(name)
+    sim.log.restart(name)
+    core = sim._new_core(name)
+    sim.cores[name] = core
+    sim.fed[name] = 0
+    sim.told[name] = None
+    sim.wake[name] = sim.now
+
+
+def _leader_crash(sim) -> None:
+    leader = sim.log.leader()
+    if leader is None or len(_up(sim)) < len(sim.names):
+        return _drops(sim)
+    _crash(sim, leader, power=False)
+    _note(sim, f"leader {leader}'s daemon crashed")
+    sim._later(sim.rng.uniform(1.0, 8.0), "restart", leader)
+
+
+def _daemon_crash(sim) -> None:
+    up = _up(sim)
+    if len(up) < len(sim.names):
+        return _drops(sim)
+    name = sim.rng.choice(up)
+    _crash(sim, name, power=False)
+    _note(sim, f"{name}'s daemon crashed")
+    sim._later(sim.rng.uniform(1.0, 8.0), "restart", name)
+
+
+def _power_loss(sim) -> None:
+    """A machine loses power; after a while the operator fences it and fails its instances over."""
+    up = _up(sim)
+    if len(up) < len(sim.names):
+        return _drops(sim)
+    name = sim.rng.choice(up)
+    _crash(sim, name, power=True)
+    _note(sim, f"{name} lost power")
+    sim._later(sim.rng.uniform(2.0, 6.0), "fence", name)
+    sim._later(sim.rng.uniform(20.0, 40.0), "restart", name)
+
+
+def fence(sim, name: str) -> None:
+    """The operator marks the dead node offline (its fence proof) and fails over what it ran."""
+    from tests.sim.workload import op
+
+    if name not in sim.powered_off:
+        return
+    sim.fenced.add(name)
+    sim.submit((op("node_modify", node=name, offline=True),))
+    state = sim.checker.state
+    node_id = state.node_names.get(name)
+    for instance in sorted(state.instances.values(), key=lambda i: i.name):
+        if instance.primary == node_id and instance.secondary:
+            sim.submit((op("instance_failover", instance=instance.name),))
+    _note(sim, f"operator fenced {name} and failed its instances over")
+
+
+def _partition(sim) -> None:
+    names = sim.names[:]
+    sim.rng.shuffle(names)
+    cut = sim.rng.randrange(1, len(names))
+    sim.log.partition(names[:cut], names[cut:])
+    _note(sim, f"partition {sorted(names[:cut])} | {sorted(names[cut:])}")
+    sim._later(sim.rng.uniform(2.0, 10.0), "heal_network")
+
+
+def _drops(sim) -> None:
+    rate = sim.rng.choice((0.05, 0.2))
+    sim.log.set_drop_rate(rate)
+    _note(sim, f"{rate:.0%} of messages lost")
+    sim._later(sim.rng.uniform(3.0, 10.0), "heal_network")
+
+
+def _driver_failures(sim) -> None:
+    name = sim.rng.choice(sim.names)
+    sim.failing[name] = 0.3
+    _note(sim, f"{name}'s drivers fail 30% of actions")
+    sim._later(sim.rng.uniform(5.0, 20.0), "heal_drivers", name)
+
+
+def _driver_hangs(sim) -> None:
+    name = sim.rng.choice(sim.names)
+    sim.hanging.add(name)
+    _note(sim, f"{name}'s drivers hang on half of their actions")
+    sim._later(sim.rng.uniform(5.0, 20.0), "heal_drivers", name)
+
+
+def _guest_crash(sim) -> None:
+    running = [(h.name, i) for h in sim.world.hosts.values() for i in sorted(h.running())]
+    if not running:
+        return _drops(sim)
+    host, instance = sim.rng.choice(running)
+    sim.world.hosts[host].crash(instance)
+    _note(sim, f"instance {instance} crashed on {host}")
+
+
+def _guest_shutdown(sim) -> None:
+    running = [(h.name, i) for h in sim.world.hosts.values() for i in sorted(h.running())]
+    if not running:
+        return _drops(sim)
+    host, instance = sim.rng.choice(running)
+    sim.world.hosts[host].guest_shutdown(instance)
+    _note(sim, f"guest {instance} shut itself down on {host}")
+
+
+def _clock_jump(sim) -> None:
+    name = sim.rng.choice(sim.names)
+    jump = sim.rng.uniform(5.0, 60.0)
+    sim.offset[name] += jump
+    _note(sim, f"{name}'s clock jumped {jump:.1f} s ahead")
+
+
+def heal_network(sim) -> None:
+    sim.log.heal()
+
+
+def heal_drivers(sim, name: str) -> None:
+    sim.failing.pop(name, None)
+    sim.hanging.discard(name)
+    hung, sim.hung = sim.hung, []
+    for node, incarnation, action in hung:
+        if node == name:
+            sim._later(0.05, "action", node, incarnation, action, True)
+        else:
+            sim.hung.append((node, incarnation, action))
+
+
+def heal_all(sim) -> None:
+    """Phase two: the network heals, drivers recover, every machine and daemon comes back, fences are lifted."""
+    from tests.sim.workload import op
+
+    heal_network(sim)
+    for name in sim.names:
+        heal_drivers(sim, name)
+        restart(sim, name)
+    for name in sorted(sim.fenced):
+        sim.submit((op("node_modify", node=name, offline=False),))
+    sim.fenced.clear()
+
+
+def install(sim_class) -> None:
+    """Give the simulation its `_on_<kind>` handlers for the timed events faults schedule."""
+    sim_class._on_restart = lambda sim, name: restart(sim, name)
+    sim_class._on_fence = lambda sim, name: fence(sim, name)
+    sim_class._on_heal_network = lambda sim: heal_network(sim)
+    sim_class._on_heal_drivers = lambda sim, name: heal_drivers(sim, name)
+
