@@ -1,27 +1,39 @@
-"""Benchmark the replicated log: 3 pysyncobj members (production settings) against a 3-member etcd, same harness.
+"""Benchmark the replicated log: 3 pysyncobj members (production settings) against a 3-member etcd.
 
-    .venv/bin/python bench/consensus.py [--seconds 4] [--failovers 10] [--no-etcd]
+    .venv/bin/python bench/consensus.py [--seconds 3] [--rounds 3] [--failovers 10] [--no-etcd]
 
-Each member runs as its own process (consensus.node, password on, fsync
-policy `batch` unless --fsync always). One client process (this one) drives
-the leader with 1, 16 and 128 concurrent Trio tasks over one authenticated
-connection, for 200-byte and 2 KB payloads, and measures records/s and
-p50/p99 commit latency. Failover: kill -9 of the leader (its sockets close,
-as when a daemon crashes) to the first acknowledged proposal, probes every
-20 ms through the survivors; and a silent loss (SIGSTOP of the leader: its
-sockets stay open and it says nothing, as a dead machine or a partition),
-which only the election timeout detects. When etcd is
-installed, a 3-member etcd cluster on loopback is driven through its v3
-HTTP/JSON gateway (POST /v3/kv/put, 200-byte values) by the same harness,
-one keep-alive connection per task. Both clusters run at once and the
-200-byte runs alternate between them (3 rounds, median), so load from other
-processes on the machine hits both alike. The last line is the RESULT line.
+Each member runs as its own process (consensus.node, password on). The
+figures that make the ratios come from a cluster at `fsync=always` (an
+acknowledged record is synced on a majority, as etcd syncs its WAL before it
+answers); a second cluster at `fsync=batch` gives a second line. One client
+process (this one) drives each leader with 1, 16 and 128 concurrent Trio
+tasks over one authenticated connection, 200-byte and 2 KB payloads, and
+measures records/s and p50/p99 commit latency.
+
+etcd 3.4.23 (3 members on loopback, default flags) is driven by a Go gRPC
+client, bench/etcd_load, which this program builds itself with Debian's Go
+and golang-etcd-server-dev (GO111MODULE=off, GOPATH=/usr/share/gocode) and
+caches by source hash; it puts 200-byte values to the leader at 16 and 128
+clients, over one connection and over one connection per client. If Go or
+the package cannot be installed the benchmark says so and exits non-zero.
+The older harness (a Python client on etcd's HTTP/JSON gateway) still runs;
+its figures are printed, labelled, and make no ratio. Each 200-byte
+configuration alternates the systems for --rounds rounds and reports
+medians, so load from other processes hits all of them alike.
+
+Failover: kill -9 of the leader (its sockets close, as when a daemon
+crashes) to the first acknowledged proposal, probes every 20 ms through the
+survivors; and a silent loss (SIGSTOP of the leader: its sockets stay open
+and it says nothing, as a dead machine or a partition), which only the
+election timeout detects. The last line is the RESULT line.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -86,7 +98,7 @@ def cairn_driver(client, size: int):
 
 
 def report(system: str, size: int, concurrency: int, row: dict) -> None:
-    print(f"{system:6s} {size:5d} B  conc {concurrency:4d}: {row['rate']:9.0f} /s  p50 {row['p50_ms']:7.2f} ms  "
+    print(f"{system:13s} {size:5d} B  conc {concurrency:4d}: {row['rate']:9.0f} /s  p50 {row['p50_ms']:7.2f} ms  "
           f"p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}", flush=True)
 
 
@@ -258,56 +270,171 @@ class EtcdDriver:
                 await connection.stream.aclose()
 
 
-async def bench_side_by_side(cluster: ProcessCluster, etcd: EtcdCluster | None, seconds: float,
-                             rounds: int) -> tuple[dict, dict | None]:
-    """200-byte runs alternate between the two systems, `rounds` times, so load from elsewhere hits both alike."""
-    cairn: dict = {}
-    etcd_rows: dict | None = {} if etcd is not None else None
-    leader, _term = await cluster.wait_leader()
-    etcd_port = await etcd_leader_port(etcd) if etcd is not None else None
-    async with cluster.client(leader) as client:
+# -- etcd's Go load client (bench/etcd_load) ---------------------------------------------------
+
+GO_SOURCE = Path(__file__).resolve().parent / "etcd_load" / "main.go"
+GOCODE = Path("/usr/share/gocode")
+# golang-etcd-server-dev ships etcd 3.4.23 under this import path (github.com/coreos/etcd links to it).
+CLIENTV3 = GOCODE / "src" / "go.etcd.io" / "etcd" / "clientv3"
+GO_PACKAGES = ("golang-go", "golang-etcd-server-dev")
+ETCD_PACKAGES = ("etcd-server", "etcd-client")
+
+
+def apt_install(packages: tuple[str, ...]) -> str:
+    """Install Debian packages (apt-get update once if the first try fails); what went wrong, or ''."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return "not root or no apt-get, so nothing could be installed"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", *packages]
+    if subprocess.run(install, capture_output=True, env=env).returncode == 0:
+        return ""
+    subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+    result = subprocess.run(install, capture_output=True, text=True, env=env)
+    return "" if result.returncode == 0 else (result.stderr or result.stdout).strip()[-400:]
+
+
+def require(condition, packages: tuple[str, ...], what: str) -> None:
+    """Install `packages` when `condition()` fails; exit non-zero, saying what is missing, if it still fails."""
+    if condition():
+        return
+    problem = apt_install(packages) or "the packages installed, yet it is still missing"
+    if not condition():
+        raise SystemExit(f"bench/consensus.py: {what} is missing and could not be installed ({problem}); "
+                         f"install it with `apt-get update && apt-get install -y {' '.join(packages)}`, "
+                         "or pass --no-etcd to measure Cairn alone")
+
+
+def build_etcd_load() -> Path:
+    """The Go load client, built from bench/etcd_load with Debian's packages only, cached by source hash."""
+    require(lambda: shutil.which("go") is not None, GO_PACKAGES, "the Go toolchain (go)")
+    require(CLIENTV3.is_dir, GO_PACKAGES, f"etcd's Go client sources ({CLIENTV3})")
+    go_version = subprocess.run(["go", "version"], capture_output=True, text=True, check=True).stdout
+    digest = hashlib.sha256(GO_SOURCE.read_bytes() + go_version.encode()
+                            + (CLIENTV3.parent / "version" / "version.go").read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cairn-bench"
+    binary = cache / f"etcd_load-{digest}"
+    if binary.exists():
+        return binary
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cache / f"etcd_load-{digest}.{os.getpid()}.partial"
+    # GOPATH mode: the Go module proxy is not reachable here, so everything comes from /usr/share/gocode.
+    env = {**os.environ, "GO111MODULE": "off", "GOFLAGS": "", "GOPATH": f"{cache / 'gopath'}:{GOCODE}",
+           "GOCACHE": str(cache / "go-build")}
+    print(f"building the etcd load client ({GO_SOURCE.relative_to(GO_SOURCE.parents[2])}) with {go_version.strip()}",
+          flush=True)
+    result = subprocess.run(["go", "build", "-o", str(partial), str(GO_SOURCE)], capture_output=True, text=True,
+                            env=env)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise SystemExit(f"bench/consensus.py: building {GO_SOURCE} failed:\n{result.stderr.strip()[-2000:]}\n"
+                         f"check that {' '.join(GO_PACKAGES)} are installed (apt-get install -y "
+                         f"{' '.join(GO_PACKAGES)})")
+    os.replace(partial, binary)
+    return binary
+
+
+async def etcd_go_run(binary: Path, port: int, clients: int, conns: int, seconds: float) -> dict:
+    """One run of the Go client against the etcd leader; the same row shape as `drive`."""
+    command = [str(binary), "--endpoints", f"127.0.0.1:{port}", "--clients", str(clients), "--conns", str(conns),
+               "--seconds", str(seconds), "--warmup", str(min(1.0, seconds / 4)), "--value-size", "200"]
+    # run_process kills the client (by its pid) if this task is cancelled.
+    result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+    line = next((x for x in result.stdout.decode().splitlines() if x.startswith("ETCD_LOAD ")), None)
+    if result.returncode != 0 or line is None:
+        raise RuntimeError(f"the etcd load client failed (exit {result.returncode}): "
+                           f"{result.stderr.decode().strip()[-500:]}")
+    fields = dict(item.split("=", 1) for item in line.split()[1:])
+    return {"rate": float(fields["puts_per_s"]), "p50_ms": float(fields["p50_ms"]), "p99_ms": float(fields["p99_ms"]),
+            "ops": int(fields["ops"]), "errors": int(fields["errors"])}
+
+
+# -- the side-by-side runs -------------------------------------------------------------------
+
+GO_CONCURRENCY = (16, 128)
+
+
+async def round_of_runs(clients: dict, etcd: tuple | None, concurrency: int, seconds: float) -> dict:
+    """One run of every system at one concurrency, 200 B; {system: row}."""
+    rows = {}
+    for system, client in clients.items():
+        rows[system] = await measure(system, cairn_driver(client, 200), 200, concurrency, seconds)
+    if etcd is not None:
+        binary, port = etcd
+        connection_counts = (1, concurrency) if concurrency in GO_CONCURRENCY else (1,)
+        for conns in connection_counts:
+            system = "etcd-go-1conn" if conns == 1 and concurrency > 1 else "etcd-go"
+            rows[system] = await etcd_go_run(binary, port, concurrency, conns, seconds)
+            report(system, 200, concurrency, rows[system])
+        driver = EtcdDriver(port, concurrency)
+        rows["etcd-http"] = await measure("etcd-http", driver.put, 200, concurrency, seconds)
+        await driver.aclose()
+    return rows
+
+
+async def bench_side_by_side(clusters: dict, etcd: tuple | None, seconds: float, rounds: int) -> dict:
+    """{(system, size, concurrency): median row}; 200-byte runs alternate between the systems, `rounds` times."""
+    medians: dict = {}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for system, cluster in clusters.items():
+            leader, _term = await cluster.wait_leader()
+            clients[system] = await stack.enter_async_context(cluster.client(leader))
         for concurrency in CONCURRENCY:
-            cairn_runs, etcd_runs = [], []
+            runs: dict = {}
             for _round in range(rounds):
-                cairn_runs.append(await measure("cairn", cairn_driver(client, 200), 200, concurrency, seconds))
-                if etcd is not None:
-                    driver = EtcdDriver(etcd_port, concurrency)
-                    etcd_runs.append(await measure("etcd", driver.put, 200, concurrency, seconds))
-                    await driver.aclose()
-            cairn[(200, concurrency)] = median_row(cairn_runs)
-            if etcd_rows is not None:
-                etcd_rows[(200, concurrency)] = median_row(etcd_runs)
-        for concurrency in CONCURRENCY:
-            cairn[(2048, concurrency)] = await measure("cairn", cairn_driver(client, 2048), 2048, concurrency,
-                                                       seconds)
-    return cairn, etcd_rows
-
-
-def etcd_available(install: bool) -> bool:
-    if shutil.which("etcd"):
-        return True
-    if install and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "etcd-server", "etcd-client"],
-                       check=False, capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    return shutil.which("etcd") is not None
+                for system, row in (await round_of_runs(clients, etcd, concurrency, seconds)).items():
+                    runs.setdefault(system, []).append(row)
+            for system, rows in runs.items():
+                medians[(system, 200, concurrency)] = median_row(rows)
+        for system, client in clients.items():
+            for concurrency in CONCURRENCY:
+                medians[(system, 2048, concurrency)] = await measure(system, cairn_driver(client, 2048), 2048,
+                                                                     concurrency, seconds)
+    return medians
 
 
 # -- main -------------------------------------------------------------------------------------
 
 
-def result_line(cairn: dict, etcd: dict | None, failovers: list[float], silent: list[float]) -> str:
-    fields = {"events_per_s_16": cairn[(200, 16)]["rate"], "events_per_s_128": cairn[(200, 128)]["rate"]}
-    if etcd:
-        fields.update({"etcd_events_per_s_16": etcd[(200, 16)]["rate"],
-                       "etcd_events_per_s_128": etcd[(200, 128)]["rate"],
-                       "ratio_16": cairn[(200, 16)]["rate"] / etcd[(200, 16)]["rate"],
-                       "ratio_128": cairn[(200, 128)]["rate"] / etcd[(200, 128)]["rate"]})
-    fields["failover_median_s"] = statistics.median(failovers) if failovers else float("nan")
-    fields["failover_silent_median_s"] = statistics.median(silent) if silent else float("nan")
-    fields["p99_ms_16"] = cairn[(200, 16)]["p99_ms"]
-    formatted = {k: (f"{v:.0f}" if k.startswith(("events", "etcd")) else f"{v:.3g}" if "ratio" not in k
-                     else f"{v:.2f}") for k, v in fields.items()}
-    return "RESULT " + " ".join(f"{k}={v}" for k, v in formatted.items())
+def result_line(rows: dict, primary: str, failovers: list[float], silent: list[float], conditions: dict) -> str:
+    """The RESULT line: Cairn at the primary fsync mode against etcd's Go client; HTTP figures labelled."""
+    def rate(system: str, concurrency: int) -> float | None:
+        row = rows.get((system, 200, concurrency))
+        return row["rate"] if row else None
+
+    def ratio(system: str, other: str, concurrency: int) -> float | None:
+        mine, theirs = rate(system, concurrency), rate(other, concurrency)
+        return mine / theirs if mine and theirs else None
+
+    low, high = GO_CONCURRENCY
+    # The older keys keep their names; since 2026-12-07 etcd_events_per_s_* and
+    # ratio_* come from the Go client (one connection per client), never from
+    # the HTTP gateway, and events_per_s_* from the fsync=always cluster.
+    fields: dict = {
+        f"events_per_s_{low}": rate(primary, low), f"events_per_s_{high}": rate(primary, high),
+        f"etcd_events_per_s_{low}": rate("etcd-go", low), f"etcd_events_per_s_{high}": rate("etcd-go", high),
+        f"ratio_{low}": ratio(primary, "etcd-go", low), f"ratio_{high}": ratio(primary, "etcd-go", high),
+        f"ratio_go_{low}": ratio(primary, "etcd-go", low), f"ratio_go_{high}": ratio(primary, "etcd-go", high),
+        f"ratio_go_1conn_{low}": ratio(primary, "etcd-go-1conn", low),
+        f"ratio_go_1conn_{high}": ratio(primary, "etcd-go-1conn", high),
+        f"etcd_1conn_events_per_s_{low}": rate("etcd-go-1conn", low),
+        f"etcd_1conn_events_per_s_{high}": rate("etcd-go-1conn", high),
+        f"events_per_s_batch_{low}": rate("cairn-batch", low), f"events_per_s_batch_{high}": rate("cairn-batch", high),
+        f"etcd_http_events_per_s_{low}": rate("etcd-http", low),
+        f"etcd_http_events_per_s_{high}": rate("etcd-http", high),
+    }
+    fields["failover_median_s"] = statistics.median(failovers) if failovers else None
+    fields["failover_silent_median_s"] = statistics.median(silent) if silent else None
+    fields["p99_ms_16"] = rows[(primary, 200, 16)]["p99_ms"]
+    fields.update(conditions)
+
+    def formatted(key: str, value) -> str:
+        if key.startswith(("events", "etcd")):
+            return f"{value:.0f}"
+        return f"{value:.2f}" if key.startswith(("ratio", "load", "sync")) else f"{value:.3g}"
+
+    text = " ".join(f"{k}={formatted(k, v)}" for k, v in fields.items() if v is not None)
+    return f"RESULT fsync={primary.removeprefix('cairn-')} {text}"
 
 
 async def restart_with_history(cluster: ProcessCluster, records: int) -> tuple[float, float]:
@@ -336,49 +463,86 @@ async def restart_with_history(cluster: ProcessCluster, records: int) -> tuple[f
     return serving, time.perf_counter() - started
 
 
-def print_summary(cairn: dict, etcd: dict | None) -> None:
-    print("\nmedian runs (records/s, p50 ms, p99 ms):", flush=True)
-    for (size, concurrency), row in sorted(cairn.items()):
-        line = f"  {size:5d} B conc {concurrency:4d}: cairn {row['rate']:7.0f} {row['p50_ms']:6.2f} {row['p99_ms']:6.2f}"
-        if etcd and (size, concurrency) in etcd:
-            other = etcd[(size, concurrency)]
-            line += (f" | etcd {other['rate']:7.0f} {other['p50_ms']:6.2f} {other['p99_ms']:6.2f}"
-                     f" | ratio {row['rate'] / other['rate']:.2f}")
-        print(line, flush=True)
+def disk_sync_ms(directory: Path, count: int = 100) -> float:
+    """Median time of an fdatasync after a 300-byte append in `directory`: what one sync costs on this disk now."""
+    path = directory / "sync-probe"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    timings = []
+    try:
+        for _ in range(count):
+            os.write(descriptor, b"x" * 300)
+            started = time.perf_counter()
+            os.fdatasync(descriptor)
+            timings.append(time.perf_counter() - started)
+    finally:
+        os.close(descriptor)
+        path.unlink()
+    return statistics.median(timings) * 1000
+
+
+def print_summary(rows: dict, systems: list[str]) -> None:
+    print("\nmedian runs (records or puts/s, p50 ms, p99 ms); etcd-http is the older Python client on etcd's "
+          "HTTP/JSON gateway, shown for history, never in a ratio:", flush=True)
+    for size in SIZES:
+        for concurrency in CONCURRENCY:
+            cells = [f"{system} {row['rate']:7.0f} {row['p50_ms']:6.2f} {row['p99_ms']:6.2f}"
+                     for system in systems if (row := rows.get((system, size, concurrency)))]
+            if cells:
+                print(f"  {size:5d} B conc {concurrency:4d}: " + " | ".join(cells), flush=True)
+
+
+async def failover_trials(cluster: ProcessCluster, count: int, silent: bool) -> list[float]:
+    seconds = []
+    for trial in range(count):
+        seconds.append(await one_failover(cluster, silent=silent))
+        print(f"{'silent ' if silent else ''}failover {trial + 1}: {seconds[-1]:.3f} s", flush=True)
+    return seconds
 
 
 async def run(args: argparse.Namespace) -> None:
+    go_binary = None if args.no_etcd else build_etcd_load()
+    if not args.no_etcd:
+        require(lambda: shutil.which("etcd") is not None, ETCD_PACKAGES, "etcd (etcd-server)")
     root = Path(tempfile.mkdtemp(prefix="cairn-bench-consensus-"))
-    cluster = ProcessCluster(root / "cairn", fsync=args.fsync, extra_args=tuple(args.node_args.split()))
+    # The disk's sync time moves a lot on a shared virtual machine (0.1 to 4 ms
+    # seen on the same day) and decides the fsync=always figures, so it is
+    # measured at both ends, with the load average.
+    conditions = {"load1_start": os.getloadavg()[0], "sync_ms_start": disk_sync_ms(root)}
+    print("at start: " + ", ".join(f"{k} {v:.2f}" for k, v in conditions.items()), flush=True)
+    primary = f"cairn-{args.fsync}"
+    modes = [args.fsync] + (["batch"] if args.fsync != "batch" and not args.no_batch_line else [])
+    clusters = {f"cairn-{mode}": ProcessCluster(root / mode, fsync=mode, extra_args=tuple(args.node_args.split()))
+                for mode in modes}
     etcd = None
     try:
-        cluster.start_all()
-        if not args.no_etcd and etcd_available(install=True):
+        for cluster in clusters.values():
+            cluster.start_all()
+        if go_binary is not None:
             (root / "etcd").mkdir()
             etcd = EtcdCluster(root / "etcd")
             etcd.start()
-        await cluster.wait_all_know_leader()
-        print(f"cairn: 3 members, password on, fsync={args.fsync}, group commit; "
-              f"etcd: {'3 members, default flags' if etcd else 'not installed'}", flush=True)
-        cairn, etcd_results = await bench_side_by_side(cluster, etcd, args.seconds, args.rounds)
+        for cluster in clusters.values():
+            await cluster.wait_all_know_leader()
+        print(f"cairn: 3 members each at fsync={', '.join(modes)}, password on, group commit; "
+              f"etcd: {'3 members, default flags, Go gRPC client and HTTP gateway' if etcd else 'not run'}", flush=True)
+        etcd_target = (go_binary, await etcd_leader_port(etcd)) if etcd is not None else None
+        rows = await bench_side_by_side(clusters, etcd_target, args.seconds, args.rounds)
         if etcd is not None:
             etcd.close()
-        failovers = []
-        for trial in range(args.failovers):
-            failovers.append(await one_failover(cluster))
-            print(f"failover {trial + 1}: {failovers[-1]:.3f} s", flush=True)
-        silent = []
-        for trial in range(args.failovers):
-            silent.append(await one_failover(cluster, silent=True))
-            print(f"silent failover {trial + 1}: {silent[-1]:.3f} s", flush=True)
+        for mode in modes[1:]:
+            clusters[f"cairn-{mode}"].close()
+        failovers = await failover_trials(clusters[primary], args.failovers, silent=False)
+        silent = await failover_trials(clusters[primary], args.failovers, silent=True)
         if args.restart_records:
-            serving, caught_up = await restart_with_history(cluster, args.restart_records)
+            serving, caught_up = await restart_with_history(clusters[primary], args.restart_records)
             print(f"restart of a follower holding {args.restart_records} records: serving after {serving:.2f} s, "
                   f"caught up after {caught_up:.2f} s", flush=True)
-        print_summary(cairn, etcd_results)
-        print(result_line(cairn, etcd_results, failovers, silent), flush=True)
+        print_summary(rows, [*clusters, "etcd-go", "etcd-go-1conn", "etcd-http"])
+        conditions.update(load1_end=os.getloadavg()[0], sync_ms_end=disk_sync_ms(root))
+        print(result_line(rows, primary, failovers, silent, conditions), flush=True)
     finally:
-        cluster.close()
+        for cluster in clusters.values():
+            cluster.close()
         if etcd is not None:
             etcd.close()
         shutil.rmtree(root, ignore_errors=True)
@@ -386,12 +550,14 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per configuration")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per 200-byte configuration")
     parser.add_argument("--failovers", type=int, default=10,
                         help="leader kills for the failover median (and as many silent losses)")
-    parser.add_argument("--fsync", choices=("batch", "always"), default="batch")
-    parser.add_argument("--no-etcd", action="store_true", help="skip the etcd side")
+    parser.add_argument("--fsync", choices=("always", "batch"), default="always",
+                        help="durability of the cluster whose figures make the ratios")
+    parser.add_argument("--no-batch-line", action="store_true", help="skip the second cluster at fsync=batch")
+    parser.add_argument("--no-etcd", action="store_true", help="measure Cairn alone (no Go build, no etcd)")
     parser.add_argument("--restart-records", type=int, default=100_000,
                         help="history length for the follower-restart figure (0 skips it)")
     parser.add_argument("--node-args", default="", help="extra arguments for every member process")

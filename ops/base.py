@@ -120,6 +120,41 @@ class Claims:
 CLAIM_KINDS = ("instances", "nodes", "groups", "shared_nodes", "shared_groups")
 
 
+class HeldClaims:
+    """The union of many jobs' claims, indexed, so a new claim is tested against all of them at once.
+
+    Gives the same answer as testing `Claims.conflicts` against each held
+    claim, in time proportional to the new claim's size, not to how many are held.
+    """
+
+    def __init__(self) -> None:
+        self.exclusive: set = set()     # (kind, key) held exclusively by someone
+        self.shared: set = set()        # (kind, key) held shared by someone
+        self.anything = False
+        self.cluster = False
+
+    def conflicts(self, claims: Claims) -> bool:
+        if self.cluster or (claims.cluster and self.anything):
+            return True
+        exclusive, shared = self.exclusive, self.shared
+        for kind, keys in (("i", claims.instances), ("n", claims.nodes), ("g", claims.groups)):
+            for key in keys:
+                if (kind, key) in exclusive or (kind, key) in shared:
+                    return True
+        for kind, keys in (("n", claims.shared_nodes), ("g", claims.shared_groups)):
+            for key in keys:
+                if (kind, key) in exclusive:
+                    return True
+        return False
+
+    def add(self, claims: Claims) -> None:
+        self.anything = True
+        self.cluster = self.cluster or claims.cluster
+        self.exclusive.update([("i", k) for k in claims.instances] + [("n", k) for k in claims.nodes]
+                              + [("g", k) for k in claims.groups])
+        self.shared.update([("n", k) for k in claims.shared_nodes] + [("g", k) for k in claims.shared_groups])
+
+
 def new_name(name: str) -> str:
     """The claim key of a name no entity has yet (ids never start with 'name:')."""
     return f"name:{name}"

@@ -50,7 +50,16 @@ class Params:
 
 
 def claims(state, params: Params) -> Claims:
-    return Claims(nodes=frozenset({_common.claim_key(state, "node", params.node)}))
+    key = _common.claim_key(state, "node", params.node)
+    if fences_only(params):
+        # Declaring a dead node offline (its fence proof) must not wait behind the jobs stuck on that node.
+        return Claims(shared_nodes=frozenset({key}))
+    return Claims(nodes=frozenset({key}))
+
+
+def fences_only(params: Params) -> bool:
+    """True when the request only marks the node offline."""
+    return params.offline is True and all(getattr(params, key) is None for key in CHANGES if key != "offline")
 
 
 def flag_changes(found, params: Params) -> dict:

@@ -29,6 +29,9 @@ from appliance.model.codec import Envelope
 from appliance.model.errors import WRONG_INPUT, WRONG_STATE, PrereqError
 from ops import base, registry
 
+# Why a job fails when a new leader finds its compensation under way and no longer knows the verdict.
+UNDONE = waits.Verdict(failed=True, compensate=True, code=waits.FAILED,
+                       message="a step did not reach what it waited for, and was undone")
 # A proposal not applied after this long is proposed again (same id: a repeat changes nothing).
 RETRY_S = 5.0
 ENGINE_ACTOR = "cairn"
@@ -51,6 +54,7 @@ class JobEngine:
         # Committed data never changes, so what is derived from it is kept while the job is active: the claims
         # a job holds (or asked for in an admission still in flight), and each operation's decoded steps.
         self.claims: dict[int, base.Claims] = {}
+        self.verdicts: dict[int, waits.Verdict] = {}
         self.steps: dict[tuple, tuple] = {}
 
     # --- leadership ---------------------------------------------------------
@@ -63,6 +67,7 @@ class JobEngine:
             self.endings.clear()
             self.claims.clear()
             self.steps.clear()
+            self.verdicts.clear()
         self.leader, self.term = leader, term
 
     @property
@@ -95,7 +100,7 @@ class JobEngine:
             del self.endings[job_id]
         if len(self.claims) > len(active):
             self._forget_ended(active)
-        held: list[base.Claims] = []
+        held = base.HeldClaims()
         queued: list = []
         for job_id in sorted(active):
             job = state.jobs[job_id]
@@ -103,7 +108,7 @@ class JobEngine:
                 claims = self.claims.get(job_id)
                 if claims is None:
                     claims = self.claims[job_id] = base.Claims.from_payload(job.claims)
-                held.append(claims)
+                held.add(claims)
             else:
                 queued.append(job)
         wake = None
@@ -127,6 +132,8 @@ class JobEngine:
             del self.claims[job_id]
         for key in [k for k in self.steps if k[0] not in active]:
             del self.steps[key]
+        for job_id in [j for j in self.verdicts if j not in active]:
+            del self.verdicts[job_id]
 
     def _in_flight(self, key: tuple, now: float) -> bool:
         """True while a proposal with this key waits to be applied (and is not yet due again)."""
@@ -151,10 +158,10 @@ class JobEngine:
 
     # --- admission ------------------------------------------------------------
 
-    def _admit(self, out: list, state, job, held: list, now: float) -> None:
+    def _admit(self, out: list, state, job, held: base.HeldClaims, now: float) -> None:
         """Admit a queued job whose claims conflict with no running (or earlier blocked) job."""
         if job.id in self.claims and self._in_flight(("job", job.id, "admitted"), now):
-            held.append(self.claims[job.id])
+            held.add(self.claims[job.id])
             return
         try:
             claims = job_claims(state, job)
@@ -163,13 +170,13 @@ class JobEngine:
             return
         drained = state.mode_active("queue_drained", now)
         if drained and not all(registry.get(o["op"]).DRAIN_EXEMPT for o in job.operations):
-            held.append(claims)
+            held.add(claims)
             return
         if job.cancel_requested:
             self._job_event(out, now, job, ("job", job.id, "canceled"), ev.JobCanceled(job.id), "canceled while queued")
             return
-        conflict = any(claims.conflicts(other) for other in held)
-        held.append(claims)
+        conflict = held.conflicts(claims)
+        held.add(claims)
         if not conflict:
             self.claims[job.id] = claims
             self._job_event(out, now, job, ("job", job.id, "admitted"), ev.JobAdmitted(job.id, claims.as_payload()),
@@ -189,11 +196,16 @@ class JobEngine:
             return None
         steps = self.replans.get(job.id) or self._steps(job)
         done = job.step_done
+        if done >= 0 and self._compensating(state, job, steps[done]):
+            # The undoing has begun: it runs to its end and the job fails, whatever the waits say now.
+            self._compensate(out, state, job, steps[done], self.verdicts.get(job.id, UNDONE), now)
+            return None
         if done >= 0 and not self._started(state, job, steps, done + 1):
             verdict = waits.verdict(state, steps[done].waits, job.step_done_at, now)
             if verdict.pending:
                 return verdict.deadline
             if verdict.failed:
+                self.verdicts[job.id] = verdict
                 self._compensate(out, state, job, steps[done], verdict, now)
                 return None
         following = done + 1
@@ -216,6 +228,11 @@ class JobEngine:
         if steps is None:
             steps = self.steps[key] = decode_steps(job.plan)
         return steps
+
+    def _compensating(self, state, job, step) -> bool:
+        """True once any compensation event of the step is applied."""
+        return any(event_id("compensation", job.id, job.operation_index, job.step_done, position) in state.recent_events
+                   for position in range(len(step.compensation)))
 
     def _started(self, state, job, steps: tuple, number: int) -> bool:
         """True once any event of step `number` is applied: the waits before it held, and stay passed.

@@ -72,6 +72,19 @@ class LeadershipChanged:
 
 
 @dataclass(frozen=True)
+class LeaderCommit:
+    """The leader's commit seq, as this node has just heard it (the leader itself knows its own).
+
+    The reconciler starts or migrates an instance only while it has applied
+    at least this seq and heard it recently: a node that lags behind the log,
+    or has not heard from a leader lately, may be acting on a superseded
+    state. (A lease granted by the leader will replace this freshness rule.)
+    """
+
+    seq: int
+
+
+@dataclass(frozen=True)
 class ProposalLost:
     """A proposal did not commit or its outcome is unknown; the core may propose it again."""
 

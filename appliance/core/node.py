@@ -15,8 +15,8 @@ from typing import Any
 from appliance.core import engine as engine_module
 from appliance.core.engine import JobEngine, job_claims
 from appliance.core.io import (
-    CancelRequested, Committed, CommittedBatch, DriverDone, LeadershipChanged, Proposal, ProposalLost, Ready, Reply,
-    Submitted, Tick,
+    CancelRequested, Committed, CommittedBatch, DriverDone, LeaderCommit, LeadershipChanged, Proposal, ProposalLost,
+    Ready, Reply, Submitted, Tick,
 )
 from appliance.core.plans import event_id
 from appliance.core.reconciler import Reconciler
@@ -60,6 +60,9 @@ class NodeCore:
             self._cancel(ready, message)
         elif kind is DriverDone:
             self._driver_done(message)
+        elif kind is LeaderCommit:
+            if self.reconciler is not None:
+                self.reconciler.heard(message.seq, self.now)
         elif kind is LeadershipChanged:
             self.engine.on_leadership(message.leader, message.term)
         elif kind is ProposalLost:

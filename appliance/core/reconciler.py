@@ -29,6 +29,8 @@ RECONCILER_ACTOR = "reconciler"
 LIST_EVERY_S = 2.0
 ACTION_TIMEOUT_S = 120.0
 REPORT_RETRY_S = 5.0
+# How recently this node must have heard the leader's commit seq (and applied up to it) to start or migrate.
+FRESH_S = 2.0
 RESTART_LIMIT = 5
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 RUNNING, CRASHED, SHUTDOWN = "running", "crashed", "shutdown"
@@ -55,6 +57,8 @@ class Reconciler:
     reports: dict = field(default_factory=dict)      # (instance, kind) -> time proposed
     restart_at: dict = field(default_factory=dict)   # instance id -> (attempt, earliest start)
     migrations: dict = field(default_factory=dict)   # instance id -> (ok, message) of a migration run here
+    leader_commit: int = -1                          # the leader's commit seq, as last heard
+    heard_at: float = float("-inf")
     changes: int = 0                                 # local actions finished, to spot stale listings
     next_action: int = 1
 
@@ -88,6 +92,18 @@ class Reconciler:
                 self.disks.add((action.instance, action.args["index"]))
             elif action.kind == "disk_remove":
                 self.disks.discard((action.instance, action.args["index"]))
+
+    def heard(self, seq: int, now: float) -> None:
+        """The leader's commit seq, as just heard."""
+        self.leader_commit, self.heard_at = seq, now
+
+    def fresh(self, state, now: float) -> bool:
+        """True when this node has applied what the leader committed, as heard within FRESH_S.
+
+        Starting or migrating an instance on a state the log has moved past could
+        run a second copy; stopping one never can, so only those two wait for this.
+        """
+        return state.seq >= self.leader_commit >= 0 and now - self.heard_at <= FRESH_S
 
     def _drop(self, action: Action) -> None:
         for key, pending in list(self.pending.items()):
@@ -190,6 +206,8 @@ class Reconciler:
         waiting_for = [n for n in instance.pending_stop if n != me]
         if waiting_for and "start_before_stop" not in self.bugs:
             return
+        if not self.fresh(state, now):
+            return
         if instance.disk_template != "diskless":
             if self.disks is None or any((instance.id, i) not in self.disks for i in range(len(instance.disks))):
                 return
@@ -231,7 +249,8 @@ class Reconciler:
         if outcome is None:
             target = state.nodes.get(instance.migration_target)
             if status == RUNNING and target is not None:
-                self._act(actions, now, "migrate", instance.id, target=target.name)
+                if self.fresh(state, now):
+                    self._act(actions, now, "migrate", instance.id, target=target.name)
                 return
             outcome = (False, f"instance {instance.name} is not running on its primary")
         if not self._reported(instance, "migration", now):

@@ -53,12 +53,16 @@ def holds(state, wait) -> bool | str | None:
             return f"instance {wait.instance} was removed"
         return True if (instance.observed_state, instance.observed_node) == ("running", wait.node) else None
     if wait.what == "observed_stopped":
-        if instance is None:
+        node = state.nodes.get(wait.node)
+        if instance is None or node is None or node.fenced:
             return True
         return None if (instance.observed_state, instance.observed_node) == ("running", wait.node) else True
     if wait.what == "migration_finished":
         if instance is None:
             return f"instance {wait.instance} was removed"
+        source = state.nodes.get(wait.node)
+        if source is None or source.offline:
+            return f"the migration of instance {instance.name} cannot finish: its source node is offline"
         if instance.migration_status == "done":
             return True
         if instance.migration_status == "failed":

@@ -36,8 +36,16 @@ def _crash(sim, name: str, power: bool) -> None:
 
 
 def restart(sim, name: str) -> None:
-    """Start a node's daemon again: a fresh core that replays the whole log it has."""
+    """Start a node's daemon again: a fresh core that replays the whole log it has.
+
+    A machine the operator is fencing stays off until the fence job has ended:
+    the operator asserted that its instances are dead, and that assertion must
+    stay true until the log has it (otherwise the fence proof would be false).
+    """
     if sim.cores[name] is not None:
+        return
+    if _fence_pending(sim, name):
+        sim._later(2.0, "restart", name)
         return
     if name in sim.powered_off:
         sim.world.hosts[name].power_on()
@@ -48,6 +56,20 @@ def restart(sim, name: str) -> None:
     sim.fed[name] = 0
     sim.told[name] = None
     sim.wake[name] = sim.now
+    sim.heard[name] = float("-inf")
+
+
+def _fence_pending(sim, name: str) -> bool:
+    """True while the operator's fence job for this machine has not ended."""
+    request = sim.fences.get(name)
+    if request is None:
+        return False
+    state = sim.checker.state
+    job = state.jobs.get(state.job_requests.get(request, -1))
+    if job is None or job.status not in ("success", "error", "canceled"):
+        return True
+    del sim.fences[name]
+    return False
 
 
 def _leader_crash(sim) -> None:
@@ -88,7 +110,8 @@ def fence(sim, name: str) -> None:
     if name not in sim.powered_off:
         return
     sim.fenced.add(name)
-    sim.submit((op("node_modify", node=name, offline=True),))
+    sim.fences[name] = f"fence-{name}-{len(sim.faults)}"
+    sim.submit((op("node_modify", node=name, offline=True),), request_id=sim.fences[name])
     state = sim.checker.state
     node_id = state.node_names.get(name)
     for instance in sorted(state.instances.values(), key=lambda i: i.name):

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass, field
 
 from appliance.core.io import (
-    Committed, DriverDone, LeadershipChanged, ProposalLost, Ready, Submitted, Tick,
+    Committed, DriverDone, LeaderCommit, LeadershipChanged, ProposalLost, Ready, Submitted, Tick,
 )
 from appliance.core.node import NodeCore
 from appliance.drivers.base import DriverError
@@ -29,6 +29,7 @@ from tests.sim import faults
 from tests.sim.checker import Checker, Violation
 
 TICK_S = 0.05
+HEARTBEAT_S = 0.5
 START = 1_764_633_600.0
 ADMIN = "admin"
 
@@ -73,6 +74,7 @@ class Simulation:
         self.fed = {name: 0 for name in self.names}
         self.told = {name: None for name in self.names}
         self.wake = {name: 0.0 for name in self.names}
+        self.heard = {name: float("-inf") for name in self.names}
         self.offset = {name: 0.0 for name in self.names}
         self.failing: dict[str, float] = {}
         self.hanging: set[str] = set()
@@ -88,6 +90,7 @@ class Simulation:
         self.faults: list[str] = []
         self.powered_off: set[str] = set()
         self.fenced: set[str] = set()
+        self.fences: dict[str, str] = {}
 
     def _new_core(self, name: str) -> NodeCore:
         return NodeCore(name, bugs=self.config.bugs)
@@ -136,6 +139,19 @@ class Simulation:
             self.checker.record(name, record)
             self._step(name, Committed(record.seq, record.payload))
             self.checker.after_apply(name, core.state)
+        self._hear_leader(name, member)
+
+    def _hear_leader(self, name: str, member) -> None:
+        """Every half second a node that can reach the leader hears its commit seq (as in its heartbeats)."""
+        if self.now - self.heard[name] < HEARTBEAT_S:
+            return
+        leader = self.log.leader()
+        if leader is None or member.leader != leader and leader != name:
+            return
+        if leader != name and ((name, leader) in self.log._blocked or (leader, name) in self.log._blocked):
+            return
+        self.heard[name] = self.now
+        self._step(name, LeaderCommit(len(self.log.nodes[leader].records)))
 
     def _step(self, name: str, message) -> None:
         core = self.cores[name]

@@ -14,6 +14,11 @@ REGRESSIONS = {
     "a step's waits re-judged after the next step undid them (migration stuck)": 1,
     "a guard failure raced a step already proposed (job failed, migration left running)": 73,
     "an instance the guest shut down was never started on the node it failed over to": 265,
+    "a stale listing confirmed an instance absent that a migration had just brought in": 789,
+    "a node behind the log migrated an instance out on a superseded state": 155,
+    "the operator's fence committed after the machine came back (the sim now keeps it off)": 888,
+    "a wait re-judged after its compensation was applied never failed the job": 72,
+    "a fence waited behind the jobs stuck on the dead node": 287,
 }
 
 

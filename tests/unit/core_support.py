@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 
-from appliance.core.io import Committed, DriverDone, LeadershipChanged, Submitted, Tick
+from appliance.core.io import Committed, DriverDone, LeaderCommit, LeadershipChanged, Submitted, Tick
 from appliance.core.node import NodeCore
 from appliance.drivers.base import DriverError
 from appliance.drivers.memory import MemoryWorld
@@ -42,6 +42,7 @@ class Harness:
         for name in self.names:
             self.send(name, Tick(self.now))
             self.send(name, LeadershipChanged(leader, 1))
+            self.send(name, LeaderCommit(0))
 
     # --- driving ------------------------------------------------------------------
 
@@ -111,6 +112,7 @@ class Harness:
         while self.now < end:
             self.now += step_s
             for name in self.names:
+                self.send(name, LeaderCommit(len(self.records)))
                 self.send(name, Tick(self.now))
 
     def submit(self, *operations: dict, node: str = "node1", request_id: str = "", actor: str = "admin") -> int:

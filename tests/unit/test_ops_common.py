@@ -163,3 +163,22 @@ def test_primary_online_refuses_an_offline_primary():
 def test_tag_target_refuses_a_cluster_target():
     """Cluster tags take no target."""
     assert refusal(_common.tag_target, cluster().state, "cluster", "x").code == WRONG_INPUT
+
+
+def test_held_claims_answer_as_pairwise_conflicts_do():
+    """HeldClaims says a claim conflicts exactly when it conflicts with one of the claims held."""
+    import itertools
+
+    from ops.base import Claims, HeldClaims
+
+    keys = ("a", "b")
+    choices = [Claims()] + [Claims(**{kind: frozenset({key})}) for kind in
+                            ("instances", "nodes", "groups", "shared_nodes", "shared_groups") for key in keys]
+    choices.append(Claims(cluster=True))
+    for held_pair in itertools.combinations(choices, 2):
+        held = HeldClaims()
+        for claims in held_pair:
+            held.add(claims)
+        for claims in choices:
+            expected = any(claims.conflicts(other) for other in held_pair)
+            assert held.conflicts(claims) == expected, (held_pair, claims)

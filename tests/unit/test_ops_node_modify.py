@@ -137,3 +137,16 @@ def test_node_modify_refuses_a_sixth_voter():
     for n in range(6):
         box.run("node_add", name=f"m{n}.example.com")
     refused(box, "node_modify", WRONG_STATE, "already has 5 voters", node="m5.example.com", role="voter")
+
+
+def test_marking_a_node_offline_shares_the_node_claim():
+    """A fence (offline only) claims the node shared, so it never waits behind jobs stuck on the dead node."""
+    from ops import node_modify
+
+    box = cluster()
+    node_id = box.state.node_by_name("n1.example.com").id
+    fence = node_modify.claims(box.state, node_modify.Params("n1.example.com", offline=True))
+    other = node_modify.claims(box.state, node_modify.Params("n1.example.com", offline=True, drained=None,
+                                                             memory_mib=2048))
+    assert fence.shared_nodes == {node_id} and not fence.nodes
+    assert other.nodes == {node_id}
