@@ -396,8 +396,10 @@ async def bench_side_by_side(clusters: dict, etcd: tuple | None, seconds: float,
 # -- main -------------------------------------------------------------------------------------
 
 
-def result_line(rows: dict, primary: str, failovers: list[float], silent: list[float], conditions: dict) -> str:
-    """The RESULT line: Cairn at the primary fsync mode against etcd's Go client; HTTP figures labelled."""
+def result_line(rows: dict, mode: str, failovers: dict, conditions: dict) -> str:
+    """The RESULT line: Cairn at fsync `mode` against etcd's Go client; the batch line and HTTP figures labelled."""
+    primary = f"cairn-{mode}"
+
     def rate(system: str, concurrency: int) -> float | None:
         row = rows.get((system, 200, concurrency))
         return row["rate"] if row else None
@@ -423,8 +425,10 @@ def result_line(rows: dict, primary: str, failovers: list[float], silent: list[f
         f"etcd_http_events_per_s_{low}": rate("etcd-http", low),
         f"etcd_http_events_per_s_{high}": rate("etcd-http", high),
     }
-    fields["failover_median_s"] = statistics.median(failovers) if failovers else None
-    fields["failover_silent_median_s"] = statistics.median(silent) if silent else None
+    for failover_mode, (killed, silent) in sorted(failovers.items(), key=lambda item: item[0] != mode):
+        infix = "" if failover_mode == mode else f"{failover_mode}_"
+        fields[f"failover_{infix}median_s"] = statistics.median(killed) if killed else None
+        fields[f"failover_{infix}silent_median_s"] = statistics.median(silent) if silent else None
     fields["p99_ms_16"] = rows[(primary, 200, 16)]["p99_ms"]
     fields.update(conditions)
 
@@ -434,7 +438,7 @@ def result_line(rows: dict, primary: str, failovers: list[float], silent: list[f
         return f"{value:.2f}" if key.startswith(("ratio", "load", "sync")) else f"{value:.3g}"
 
     text = " ".join(f"{k}={formatted(k, v)}" for k, v in fields.items() if v is not None)
-    return f"RESULT fsync={primary.removeprefix('cairn-')} {text}"
+    return f"RESULT fsync={mode} {text}"
 
 
 async def restart_with_history(cluster: ProcessCluster, records: int) -> tuple[float, float]:
@@ -529,17 +533,21 @@ async def run(args: argparse.Namespace) -> None:
         rows = await bench_side_by_side(clusters, etcd_target, args.seconds, args.rounds)
         if etcd is not None:
             etcd.close()
-        for mode in modes[1:]:
-            clusters[f"cairn-{mode}"].close()
-        failovers = await failover_trials(clusters[primary], args.failovers, silent=False)
-        silent = await failover_trials(clusters[primary], args.failovers, silent=True)
+        failovers: dict = {}
+        for mode in reversed(modes):  # the primary cluster last, so it alone is left for the restart figure
+            cluster = clusters[f"cairn-{mode}"]
+            print(f"failovers of the fsync={mode} cluster", flush=True)
+            failovers[mode] = (await failover_trials(cluster, args.failovers, silent=False),
+                               await failover_trials(cluster, args.failovers, silent=True))
+            if mode != args.fsync:
+                cluster.close()
         if args.restart_records:
             serving, caught_up = await restart_with_history(clusters[primary], args.restart_records)
             print(f"restart of a follower holding {args.restart_records} records: serving after {serving:.2f} s, "
                   f"caught up after {caught_up:.2f} s", flush=True)
         print_summary(rows, [*clusters, "etcd-go", "etcd-go-1conn", "etcd-http"])
         conditions.update(load1_end=os.getloadavg()[0], sync_ms_end=disk_sync_ms(root))
-        print(result_line(rows, primary, failovers, silent, conditions), flush=True)
+        print(result_line(rows, args.fsync, failovers, conditions), flush=True)
     finally:
         for cluster in clusters.values():
             cluster.close()

@@ -17,6 +17,7 @@ runs the checks every operation shares, then the operation's own.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -161,7 +162,9 @@ def new_name(name: str) -> str:
 
 
 WAIT_KINDS = ("observed_running", "observed_stopped", "migration_finished", "stop_confirmed")
-ON_TIMEOUT = ("fail", "compensate")
+ON_TIMEOUT = ("fail", "compensate", "retry")
+# How many times a step whose wait says "retry" is run again before its job fails.
+STEP_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,9 @@ class Wait:
     - observed_stopped: the instance is seen stopped (or absent) on `node`;
     - migration_finished: the live migration the step started has finished (a failure counts as expiry);
     - stop_confirmed: no node is left that must confirm the instance stopped.
-    `on_timeout` is "fail" (the job fails) or "compensate" (the step's compensation commits first).
+    `on_timeout` is "fail" (the job fails), "compensate" (the step's compensation commits first) or
+    "retry" (the step's events are committed again, up to STEP_RETRIES times, then the job fails); only
+    steps made of requests that mean the same when repeated (start, reboot) retry.
     """
 
     what: str
@@ -357,11 +362,16 @@ def params_payload(params: Any) -> dict[str, Any]:
     return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
 
 
+@functools.lru_cache(maxsize=None)
+def _field_names(params_class: type) -> frozenset:
+    return frozenset(f.name for f in dataclasses.fields(params_class))
+
+
 def params_from(op: ModuleType, payload: Mapping[str, Any]) -> Any:
     """An operation's Params from plain data; PrereqError naming an unknown or missing field."""
     from appliance.model.errors import WRONG_INPUT
 
-    names = {f.name for f in dataclasses.fields(op.Params)}
+    names = _field_names(op.Params)
     unknown = sorted(set(payload) - names)
     if unknown:
         raise PrereqError(WRONG_INPUT, f"{op.NAME} takes no field {', '.join(unknown)}; "

@@ -46,4 +46,4 @@ def plan(state, params: Params) -> Plan:
         return Plan(steps=(), result=f"instance {found.name} is already running")
     # Repeating the request for an instance marked up but not running (Ganeti's ERROR_down) repairs it.
     return one_step(f"starting instance {found.name}", ev.InstanceStartupRequested(found.id),
-                    waits=(Wait("observed_running", found.id, found.primary, params.timeout_s),))
+                    waits=(Wait("observed_running", found.id, found.primary, params.timeout_s, "retry"),))

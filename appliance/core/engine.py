@@ -55,6 +55,7 @@ class JobEngine:
         # a job holds (or asked for in an admission still in flight), and each operation's decoded steps.
         self.claims: dict[int, base.Claims] = {}
         self.verdicts: dict[int, waits.Verdict] = {}
+        self.queued: dict[int, tuple] = {}      # a waiting job's claims, and the name maps they were resolved with
         self.steps: dict[tuple, tuple] = {}
 
     # --- leadership ---------------------------------------------------------
@@ -68,6 +69,7 @@ class JobEngine:
             self.claims.clear()
             self.steps.clear()
             self.verdicts.clear()
+            self.queued.clear()
         self.leader, self.term = leader, term
 
     @property
@@ -98,7 +100,7 @@ class JobEngine:
         active = state.active_jobs
         for job_id in [j for j in self.endings if j not in active]:
             del self.endings[job_id]
-        if len(self.claims) > len(active):
+        if len(self.claims) > len(active) or len(self.queued) > len(active):
             self._forget_ended(active)
         held = base.HeldClaims()
         queued: list = []
@@ -134,6 +136,8 @@ class JobEngine:
             del self.steps[key]
         for job_id in [j for j in self.verdicts if j not in active]:
             del self.verdicts[job_id]
+        for job_id in [j for j in self.queued if j not in active]:
+            del self.queued[job_id]
 
     def _in_flight(self, key: tuple, now: float) -> bool:
         """True while a proposal with this key waits to be applied (and is not yet due again)."""
@@ -164,7 +168,7 @@ class JobEngine:
             held.add(self.claims[job.id])
             return
         try:
-            claims = job_claims(state, job)
+            claims = self._queued_claims(state, job)
         except PrereqError as error:
             self._fail(out, now, job, error.code, error.message)
             return
@@ -181,6 +185,16 @@ class JobEngine:
             self.claims[job.id] = claims
             self._job_event(out, now, job, ("job", job.id, "admitted"), ev.JobAdmitted(job.id, claims.as_payload()),
                             "no conflicting claims")
+
+    def _queued_claims(self, state, job) -> base.Claims:
+        """A waiting job's claims, computed again only when an entity name may resolve differently."""
+        names = (state.instance_names, state.node_names, state.group_names)
+        cached = self.queued.get(job.id)
+        if cached is not None and all(a is b for a, b in zip(cached[1], names)):
+            return cached[0]
+        claims = job_claims(state, job)
+        self.queued[job.id] = (claims, names)
+        return claims
 
     # --- running jobs -----------------------------------------------------------
 
@@ -204,6 +218,9 @@ class JobEngine:
             verdict = waits.verdict(state, steps[done].waits, job.step_done_at, now)
             if verdict.pending:
                 return verdict.deadline
+            if verdict.failed and verdict.retry and self._attempts(job, done) <= base.STEP_RETRIES:
+                self._retry(out, state, job, steps[done], now)
+                return None
             if verdict.failed:
                 self.verdicts[job.id] = verdict
                 self._compensate(out, state, job, steps[done], verdict, now)
@@ -294,6 +311,25 @@ class JobEngine:
         if not pending or "step_twice" in self.bugs:
             progressed = ev.JobProgressed(job.id, index, number, step.message)
             self._job_event(out, now, job, ("job", job.id, "progressed", index, number), progressed, step.message)
+
+    @staticmethod
+    def _attempts(job, number: int) -> int:
+        """How many times step `number` of the current operation has been run (its committed JobProgressed)."""
+        return sum(1 for entry in job.progress if tuple(entry) == (job.operation_index, number))
+
+    def _retry(self, out: list, state, job, step, now: float) -> None:
+        """Run the step again: its events under the attempt's own ids, then JobProgressed (a new deadline)."""
+        index, number, attempt = job.operation_index, job.step_done, self._attempts(job, job.step_done)
+        pending = False
+        for position, event in enumerate(step.events):
+            key = ("retry", job.id, index, number, position, attempt)
+            if event_id(*key) not in state.recent_events:
+                pending = True
+                self._job_event(out, now, job, key, event, f"retrying '{step.message}'")
+        if not pending:
+            progressed = ev.JobProgressed(job.id, index, number, f"retrying '{step.message}' (attempt {attempt + 1})")
+            self._job_event(out, now, job, ("job", job.id, "progressed", index, number, attempt), progressed,
+                            progressed.message)
 
     def _compensate(self, out: list, state, job, step, verdict, now: float) -> None:
         """A wait failed: commit the step's compensation (if the wait asks for it), then fail the job."""

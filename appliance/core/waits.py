@@ -20,6 +20,7 @@ class Verdict:
     failed: bool = False
     deadline: float | None = None
     compensate: bool = False
+    retry: bool = False
     code: str = ""
     message: str = ""
 
@@ -38,6 +39,7 @@ def verdict(state, step_waits: tuple, since: float, now: float) -> Verdict:
         if outcome is not None or now >= deadline:
             why = outcome if outcome is not None else f"timed out after {wait.timeout_s} s waiting for {describe(state, wait)}"
             return Verdict(failed=True, compensate=wait.on_timeout == "compensate",
+                           retry=wait.on_timeout == "retry" and outcome is None,
                            code=TIMEOUT if outcome is None else FAILED, message=why)
         pending_until = deadline if pending_until is None else min(pending_until, deadline)
     if pending_until is not None:
@@ -51,6 +53,9 @@ def holds(state, wait) -> bool | str | None:
     if wait.what == "observed_running":
         if instance is None:
             return f"instance {wait.instance} was removed"
+        node = state.nodes.get(wait.node)
+        if node is None or node.offline:
+            return f"instance {instance.name} cannot start: node {node.name if node else wait.node} is offline"
         return True if (instance.observed_state, instance.observed_node) == ("running", wait.node) else None
     if wait.what == "observed_stopped":
         node = state.nodes.get(wait.node)

@@ -668,7 +668,9 @@ def _job_operation_planned(state, e, envelope, seq):
     # The first plan of an operation wins: a late duplicate (another leader's, a retry's) changes nothing.
     job = state.jobs.get(e.job)
     index = e.operation_index
-    if job is None or e.job not in state.active_jobs or index <= job.planned:
+    # Only a running job takes a plan: the leader proposes a job's first plan right behind its admission, and a
+    # plan whose admission did not commit is ignored (the next leader admits and plans the job afresh).
+    if job is None or job.status != "running" or index <= job.planned:
         return {}
     results = job.results + (job.op_result,) if index > 0 else job.results
     return _set_job(state, e.job, plan=e.steps, operation_index=index, reservations=e.reservations, macs=e.macs,

@@ -86,8 +86,13 @@ class Checker:
         if job is None or job.planned < 0:
             raise Violation(f"seq {seq}: {type(event).__name__} of job {envelope.job}, which has no plan")
         allowed = Counter()
-        for step in decode_steps(job.plan):
-            allowed.update(repr(e) for e in step.events + step.compensation)
+        for number, step in enumerate(decode_steps(job.plan)):
+            # A step whose wait says "retry" may run once more after each time it was marked done.
+            retries = any(w.on_timeout == "retry" for w in step.waits)
+            runs = 1 + (sum(1 for p in job.progress if tuple(p) == (job.operation_index, number)) if retries else 0)
+            for planned in step.events:
+                allowed[repr(planned)] += runs
+            allowed.update(repr(e) for e in step.compensation)
         key = (job.id, job.operation_index, repr(event))
         self.used[key] += 1
         if self.used[key] > allowed[repr(event)]:

@@ -19,6 +19,7 @@ REGRESSIONS = {
     "the operator's fence committed after the machine came back (the sim now keeps it off)": 888,
     "a wait re-judged after its compensation was applied never failed the job": 72,
     "a fence waited behind the jobs stuck on the dead node": 287,
+    "a start retried on a node already fenced, blocking its failover": 137,
 }
 
 

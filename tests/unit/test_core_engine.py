@@ -213,3 +213,27 @@ def test_a_malformed_job_is_refused_before_it_is_committed():
     harness = Harness()
     harness.send("node1", Submitted("bad", ({"op": "instance_explode", "params": {}},), "admin"))
     assert harness.replies["bad"].code == "wrong_input" and "instance_add" in harness.replies["bad"].message
+
+
+def test_a_start_that_does_not_happen_is_retried_then_fails():
+    """A startup whose wait times out is requested again (twice), then the job fails with the timeout."""
+    harness = cluster()
+    found = add_instance(harness, start=False)
+    harness.held.add("node1")
+    job_id = harness.submit(op("instance_startup", instance=found.name, timeout_s=10))
+    harness.until(lambda: harness.job(job_id).status == "error", 120)
+    requests = [e for e in harness.events(ev.InstanceStartupRequested) if e.job == job_id]
+    assert len(requests) == 3 and harness.job(job_id).error_code == "timeout"
+    assert [tuple(p) for p in harness.job(job_id).progress] == [(0, 0)] * 3
+
+
+def test_a_retried_start_succeeds_when_the_node_comes_back():
+    """If the node acts during a retry, the startup job succeeds."""
+    harness = cluster()
+    found = add_instance(harness, start=False)
+    harness.held.add("node1")
+    job_id = harness.submit(op("instance_startup", instance=found.name, timeout_s=10))
+    harness.advance(12)
+    harness.release("node1")
+    harness.until(lambda: harness.job(job_id).status != "running", 60)
+    assert harness.job(job_id).status == "success"

@@ -482,6 +482,13 @@ def submitted(box, request_id: str = "") -> int:
     return box.state.job_requests.get(request_id, box.state.next_job_id - 1)
 
 
+def admitted(box) -> int:
+    """Commit a JobSubmitted and its JobAdmitted; return the job's id."""
+    job = submitted(box)
+    box.commit(ev.JobAdmitted(job, ()))
+    return job
+
+
 def test_job_submitted_twice_with_one_request_id_makes_one_job():
     """A resubmission with a request id already in the state changes nothing: the job is the first one."""
     box = cluster(nodes=0)
@@ -529,7 +536,7 @@ def test_job_admitted_v1_puts_reservations_and_macs_on_the_job():
 def test_job_operation_planned_records_the_plan():
     """JobOperationPlanned puts the operation's steps, holdings and result on the job, no step done yet."""
     box = cluster(nodes=0)
-    job = submitted(box)
+    job = admitted(box)
     assert box.state.jobs[job].planned == -1
     box.commit(ev.JobOperationPlanned(job, 0, {"x": 1}, ({"events": ()},), ({"node": "n", "memory_mib": 1,
                                                                              "disk_mib": 0},), ("m",), "ok"))
@@ -542,7 +549,7 @@ def test_job_operation_planned_records_the_plan():
 def test_job_operation_planned_twice_keeps_the_first_plan():
     """A second plan for an operation already planned (a late duplicate) changes nothing."""
     box = cluster(nodes=0)
-    job = submitted(box)
+    job = admitted(box)
     box.commit(ev.JobOperationPlanned(job, 0, {}, ("first",), (), (), "one"))
     box.commit(ev.JobProgressed(job, 0, 0, "step one"))
     box.commit(ev.JobOperationPlanned(job, 0, {}, ("second",), (), (), "two"))
@@ -553,11 +560,19 @@ def test_job_operation_planned_twice_keeps_the_first_plan():
 def test_job_operation_planned_for_the_next_operation_keeps_the_previous_result():
     """The plan of operation k > 0 appends the previous operation's result to the job's results."""
     box = cluster(nodes=0)
-    job = submitted(box)
+    job = admitted(box)
     box.commit(ev.JobOperationPlanned(job, 0, {}, (), (), (), "first result"))
     box.commit(ev.JobOperationPlanned(job, 1, {}, ("s",), (), (), "second result"))
     planned = box.state.jobs[job]
     assert (planned.operation_index, planned.results, planned.op_result) == (1, ("first result",), "second result")
+
+
+def test_job_operation_planned_for_a_job_not_admitted_changes_nothing():
+    """A plan for a queued job (its admission did not commit) is ignored."""
+    box = cluster(nodes=0)
+    job = submitted(box)
+    box.commit(ev.JobOperationPlanned(job, 0, {}, ("s",), (), (), None))
+    assert box.state.jobs[job].planned == -1 and box.state.jobs[job].plan == ()
 
 
 def test_job_operation_planned_for_a_finished_job_changes_nothing():
@@ -573,7 +588,7 @@ def test_job_operation_planned_for_a_finished_job_changes_nothing():
 def test_job_progressed_records_the_step_done():
     """JobProgressed records the step as done, and when."""
     box = cluster(nodes=0)
-    job = submitted(box)
+    job = admitted(box)
     box.commit(ev.JobOperationPlanned(job, 0, {}, ("a", "b"), (), (), None))
     box.tick(5.0)
     box.commit(ev.JobProgressed(job, 0, 1, "second step"))
