@@ -47,6 +47,22 @@ class CancelRequested:
 
 
 @dataclass(frozen=True)
+class WaitForSeq:
+    """A caller waits until this node has applied `seq` (a read after a write: Raft's ReadIndex)."""
+
+    token: Any
+    seq: int
+
+
+@dataclass(frozen=True)
+class WaitForJob:
+    """A caller waits until a job ends (`cairn job watch`); the reply carries its end state."""
+
+    token: Any
+    job: int
+
+
+@dataclass(frozen=True)
 class DriverDone:
     """A driver action finished: `ok`, a message, and for a listing the value it read."""
 

@@ -16,7 +16,7 @@ from appliance.core import engine as engine_module
 from appliance.core.engine import JobEngine, job_claims
 from appliance.core.io import (
     CancelRequested, Committed, CommittedBatch, DriverDone, LeaderCommit, LeadershipChanged, Proposal, ProposalLost,
-    Ready, Reply, Submitted, Tick,
+    Ready, Reply, Submitted, Tick, WaitForJob, WaitForSeq,
 )
 from appliance.core.plans import event_id
 from appliance.core.reconciler import Reconciler
@@ -24,7 +24,7 @@ from appliance.model import events as ev
 from appliance.model import replay
 from appliance.model.codec import Envelope, decode
 from appliance.model.errors import QUEUE_DRAINED, UNKNOWN_ENTITY, WRONG_INPUT, WRONG_STATE, PrereqError
-from appliance.model.state import ClusterState
+from appliance.model.state import JOB_FINISHED, ClusterState
 from ops import registry
 
 
@@ -41,6 +41,8 @@ class NodeCore:
         self.submissions: dict[bytes, Any] = {}     # event id of a JobSubmitted -> caller token
         self.cancels: dict[bytes, Any] = {}
         self.outstanding: dict[bytes, list] = {}    # callers' proposals until they commit: [proposal, sent at]
+        self.seq_waiters: list[tuple[int, Any]] = []    # (seq, token): callers waiting for this node to apply seq
+        self.job_waiters: dict[int, list] = {}          # job id -> tokens of callers waiting for it to end
         self.submit_count = 0
 
     def step(self, message: Any) -> Ready:
@@ -60,6 +62,10 @@ class NodeCore:
             self._cancel(ready, message)
         elif kind is DriverDone:
             self._driver_done(message)
+        elif kind is WaitForSeq:
+            self.seq_waiters.append((message.seq, message.token))
+        elif kind is WaitForJob:
+            self._wait_for_job(ready, message)
         elif kind is LeaderCommit:
             if self.reconciler is not None:
                 self.reconciler.heard(message.seq, self.now)
@@ -147,7 +153,31 @@ class NodeCore:
 
     # --- decisions --------------------------------------------------------------
 
+    def _wait_for_job(self, ready: Ready, message: WaitForJob) -> None:
+        job = self.state.jobs.get(message.job)
+        if job is None:
+            ready.replies.append(Reply(message.token, False, code=UNKNOWN_ENTITY,
+                                       message=f"Job {message.job} not known; 'cairn job list' shows the jobs"))
+        elif job.status in JOB_FINISHED:
+            ready.replies.append(Reply(message.token, True, job_summary(job)))
+        else:
+            self.job_waiters.setdefault(message.job, []).append(message.token)
+
+    def _answer_waiters(self, ready: Ready) -> None:
+        """Answer callers whose seq is applied, or whose job has ended."""
+        if self.seq_waiters:
+            due = [token for seq, token in self.seq_waiters if seq <= self.state.seq]
+            if due:
+                self.seq_waiters = [(seq, token) for seq, token in self.seq_waiters if seq > self.state.seq]
+                ready.replies += [Reply(token, True, self.state.seq) for token in due]
+        for job_id in [j for j in self.job_waiters if j not in self.state.active_jobs]:
+            job = self.state.jobs.get(job_id)
+            for token in self.job_waiters.pop(job_id):
+                ready.replies.append(Reply(token, True, job_summary(job)) if job is not None else
+                                     Reply(token, False, code=UNKNOWN_ENTITY, message=f"Job {job_id} not known"))
+
     def _decide(self, ready: Ready) -> None:
+        self._answer_waiters(ready)
         for entry in self.outstanding.values():
             if self.now - entry[1] >= engine_module.RETRY_S:
                 entry[1] = self.now
@@ -167,3 +197,9 @@ class NodeCore:
     def claims_of(self, job_id: int):
         """The claims a job holds (or would take), for `cairn job info`."""
         return job_claims(self.state, self.state.jobs[job_id])
+
+
+def job_summary(job) -> dict:
+    """What a caller waiting on a job is told when it ends."""
+    return {"job": job.id, "status": job.status, "result": job.result, "error_code": job.error_code,
+            "error_message": job.error_message}

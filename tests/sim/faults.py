@@ -73,21 +73,17 @@ def _fence_pending(sim, name: str) -> bool:
 
 
 def _leader_crash(sim) -> None:
-    leader = sim.log.leader()
-    if leader is None or len(_up(sim)) < len(sim.names):
-        return _drops(sim)
-    _crash(sim, leader, power=False)
-    _note(sim, f"leader {leader}'s daemon crashed")
-    sim._later(sim.rng.uniform(1.0, 8.0), "restart", leader)
+    _daemon_crash(sim, leader=True)
 
 
-def _daemon_crash(sim) -> None:
+def _daemon_crash(sim, leader: bool = False) -> None:
+    """A daemon (the leader's, or any node's) crashes; its machine keeps running; it restarts a few seconds later."""
     up = _up(sim)
-    if len(up) < len(sim.names):
+    if len(up) < len(sim.names) or (leader and sim.log.leader() is None):
         return _drops(sim)
-    name = sim.rng.choice(up)
+    name = sim.log.leader() if leader else sim.rng.choice(up)
     _crash(sim, name, power=False)
-    _note(sim, f"{name}'s daemon crashed")
+    _note(sim, f"leader {name}'s daemon crashed" if leader else f"{name}'s daemon crashed")
     sim._later(sim.rng.uniform(1.0, 8.0), "restart", name)
 
 

@@ -237,3 +237,34 @@ def test_a_retried_start_succeeds_when_the_node_comes_back():
     harness.release("node1")
     harness.until(lambda: harness.job(job_id).status != "running", 60)
     assert harness.job(job_id).status == "success"
+
+
+def test_a_caller_waiting_on_a_job_hears_how_it_ended():
+    """WaitForJob is answered when the job ends, with its status and result; at once for an ended job."""
+    from appliance.core.io import WaitForJob
+
+    harness = cluster()
+    harness.held.add("node1")
+    job_id = harness.submit(op("instance_add", name="a.example.com", primary="node1", disk_template="diskless",
+                               os="debian-12"))
+    harness.send("node1", WaitForJob("w", job_id))
+    assert "w" not in harness.replies
+    harness.release("node1")
+    harness.until(lambda: "w" in harness.replies)
+    assert harness.replies["w"].value["status"] == "success"
+    harness.send("node1", WaitForJob("again", job_id))
+    assert harness.replies["again"].value["job"] == job_id
+    harness.send("node1", WaitForJob("none", 999))
+    assert harness.replies["none"].code == "unknown_entity"
+
+
+def test_a_caller_waiting_on_a_seq_is_answered_once_it_is_applied():
+    """WaitForSeq is answered once the node has applied that seq (a read after a write)."""
+    from appliance.core.io import WaitForSeq
+
+    harness = cluster()
+    target = len(harness.records) + 2
+    harness.send("node2" if "node2" in harness.names else "node1", WaitForSeq("s", target))
+    assert "s" not in harness.replies
+    harness.run(op("user_add", name="eve"))
+    assert harness.replies["s"].ok and harness.replies["s"].value >= target
