@@ -72,6 +72,26 @@ class HypervisorContract:
             await pair.source.start("inst-1", SPEC)
             await pair.guest_shutdown("inst-1")
             assert (await pair.source.list()) == {"inst-1": SHUTDOWN}
+            await pair.source.stop("inst-1", 5)
+            assert (await pair.source.list()) == {}
+
+    async def test_start_replaces_a_shutdown_entry(self, tmp_path):
+        """Starting an instance its guest powered off runs it again."""
+        async with self.open_pair(tmp_path) as pair:
+            await pair.source.start("inst-1", SPEC)
+            await pair.guest_shutdown("inst-1")
+            await pair.source.start("inst-1", SPEC)
+            assert (await pair.source.list()) == {"inst-1": RUNNING}
+
+    async def test_migrating_to_a_node_that_already_runs_it_fails(self, tmp_path):
+        """A migration never leaves two running copies: a target already running the instance is refused."""
+        async with self.open_pair(tmp_path) as pair:
+            await pair.source.start("inst-1", SPEC)
+            await pair.target.start("inst-1", SPEC)
+            with pytest.raises(DriverError):
+                await pair.source.migrate("inst-1", pair.target_name)
+            assert (await pair.source.list()) == {"inst-1": RUNNING}
+            assert (await pair.target.list()) == {"inst-1": RUNNING}
 
     async def test_start_replaces_a_dead_entry(self, tmp_path):
         """Starting a crashed instance runs it again."""
