@@ -142,7 +142,9 @@ class Reconciler:
             instance = state.instances.get(instance_id)
             status = self.listing.get(instance_id)
             if instance is None or offline:
-                if status is not None:
+                # An instance this node does not know may be one a migration just brought in while this node
+                # lags the log: it is stopped only once the node is caught up (an offline node stops all).
+                if status is not None and (offline or self.fresh(state, now)):
                     self._act(actions, now, "stop", instance_id, timeout_s=0)
                 continue
             if instance.primary == me:
