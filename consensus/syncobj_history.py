@@ -76,9 +76,11 @@ class AppliedHistory:
         if self.history_error is not None:
             return
         try:
+            # Not synced here, under either policy: under `always` the Raft
+            # journal holding these records is on a majority's disks before any
+            # proposer is answered, and a restart replays it into the history;
+            # the segment is synced every fsync_interval_s and before every snapshot.
             self._history.append(records)
-            if self._settings.fsync == "always":
-                self._history.sync()
         except Exception as error:
             # The chain goes on (the other members agree on it); this member's
             # history stops and says so in status() until it is rebuilt.

@@ -130,12 +130,11 @@ class SyncObjLog(GroupCommit, Membership, AppliedHistory, SnapshotFiles, StoredR
                          non_voters=() if self._voter else (self.address,), extra=extra)
 
     async def run_background(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """The member's Trio tasks: stuck-entry watchdog, batch fsync, history gap filling."""
+        """The member's Trio tasks: stuck-entry watchdog, periodic history fsync, history gap filling."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_stuck_entries)
             nursery.start_soon(self._fill_history_gaps)
-            if self._settings.fsync == "batch":
-                nursery.start_soon(self._fsync_periodically)
+            nursery.start_soon(self._fsync_periodically)
             task_status.started()
 
     async def aclose(self) -> None:

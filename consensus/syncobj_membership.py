@@ -57,6 +57,10 @@ class Membership:
         if self._settings.fsync == "batch":
             raft.sync_journal_at_most_every(now, self._settings.fsync_interval_s)
         self._wake_trio()  # for records queued by _to_trio_soon whose answer went elsewhere
+        # Last, just before pysyncobj polls for answers: under fsync=always the
+        # leader's entries sent in this tick reach its disk while the followers
+        # write theirs, and Trio (woken above) runs meanwhile.
+        raft.sync_sent_entries()
 
     def _hold_back_election(self, now: float) -> None:
         """Postpone this member's election deadline where pysyncobj would campaign too eagerly (no pre-vote).

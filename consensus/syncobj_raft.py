@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConsumer, replicated
 from pysyncobj.monotonic import monotonic as pysyncobj_clock
 
-from consensus.syncobj_journal import JournalSyncer
+from consensus.syncobj_journal import KEEPALIVE_TYPE, DurableTransport, JournalSyncer
 from consensus.syncobj_settings import node_address
 
 # Every part of the member logs under the one name it had before the split.
@@ -22,7 +22,7 @@ log = logging.getLogger("consensus.syncobj_log")
 # pysyncobj's failure reasons by name, for messages.
 REASON_NAMES = {value: name for name, value in vars(FAIL_REASON).items() if name.isupper()}
 
-_KEEPALIVE = {"type": "cairn_keepalive"}
+_KEEPALIVE = {"type": KEEPALIVE_TYPE}
 
 
 class RaftNode(SyncObj):
@@ -38,6 +38,21 @@ class RaftNode(SyncObj):
     it is still sent at once, so followers (and proposals forwarded through
     them) hear of commits as before.
     """
+
+    def _onTick(self, timeToWait=0.0) -> None:  # overrides pysyncobj's tick (pin <0.4)
+        # Under fsync=always a leader's AppendEntries leave before its own
+        # journal sync (DurableTransport); the tick starts with pysyncobj's
+        # commit count, which counts the leader itself, so its entries must be
+        # on its disk first. Usually sync_sent_entries (after the previous
+        # tick's sends) did it already; this catches sends made while polling.
+        self.sync_sent_entries()
+        SyncObj._onTick(self, timeToWait)
+
+    def sync_sent_entries(self) -> None:
+        """Under fsync=always: sync the journal if entries went out unsynced (tick thread; no-op otherwise)."""
+        transport = self._SyncObj__transport
+        if isinstance(transport, DurableTransport):
+            transport.journal_syncer().sync()
 
     def _SyncObj__applyLogEntries(self) -> bool:  # overrides the name-mangled private method (pin <0.4)
         send_now = SyncObj._SyncObj__applyLogEntries(self)

@@ -159,7 +159,7 @@ async def propose_and_check(leader, watch: DiskWatch, tasks: int = 8, each: int 
 
 
 async def test_an_acknowledged_proposal_is_on_a_majority_of_disks(tmp_path, watch):
-    """At fsync=always every acknowledged proposal's entry is on a majority's disks and no answer is ahead of its disk."""
+    """At fsync=always every acknowledged entry is on a majority's disks and no answer is ahead of its disk."""
     async with durable_members(tmp_path, watch) as members:
         leader = next(m for m in members if m.is_leader())
         await propose_and_check(leader, watch)
