@@ -17,6 +17,7 @@ import os
 import random
 from collections.abc import Callable
 
+from appliance.core.io import op
 from appliance.model import events as ev
 from appliance.model.codec import Envelope
 from appliance.sandbox import InProcessCluster
@@ -34,11 +35,6 @@ DISK_CHOICES_MIB = (2048, 5120, 10240, 20480, 51200)
 TEMPLATES = ("replicated", "replicated", "file", "diskless")
 # How many jobs operators submit together in one step of the demo.
 BURST = (1, 1, 2, 3, 4)
-
-
-def op(operation: str, /, **params) -> dict:
-    """One operation of a job, as a client sends it."""
-    return {"op": operation, "params": params}
 
 
 class Demo:

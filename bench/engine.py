@@ -25,15 +25,12 @@ import sys
 import time
 from collections import Counter
 
+from appliance.core.io import op
 from appliance.sandbox import InProcessCluster
 
 ADMIN = "admin"
 KINDS = (("add", 30), ("startup", 15), ("shutdown", 15), ("migrate", 25), ("remove", 15))
 TEMPLATES = ("replicated", "replicated", "replicated", "file", "diskless")
-
-
-def op(operation: str, /, **params) -> dict:
-    return {"op": operation, "params": params}
 
 
 class Workload:

@@ -269,6 +269,11 @@ def check_role(state: ClusterState, op: ModuleType, actor: str) -> None:
                                              f"{op.NAME} needs role {needed} or higher")
 
 
+def queue_admits(state: ClusterState, ops: list, now: float) -> bool:
+    """False while the queue is drained, unless every operation is drain-exempt (undraining must work)."""
+    return all(op.DRAIN_EXEMPT for op in ops) or not state.mode_active("queue_drained", now)
+
+
 def check_queue(state: ClusterState, op: ModuleType, now: float) -> None:
     """Refuse new work while the job queue is drained (Ganeti: 'Queue drained')."""
     if op.DRAIN_EXEMPT:

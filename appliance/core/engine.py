@@ -46,7 +46,8 @@ class JobEngine:
         self.term = 0
         self.inflight: dict[bytes, float] = {}
         self.bugs = bugs
-        self.replans: dict[int, tuple] = {}
+        self.replans: dict[int, tuple] = {}     # bug switch only: steps planned again after a leader change
+        self.replanted = False
         # What this leader has proposed in its term and must stand by: a proposal whose outcome is unknown may
         # still commit, so neither a step once proposed nor a job's end once decided is ever contradicted.
         self.steps_proposed: set[tuple] = set()
@@ -64,6 +65,7 @@ class JobEngine:
         if (leader, term) != (self.leader, self.term):
             self.inflight.clear()
             self.replans.clear()
+            self.replanted = False
             self.steps_proposed.clear()
             self.endings.clear()
             self.claims.clear()
@@ -95,7 +97,8 @@ class JobEngine:
             self._propose(out, now, ("leader", self.node, self.term), ev.LeaderElected(self.node, self.term),
                           0, ENGINE_ACTOR, f"{self.node} leads in term {self.term}")
             return out, None
-        if "replan_after_leader_change" in self.bugs and not self.replans:
+        if "replan_after_leader_change" in self.bugs and not self.replanted:
+            self.replanted = True
             self._plant_replans(state, now)
         active = state.active_jobs
         for job_id in [j for j in self.endings if j not in active]:
@@ -119,11 +122,13 @@ class JobEngine:
                 self._propose(out, now, *self.endings[job.id])
             else:
                 self._admit(out, state, job, held, now)
-        for job_id in sorted(state.active_jobs):
+        for job_id in sorted(active):
             job = state.jobs[job_id]
+            if job.status != "running":
+                continue
             if job_id in self.endings:
                 self._propose(out, now, *self.endings[job_id])
-            elif job.status == "running":
+            else:
                 deadline = self._advance(out, state, job, now)
                 if deadline is not None and (wake is None or deadline < wake):
                     wake = deadline
@@ -172,8 +177,7 @@ class JobEngine:
         except PrereqError as error:
             self._fail(out, now, job, error.code, error.message)
             return
-        drained = state.mode_active("queue_drained", now)
-        if drained and not all(registry.get(o["op"]).DRAIN_EXEMPT for o in job.operations):
+        if not base.queue_admits(state, [registry.get(o["op"]) for o in job.operations], now):
             held.add(claims)
             return
         if job.cancel_requested:
@@ -381,7 +385,6 @@ class JobEngine:
                 self.replans[job_id] = op.plan(state, params).steps or decode_steps(job.plan)
             except (PrereqError, KeyError, TypeError):
                 continue
-        self.replans.setdefault(-1, ())
 
 
 def operation(entry: Any):

@@ -26,6 +26,11 @@ class CommittedBatch:
     records: tuple
 
 
+def op(operation: str, /, **params) -> dict:
+    """One operation of a job, as a client sends it: `{"op": NAME, "params": {...}}`."""
+    return {"op": operation, "params": params}
+
+
 @dataclass(frozen=True)
 class Submitted:
     """A caller submits a job: operations are `{"op": NAME, "params": {...}}` with names as typed."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.core import engine as engine_module
-from appliance.core.engine import JobEngine, job_claims
+from appliance.core.engine import JobEngine
 from appliance.core.io import (
     CancelRequested, Committed, CommittedBatch, DriverDone, LeaderCommit, LeadershipChanged, Proposal, ProposalLost,
     Ready, Reply, Submitted, Tick, WaitForJob, WaitForSeq,
@@ -23,9 +23,9 @@ from appliance.core.reconciler import Reconciler
 from appliance.model import events as ev
 from appliance.model import replay
 from appliance.model.codec import Envelope, decode
-from appliance.model.errors import QUEUE_DRAINED, UNKNOWN_ENTITY, WRONG_INPUT, WRONG_STATE, PrereqError
+from appliance.model.errors import UNKNOWN_ENTITY, WRONG_INPUT, WRONG_STATE, PrereqError
 from appliance.model.state import JOB_FINISHED, ClusterState
-from ops import registry
+from ops import base
 
 
 class NodeCore:
@@ -102,11 +102,7 @@ class NodeCore:
             if not operations:
                 raise PrereqError(WRONG_INPUT, "A job needs at least one operation")
             for entry in operations:
-                engine_module.operation(entry)
-            drained = self.state.mode_active("queue_drained", self.now)
-            if drained and not all(registry.get(e["op"]).DRAIN_EXEMPT for e in operations):
-                raise PrereqError(QUEUE_DRAINED, "The job queue is drained: no new jobs are accepted; "
-                                                 "run 'cairn cluster queue undrain' to accept jobs again")
+                base.check_queue(self.state, engine_module.operation(entry), self.now)
         except PrereqError as error:
             ready.replies.append(Reply(message.token, False, code=error.code, message=error.message))
             return
@@ -126,8 +122,7 @@ class NodeCore:
     def _cancel(self, ready: Ready, message: CancelRequested) -> None:
         job = self.state.jobs.get(message.job)
         if job is None:
-            ready.replies.append(Reply(message.token, False, code=UNKNOWN_ENTITY,
-                                       message=f"Job {message.job} not known; 'cairn job list' shows the jobs"))
+            ready.replies.append(unknown_job(message.token, message.job))
             return
         if job.status not in ("queued", "waiting", "running"):
             ready.replies.append(Reply(message.token, False, code=WRONG_STATE,
@@ -156,8 +151,7 @@ class NodeCore:
     def _wait_for_job(self, ready: Ready, message: WaitForJob) -> None:
         job = self.state.jobs.get(message.job)
         if job is None:
-            ready.replies.append(Reply(message.token, False, code=UNKNOWN_ENTITY,
-                                       message=f"Job {message.job} not known; 'cairn job list' shows the jobs"))
+            ready.replies.append(unknown_job(message.token, message.job))
         elif job.status in JOB_FINISHED:
             ready.replies.append(Reply(message.token, True, job_summary(job)))
         else:
@@ -174,7 +168,7 @@ class NodeCore:
             job = self.state.jobs.get(job_id)
             for token in self.job_waiters.pop(job_id):
                 ready.replies.append(Reply(token, True, job_summary(job)) if job is not None else
-                                     Reply(token, False, code=UNKNOWN_ENTITY, message=f"Job {job_id} not known"))
+                                     unknown_job(token, job_id))
 
     def _decide(self, ready: Ready) -> None:
         self._answer_waiters(ready)
@@ -192,11 +186,9 @@ class NodeCore:
             ready.actions += actions
             ready.wake_at = again if ready.wake_at is None else min(ready.wake_at, again)
 
-    # --- reads for callers ---------------------------------------------------------
 
-    def claims_of(self, job_id: int):
-        """The claims a job holds (or would take), for `cairn job info`."""
-        return job_claims(self.state, self.state.jobs[job_id])
+def unknown_job(token: Any, job_id: int) -> Reply:
+    return Reply(token, False, code=UNKNOWN_ENTITY, message=f"Job {job_id} not known; 'cairn job list' shows the jobs")
 
 
 def job_summary(job) -> dict:

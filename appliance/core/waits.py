@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from appliance.model.errors import WRONG_STATE
+
 TIMEOUT = "timeout"
-FAILED = "wrong_state"
+FAILED = WRONG_STATE
 
 
 @dataclass(frozen=True)

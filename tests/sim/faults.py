@@ -8,6 +8,8 @@ instances over. An operator only ever fences a node that really lost power.
 
 from __future__ import annotations
 
+from appliance.core.io import op
+
 KINDS = ("leader_crash", "daemon_crash", "power_loss", "partition", "drops", "driver_failures", "driver_hangs",
          "guest_crash", "guest_shutdown", "clock_jump")
 
@@ -101,8 +103,6 @@ def _power_loss(sim) -> None:
 
 def fence(sim, name: str) -> None:
     """The operator marks the dead node offline (its fence proof) and fails over what it ran."""
-    from tests.sim.workload import op
-
     if name not in sim.powered_off:
         return
     sim.fenced.add(name)
@@ -147,21 +147,21 @@ def _driver_hangs(sim) -> None:
 
 
 def _guest_crash(sim) -> None:
-    running = [(h.name, i) for h in sim.world.hosts.values() for i in sorted(h.running())]
-    if not running:
-        return _drops(sim)
-    host, instance = sim.rng.choice(running)
-    sim.world.hosts[host].crash(instance)
-    _note(sim, f"instance {instance} crashed on {host}")
+    _to_a_running_guest(sim, "crash", "instance {instance} crashed on {host}")
 
 
 def _guest_shutdown(sim) -> None:
+    _to_a_running_guest(sim, "guest_shutdown", "guest {instance} shut itself down on {host}")
+
+
+def _to_a_running_guest(sim, what: str, note: str) -> None:
+    """Make one running instance, drawn from the seed, crash or power itself off."""
     running = [(h.name, i) for h in sim.world.hosts.values() for i in sorted(h.running())]
     if not running:
         return _drops(sim)
     host, instance = sim.rng.choice(running)
-    sim.world.hosts[host].guest_shutdown(instance)
-    _note(sim, f"guest {instance} shut itself down on {host}")
+    getattr(sim.world.hosts[host], what)(instance)
+    _note(sim, note.format(instance=instance, host=host))
 
 
 def _clock_jump(sim) -> None:
@@ -188,8 +188,6 @@ def heal_drivers(sim, name: str) -> None:
 
 def heal_all(sim) -> None:
     """Phase two: the network heals, drivers recover, every machine and daemon comes back, fences are lifted."""
-    from tests.sim.workload import op
-
     heal_network(sim)
     for name in sim.names:
         heal_drivers(sim, name)

@@ -10,16 +10,13 @@ from __future__ import annotations
 import heapq
 import itertools
 
+from appliance.core.io import op
 from tests.sim import faults
 
 MEMORY_MIB = 16384
 DISK_MIB = 400_000
 WEIGHTS = (("add", 28), ("startup", 10), ("shutdown", 8), ("reboot", 6), ("migrate", 18), ("failover", 12),
            ("remove", 7), ("modify", 3), ("resubmit", 4), ("cancel", 4))
-
-
-def op(operation: str, /, **params) -> dict:
-    return {"op": operation, "params": params}
 
 
 def initialise(sim) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 
-from appliance.core.io import Committed, DriverDone, LeaderCommit, LeadershipChanged, Submitted, Tick
+from appliance.core.io import Committed, DriverDone, LeaderCommit, LeadershipChanged, Submitted, Tick, op
 from appliance.core.node import NodeCore
 from appliance.drivers.base import DriverError
 from appliance.drivers.memory import MemoryWorld
@@ -18,10 +18,6 @@ from appliance.model.codec import decode, encode
 from consensus.record import ChainHead, next_record
 
 START = 1_764_633_600.0
-
-
-def op(operation: str, /, **params) -> dict:
-    return {"op": operation, "params": params}
 
 
 class Harness:
