@@ -195,6 +195,13 @@ def role(value: str) -> None:
         raise PrereqError(WRONG_INPUT, f"Invalid role '{value}'; choose one of {', '.join(ROLES)}")
 
 
+def credential_hash(value: str) -> None:
+    """Refuse anything but a SHA-256 in 64 lower-case hex digits (the log never holds a token itself)."""
+    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise PrereqError(WRONG_INPUT, "A credential hash is the SHA-256 of the token in 64 lower-case hex digits; "
+                                       "send the hash, never the token")
+
+
 def node_ids_of(found: Instance) -> frozenset:
     """The ids of an instance's primary and (if any) secondary node, for claims."""
     return frozenset(node_id for node_id in (found.primary, found.secondary) if node_id)

@@ -29,6 +29,8 @@ class Params:
     ipolicy: dict | None = None
     fencing_interval_s: int = 60
     recovery_interval_s: int = 300
+    # SHA-256 (hex) of the first admin's bearer token; the token itself never reaches the log.
+    admin_credential_hash: str = ""
 
 
 def claims(state, params: Params) -> Claims:
@@ -58,6 +60,8 @@ def check(state, params: Params) -> None:
     _common.intervals(params.fencing_interval_s, params.recovery_interval_s)
     if params.ipolicy is not None:
         _common.check_ipolicy(params.ipolicy)
+    if params.admin_credential_hash:
+        _common.credential_hash(params.admin_credential_hash)
 
 
 def plan(state, params: Params) -> Plan:
@@ -74,4 +78,7 @@ def plan(state, params: Params) -> Plan:
         recovery_interval_s=params.recovery_interval_s,
         default_group=default_group,
     )
-    return one_step(f"initialising cluster {params.name}", initialized, ev.UserAdded(params.admin, "admin"))
+    events = [initialized, ev.UserAdded(params.admin, "admin")]
+    if params.admin_credential_hash:
+        events.append(ev.CredentialAdded(params.admin, params.admin_credential_hash, "initial admin token"))
+    return one_step(f"initialising cluster {params.name}", *events)

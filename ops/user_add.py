@@ -21,6 +21,8 @@ prepare = no_prepare
 class Params:
     name: str
     role: str = "operator"
+    # SHA-256 (hex) of the user's first bearer token (the CLI makes the token and shows it once).
+    credential_hash: str = ""
 
 
 def claims(state, params: Params) -> Claims:
@@ -35,7 +37,14 @@ def check(state, params: Params) -> None:
     if params.name in state.users:
         raise PrereqError(ALREADY_EXISTS, f"User '{params.name}' already exists; "
                                           f"use 'cairn user set-role {params.name} ROLE' to change its role")
+    if params.credential_hash:
+        _common.credential_hash(params.credential_hash)
+        if params.credential_hash in state.credentials:
+            raise PrereqError(ALREADY_EXISTS, "That token is already in use; make a new one")
 
 
 def plan(state, params: Params) -> Plan:
-    return one_step(f"adding user {params.name} ({params.role})", ev.UserAdded(params.name, params.role))
+    events = [ev.UserAdded(params.name, params.role)]
+    if params.credential_hash:
+        events.append(ev.CredentialAdded(params.name, params.credential_hash, "first token"))
+    return one_step(f"adding user {params.name} ({params.role})", *events)

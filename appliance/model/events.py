@@ -204,6 +204,21 @@ class UserRoleSet:
     role: str
 
 
+@event(USERS + 4)
+@frozen
+class CredentialAdded:
+    """A bearer token for `user`: only its SHA-256 (64 hex digits) is ever in the log."""
+    user: str
+    credential_hash: str
+    label: str
+
+
+@event(USERS + 5)
+@frozen
+class CredentialRemoved:
+    credential_hash: str
+
+
 # --- groups ----------------------------------------------------------------
 
 @event(GROUPS + 1)

@@ -192,7 +192,28 @@ def _user_added(state, e, envelope, seq):
 
 @handles(ev.UserRemoved)
 def _user_removed(state, e, envelope, seq):
-    return state.evolve(users=state.users.delete(e.name)) if e.name in state.users else state
+    if e.name not in state.users:
+        return state
+    # A removed user's tokens go with it.
+    credentials = state.credentials
+    for credential_hash, user in state.credentials.items():
+        if user == e.name:
+            credentials = credentials.delete(credential_hash)
+    return state.evolve(users=state.users.delete(e.name), credentials=credentials)
+
+
+@handles(ev.CredentialAdded)
+def _credential_added(state, e, envelope, seq):
+    if e.user not in state.users:
+        return state
+    return state.evolve(credentials=state.credentials.set(e.credential_hash, e.user))
+
+
+@handles(ev.CredentialRemoved)
+def _credential_removed(state, e, envelope, seq):
+    if e.credential_hash not in state.credentials:
+        return state
+    return state.evolve(credentials=state.credentials.delete(e.credential_hash))
 
 
 @handles(ev.UserRoleSet)

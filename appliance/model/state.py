@@ -294,6 +294,7 @@ class ClusterState(NamedTuple):
     leader_node: str = ""
     leader_term: int = 0
     job_requests: immutables.Map = EMPTY   # request id -> job id, for the jobs in `jobs` that gave one
+    credentials: immutables.Map = EMPTY    # SHA-256 hex of a bearer token -> user name
 
     # --- reads used by ops and the CLI ---------------------------------
 
@@ -382,6 +383,7 @@ def to_plain(state: ClusterState) -> dict[str, Any]:
         "recent_events": state.recent_events.plain(),
         "finished_jobs": [state.finished_jobs.count, state.finished_jobs.ordered()],
         "leader": [state.leader_node, state.leader_term],
+        "credentials": sorted([h, user] for h, user in state.credentials.items()),
     }
 
 
@@ -454,6 +456,7 @@ def _decode_checkpoint(data: bytes) -> ClusterState:
         finished_jobs=Window.rebuilt(FINISHED_JOBS_KEPT, *plain["finished_jobs"]),
         leader_node=plain["leader"][0],
         leader_term=plain["leader"][1],
+        credentials=immutables.Map({h: user for h, user in plain.get("credentials", ())}),
     )
     return with_indexes(state)
 

@@ -29,3 +29,13 @@ def test_init_refuses_recovery_before_fencing():
 def test_other_operations_need_an_initialised_cluster():
     """Before init, every other operation is refused."""
     refused(Sandbox(1), "user_add", WRONG_STATE, "not initialised", name="alice")
+
+
+def test_cluster_init_records_the_first_admin_token_hash():
+    """The first admin's token reaches the log only as its hash."""
+    import hashlib
+
+    digest = hashlib.sha256(b"first").hexdigest()
+    box = Sandbox(1)
+    box.run("cluster_init", name="c.example.com", admin_credential_hash=digest)
+    assert dict(box.state.credentials) == {digest: "admin"}
