@@ -1,0 +1,508 @@
+"""The native API's routes: `build_app(backend)` makes the Starlette app every daemon serves (docs/api.md).
+
+Every endpoint is a plain async function behind one wrapper that
+authenticates the bearer token, checks the route's role, refuses unknown
+query parameters and turns refusals into JSON errors, so a bad request never
+gets a 500. Reads wait for the backend's ReadIndex barrier unless `?stale=1`
+and say the seq they were read at in `X-Cairn-Seq`. The route table is data
+(`schema.Endpoint`); the OpenAPI document is generated from the same table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from appliance.api import views
+from appliance.api.auth import AuthError, Caller, authenticate, require
+from appliance.api.backend import Refused, Unavailable
+from appliance.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ApiMetrics, RequestTimer
+from appliance.api.schema import (
+    MEDIA_JSON, MEDIA_NDJSON, MEDIA_PROMETHEUS, MEDIA_RECORDS, Endpoint, Query, fits, openapi, params_schema,
+)
+from appliance.api.streams import LiveStream, event_chunks, ndjson_line, record_frames
+from appliance.model import codec
+from appliance.model.errors import PrereqError
+from appliance.model.state import JOB_FINISHED, ClusterState
+from ops import base, registry
+
+API = "/api/v1"
+MAX_BODY_BYTES = 1 << 20
+WAIT_DEFAULT_S = 60.0
+WAIT_MAX_S = 3600.0
+MAX_REQUEST_ID = 200
+MAX_REASON = 4096
+EVENT_FORMATS = ("jsonl", "cbor")
+STATUS_BY_CODE = {"wrong_input": 400, "unauthenticated": 401, "permission_denied": 403, "unknown_entity": 404,
+                  "not_found": 404, "already_exists": 409, "wrong_state": 409, "unavailable": 503}
+REFUSAL_STATUS = 422
+# Every GET takes it (a caller may add it to any read); only reads of the state wait for the barrier without it.
+STALE = Query("stale", "boolean", "1: answer from this node's state without waiting for the read barrier")
+# The least role any operation needs: a caller below it may submit nothing at all.
+SUBMIT_ROLE = min((op.ROLE for op in registry.OPERATIONS.values()), key=base.ROLE_RANK.__getitem__)
+_STOPPED = object()
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
+
+
+class ApiError(Exception):
+    """A request the API refuses itself: HTTP `status`, a model or API error `code`, and what to do."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def wrong_input(message: str) -> ApiError:
+    return ApiError(400, "wrong_input", message)
+
+
+def encode_json(data: Any) -> bytes:
+    """JSON bytes, encoded once (large listings are served pre-encoded)."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def json_response(data: Any, status: int = 200, seq: int | None = None) -> Response:
+    headers = {"X-Cairn-Seq": str(seq)} if seq is not None else None
+    return Response(encode_json(data), status_code=status, headers=headers, media_type=MEDIA_JSON)
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    response = json_response({"error": code, "message": message}, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="cairn"'
+    return response
+
+
+# --- request parsing ----------------------------------------------------------------
+
+def query_int(request: Request, name: str, default: int | None = None) -> int | None:
+    """A query parameter that must be a whole number >= 0 (400 otherwise)."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit():
+        raise wrong_input(f"query parameter {name} must be a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def query_flag(request: Request, name: str) -> bool:
+    text = request.query_params.get(name)
+    if text is None:
+        return False
+    if text.lower() not in _FLAGS:
+        raise wrong_input(f"query parameter {name} must be 1 or 0, got {text!r}")
+    return _FLAGS[text.lower()]
+
+
+def query_names(request: Request) -> list[str] | None:
+    """The names of `?names=a,b` (None when not given: everything)."""
+    text = request.query_params.get("names")
+    if text is None:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def path_job_id(request: Request) -> int:
+    text = request.path_params["id"]
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise wrong_input(f"job id must be a whole number, got {text!r}; 'cairn job list' shows the jobs")
+    return int(text)
+
+
+async def json_body(request: Request) -> Any:
+    """The request body as JSON; 400 naming the fault for anything else, 413 past MAX_BODY_BYTES (never read whole)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as error:
+        raise wrong_input(f"the body is not JSON ({str(error)[:200]}); send a JSON object such as "
+                          '{"operations": [{"op": "instance_startup", "params": {"instance": "web1"}}]}') from None
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, "wrong_input", f"the body is larger than {MAX_BODY_BYTES} bytes; a job body is much smaller")
+
+
+def job_body(body: Any) -> tuple[list[tuple[Any, dict]], str, str]:
+    """The operations (module, params), reason and request id of a job body, checked for shape (400 if wrong)."""
+    if not isinstance(body, dict):
+        raise wrong_input(f"the job body must be a JSON object, not {type(body).__name__}; "
+                          'send {"operations": [{"op": NAME, "params": {...}}]}')
+    unknown = sorted(set(body) - {"operations", "reason", "request_id"})
+    if unknown:
+        raise wrong_input(f"the job body takes no field {', '.join(unknown)}; its fields are operations, reason, "
+                          "request_id")
+    operations = body.get("operations")
+    if not isinstance(operations, list) or not operations:
+        raise wrong_input('the job body needs "operations": a non-empty list of {"op": NAME, "params": {...}}')
+    reason, request_id = body.get("reason", ""), body.get("request_id", "")
+    for name, value, limit in (("reason", reason, MAX_REASON), ("request_id", request_id, MAX_REQUEST_ID)):
+        if not isinstance(value, str) or len(value) > limit:
+            raise wrong_input(f"{name} must be a string of at most {limit} characters")
+    return [job_operation(position, entry) for position, entry in enumerate(operations)], reason, request_id
+
+
+def job_operation(position: int, entry: Any) -> tuple[Any, dict]:
+    if not isinstance(entry, dict) or set(entry) != {"op", "params"}:
+        raise wrong_input(f'operation {position} must be an object with exactly "op" and "params"')
+    name, params = entry["op"], entry["params"]
+    if not isinstance(name, str) or name not in registry.OPERATIONS:
+        raise wrong_input(f"operation {position}: unknown operation {name!r}; known: "
+                          f"{', '.join(sorted(registry.OPERATIONS))}")
+    if not isinstance(params, dict):
+        raise wrong_input(f'operation {position} ({name}): "params" must be an object of its fields')
+    return registry.OPERATIONS[name], params
+
+
+def checked_params(op: Any, params: dict) -> dict:
+    """An operation's params, refused (400) for an unknown or missing field or a value of the wrong type."""
+    base.params_from(op, params)
+    fields = params_schema(op)["properties"]
+    for name, value in params.items():
+        if not fits(fields[name], value):
+            wanted = fields[name]["type"]
+            wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
+            raise wrong_input(f"{op.NAME}: field {name} must be {wanted}, got {json.dumps(value)[:80]}")
+    # Lists become tuples, as committing and decoding the job would make them.
+    return codec.freeze(params)
+
+
+# --- the app ----------------------------------------------------------------------------
+
+class _Api:
+    """The endpoints over one backend; `shutdown` ends watch and tail streams when the server stops."""
+
+    def __init__(self, backend: Any, shutdown: trio.Event) -> None:
+        self.backend = backend
+        self.shutdown = shutdown
+        self.metrics = ApiMetrics(backend)
+        self.digests: dict[int, str] = {}
+        self.endpoints = self._read_endpoints() + self._job_endpoints() + self._other_endpoints()
+        self.schema = encode_json(openapi(self.endpoints, registry.OPERATIONS))
+
+    def _read_endpoints(self) -> list[Endpoint]:
+        names = Query("names", "string", "comma-separated names: only these, in this order")
+        return [
+            Endpoint("GET", f"{API}/cluster", "read-only", "The cluster object", self.cluster,
+                     (Query("at", "integer", "the state as it was at this seq, replayed from history"), STALE)),
+            Endpoint("GET", f"{API}/cluster/master", "read-only", "The master node", self.master, (STALE,)),
+            Endpoint("GET", f"{API}/cluster/verify", "read-only", "Check the state for problems", self.verify,
+                     (STALE,)),
+            Endpoint("GET", f"{API}/status", "read-only", "This member's view of the log", self.status,
+                     (STALE,)),
+            Endpoint("GET", f"{API}/nodes", "read-only", "Node rows", self.nodes, (names, STALE)),
+            Endpoint("GET", f"{API}/nodes/{{name}}", "read-only", "One node row", self.node, (STALE,)),
+            Endpoint("GET", f"{API}/instances", "read-only", "Instance rows", self.instances, (names, STALE)),
+            Endpoint("GET", f"{API}/instances/{{name}}", "read-only", "One instance row", self.instance, (STALE,)),
+            Endpoint("GET", f"{API}/groups", "read-only", "Node groups", self.groups, (STALE,)),
+            Endpoint("GET", f"{API}/users", "admin", "Users and their roles", self.users, (STALE,)),
+        ]
+
+    def _job_endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("GET", f"{API}/jobs", "read-only", "Job rows, newest last", self.jobs,
+                     (Query("status", "string", "only jobs with this status"), STALE)),
+            Endpoint("POST", f"{API}/jobs", SUBMIT_ROLE, "Submit a job (each operation needs its own role)",
+                     self.submit, status=201, body=True),
+            Endpoint("GET", f"{API}/jobs/{{id}}", "read-only", "One job row", self.job, (STALE,)),
+            Endpoint("GET", f"{API}/jobs/{{id}}/watch", "read-only", "The job's log lines as they come, then its row",
+                     self.watch, (STALE,), media=MEDIA_NDJSON),
+            Endpoint("GET", f"{API}/jobs/{{id}}/wait", "read-only", "The job row once the job ended", self.wait,
+                     (Query("timeout_s", "number", f"give up (503) after this long; default {WAIT_DEFAULT_S:g}"),
+                      STALE)),
+            Endpoint("POST", f"{API}/jobs/{{id}}/cancel", "operator", "Ask for a job to be canceled", self.cancel),
+        ]
+
+    def _other_endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("GET", f"{API}/openapi.json", "read-only", "This document", self.openapi, (STALE,)),
+            Endpoint("GET", f"{API}/events", "read-only", "The history after a seq", self.events,
+                     (Query("since", "integer", "the seq to start after; default 0"),
+                      Query("format", "string", "jsonl (event lines) or cbor (the record stream)"), STALE),
+                     media=MEDIA_NDJSON),
+            Endpoint("GET", f"{API}/events/tail", "read-only", "Event lines, following the live log", self.tail,
+                     (Query("since", "integer", "the seq to start after; default: the seq read now"), STALE),
+                     media=MEDIA_NDJSON),
+            Endpoint("GET", "/metrics", "read-only", "Prometheus metrics", self.prometheus, (STALE,),
+                     media=MEDIA_PROMETHEUS),
+        ]
+
+    def route(self, endpoint: Endpoint) -> Route:
+        allowed = frozenset(query.name for query in endpoint.query)
+        what = f"{endpoint.method} {endpoint.path}"
+
+        async def serve(request: Request) -> Response:
+            try:
+                caller = authenticate(self.backend.state(), request.headers.get("authorization"),
+                                      self.backend.node_token_hash())
+                require(caller, endpoint.role, what)
+                unknown = sorted(set(request.query_params) - allowed)
+                if unknown:
+                    raise wrong_input(f"{what} takes no query parameter {', '.join(unknown)}"
+                                      + (f"; it takes {', '.join(sorted(allowed))}" if allowed else ""))
+                return await endpoint.handler(request, caller)
+            except (AuthError, ApiError) as error:
+                return error_response(error.status, error.code, error.message)
+            except (Refused, PrereqError) as error:
+                return error_response(STATUS_BY_CODE.get(error.code, REFUSAL_STATUS), error.code, error.message)
+            except Unavailable as error:
+                return error_response(503, "unavailable", str(error) or "this node cannot answer now; try another")
+
+        return Route(endpoint.path, serve, methods=[endpoint.method], name=f"{endpoint.method} {endpoint.path}")
+
+    # --- reads ------------------------------------------------------------------
+
+    async def read(self, request: Request) -> ClusterState:
+        """The state to answer from: after the read barrier, or as it is with ?stale=1."""
+        if not query_flag(request, "stale"):
+            await self.backend.barrier()
+        return self.backend.state()
+
+    def digest(self, state: ClusterState) -> str:
+        """The state's digest, remembered per seq (two states of one node at one seq are the same state)."""
+        found = self.digests.get(state.seq)
+        if found is None:
+            if len(self.digests) >= 16:
+                self.digests.clear()
+            found = self.digests[state.seq] = state.digest()
+        return found
+
+    async def openapi(self, request: Request, caller: Caller) -> Response:
+        return Response(self.schema, media_type=MEDIA_JSON)
+
+    async def cluster(self, request: Request, caller: Caller) -> Response:
+        at = query_int(request, "at")
+        state = await self.read(request)
+        if at is not None:
+            state = self.backend.state_at(at)
+        body = views.cluster_object(state, self.backend.log_status(), self.backend.node_name, self.digest(state), at)
+        return json_response(body, seq=state.seq)
+
+    async def master(self, request: Request, caller: Caller) -> Response:
+        state = await self.read(request)
+        return json_response({"master": state.leader_node or None}, seq=state.seq)
+
+    async def verify(self, request: Request, caller: Caller) -> Response:
+        state = await self.read(request)
+        problems = views.verify(state)
+        return json_response({"ok": not problems, "problems": problems, "seq": state.seq,
+                              "digest": self.digest(state)}, seq=state.seq)
+
+    async def status(self, request: Request, caller: Caller) -> Response:
+        # The member's own view, without a barrier: it must answer when there is no leader to ask.
+        status = {"node": self.backend.node_name, **self.backend.log_status()}
+        return json_response(status, seq=status.get("applied_seq"))
+
+    async def nodes(self, request: Request, caller: Caller) -> Response:
+        state = await self.read(request)
+        return json_response(views.node_rows(state, query_names(request)), seq=state.seq)
+
+    async def node(self, request: Request, caller: Caller) -> Response:
+        state = await self.read(request)
+        return json_response(views.node_row(state, views.find_node(state, request.path_params["name"])),
+                             seq=state.seq)
+
+    async def instances(self, request: Request, caller: Caller) -> Response:
+        state = await self.read(request)
+        return json_response(views.instance_rows(state, query_names(request)), seq=state.seq)
+
+    async def instance(self, request: Request, caller: Caller) -> Response:
+        state = await self.read(request)
+        found = views.find_instance(state, request.path_params["name"])
+        return json_response(views.instance_row(state, found), seq=state.seq)
+
+    async def groups(self, request: Request, caller: Caller) -> Response:
+        state = await self.read(request)
+        return json_response(views.group_rows(state), seq=state.seq)
+
+    async def users(self, request: Request, caller: Caller) -> Response:
+        state = await self.read(request)
+        return json_response(views.user_rows(state), seq=state.seq)
+
+    async def prometheus(self, request: Request, caller: Caller) -> Response:
+        return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    # --- jobs -------------------------------------------------------------------
+
+    async def jobs(self, request: Request, caller: Caller) -> Response:
+        status = request.query_params.get("status")
+        if status is not None and status not in views.JOB_STATUSES:
+            raise wrong_input(f"unknown job status {status!r}; use one of {', '.join(views.JOB_STATUSES)}")
+        state = await self.read(request)
+        return json_response(views.job_rows(state, status, redact=not caller.is_admin), seq=state.seq)
+
+    async def job(self, request: Request, caller: Caller) -> Response:
+        job_id = path_job_id(request)
+        state = await self.read(request)
+        return json_response(views.job_row(views.find_job(state, job_id), redact=not caller.is_admin), seq=state.seq)
+
+    async def submit(self, request: Request, caller: Caller) -> Response:
+        operations, reason, request_id = job_body(await json_body(request))
+        for op, _ in operations:
+            require(caller, op.ROLE, f"operation {op.NAME}")
+        entries = [{"op": op.NAME, "params": checked_params(op, params)} for op, params in operations]
+        job_id = await self.backend.submit(entries, caller.name, reason, request_id)
+        return json_response({"job": job_id}, status=201)
+
+    async def cancel(self, request: Request, caller: Caller) -> Response:
+        job_id = path_job_id(request)
+        await self.backend.cancel(job_id, caller.name)
+        return json_response({"job": job_id})
+
+    async def wait(self, request: Request, caller: Caller) -> Response:
+        job_id = path_job_id(request)
+        timeout_s = self._timeout(request)
+        state = await self.read(request)
+        if views.find_job(state, job_id).status not in JOB_FINISHED:
+            ended = _STOPPED
+            with trio.move_on_after(timeout_s):
+                ended = await self.unless_stopping(partial(self.backend.wait_job, job_id))
+            if ended is _STOPPED:
+                raise Unavailable(f"job {job_id} has not ended after {timeout_s:g} s (or this node is stopping); "
+                                  f"wait again, or follow it with 'cairn job watch {job_id}'")
+            state = self.backend.state()
+        return json_response(views.job_row(views.find_job(state, job_id), redact=not caller.is_admin), seq=state.seq)
+
+    def _timeout(self, request: Request) -> float:
+        text = request.query_params.get("timeout_s")
+        if text is None:
+            return WAIT_DEFAULT_S
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= WAIT_MAX_S:
+            raise wrong_input(f"timeout_s must be a number of seconds above 0 and at most {WAIT_MAX_S:g}, got {text!r}")
+        return value
+
+    async def watch(self, request: Request, caller: Caller) -> Response:
+        job_id = path_job_id(request)
+        state = await self.read(request)
+        views.find_job(state, job_id)
+        return LiveStream(partial(self.watch_lines, job_id, not caller.is_admin), self.shutdown,
+                          headers={"X-Cairn-Seq": str(state.seq)})
+
+    async def watch_lines(self, job_id: int, redact: bool, out: trio.MemorySendChannel) -> None:
+        """`{"ts", "message"}` for each job log line as it commits, then the job row once the job ended."""
+        sent = 0
+        while True:
+            state = self.backend.state()
+            job = state.jobs.get(job_id)
+            if job is None:
+                return
+            if len(job.log) > sent:
+                await out.send(b"".join(ndjson_line({"ts": ts, "message": message})
+                                        for ts, message in job.log[sent:]))
+                sent = len(job.log)
+            if job.status in JOB_FINISHED:
+                await out.send(ndjson_line(views.job_row(job, redact)))
+                return
+            await self.backend.changed(state.seq)
+
+    # --- events -------------------------------------------------------------------
+
+    async def events(self, request: Request, caller: Caller) -> Response:
+        since = query_int(request, "since", 0)
+        fmt = request.query_params.get("format", "jsonl")
+        if fmt not in EVENT_FORMATS:
+            raise wrong_input(f"unknown format {fmt!r}; use jsonl or cbor")
+        state = await self.read(request)
+        records = iter(self.backend.records(since + 1, state.seq)) if since < state.seq else iter(())
+        # The first record is read now, so a refusal (history not kept here, say) is an error answer, not a cut stream.
+        first = next(records, None)
+        records = iter(()) if first is None else itertools.chain((first,), records)
+        headers = {"X-Cairn-Seq": str(state.seq)}
+        if fmt == "cbor":
+            return StreamingResponse(record_frames(records), media_type=MEDIA_RECORDS, headers=headers)
+        return StreamingResponse(event_chunks(records, not caller.is_admin), media_type=MEDIA_NDJSON, headers=headers)
+
+    async def tail(self, request: Request, caller: Caller) -> Response:
+        since = query_int(request, "since")
+        state = await self.read(request)
+        after = state.seq if since is None else since
+        return LiveStream(partial(self.tail_lines, after, not caller.is_admin), self.shutdown,
+                          headers={"X-Cairn-Seq": str(after)})
+
+    async def tail_lines(self, after: int, redact: bool, out: trio.MemorySendChannel) -> None:
+        """Event lines of every record committed after `after`, until the caller leaves or the server stops."""
+        async for record in self.backend.committed(after):
+            await out.send(ndjson_line(views.event_line(record.seq, record.payload, redact)))
+
+    async def unless_stopping(self, wait: Callable[[], Awaitable[Any]]) -> Any:
+        """`await wait()`, or _STOPPED when the server shuts down first (an error of `wait` is raised as it is)."""
+        outcome: list = []
+        async with trio.open_nursery() as nursery:
+            async def run() -> None:
+                try:
+                    outcome.append((True, await wait()))
+                except Exception as error:
+                    outcome.append((False, error))
+                nursery.cancel_scope.cancel()
+
+            async def stop() -> None:
+                await self.shutdown.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            nursery.start_soon(stop)
+        if not outcome:
+            return _STOPPED
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+
+async def _http_error(request: Request, error: HTTPException) -> Response:
+    if error.status_code == 404:
+        return error_response(404, "not_found", f"no route {request.method} {request.url.path}; "
+                                                f"GET {API}/openapi.json lists the routes")
+    if error.status_code == 405:
+        return error_response(405, "method_not_allowed", f"{request.url.path} does not take {request.method}; "
+                                                         f"GET {API}/openapi.json lists the routes")
+    return error_response(error.status_code, "wrong_input", str(error.detail))
+
+
+async def _internal_error(request: Request, error: Exception) -> Response:
+    return error_response(500, "internal", "the node failed to answer (see its log); try again or ask another node")
+
+
+def build_app(backend: Any, shutdown_event: trio.Event | None = None) -> Starlette:
+    """The API app over a backend (appliance.api.backend.Backend).
+
+    `shutdown_event`, when given, is the one serve_api stops on: watch and
+    tail streams end themselves when it is set, instead of being cut off
+    after hypercorn's graceful timeout.
+    """
+    api = _Api(backend, shutdown_event if shutdown_event is not None else trio.Event())
+    app = Starlette(
+        routes=[api.route(endpoint) for endpoint in api.endpoints],
+        middleware=[Middleware(RequestTimer, metrics=api.metrics)],
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    app.state.endpoints = api.endpoints
+    app.state.schema = api.schema
+    app.state.metrics = api.metrics
+    return app

@@ -1,0 +1,110 @@
+"""`cairn daemon --data-dir DIR`: one node's process.
+
+It hosts the node's log member (pysyncobj; Raft on PORT+1, history copies to
+peers on PORT+2), the node core in its shell, the drivers, and the API (TLS on
+the node address, plain HTTP on `DIR/api.sock` for the local CLI). It writes
+its pid to `DIR/daemon.pid` while it runs. SIGTERM or SIGINT stops it cleanly:
+the API stops taking requests, the log member closes. Instance processes are
+not children of the daemon and keep running (`cairn down` stops them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from appliance import pki
+from appliance.api.auth import node_token
+from appliance.daemon.config import BOOTSTRAP_NAME, NodeConfig, read_bootstrap, read_config
+from appliance.daemon.shell import NodeShell
+from appliance.drivers.fake import FakeHypervisor
+from appliance.drivers.files import FileStorage
+
+log = logging.getLogger("cairn.daemon")
+
+PID_NAME = "daemon.pid"
+SOCKET_NAME = "api.sock"
+LOG_NAME = "daemon.log"
+
+
+def drivers_for(config: NodeConfig, data_dir: Path):
+    peers = {name: Path(directory) / "hv" for name, directory in config.fake_peers.items()}
+    hypervisor = FakeHypervisor(data_dir / "hv", config.name, peers)
+    storage = FileStorage(data_dir / "disks")
+    return hypervisor, storage
+
+
+@contextlib.contextmanager
+def pid_file(data_dir: Path):
+    path = data_dir / PID_NAME
+    path.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == str(os.getpid()):
+                path.unlink()
+
+
+async def run_daemon(data_dir: Path, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    from appliance.api.app import build_app
+    from appliance.api.server import serve_api
+    from consensus.node import HistoryPeers, MemberServer, shifted
+    from consensus.syncobj_log import SyncObjSettings, open_syncobj_log
+    from consensus.wire import serve
+
+    config = read_config(data_dir)
+    paths = pki.pki_paths(data_dir)
+    password = pki.read_secret_file(paths.raft_password).decode().strip()
+    ca_pem = paths.ca_cert.read_bytes()
+    server_context = pki.server_context(ca_pem, paths.node_cert, paths.node_key, require_client_cert=False)
+    client_context = pki.client_context(ca_pem)
+    hypervisor, storage = drivers_for(config, data_dir)
+    voters = sorted(config.voters.values())
+    peers = [address for address in voters if address != config.address]
+    settings = SyncObjSettings(password=password, fsync=config.fsync)
+    secret = password.encode("latin-1")
+    shutdown = trio.Event()
+    with pid_file(data_dir):
+        async with open_syncobj_log(config.address, voters, data_dir / "log", settings, voter=config.voter,
+                                    history_source=HistoryPeers(peers, secret)) as member:
+            shell = NodeShell(config.name, config.address, member, hypervisor, storage, ca_pem=ca_pem,
+                              node_token=node_token(password), addresses=config.voters,
+                              bootstrap=read_bootstrap(data_dir),
+                              bootstrap_done=lambda: (data_dir / BOOTSTRAP_NAME).unlink(missing_ok=True),
+                              client_context=client_context)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve, shifted(config.address, 2), secret, MemberServer(member).handle)
+                await nursery.start(shell.run)
+                app = build_app(shell, shutdown)
+                await nursery.start(serve_api, app, config.address, server_context, str(data_dir / SOCKET_NAME),
+                                    shutdown)
+                log.info("node %s serving on %s (voters %s)", config.name, config.address, ",".join(voters))
+                task_status.started()
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.info("node %s stopping (signal %d)", config.name, signum)
+                        break
+                shutdown.set()
+                with trio.move_on_after(2.0):
+                    await trio.sleep(0.2)
+                nursery.cancel_scope.cancel()
+
+
+def main(data_dir: str, log_level: str = "INFO") -> None:
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sys.setswitchinterval(0.005)
+    gc.set_threshold(50_000, 20, 20)
+    trio.run(run_daemon, Path(data_dir).resolve())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else ".")

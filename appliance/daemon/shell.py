@@ -1,0 +1,407 @@
+"""`NodeShell`: performs what the node core asks, feeds it what happens, and answers the API (`Backend`).
+
+The core (`appliance.core.node.NodeCore`) decides; this shell does the I/O:
+committed records from the log become `CommittedBatch` inputs, leadership
+changes `LeadershipChanged`, the leader's commit seq `LeaderCommit` (twice a
+second), the clock `Tick`; each `Ready` it returns is performed in order:
+proposals go to the log (a lost one comes back as `ProposalLost`, and the core
+proposes it again with the same event id), driver actions run as tasks (one
+at a time per instance) and end as `DriverDone`, replies wake the API request
+waiting for them.
+
+`step` is never re-entered: an input that arrives while a step is performed
+(a proposal refused at once, say) is queued and stepped right after.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import http.client
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import trio
+
+from appliance import clock
+from appliance.api.backend import Refused, Unavailable
+from appliance.core.io import (
+    CancelRequested, Committed, CommittedBatch, DriverDone, LeaderCommit, LeadershipChanged, ProposalLost, Ready,
+    Reply, Submitted, Tick,
+)
+from appliance.core.node import NodeCore
+from appliance.drivers.base import DriverError, Hypervisor, Storage
+from appliance.model import replay
+from appliance.model.codec import encode
+from appliance.model.errors import UNKNOWN_ENTITY, WRONG_INPUT
+from appliance.model.state import JOB_FINISHED, ClusterState
+from consensus.log import EventLog, LogError
+
+log = logging.getLogger("cairn.daemon")
+
+LEADER_COMMIT_EVERY_S = 0.5
+PROPOSAL_TIMEOUT_S = 10.0
+SUBMIT_TIMEOUT_S = 30.0
+BARRIER_TIMEOUT_S = 5.0
+STATUS_TIMEOUT_S = 2.0
+MAX_IDLE_S = 1.0
+BATCH_RECORDS = 1000
+
+
+class NodeShell:
+    """One node's core with its log and drivers; the API's `Backend`."""
+
+    def __init__(self, node_name: str, address: str, log_: EventLog, hypervisor: Hypervisor, storage: Storage, *,
+                 ca_pem: bytes, node_token: str, addresses: dict[str, str] | None = None,
+                 bootstrap: list[dict] | None = None, bootstrap_done=None, client_context=None) -> None:
+        self.node_name = node_name
+        self.address = address
+        self.log = log_
+        self.hypervisor = hypervisor
+        self.storage = storage
+        self.core = NodeCore(node_name)
+        self._node_token = node_token
+        self._node_token_hash = hashlib.sha256(node_token.encode()).hexdigest()
+        self._ca_pem = ca_pem
+        self._client_context = client_context
+        self._addresses = dict(addresses or {})           # name -> address, until the state knows the nodes
+        self._bootstrap = list(bootstrap or [])
+        self._bootstrap_done = bootstrap_done
+        self._inputs: collections.deque = collections.deque()
+        self._stepping = False
+        self._tokens = itertools.count(1)
+        self._waiting: dict[int, list] = {}              # token -> [trio.Event, Reply | None]
+        self._applied = trio.Event()
+        self._wake_at: float | None = None
+        self._wake = trio.Event()
+        self._instance_locks: dict[str, trio.Lock] = {}
+        self._nursery: trio.Nursery | None = None
+        self.leader_commit_seq = 0
+        self.leader_commit_heard = 0.0
+
+    # --- running -------------------------------------------------------------------------
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The shell's tasks; returns only when cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._input(Tick(clock.now()))
+            nursery.start_soon(self._feed_committed)
+            nursery.start_soon(self._feed_leadership)
+            nursery.start_soon(self._feed_leader_commit)
+            nursery.start_soon(self._ticker)
+            if self._bootstrap:
+                nursery.start_soon(self._run_bootstrap)
+            task_status.started()
+
+    def _input(self, message: Any) -> None:
+        self._inputs.append(message)
+        if self._stepping:
+            return
+        self._stepping = True
+        applied = self.core.state.seq
+        try:
+            while self._inputs:
+                self._perform(self.core.step(self._inputs.popleft()))
+        finally:
+            self._stepping = False
+        if self.core.state.seq != applied:
+            self._applied.set()
+            self._applied = trio.Event()
+
+    def _perform(self, ready: Ready) -> None:
+        if ready.proposals:
+            with self._together():
+                for proposal in ready.proposals:
+                    self._propose(proposal)
+        for action in ready.actions:
+            self._nursery.start_soon(self._run_action, action)
+        for reply in ready.replies:
+            slot = self._waiting.get(reply.token)
+            if slot is not None:
+                slot[1] = reply
+                slot[0].set()
+        if ready.wake_at != self._wake_at:
+            self._wake_at = ready.wake_at
+            self._wake.set()
+
+    def _together(self):
+        together = getattr(self.log, "submitting_together", None)
+        return together() if together is not None else _nothing()
+
+    def _propose(self, proposal) -> None:
+        eid = proposal.envelope.event_id
+        payload = encode(proposal.envelope)
+
+        def on_done(seq, error) -> None:
+            if error is not None:
+                log.debug("proposal %s lost: %s", eid.hex(), error)
+                self._input(ProposalLost(eid))
+
+        try:
+            if hasattr(self.log, "submit"):
+                self.log.submit(payload, PROPOSAL_TIMEOUT_S, on_done)
+            else:
+                # A log that commits at once (the one-member memory log of tests and one-node clusters).
+                self.log.propose_nowait(payload)
+        except LogError as error:
+            log.debug("proposal %s not sent: %s", eid.hex(), error)
+            self._inputs.append(ProposalLost(eid))
+
+    # --- inputs from the log and the clock -------------------------------------------------
+
+    async def _feed_committed(self) -> None:
+        """Committed records, as many as are there at once (up to BATCH_RECORDS), one CommittedBatch each."""
+        while True:
+            changed = self.log._next_change()
+            applied = self.core.state.seq
+            head = self.log.head().seq
+            if head > applied:
+                records = tuple(Committed(r.seq, r.payload)
+                                for r in self.log.read(applied + 1, min(head, applied + BATCH_RECORDS)))
+                self._input(Tick(clock.now()))
+                self._input(CommittedBatch(records))
+                await trio.sleep(0)
+                continue
+            await changed.wait()
+
+    async def _feed_leadership(self) -> None:
+        async for leadership in self.log.leadership_changes():
+            name = self.name_of(leadership.leader) if leadership.leader else None
+            log.info("%s: leader is %s in term %d", self.node_name, name, leadership.term)
+            self._input(LeadershipChanged(name, leadership.term))
+
+    async def _feed_leader_commit(self) -> None:
+        """Twice a second, the leader's commit seq: the reconciler starts and migrates only while caught up."""
+        while True:
+            try:
+                seq = await self.leader_commit()
+            except Unavailable:
+                pass
+            else:
+                self._input(Tick(clock.now()))
+                self._input(LeaderCommit(seq))
+            await trio.sleep(LEADER_COMMIT_EVERY_S)
+
+    async def _ticker(self) -> None:
+        while True:
+            now = clock.now()
+            delay = MAX_IDLE_S if self._wake_at is None else min(MAX_IDLE_S, max(0.0, self._wake_at - now))
+            with trio.move_on_after(delay):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            self._input(Tick(clock.now()))
+
+    # --- driver actions -------------------------------------------------------------------
+
+    async def _run_action(self, action) -> None:
+        lock = self._instance_locks.setdefault(action.instance, trio.Lock()) if action.instance else None
+        ok, message, value = True, "", None
+        try:
+            if lock is not None:
+                async with lock:
+                    value = await self._act(action)
+            else:
+                value = await self._act(action)
+        except DriverError as error:
+            ok, message = False, str(error)
+        except Exception as error:   # a driver bug must not take the node down; the core retries
+            log.exception("driver action %s %s failed", action.kind, action.instance)
+            ok, message = False, f"driver error: {error}"
+        self._input(Tick(clock.now()))
+        self._input(DriverDone(action.id, ok, message, value))
+
+    async def _act(self, action):
+        kind, instance, args = action.kind, action.instance, action.args
+        if kind == "list":
+            return await self.hypervisor.list()
+        if kind == "disk_list":
+            return sorted(await self.storage.list())
+        if kind == "start":
+            await self.hypervisor.start(instance, args["spec"])
+        elif kind == "stop":
+            await self.hypervisor.stop(instance, float(args.get("timeout_s", 30.0)))
+        elif kind == "migrate":
+            await self.hypervisor.migrate(instance, args["target"])
+        elif kind == "disk_create":
+            await self.storage.create(instance, args["index"], args["size_mib"])
+        elif kind == "disk_remove":
+            await self.storage.remove(instance, args["index"])
+        else:
+            raise DriverError(f"unknown driver action {kind!r}")
+        return None
+
+    # --- the leader and its commit seq ---------------------------------------------------------
+
+    def name_of(self, address: str) -> str:
+        for node in self.core.state.nodes.values():
+            if node.address == address:
+                return node.name
+        for name, known in self._addresses.items():
+            if known == address:
+                return name
+        return address
+
+    async def leader_commit(self) -> int:
+        """The leader's commit seq, asked of the leader (Raft's ReadIndex); Unavailable without a leader."""
+        leader = self.log.leader()
+        if leader is None:
+            raise Unavailable("no leader is known: fewer than a majority of voters may be up; retry shortly")
+        if leader == self.address:
+            seq = self.log.head().seq
+        else:
+            try:
+                with trio.fail_after(STATUS_TIMEOUT_S + 0.5):
+                    status = await trio.to_thread.run_sync(self._ask_status, leader, abandon_on_cancel=True)
+                seq = int(status["commit_seq"])
+            except (OSError, ValueError, KeyError, TypeError, trio.TooSlowError, http.client.HTTPException) as error:
+                raise Unavailable(f"the leader {self.name_of(leader)} did not answer: {error}") from None
+        self.leader_commit_seq = seq
+        self.leader_commit_heard = clock.now()
+        return seq
+
+    def _ask_status(self, address: str) -> dict:
+        host, _, port = address.rpartition(":")
+        connection = http.client.HTTPSConnection(host, int(port), timeout=STATUS_TIMEOUT_S,
+                                                 context=self._client_context)
+        try:
+            connection.request("GET", "/api/v1/status?stale=1",
+                               headers={"Authorization": f"Bearer {self._node_token}"})
+            response = connection.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status}")
+            return json.loads(body)
+        finally:
+            connection.close()
+
+    # --- bootstrap -----------------------------------------------------------------------------
+
+    async def _run_bootstrap(self) -> None:
+        """Submit the first jobs of a new cluster once this node leads (each once: fixed request ids)."""
+        for job in self._bootstrap:
+            while True:
+                state = self.core.state
+                ended = _ended(state, job["request_id"])
+                if ended is not None:
+                    if ended.status != "success":
+                        log.error("%s: bootstrap job %s ended %s: %s", self.node_name, job["request_id"],
+                                  ended.status, ended.error_message)
+                    break
+                if self.log.is_leader() and self.core.engine.active(state):
+                    with contextlib.suppress(Refused, Unavailable):
+                        await self.submit(job["operations"], job.get("actor", "admin"), "cluster bootstrap",
+                                          job["request_id"])
+                await trio.sleep(0.2)
+        log.info("%s: cluster bootstrap done", self.node_name)
+        self._bootstrap = []
+        if self._bootstrap_done is not None:
+            self._bootstrap_done()
+
+    # --- the Backend the API uses ------------------------------------------------------------------
+
+    def state(self) -> ClusterState:
+        return self.core.state
+
+    def log_status(self) -> dict:
+        status = self.log.status()
+        return {"node": self.node_name, "leader": self.name_of(status.leader) if status.leader else None,
+                "leader_address": status.leader, "term": status.term, "commit_seq": status.commit_seq,
+                "applied_seq": self.core.state.seq, "is_leader": self.log.is_leader(),
+                "voters": [self.name_of(v) for v in status.voters]}
+
+    async def barrier(self) -> int:
+        seq = await self.leader_commit()
+        with trio.move_on_after(BARRIER_TIMEOUT_S):
+            await self.wait_applied(seq)
+            return seq
+        raise Unavailable(f"this node has applied seq {self.core.state.seq} of the leader's {seq} and did not "
+                          f"catch up within {BARRIER_TIMEOUT_S:g} s; ask another node or use --stale")
+
+    async def wait_applied(self, seq: int) -> None:
+        while self.core.state.seq < seq:
+            await self._applied.wait()
+
+    async def changed(self, after_seq: int) -> int:
+        while self.core.state.seq <= after_seq:
+            await self._applied.wait()
+        return self.core.state.seq
+
+    async def _ask(self, message_of_token, timeout_s: float, what: str) -> Reply:
+        token = next(self._tokens)
+        slot = [trio.Event(), None]
+        self._waiting[token] = slot
+        try:
+            self._input(Tick(clock.now()))
+            self._input(message_of_token(token))
+            with trio.move_on_after(timeout_s):
+                await slot[0].wait()
+        finally:
+            self._waiting.pop(token, None)
+        if slot[1] is None:
+            raise Unavailable(f"{what} was not committed within {timeout_s:g} s (is there a leader?); retry "
+                              "with the same request id, which never submits twice")
+        return slot[1]
+
+    async def submit(self, operations: list, actor: str, reason: str = "", request_id: str = "") -> int:
+        reply = await self._ask(lambda token: Submitted(token, tuple(operations), actor, reason, request_id),
+                                SUBMIT_TIMEOUT_S, "the job")
+        if not reply.ok:
+            raise Refused(reply.code, reply.message)
+        return reply.value
+
+    async def cancel(self, job: int, actor: str) -> None:
+        reply = await self._ask(lambda token: CancelRequested(token, job, actor), SUBMIT_TIMEOUT_S,
+                                "the cancel request")
+        if not reply.ok:
+            raise Refused(reply.code, reply.message)
+
+    async def wait_job(self, job: int) -> Any:
+        while True:
+            found = self.core.state.jobs.get(job)
+            if found is None:
+                raise Refused(UNKNOWN_ENTITY, f"Job {job} not known; 'cairn job list' shows the jobs")
+            if found.status in JOB_FINISHED:
+                return found
+            await self._applied.wait()
+
+    def records(self, first_seq: int, last_seq: int | None = None) -> Iterator:
+        return self.log.read(first_seq, last_seq)
+
+    def committed(self, after_seq: int) -> AsyncIterator:
+        return self.log.committed(after_seq)
+
+    def state_at(self, seq: int) -> ClusterState:
+        head = self.log.head().seq
+        if seq < 0 or seq > head:
+            raise Refused(WRONG_INPUT, f"seq {seq} is not in this node's history (0..{head})")
+        return replay.fold(self.log.read(1, seq))
+
+    def node_token_hash(self) -> str:
+        return self._node_token_hash
+
+    async def join(self, token: str, public_key_pem: str, address: str) -> dict:
+        raise Refused(WRONG_INPUT, "joining a running cluster is not available yet; create the nodes with 'cairn up'")
+
+
+def _ended(state: ClusterState, request_id: str):
+    """The job a request id made, once it has ended; None before."""
+    job_id = state.job_requests.get(request_id)
+    job = state.jobs.get(job_id) if job_id is not None else None
+    return job if job is not None and job.status in JOB_FINISHED else None
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+
