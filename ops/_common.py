@@ -195,11 +195,47 @@ def role(value: str) -> None:
         raise PrereqError(WRONG_INPUT, f"Invalid role '{value}'; choose one of {', '.join(ROLES)}")
 
 
-def credential_hash(value: str) -> None:
+def credential_hash(value: str, what: str = "credential hash", of: str = "the token") -> None:
     """Refuse anything but a SHA-256 in 64 lower-case hex digits (the log never holds a token itself)."""
-    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise PrereqError(WRONG_INPUT, "A credential hash is the SHA-256 of the token in 64 lower-case hex digits; "
+    if not isinstance(value, str) or len(value) != 64 or any(c not in _HEX for c in value):
+        raise PrereqError(WRONG_INPUT, f"A {what} is the SHA-256 of {of} in 64 lower-case hex digits; "
                                        "send the hash, never the token")
+
+
+_HEX = "0123456789abcdef"
+# RFC 5280 allows a certificate serial of at most 20 octets.
+_SERIAL_DIGITS_MAX = 40
+
+
+def certificate_serial(value: str) -> None:
+    """Refuse a certificate serial not in lower-case hex without '0x' or leading zeros (one spelling per serial)."""
+    if (not isinstance(value, str) or not 0 < len(value) <= _SERIAL_DIGITS_MAX or value[0] == "0"
+            or any(c not in _HEX for c in value)):
+        raise PrereqError(WRONG_INPUT, f"Invalid certificate serial {value!r}: give it in lower-case hex without "
+                                       "'0x' or leading zeros, as in '3f2a9c'")
+
+
+DEFAULT_NODE_PORT = 7800
+
+
+def node_address(name: str, address: str) -> str:
+    """The address a node is reached at: the one given, or NAME:7800."""
+    return address or f"{name}:{DEFAULT_NODE_PORT}"
+
+
+def new_node(state: ClusterState, name: str, address: str) -> str:
+    """Refuse a malformed node name or address, or one a node already has; return the address (HOST:PORT)."""
+    hostname(name, "node")
+    if state.node_by_name(name) is not None:
+        raise PrereqError(ALREADY_EXISTS, f"Node '{name}' is already in the cluster")
+    address = node_address(name, address)
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65534:
+        raise PrereqError(WRONG_INPUT, f"Invalid address '{address}' for node '{name}': give HOST:PORT "
+                                       "(the API port; Raft uses PORT+1, the data plane PORT+2)")
+    if any(n.address == address for n in state.nodes.values()):
+        raise PrereqError(ALREADY_EXISTS, f"Address {address} is already used by another node")
+    return address
 
 
 def node_ids_of(found: Instance) -> frozenset:

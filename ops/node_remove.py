@@ -1,4 +1,8 @@
-"""Remove a node from the cluster; it must hold no instances and must not be the last voter."""
+"""Remove a node from the cluster; it must hold no instances and must not be the last voter.
+
+The node's certificate, if the log recorded one, is revoked in the same step,
+so that its handshakes are refused from then on.
+"""
 
 from dataclasses import dataclass
 
@@ -46,4 +50,7 @@ def plan(state, params: Params) -> Plan:
     found = _common.node(state, params.node)
     # The node's own modes (maintenance) go with it, so they cannot apply to a later node with the same id.
     cleared = [ev.ModeCleared(mode, found.id) for mode in MODES if (mode, found.id) in state.modes]
-    return one_step(f"removing node {found.name}", *cleared, ev.NodeRemoved(found.id))
+    # Revoked before the node leaves, so that no state has a removed node whose certificate is still good.
+    serial = state.certificates.get(found.name)
+    revoked = [ev.NodeCertificateRevoked(found.name, serial)] if serial is not None else []
+    return one_step(f"removing node {found.name}", *cleared, *revoked, ev.NodeRemoved(found.id))

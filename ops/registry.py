@@ -6,8 +6,8 @@ from ops.base import conforms
 from ops import (
     cluster_init, cluster_mode, cluster_modify, group_add, group_assign_nodes, group_remove, group_rename, instance_add, instance_failover,
     instance_migrate, instance_modify, instance_reboot, instance_remove, instance_rename, instance_shutdown,
-    instance_startup, node_add, node_migrate, node_modify, node_remove, tags_add, tags_remove, user_add, user_remove,
-    user_set_role,
+    instance_startup, node_add, node_migrate, node_modify, node_remove, node_token_issue, tags_add, tags_remove,
+    user_add, user_remove, user_set_role,
 )
 
 OPERATIONS: dict[str, ModuleType] = {
@@ -27,6 +27,7 @@ OPERATIONS: dict[str, ModuleType] = {
         node_remove,
         node_migrate,
         node_modify,
+        node_token_issue,
         group_add,
         group_remove,
         group_rename,

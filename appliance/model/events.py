@@ -306,6 +306,42 @@ class NodeFenced:
     detail: str
 
 
+@event(NODES + 6)
+@frozen
+class JoinTokenIssued:
+    """A one-time join token for the node called `node` at `address`: only its secret's SHA-256 is in the log.
+
+    `expires_at` is in epoch seconds; the member that checks the token compares it with its clock.
+    """
+    node: str
+    address: str
+    token_hash: str
+    expires_at: int
+
+
+@event(NODES + 7)
+@frozen
+class JoinTokenUsed:
+    """A join token was spent: it admits no second node."""
+    token_hash: str
+
+
+@event(NODES + 8)
+@frozen
+class NodeCertificateIssued:
+    """The node called `node` (a name: its id may not exist yet) holds the certificate `serial` (lower-case hex)."""
+    node: str
+    serial: str
+
+
+@event(NODES + 9)
+@frozen
+class NodeCertificateRevoked:
+    """The certificate with `serial` (lower-case hex) of the node called `node` is refused at every handshake."""
+    node: str
+    serial: str
+
+
 # --- instances -------------------------------------------------------------
 
 @event(INSTANCES + 1)

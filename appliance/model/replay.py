@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from appliance.model import events as ev
 from appliance.model.codec import Envelope, decode
 from appliance.model.state import (
-    ClusterParams, ClusterState, Disk, Group, Instance, Job, JOB_FINISHED, Nic, Node, NodeUsage, User,
+    ClusterParams, ClusterState, Disk, Group, Instance, Job, JOB_FINISHED, JoinTokenEntry, Nic, Node, NodeUsage, User,
     NO_IDS, RecentIds, add_usage, gc_paused, used_disk_mib,
 )
 
@@ -298,6 +298,45 @@ def _node_fenced(state, e, envelope, seq):
             pending = tuple([n for n in instance.pending_stop if n != e.node])
             instances = instances.set(instance.id, instance.evolve(pending_stop=pending))
     return {"nodes": state.nodes.set(e.node, node.evolve(fenced=True)), "instances": instances}
+
+
+@handles(ev.JoinTokenIssued)
+def _join_token_issued(state, e, envelope, seq):
+    # A hash already known keeps its entry: a spent token must never become unspent again.
+    if e.token_hash in state.join_tokens:
+        return {}
+    entry = JoinTokenEntry(e.node, e.address, e.expires_at)
+    return {"join_tokens": state.join_tokens.set(e.token_hash, entry)}
+
+
+@handles(ev.JoinTokenUsed)
+def _join_token_used(state, e, envelope, seq):
+    # A spent token stays, marked used, so that a second join with it is refused; expired ones stay too.
+    entry = state.join_tokens.get(e.token_hash)
+    if entry is None or entry.used:
+        return {}
+    return {"join_tokens": state.join_tokens.set(e.token_hash, entry.evolve(used=True))}
+
+
+@handles(ev.NodeCertificateIssued)
+def _node_certificate_issued(state, e, envelope, seq):
+    # A revoked serial is revoked for good: it never becomes a node's current certificate again.
+    if e.serial in state.revoked_serials or state.certificates.get(e.node) == e.serial:
+        return {}
+    return {"certificates": state.certificates.set(e.node, e.serial)}
+
+
+@handles(ev.NodeCertificateRevoked)
+def _node_certificate_revoked(state, e, envelope, seq):
+    # The serial is refused from now on, even one the state never saw issued: revoking more is the safe side.
+    # A node's current certificate goes only if it has this serial (a newer one stays valid).
+    if e.serial in state.revoked_serials:
+        return {}
+    certificates = state.certificates
+    for name, serial in state.certificates.items():
+        if serial == e.serial:
+            certificates = certificates.delete(name)
+    return {"certificates": certificates, "revoked_serials": state.revoked_serials.set(e.serial, e.node)}
 
 
 @handles(ev.NodeCapacityDetected)

@@ -160,6 +160,15 @@ class User(NamedTuple):
 
 
 @entity
+class JoinTokenEntry(NamedTuple):
+    """An issued join token, kept under its secret's hash: whom it admits, until when, and whether it was spent."""
+    node: str
+    address: str
+    expires_at: int               # epoch seconds; the member checking the token compares it with its clock
+    used: bool = False
+
+
+@entity
 class Job(NamedTuple):
     id: int
     operations: tuple
@@ -295,6 +304,9 @@ class ClusterState(NamedTuple):
     leader_term: int = 0
     job_requests: immutables.Map = EMPTY   # request id -> job id, for the jobs in `jobs` that gave one
     credentials: immutables.Map = EMPTY    # SHA-256 hex of a bearer token -> user name
+    join_tokens: immutables.Map = EMPTY    # SHA-256 hex of a join token's secret -> JoinTokenEntry
+    certificates: immutables.Map = EMPTY   # node name -> serial (hex) of its current certificate
+    revoked_serials: immutables.Map = EMPTY  # serial (hex) of a revoked certificate -> the node name it had
 
     # --- reads used by ops and the CLI ---------------------------------
 
@@ -384,6 +396,9 @@ def to_plain(state: ClusterState) -> dict[str, Any]:
         "finished_jobs": [state.finished_jobs.count, state.finished_jobs.ordered()],
         "leader": [state.leader_node, state.leader_term],
         "credentials": sorted([h, user] for h, user in state.credentials.items()),
+        "join_tokens": _plain_map(state.join_tokens),
+        "certificates": sorted([name, serial] for name, serial in state.certificates.items()),
+        "revoked_serials": sorted([serial, name] for serial, name in state.revoked_serials.items()),
     }
 
 
@@ -457,6 +472,9 @@ def _decode_checkpoint(data: bytes) -> ClusterState:
         leader_node=plain["leader"][0],
         leader_term=plain["leader"][1],
         credentials=immutables.Map({h: user for h, user in plain.get("credentials", ())}),
+        join_tokens=build(JoinTokenEntry, plain.get("join_tokens", ())),
+        certificates=immutables.Map({name: serial for name, serial in plain.get("certificates", ())}),
+        revoked_serials=immutables.Map({serial: name for serial, name in plain.get("revoked_serials", ())}),
     )
     return with_indexes(state)
 

@@ -49,3 +49,21 @@ def test_node_remove_clears_the_node_maintenance_mode():
     box.commit(ev.ModeSet("maintenance", node_id(box, "n3.example.com"), None))
     box.run("node_remove", node="n3.example.com")
     assert not box.state.modes
+
+
+def test_node_remove_revokes_the_node_certificate():
+    """Removing a node revokes its recorded certificate before the node leaves."""
+    box = cluster()
+    box.run("node_add", name="n4.example.com", certificate_serial="5c3e8a1f")
+    gone = node_id(box, "n4.example.com")
+    plan = box.run("node_remove", node="n4.example.com")
+    assert plan.events == (ev.NodeCertificateRevoked("n4.example.com", "5c3e8a1f"), ev.NodeRemoved(gone))
+    assert "n4.example.com" not in box.state.certificates
+    assert dict(box.state.revoked_serials) == {"5c3e8a1f": "n4.example.com"}
+
+
+def test_node_remove_without_a_certificate_revokes_nothing():
+    """A node the log recorded no certificate for is removed with no revocation."""
+    box = cluster()
+    plan = box.run("node_remove", node="n3.example.com")
+    assert [type(e) for e in plan.events] == [ev.NodeRemoved] and not box.state.revoked_serials

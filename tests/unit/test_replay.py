@@ -8,8 +8,8 @@ from appliance.demo import Demo
 from appliance.model import codec, events as ev, replay
 from appliance.model.codec import Envelope
 from appliance.model.state import (
-    CHECKPOINT_FORMAT, DEDUP_GENERATION, ClusterState, RecentIds, Window, decode_checkpoint, encode_checkpoint,
-    to_plain, usage_of, with_indexes,
+    CHECKPOINT_FORMAT, DEDUP_GENERATION, ClusterState, JoinTokenEntry, RecentIds, Window, decode_checkpoint,
+    encode_checkpoint, to_plain, usage_of, with_indexes,
 )
 from appliance.sandbox import Sandbox
 from tests.unit.test_ops_support import add, cluster, node_id
@@ -605,7 +605,126 @@ def test_job_cancel_requested_marks_an_active_job():
     assert box.state.jobs[active].cancel_requested and not box.state.jobs[finished].cancel_requested
 
 
+# --- join tokens and node certificates ------------------------------------
+
+TOKEN_HASH = "ab" * 32
+
+
+def test_join_token_issued_records_an_unused_token():
+    """JoinTokenIssued keeps the token under its hash: the node and address it admits, its expiry, unused."""
+    box = cluster(nodes=0)
+    box.commit(ev.JoinTokenIssued("n4.example.com", "10.0.0.4:7800", TOKEN_HASH, 1_764_637_200))
+    assert box.state.join_tokens[TOKEN_HASH] == JoinTokenEntry("n4.example.com", "10.0.0.4:7800", 1_764_637_200,
+                                                               False)
+
+
+def test_join_token_used_marks_the_token_used_and_keeps_it():
+    """JoinTokenUsed marks the token used; it stays in the state so that it is refused the next time."""
+    box = cluster(nodes=0)
+    box.commit(ev.JoinTokenIssued("n4.example.com", "10.0.0.4:7800", TOKEN_HASH, 1_764_637_200))
+    box.commit(ev.JoinTokenUsed(TOKEN_HASH))
+    assert box.state.join_tokens[TOKEN_HASH].used
+    spent = box.state
+    box.commit(ev.JoinTokenUsed(TOKEN_HASH))
+    assert without_seq(box.state) | {"recent_events": None} == without_seq(spent) | {"recent_events": None}
+
+
+def test_join_token_issued_again_never_unspends_a_token():
+    """A JoinTokenIssued for a hash already known changes nothing, so a used token stays used."""
+    box = cluster(nodes=0)
+    box.commit(ev.JoinTokenIssued("n4.example.com", "10.0.0.4:7800", TOKEN_HASH, 1_764_637_200))
+    box.commit(ev.JoinTokenUsed(TOKEN_HASH))
+    box.commit(ev.JoinTokenIssued("n5.example.com", "10.0.0.5:7800", TOKEN_HASH, 1_764_640_800))
+    assert box.state.join_tokens[TOKEN_HASH] == JoinTokenEntry("n4.example.com", "10.0.0.4:7800", 1_764_637_200,
+                                                               True)
+
+
+def test_join_token_used_for_an_unknown_token_changes_nothing():
+    """JoinTokenUsed naming a hash never issued leaves the tokens as they were."""
+    box = cluster(nodes=0)
+    box.commit(ev.JoinTokenUsed(TOKEN_HASH))
+    assert not box.state.join_tokens
+
+
+def test_node_certificate_issued_records_the_serial_under_the_node_name():
+    """NodeCertificateIssued maps the node's name (it may have no id yet) to the serial; a newer one replaces it."""
+    box = cluster(nodes=0)
+    box.commit(ev.NodeCertificateIssued("n4.example.com", "5c3e"))
+    assert dict(box.state.certificates) == {"n4.example.com": "5c3e"}
+    box.commit(ev.NodeCertificateIssued("n4.example.com", "7d1f"))
+    assert dict(box.state.certificates) == {"n4.example.com": "7d1f"}
+
+
+def test_node_removed_keeps_its_certificate_until_revoked():
+    """NodeRemoved alone leaves the certificate; NodeCertificateRevoked moves its serial to the revoked set."""
+    box = cluster()
+    box.commit(ev.NodeCertificateIssued("n3.example.com", "5c3e"))
+    box.commit(ev.NodeRemoved(node_id(box, "n3.example.com")))
+    assert box.state.certificates["n3.example.com"] == "5c3e" and not box.state.revoked_serials
+    box.commit(ev.NodeCertificateRevoked("n3.example.com", "5c3e"))
+    assert not box.state.certificates and dict(box.state.revoked_serials) == {"5c3e": "n3.example.com"}
+
+
+def test_node_certificate_revoked_twice_changes_nothing_the_second_time():
+    """A second revocation of one serial leaves the state as the first left it."""
+    box = cluster(nodes=0)
+    box.commit(ev.NodeCertificateIssued("n4.example.com", "5c3e"))
+    box.commit(ev.NodeCertificateRevoked("n4.example.com", "5c3e"))
+    revoked = box.state
+    box.commit(ev.NodeCertificateRevoked("n4.example.com", "5c3e"))
+    assert without_seq(box.state) | {"recent_events": None} == without_seq(revoked) | {"recent_events": None}
+
+
+def test_node_certificate_revoked_for_an_older_serial_keeps_the_current_one():
+    """Revoking a serial the node no longer holds adds it to the revoked set and leaves the current certificate."""
+    box = cluster(nodes=0)
+    box.commit(ev.NodeCertificateIssued("n4.example.com", "7d1f"))
+    box.commit(ev.NodeCertificateRevoked("n4.example.com", "5c3e"))
+    assert dict(box.state.certificates) == {"n4.example.com": "7d1f"}
+    assert dict(box.state.revoked_serials) == {"5c3e": "n4.example.com"}
+
+
+def test_a_revoked_serial_is_never_issued_again():
+    """NodeCertificateIssued with a revoked serial changes nothing: revocation is for good."""
+    box = cluster(nodes=0)
+    box.commit(ev.NodeCertificateIssued("n4.example.com", "5c3e"))
+    box.commit(ev.NodeCertificateRevoked("n4.example.com", "5c3e"))
+    box.commit(ev.NodeCertificateIssued("n4.example.com", "5c3e"))
+    assert not box.state.certificates and "5c3e" in box.state.revoked_serials
+
+
 # --- checkpoints --------------------------------------------------------------
+
+def test_checkpoint_round_trip_keeps_tokens_and_certificates():
+    """Join tokens, certificates and revoked serials survive a checkpoint, and the digest covers each of them."""
+    box = cluster(nodes=0)
+    digests = [box.state.digest()]
+    box.commit(ev.JoinTokenIssued("n4.example.com", "10.0.0.4:7800", TOKEN_HASH, 1_764_637_200))
+    digests.append(box.state.digest())
+    box.commit(ev.JoinTokenUsed(TOKEN_HASH))
+    digests.append(box.state.digest())
+    box.commit(ev.NodeCertificateIssued("n4.example.com", "5c3e"))
+    digests.append(box.state.digest())
+    box.commit(ev.NodeCertificateRevoked("n4.example.com", "5c3e"))
+    box.commit(ev.NodeCertificateIssued("n4.example.com", "7d1f"))
+    digests.append(box.state.digest())
+    assert len(set(digests)) == len(digests)
+    decoded = decode_checkpoint(encode_checkpoint(box.state))
+    assert decoded.digest() == box.state.digest()
+    assert (decoded.join_tokens, decoded.certificates, decoded.revoked_serials) == (
+        box.state.join_tokens, box.state.certificates, box.state.revoked_serials)
+    assert type(decoded.join_tokens[TOKEN_HASH]) is JoinTokenEntry
+
+
+def test_a_checkpoint_written_before_tokens_and_certificates_decodes_empty():
+    """A checkpoint without the token and certificate keys (written by an older build) decodes with them empty."""
+    plain = to_plain(cluster(nodes=1).state)
+    for key in ("join_tokens", "certificates", "revoked_serials"):
+        del plain[key]
+    decoded = decode_checkpoint(cbor2.dumps(plain, canonical=True))
+    assert not decoded.join_tokens and not decoded.certificates and not decoded.revoked_serials
+    assert len(decoded.nodes) == 1
+
 
 def test_checkpoint_round_trip_keeps_the_new_fields():
     """A state using every new field encodes and decodes to the same digest and the same entities."""
