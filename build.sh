@@ -2,7 +2,8 @@
 # Build Cairn on a fresh Debian machine: system packages, .venv, the cffi core.
 #   ./build.sh          install everything into .venv and compile fastpath
 #   ./build.sh test     the same, then run the whole test suite
-#   ./build.sh demo     the same, then the main job (see README.md)
+#   ./build.sh up       the same, then the main job: a local 3-node cluster with a few instances (README.md)
+#   ./build.sh demo     the same, then an event-sourcing demo: build a history, verify it, replay it
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -53,6 +54,27 @@ case "${1:-}" in
         shift
         exec .venv/bin/python -m pytest "$@"
         ;;
+    up)
+        shift
+        .venv/bin/cairn up "$@"
+        # A few instances to look at; an instance that already exists (a second run) is left alone.
+        for spec in "web1 diskless node1" "web2 diskless node2" "db1 replicated node1:node3"; do
+            set -- $spec
+            if ! .venv/bin/cairn instance list --no-headers -o name | grep -qx "$1"; then
+                if [ "$2" = replicated ]; then
+                    .venv/bin/cairn instance add -t "$2" -n "$3" -s 1G --no-install "$1"
+                else
+                    .venv/bin/cairn instance add -t "$2" -n "$3" --no-install "$1"
+                fi
+            fi
+        done
+        echo
+        echo '$ cairn node list'
+        .venv/bin/cairn node list
+        echo
+        echo '$ cairn instance list'
+        exec .venv/bin/cairn instance list
+        ;;
     demo)
         shift
         mkdir -p out
@@ -62,7 +84,7 @@ case "${1:-}" in
         ;;
     "") ;;
     *)
-        echo "build.sh: unknown argument '$1'; use 'test', 'demo' or nothing" >&2
+        echo "build.sh: unknown argument '$1'; use 'up', 'test', 'demo' or nothing" >&2
         exit 2
         ;;
 esac

@@ -14,13 +14,29 @@ HELP = "Cairn: highly available VMs on a few commodity servers, managed through 
 def _build_app():
     import typer
 
+    from appliance.cli import cluster as _cluster
     from appliance.cli import events as _events
+    from appliance.cli import group as _group
+    from appliance.cli import instance as _instance
+    from appliance.cli import job as _job
+    from appliance.cli import local as _local
+    from appliance.cli import node as _node
     from appliance.cli import placement as _placement
+    from appliance.cli import tags as _tags
+    from appliance.cli import user as _user
 
     built = typer.Typer(name="cairn", help=HELP, no_args_is_help=True, add_completion=False,
                         pretty_exceptions_enable=False)
+    built.add_typer(_cluster.app, name="cluster")
+    built.add_typer(_instance.app, name="instance")
+    built.add_typer(_node.app, name="node")
+    built.add_typer(_group.app, name="group")
+    built.add_typer(_job.app, name="job")
+    built.add_typer(_user.app, name="user")
+    built.add_typer(_tags.app, name="tags")
     built.add_typer(_events.app, name="events")
     _placement.register(built)
+    _local.register(built)
     return built
 
 

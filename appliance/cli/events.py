@@ -1,15 +1,26 @@
-"""`cairn events ...`: build, verify, replay, checkpoint and export event files."""
+"""`cairn events ...`: build, verify, replay, checkpoint and export event files; export and tail the live cluster's.
+
+`export` reads an event file with `--file`, and the cluster's history over the
+API without it; `tail` follows the cluster's live log.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections import Counter
 from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Event files: demo history, verify, replay, checkpoint, export.", no_args_is_help=True)
+from appliance.cli.job import Session, command, reporting
+from appliance.cli.output import event_line
+from appliance.client.http import StreamBroken
+from appliance.client.jobs import REWATCH_PAUSE_S
+
+app = typer.Typer(help="Events: demo history, verify, replay, checkpoint and export files; export and tail the "
+                       "live cluster's.", no_args_is_help=True)
 
 OUTPUT_HELP = "Output format: text for people, json for scripts."
 
@@ -149,19 +160,27 @@ def checkpoint(
 
 @app.command()
 def export(
-    file: str = typer.Option(..., "--file", "-f", help="The event file to export."),
+    file: Optional[str] = typer.Option(None, "--file", "-f", help="The event file to export (without it: the live "
+                                                                  "cluster's history, over the API)."),
     since: int = typer.Option(0, "--since", help="Only records after this seq."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl (one JSON object per line, with who and why) or cbor "
                                                        "(a sealed record file)."),
+    api: Optional[str] = typer.Option(None, "--api", help="Without --file: call this node (HOST:PORT, or "
+                                                          "unix:PATH) instead of the config's nodes; also CAIRN_API."),
+    config: Optional[str] = typer.Option(None, "--config", help="Without --file: the client config file (default: "
+                                                                "$CAIRN_CONFIG, else ~/.config/cairn/client.toml)."),
 ) -> None:
     """Write the events to standard output as JSON Lines or as a CBOR record stream."""
-    from appliance.eventfile import EventFileError, export as export_file
-
-    _exists(file)
     if fmt not in ("jsonl", "cbor"):
         fail(f"unknown --format '{fmt}'; use jsonl or cbor", 2)
     if since < 0:
         fail("--since must be 0 or more")
+    if file is None:
+        _export_live(api, config, since, fmt)
+        return
+    from appliance.eventfile import EventFileError, export as export_file
+
+    _exists(file)
     out = sys.stdout if fmt == "jsonl" else sys.stdout.buffer
     try:
         export_file(file, out, fmt, since)
@@ -169,3 +188,42 @@ def export(
         out.flush()
         fail(f"{file}: {error}")
     out.flush()
+
+
+def _export_live(api: Optional[str], config: Optional[str], since: int, fmt: str) -> None:
+    """Copy GET /api/v1/events (NDJSON or CBOR, as the cluster sends it) to standard output."""
+    session = Session(api, config)
+    with reporting(session):
+        sys.stdout.flush()
+        out = sys.stdout.buffer
+        for chunk in session.client.raw("/api/v1/events", since=since, format=fmt):
+            out.write(chunk)
+        out.flush()
+
+
+@command(app, name="tail", kind="plain")
+def tail(
+    session: Session,
+    since: Optional[int] = typer.Option(None, "--since", help="Start after this seq (default: with the next event)."),
+    output: str = typer.Option("text", "--output", help="text (seq, type, actor, reason) or json (each event as "
+                                                        "one JSON line)."),
+) -> None:
+    """Follow the cluster's live log: one line per event (seq, type, actor, reason) until interrupted."""
+    _check_output(output)
+    if since is not None and since < 0:
+        fail("--since must be 0 or more")
+    try:
+        while True:
+            count = 0
+            try:
+                for event in session.client.stream("/api/v1/events/tail", since=since):
+                    typer.echo(json.dumps(event) if output == "json" else event_line(event))
+                    count += 1
+                    if isinstance(event, dict) and isinstance(event.get("seq"), int):
+                        since = event["seq"]
+            except StreamBroken:
+                pass  # the node went away or stayed quiet: follow on from the last event seen
+            if not count:
+                time.sleep(REWATCH_PAUSE_S)
+    except KeyboardInterrupt:
+        return

@@ -283,7 +283,8 @@ class NodeShell:
     # --- bootstrap -----------------------------------------------------------------------------
 
     async def _run_bootstrap(self) -> None:
-        """Submit the first jobs of a new cluster once this node leads (each once: fixed request ids)."""
+        """Submit the first jobs of a new cluster, one after the other, once there is a leader (each once: fixed
+        request ids)."""
         for job in self._bootstrap:
             while True:
                 state = self.core.state
@@ -293,7 +294,7 @@ class NodeShell:
                         log.error("%s: bootstrap job %s ended %s: %s", self.node_name, job["request_id"],
                                   ended.status, ended.error_message)
                     break
-                if self.log.is_leader() and self.core.engine.active(state):
+                if self.log.leader() is not None:      # any member may submit: the log forwards to the leader
                     with contextlib.suppress(Refused, Unavailable):
                         await self.submit(job["operations"], job.get("actor", "admin"), "cluster bootstrap",
                                           job["request_id"])

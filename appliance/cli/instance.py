@@ -1,0 +1,291 @@
+"""`cairn instance ...`: Ganeti's gnt-instance over the cluster API (add, remove, start, stop, move, list, ...)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from appliance.cli import output as out
+from appliance.cli.job import Failed, Session, command, parameter_error
+from appliance.client.jobs import operation
+
+app = typer.Typer(help="Instances (VMs): add, remove, start, stop, reboot, migrate, fail over, change, list.",
+                  no_args_is_help=True)
+
+INSTANCE = typer.Argument(..., metavar="INSTANCE", help="The instance's name.")
+MEMORY_KEYS = ("memory", "maxmem")
+NOOP_OS = "noop"  # the catalogue's OS definition that installs nothing
+
+
+def hostname(name: str) -> str:
+    """Instance and node names are host names, which Ganeti (and the cluster) keep in lower case."""
+    return name.strip().lower()
+
+
+def _size(key: str, text: str) -> int:
+    try:
+        return out.parse_size(text)
+    except ValueError:
+        raise parameter_error(f"'{key}' (value {text}) is not a valid size; give MiB, or a number with M, G or T "
+                              "(e.g. 512M, 10G)") from None
+
+
+def _int(key: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise parameter_error(f"'{key}' (value {text}) is not a whole number of at least 1")
+    return value
+
+
+def backend_parameters(text: str | None) -> dict:
+    """memory_mib and vcpus of `-B memory=SIZE,vcpus=N`; Ganeti's parameter errors otherwise."""
+    found: dict = {}
+    for key, value in out.parse_keyvals(text or "").items():
+        if key in MEMORY_KEYS:
+            found["memory_mib"] = _size(key, value)
+        elif key == "vcpus":
+            found["vcpus"] = _int(key, value)
+        elif key == "minmem":
+            raise parameter_error("an instance has one memory size in cairn; give memory=SIZE")
+        else:
+            raise parameter_error(f"Unknown parameter '{key}'; -B takes memory=SIZE and vcpus=N")
+    return found
+
+
+def hypervisor_parameters(text: str | None) -> tuple[str | None, dict | None]:
+    """The hypervisor name and parameters of `-H NAME[:key=value,...]`."""
+    if not text:
+        return None, None
+    name, colon, rest = text.partition(":")
+    if "=" in name:  # only parameters, no name
+        return None, out.parse_keyvals(text)
+    return name or None, (out.parse_keyvals(rest) if colon else None)
+
+
+def disk_sizes(disks: list[str] | None, size: str | None) -> list[int] | None:
+    """Disk sizes (MiB) in index order from `--disk N:size=SIZE`... or `-s SIZE`; None when neither is given."""
+    if size is not None:
+        if disks:
+            raise parameter_error("give either -s SIZE (one disk) or --disk N:size=SIZE options, not both")
+        return [_size("size", size)]
+    if not disks:
+        return None
+    by_index: dict[int, int] = {}
+    for spec in disks:
+        index, colon, rest = spec.partition(":")
+        settings = out.parse_keyvals(rest)
+        if not colon or not index.isdigit() or set(settings) != {"size"}:
+            raise parameter_error(f"disk '{spec}' is not N:size=SIZE (e.g. --disk 0:size=10G)")
+        if int(index) in by_index:
+            raise parameter_error(f"disk {index} is given twice")
+        by_index[int(index)] = _size(f"disk {index} size", settings["size"])
+    if sorted(by_index) != list(range(len(by_index))):
+        given = ", ".join(str(index) for index in sorted(by_index))
+        raise parameter_error(f"disk indexes must run 0, 1, 2 ... without gaps; got {given}")
+    return [by_index[i] for i in range(len(by_index))]
+
+
+def node_pair(text: str) -> tuple[str, str | None]:
+    """PRIMARY and SECONDARY of `-n PRIMARY[:SECONDARY]`."""
+    primary, _, secondary = text.partition(":")
+    if not primary:
+        raise parameter_error(f"-n '{text}' names no primary node; give PRIMARY or PRIMARY:SECONDARY")
+    return hostname(primary), (hostname(secondary) if secondary else None)
+
+
+@command(app, name="add", kind="write")
+def instance_add(
+    session: Session,
+    name: str = typer.Argument(..., metavar="INSTANCE", help="The new instance's host name."),
+    disk_template: str = typer.Option(..., "-t", "--disk-template",
+                                      help="diskless, file, or replicated (mirrored on a secondary node)."),
+    node: str = typer.Option(..., "-n", "--node", help="PRIMARY node, or PRIMARY:SECONDARY for replicated."),
+    os_name: Optional[str] = typer.Option(None, "-o", "--os", help="The OS image or definition to install, "
+                                                                  "e.g. debian-12."),
+    no_install: bool = typer.Option(False, "--no-install", help="Install nothing (the 'noop' OS definition: "
+                                                                "blank disks); instead of --os."),
+    backend: Optional[str] = typer.Option(None, "-B", "--backend-parameters",
+                                          help="memory=SIZE,vcpus=N (SIZE in MiB, or with M, G or T)."),
+    disks: Optional[list[str]] = typer.Option(None, "--disk", help="Disk N: N:size=SIZE, e.g. 0:size=10G "
+                                                                   "(repeat for more disks)."),
+    size: Optional[str] = typer.Option(None, "-s", "--os-size", help="One disk of this size (instead of --disk)."),
+    no_start: bool = typer.Option(False, "--no-start", help="Leave the instance stopped (ADMIN_down)."),
+    hypervisor: Optional[str] = typer.Option(None, "-H", "--hypervisor",
+                                             help="NAME[:key=value,...] (default: the cluster's default)."),
+    ignore_ipolicy: bool = typer.Option(False, "--ignore-ipolicy", help="Skip the instance policy checks."),
+) -> None:
+    """Create an instance on the given node(s) and, unless --no-start, start it."""
+    if no_install and os_name:
+        raise parameter_error("give either --os NAME or --no-install, not both")
+    primary, secondary = node_pair(node)
+    hypervisor_name, hvparams = hypervisor_parameters(hypervisor)
+    params = backend_parameters(backend)
+    session.run([operation(
+        "instance_add", name=hostname(name), primary=primary, secondary=secondary, disk_template=disk_template,
+        os=NOOP_OS if no_install else (os_name or ""), disks=disk_sizes(disks, size),
+        start=False if no_start else None, hypervisor=hypervisor_name, hvparams=hvparams,
+        ignore_ipolicy=ignore_ipolicy or None, **params)])
+
+
+def _confirm(what: str) -> None:
+    if not sys.stdin.isatty():
+        raise Failed(f"cairn: {what}; confirm with --force (-f)")
+    if not typer.confirm(f"{what[0].upper()}{what[1:]}. Continue?", default=False):
+        raise Failed("cairn: not confirmed; nothing done")
+
+
+@command(app, name="remove", kind="write")
+def instance_remove(
+    session: Session,
+    name: str = INSTANCE,
+    force: bool = typer.Option(False, "-f", "--force", help="Do not ask for confirmation."),
+    shutdown_timeout: Optional[int] = typer.Option(None, "--shutdown-timeout", help="Seconds to wait for the "
+                                                                                     "instance to stop."),
+) -> None:
+    """Remove an instance and destroy its disks (asks first unless -f)."""
+    name = hostname(name)
+    if not force:
+        _confirm(f"removing instance {name} destroys its disks and the data on them")
+    session.run([operation("instance_remove", instance=name, shutdown_timeout_s=shutdown_timeout)])
+
+
+TIMEOUT_HELP = "Seconds to wait for the instance to reach its new state."
+
+
+@command(app, name="startup", kind="write")
+def instance_startup(session: Session, name: str = INSTANCE,
+                     timeout: Optional[int] = typer.Option(None, "--timeout", help=TIMEOUT_HELP)) -> None:
+    """Start an instance (and mark it to be up)."""
+    session.run([operation("instance_startup", instance=hostname(name), timeout_s=timeout)])
+
+
+@command(app, name="shutdown", kind="write")
+def instance_shutdown(
+    session: Session,
+    name: str = INSTANCE,
+    timeout: Optional[int] = typer.Option(None, "--timeout", help="Seconds the guest gets to stop before it is "
+                                                                  "forced."),
+) -> None:
+    """Stop an instance (and mark it to be down)."""
+    session.run([operation("instance_shutdown", instance=hostname(name), timeout_s=timeout)])
+
+
+@command(app, name="reboot", kind="write")
+def instance_reboot(
+    session: Session,
+    name: str = INSTANCE,
+    reboot_type: Optional[str] = typer.Option(None, "--type", help="soft (the guest reboots itself), hard (the "
+                                                                   "VM restarts; the default) or full (stop, start)."),
+    timeout: Optional[int] = typer.Option(None, "--shutdown-timeout", help=TIMEOUT_HELP),
+) -> None:
+    """Reboot an instance (a stopped one is started)."""
+    session.run([operation("instance_reboot", instance=hostname(name), reboot_type=reboot_type, timeout_s=timeout)])
+
+
+@command(app, name="migrate", kind="write")
+def instance_migrate(
+    session: Session,
+    name: str = INSTANCE,
+    allow_failover: bool = typer.Option(False, "--allow-failover", help="Fail over (stop, then start on the "
+                                                                        "secondary) when it cannot migrate live."),
+    timeout: Optional[int] = typer.Option(None, "--timeout", help="Seconds the move may take."),
+) -> None:
+    """Move a replicated instance to its secondary node while it runs (live migration)."""
+    session.run([operation("instance_migrate", instance=hostname(name), allow_failover=allow_failover or None,
+                           timeout_s=timeout)])
+
+
+@command(app, name="failover", kind="write")
+def instance_failover(
+    session: Session,
+    name: str = INSTANCE,
+    timeout: Optional[int] = typer.Option(None, "--timeout", help="Seconds the move may take."),
+) -> None:
+    """Move a replicated instance to its secondary node: stop it, then start it there."""
+    session.run([operation("instance_failover", instance=hostname(name), timeout_s=timeout)])
+
+
+def _modifications(disks: list[str] | None, nets: list[str] | None) -> dict:
+    """disk_add, disk_grow, nic_add, nic_remove and nic_modify of `--disk` and `--net` specs."""
+    found: dict = {"disk_add": [], "disk_grow": [], "nic_add": [], "nic_remove": [], "nic_modify": []}
+    for spec in disks or []:
+        what, _, rest = spec.partition(":")
+        settings = out.parse_keyvals(rest)
+        if set(settings) != {"size"} or not (what == "add" or what.isdigit()):
+            raise parameter_error(f"disk '{spec}' is neither add:size=SIZE nor N:size=SIZE (grow disk N to SIZE)")
+        size = _size(f"disk {what} size", settings["size"])
+        found["disk_add" if what == "add" else "disk_grow"].append(size if what == "add" else [int(what), size])
+    for spec in nets or []:
+        what, _, rest = spec.partition(":")
+        settings = out.parse_keyvals(rest)
+        unknown = set(settings) - {"link", "mode", "mac"} - ({"remove"} if what.isdigit() else set())
+        if unknown or not (what == "add" or what.isdigit()):
+            raise parameter_error(f"NIC '{spec}' is not add[:link=L,mode=M,mac=X], N:remove or N:link=L,mode=M")
+        if what == "add":
+            found["nic_add"].append(dict(settings))  # the cluster fills in mode, link and MAC
+        elif "remove" in settings or rest == "remove":
+            found["nic_remove"].append(int(what))
+        else:
+            found["nic_modify"].append({"index": int(what), **settings})
+    return {key: value for key, value in found.items() if value}
+
+
+@command(app, name="modify", kind="write")
+def instance_modify(
+    session: Session,
+    name: str = INSTANCE,
+    backend: Optional[str] = typer.Option(None, "-B", "--backend-parameters",
+                                          help="memory=SIZE,vcpus=N (SIZE in MiB, or with M, G or T)."),
+    hvparams: Optional[str] = typer.Option(None, "-H", "--hypervisor-parameters", help="key=value,... for the "
+                                                                                        "hypervisor."),
+    disks: Optional[list[str]] = typer.Option(None, "--disk", help="add:size=SIZE adds a disk; N:size=SIZE grows "
+                                                                   "disk N to SIZE (repeatable)."),
+    nets: Optional[list[str]] = typer.Option(None, "--net", help="add[:link=L,mode=M,mac=X], N:remove, or "
+                                                                 "N:link=L,mode=M (repeatable)."),
+    ignore_ipolicy: bool = typer.Option(False, "--ignore-ipolicy", help="Skip the instance policy checks."),
+) -> None:
+    """Change an instance's memory, vCPUs, hypervisor parameters, disks or NICs (most apply at its next start)."""
+    name = hostname(name)
+    changes = {**backend_parameters(backend), **_modifications(disks, nets)}
+    if hvparams:
+        changes["hvparams"] = out.parse_keyvals(hvparams)
+    if not changes:
+        raise parameter_error("nothing to change; give -B, -H, --disk or --net")
+    row = session.run([operation("instance_modify", instance=name, ignore_ipolicy=ignore_ipolicy or None, **changes)])
+    if row is not None:
+        typer.echo(f"Modified instance {name}", err=True)
+
+
+@command(app, name="rename", kind="write")
+def instance_rename(session: Session, name: str = INSTANCE,
+                    new_name: str = typer.Argument(..., metavar="NEW_NAME", help="The instance's new name.")) -> None:
+    """Rename an instance (it must be stopped)."""
+    old, new = hostname(name), hostname(new_name)
+    if session.run([operation("instance_rename", instance=old, new_name=new)]) is not None:
+        typer.echo(f"Instance '{old}' renamed to '{new}'", err=True)
+
+
+@command(app, name="list", kind="list")
+def instance_list(session: Session, names: Optional[list[str]] = typer.Argument(
+        None, metavar="[INSTANCE]...", help="Only these instances, in this order.")) -> None:
+    """List instances: Ganeti's columns Instance Hypervisor OS Primary_node Status Memory by default (-o for others:
+    name, id, pnode, snodes, status, admin_state, oper_state, os, hypervisor, disk_template, be/maxmem, be/vcpus,
+    oper_ram, disk.sizes, disk.count, disk_usage, nic.macs, nic.links, nic.count, tags, migration, disk_states)."""
+    session.show_list("instance", "/api/v1/instances", [hostname(n) for n in names] if names else None)
+
+
+@command(app, name="info")
+def instance_info(session: Session, name: str = INSTANCE,
+                  units: str = typer.Option("h", "--units", help="Sizes: h (human-readable), m, g or t.")) -> None:
+    """Show an instance: state, nodes, OS, memory, NICs, disks and tags."""
+    from urllib.parse import quote
+
+    if units not in out.UNITS:
+        raise typer.BadParameter(f"'{units}' is not one of {', '.join(out.UNITS)}", param_hint="--units")
+    row = session.read(f"/api/v1/instances/{quote(hostname(name), safe='')}")
+    session.show_object(row, out.instance_info(row, units))

@@ -1,0 +1,84 @@
+"""`cairn up`, `cairn down` (a local cluster on 127.0.0.1) and `cairn daemon` (one node's process)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+TOUR = """\
+The cluster is up: {nodes} nodes on 127.0.0.1, leader {leader}.
+Client configuration: {config}
+
+Try:
+  cairn node list
+  cairn instance add -t diskless -n node1 --no-install web1
+  cairn instance list
+  cairn instance migrate web1
+  cairn job list
+  cairn down          (stops the nodes and their instances)
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("daemon")(daemon)
+
+
+def up(nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="How many nodes (default 3 for a new "
+                                           "cluster; the same number as before otherwise)."),
+       directory: Optional[Path] = typer.Option(None, "--dir", help="Where the cluster lives "
+                                                "(default $XDG_DATA_HOME/cairn/local)."),
+       timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds to wait for the cluster to be ready."),
+       memory_mib: Optional[int] = typer.Option(None, "--node-memory", help="Each node's memory in MiB (default: "
+                                                "its share of this host's). A new cluster only."),
+       disk_mib: Optional[int] = typer.Option(None, "--node-disk", help="Each node's disk in MiB (default: its "
+                                              "share of the free space). A new cluster only."),
+       cpus: Optional[int] = typer.Option(None, "--node-cpus", help="Each node's cpus (default: this host's). "
+                                          "A new cluster only.")):
+    """Start a local cluster on 127.0.0.1: make it the first time, start every node that is not running."""
+    from appliance import local
+
+    directory = (directory or local.default_dir()).expanduser().resolve()
+    try:
+        cluster, started = local.up(directory, nodes, echo=lambda text: typer.echo(text, err=True),
+                                    capacity={"memory_mib": memory_mib, "disk_mib": disk_mib, "cpus": cpus})
+        if started:
+            typer.echo(f"Started {', '.join(started)}", err=True)
+        info = local.wait_ready(cluster, timeout_s)
+    except local.LocalError as error:
+        typer.echo(f"Failure: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(TOUR.format(nodes=len(cluster.nodes), leader=info.get("leader"), config=cluster.client_config))
+
+
+def down(directory: Optional[Path] = typer.Option(None, "--dir", help="The local cluster's directory "
+                                                  "(default $XDG_DATA_HOME/cairn/local).")):
+    """Stop the local cluster's daemons and every instance process they started."""
+    from appliance import local
+
+    directory = (directory or local.default_dir()).expanduser().resolve()
+    try:
+        stopped = local.down(directory)
+    except local.LocalError as error:
+        typer.echo(f"Failure: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Stopped {', '.join(stopped)}" if stopped else "No node was running")
+
+
+def daemon(data_dir: Path = typer.Option(..., "--data-dir", help="The node's data directory."),
+           log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR.")):
+    """Run one node's daemon in the foreground (the log member, the core, the drivers and the API)."""
+    from appliance.daemon.config import ConfigError, read_config
+    from appliance.daemon.main import main
+
+    try:
+        read_config(data_dir)
+    except ConfigError as error:
+        typer.echo(f"Failure: {error}", err=True)
+        raise typer.Exit(1)
+    main(str(data_dir), log_level)
+    sys.exit(0)

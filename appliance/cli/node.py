@@ -1,0 +1,135 @@
+"""`cairn node ...`: Ganeti's gnt-node over the cluster API (list, info, modify, migrate, failover, add, remove)."""
+
+from __future__ import annotations
+
+from typing import Optional
+from urllib.parse import quote
+
+import typer
+
+from appliance.cli import output as out
+from appliance.cli.instance import hostname
+from appliance.cli.job import Failed, Session, command, parameter_error
+from appliance.client.jobs import operation
+
+app = typer.Typer(help="Nodes: list, show, change flags, migrate or fail over their instances, add, remove.",
+                  no_args_is_help=True)
+
+NODE = typer.Argument(..., metavar="NODE", help="The node's name.")
+
+
+def node_path(name: str) -> str:
+    """The API path of a node."""
+    return f"/api/v1/nodes/{quote(hostname(name), safe='')}"
+
+
+def _yes_no(option: str, text: str | None) -> bool | None:
+    if text is None:
+        return None
+    try:
+        return out.parse_bool(text)
+    except ValueError as error:
+        raise typer.BadParameter(f"{error}; give yes or no", param_hint=option) from None
+
+
+@command(app, name="list", kind="list")
+def node_list(session: Session, names: Optional[list[str]] = typer.Argument(
+        None, metavar="[NODE]...", help="Only these nodes, in this order.")) -> None:
+    """List nodes: Ganeti's columns Node DTotal DFree MTotal MNode MFree Pinst Sinst by default (-o for others:
+    name, id, address, group, mtotal, mnode, mfree, dtotal, dfree, ctotal, pinst_cnt, sinst_cnt, pinst_list,
+    sinst_list, offline, drained, master, master_capable, vm_capable, role, voter, fenced, tags)."""
+    session.show_list("node", "/api/v1/nodes", [hostname(n) for n in names] if names else None)
+
+
+@command(app, name="info")
+def node_info(session: Session, name: str = NODE,
+              units: str = typer.Option("h", "--units", help="Sizes: h (human-readable), m, g or t.")) -> None:
+    """Show a node: address, group, role, flags, memory, disk and its instances."""
+    if units not in out.UNITS:
+        raise typer.BadParameter(f"'{units}' is not one of {', '.join(out.UNITS)}", param_hint="--units")
+    row = session.read(node_path(name))
+    session.show_object(row, out.node_info(row, units))
+
+
+@command(app, name="modify", kind="write")
+def node_modify(
+    session: Session,
+    name: str = NODE,
+    offline: Optional[str] = typer.Option(None, "-O", "--offline", help="yes: declare the node dead (its "
+                                                                        "instances may start elsewhere); no: back."),
+    drained: Optional[str] = typer.Option(None, "-D", "--drained", help="yes: no new instances on the node; no: "
+                                                                        "accept them again."),
+    master_capable: Optional[str] = typer.Option(None, "--master-capable", help="yes or no."),
+    vm_capable: Optional[str] = typer.Option(None, "--vm-capable", help="yes or no (no only for an empty node)."),
+    role: Optional[str] = typer.Option(None, "--role", help="voter or non-voter (in the replicated log)."),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Memory for instances (MiB, or with M, G or T)."),
+    disk: Optional[str] = typer.Option(None, "--disk", help="Disk for instances (MiB, or with M, G or T)."),
+    cpus: Optional[int] = typer.Option(None, "--cpus", help="CPUs for instances."),
+) -> None:
+    """Change a node's flags, its role in the log, or the capacity it offers."""
+    sizes = {}
+    for key, text in (("memory_mib", memory), ("disk_mib", disk)):
+        if text is not None:
+            try:
+                sizes[key] = out.parse_size(text)
+            except ValueError as error:
+                raise parameter_error(str(error)) from None
+    changes = dict(offline=_yes_no("--offline", offline), drained=_yes_no("--drained", drained),
+                   master_capable=_yes_no("--master-capable", master_capable),
+                   vm_capable=_yes_no("--vm-capable", vm_capable), role=role, cpus=cpus, **sizes)
+    if all(value is None for value in changes.values()):
+        raise parameter_error("nothing to change; give --offline, --drained, --master-capable, --vm-capable, "
+                              "--role, --memory, --disk or --cpus")
+    session.run([operation("node_modify", node=hostname(name), **changes)])
+
+
+@command(app, name="migrate", kind="write")
+def node_migrate(
+    session: Session,
+    name: str = NODE,
+    allow_failover: bool = typer.Option(False, "--allow-failover", help="Fail over the instances that cannot "
+                                                                        "migrate live."),
+) -> None:
+    """Live-migrate every primary instance of a node to its secondary (one follow-up job per instance)."""
+    session.run([operation("node_migrate", node=hostname(name), allow_failover=allow_failover or None)])
+
+
+@command(app, name="failover", kind="write")
+def node_failover(session: Session, name: str = NODE) -> None:
+    """Fail over every primary instance of a node to its secondary (stop, start there): one job per instance."""
+    row = session.read(node_path(name))
+    instances = list(row.get("pinst_list") or [])
+    if not instances:
+        typer.echo(f"No primary instances on node {row.get('name', name)}, exiting.", err=True)
+        return
+    job_ids = [(instance, session.submit_job([operation("instance_failover", instance=instance)]))
+               for instance in instances]
+    if session.submit:
+        for _, job_id in job_ids:
+            typer.echo(f"JobID: {job_id}")
+        return
+    failed = []
+    for instance, job_id in job_ids:
+        result = session.follow(job_id)
+        if result.get("status") != "success":
+            failed.append(f"{instance} (job {job_id}): {out.job_failure_text(result)}")
+    if failed:
+        raise Failed("Failed to fail over:\n" + "\n".join(failed))
+    typer.echo("All instances failed over successfully.", err=True)
+
+
+@command(app, name="add", kind="write")
+def node_add(
+    session: Session,
+    name: str = NODE,
+    address: str = typer.Option(..., "--address", help="The new node's API address, HOST:PORT."),
+    group: Optional[str] = typer.Option(None, "-g", "--node-group", help="The node's group (default: default)."),
+) -> None:
+    """Add a node to the cluster under a name and its API address."""
+    session.run([operation("node_add", name=hostname(name), address=address, group=group)])
+
+
+@command(app, name="remove", kind="write")
+def node_remove(session: Session, name: str = NODE) -> None:
+    """Remove a node from the cluster (it must hold no instances)."""
+    session.run([operation("node_remove", node=hostname(name))])

@@ -1,0 +1,291 @@
+"""A local cluster on 127.0.0.1 for demos and tests: `cairn up` and `cairn down`.
+
+`up` makes the cluster's secrets and every node's data dir the first time
+(`DIR/cluster.json` records the name, the nodes and their ports, chosen once),
+starts whatever node is not running, waits for a leader and for the bootstrap
+jobs (cluster init, one node add per node), and writes the client
+configuration. Node K keeps everything in `DIR/nodeK/`, its pid in
+`DIR/nodeK/daemon.pid` and its log in `DIR/nodeK/daemon.log`. `down` stops
+the daemons, then every instance process they started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance import clock
+
+CLUSTER_FILE = "cluster.json"
+CLUSTER_NAME = "local.cairn"
+MAX_VOTERS = 5
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+
+class LocalError(RuntimeError):
+    """`cairn up` or `down` cannot go on; the message says why and what to do."""
+
+
+def default_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cairn" / "local"
+
+
+def default_client_config() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "cairn" / "client.toml"
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    directory: Path
+    name: str
+    nodes: dict            # name -> address, in order node1..nodeN
+
+    def data_dir(self, node: str) -> Path:
+        return self.directory / node
+
+    @property
+    def client_config(self) -> Path:
+        return self.directory / "client.toml"
+
+
+def _free_port_triple(taken: set[int]) -> int:
+    """A port P with P, P+1 and P+2 free on 127.0.0.1 (API, Raft, data plane)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + 2 >= 65535 or {port, port + 1, port + 2} & taken:
+            continue
+        if all(_port_free(p) for p in (port, port + 1, port + 2)):
+            return port
+    raise LocalError("found no three consecutive free ports on 127.0.0.1; free some ports and run 'cairn up' again")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def load(directory: Path) -> LocalCluster | None:
+    path = directory / CLUSTER_FILE
+    if not path.exists():
+        return None
+    plain = json.loads(path.read_text())
+    return LocalCluster(directory, plain["name"], dict(plain["nodes"]))
+
+
+def create(directory: Path, count: int, capacity: dict | None = None) -> tuple[LocalCluster, str]:
+    """Make the secrets, data dirs and bootstrap jobs of a new local cluster; return it and the admin token.
+
+    Each node gets its share of this host's memory and disk and all its cpus, unless `capacity` gives
+    figures per node (memory_mib, disk_mib, cpus): fake instances take no real memory, so a demo or a
+    benchmark may well give the nodes more than the host has.
+    """
+    from appliance import pki
+    from appliance.daemon.config import NodeConfig, write_bootstrap, write_config
+    from appliance.drivers import host
+
+    now = clock.now()
+    directory.mkdir(parents=True, exist_ok=True)
+    taken: set[int] = set()
+    nodes = {}
+    for k in range(1, count + 1):
+        port = _free_port_triple(taken)
+        taken |= {port, port + 1, port + 2}
+        nodes[f"node{k}"] = f"127.0.0.1:{port}"
+    voters = dict(list(nodes.items())[:MAX_VOTERS])
+    ca = pki.create_ca(CLUSTER_NAME, now)
+    password = pki.new_raft_password()
+    token = pki.new_credential()
+    given = {k: v for k, v in (capacity or {}).items() if v is not None}
+    detected = host.detect(str(directory), **given)
+    # The nodes share this host: each gets its share of what was detected, not of what was given.
+    share = host.Capacity(detected.memory_mib if "memory_mib" in given else max(1, detected.memory_mib // count),
+                          detected.disk_mib if "disk_mib" in given else max(1, detected.disk_mib // count),
+                          detected.cpus)
+    data_dirs = {name: str(directory / name) for name in nodes}
+    for name, address in nodes.items():
+        data_dir = directory / name
+        paths = pki.pki_paths(data_dir)
+        paths.directory.mkdir(parents=True, exist_ok=True)
+        pki.write_public_file(paths.ca_cert, ca.cert_pem, overwrite=True)
+        if name in voters:
+            pki.write_secret_file(paths.ca_key, ca.key_pem, overwrite=True)
+        cert = pki.issue_node_certificate(ca, name, ["127.0.0.1", "localhost"], now)
+        pki.write_public_file(paths.node_cert, cert.cert_pem, overwrite=True)
+        pki.write_secret_file(paths.node_key, cert.key_pem, overwrite=True)
+        pki.write_secret_file(paths.raft_password, password.encode(), overwrite=True)
+        write_config(data_dir, NodeConfig(name=name, address=address, cluster=CLUSTER_NAME, voters=voters,
+                                          voter=name in voters, memory_mib=share.memory_mib,
+                                          disk_mib=share.disk_mib, cpus=share.cpus, fake_peers=data_dirs))
+    jobs = [{"request_id": "bootstrap:cluster-init", "operations": [
+        {"op": "cluster_init", "params": {"name": CLUSTER_NAME, "enabled_hypervisors": ["fake"],
+                                          "default_hypervisor": "fake",
+                                          "admin_credential_hash": pki.credential_hash(token)}}]}]
+    for name, address in nodes.items():
+        jobs.append({"request_id": f"bootstrap:node-add:{name}", "operations": [
+            {"op": "node_add", "params": {"name": name, "address": address, "memory_mib": share.memory_mib,
+                                          "disk_mib": share.disk_mib, "cpus": share.cpus,
+                                          "role": "voter" if name in voters else "non-voter"}}]})
+    write_bootstrap(directory / "node1", jobs)
+    cluster = LocalCluster(directory, CLUSTER_NAME, nodes)
+    (directory / CLUSTER_FILE).write_text(json.dumps({"name": CLUSTER_NAME, "nodes": nodes}, indent=2) + "\n")
+    write_client(cluster, ca.cert_pem, token)
+    return cluster, token
+
+
+def write_client(cluster: LocalCluster, ca_pem: bytes, token: str) -> list[Path]:
+    """DIR/client.toml, and the user's default configuration if there is none yet; returns what was written."""
+    from appliance.client.config import write_client_config
+
+    written = []
+    socket_path = str(cluster.data_dir("node1") / "api.sock")
+    for path, only_if_new in ((cluster.client_config, False), (default_client_config(), True)):
+        if only_if_new and path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_client_config(path, cluster.name, list(cluster.nodes.values()), ca_pem.decode(), token,
+                            socket=socket_path if path == cluster.client_config else None)
+        written.append(path)
+    return written
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+def read_pid(data_dir: Path) -> int | None:
+    """The pid in data_dir/daemon.pid if that process is alive and is a Cairn daemon."""
+    try:
+        pid = int((data_dir / "daemon.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if b"appliance.daemon" in cmdline or b"daemon" in cmdline else None
+
+
+def start_node(data_dir: Path) -> int:
+    """Start a node's daemon in the background, in a session of its own; returns its pid."""
+    log = open(data_dir / "daemon.log", "ab")
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "appliance.daemon.main", str(data_dir)],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                   cwd=str(data_dir))
+    finally:
+        log.close()
+    return process.pid
+
+
+def up(directory: Path, count: int | None, echo=print, capacity: dict | None = None) -> tuple[LocalCluster, list[str]]:
+    """Create the local cluster if needed and start every node that is not running; returns it and the started."""
+    cluster = load(directory)
+    if cluster is None:
+        try:
+            cluster, _token = create(directory, count or 3, capacity)
+        except ValueError as error:     # a capacity figure that makes no sense
+            raise LocalError(str(error)) from None
+        echo(f"Created cluster {cluster.name} with {len(cluster.nodes)} nodes in {directory}")
+    elif count is not None and count < len(cluster.nodes):
+        raise LocalError(f"the local cluster in {directory} has {len(cluster.nodes)} nodes; to have fewer, take "
+                         f"nodes out with 'cairn node remove NODE' (there is no shrinking with 'cairn up')")
+    elif count is not None and count > len(cluster.nodes):
+        raise LocalError(f"the local cluster in {directory} has {len(cluster.nodes)} nodes; growing it with "
+                         "'cairn up --nodes' is not available yet: 'cairn down', remove the directory, and "
+                         f"'cairn up --nodes {count}' makes a new one")
+    started = []
+    for name in cluster.nodes:
+        data_dir = cluster.data_dir(name)
+        if read_pid(data_dir) is None:
+            start_node(data_dir)
+            started.append(name)
+    return cluster, started
+
+
+def wait_ready(cluster: LocalCluster, timeout_s: float = START_TIMEOUT_S) -> dict:
+    """Wait until the cluster answers with a leader and every node known; return the cluster object."""
+    from appliance.client.config import resolve_target
+    from appliance.client.http import ApiError, Client
+
+    target = resolve_target(config=str(cluster.client_config), environ={})
+    client = Client(target.addresses, target.ca_pem, target.token, target.socket_path, timeout_s=2.0)
+    deadline = clock.monotonic() + timeout_s
+    last = "no node answered"
+    while clock.monotonic() < deadline:
+        try:
+            _status, info = client.get("/api/v1/cluster")
+            _status, nodes = client.get("/api/v1/nodes")
+            if info.get("leader") and len(nodes) >= len(cluster.nodes):
+                client.close()
+                return info
+            last = f"leader {info.get('leader')}, {len(nodes)} of {len(cluster.nodes)} nodes known"
+        except (ApiError, OSError) as error:
+            last = str(error)
+        time.sleep(0.3)
+    raise LocalError(f"the local cluster did not become ready within {timeout_s:g} s ({last}); "
+                     f"see {cluster.directory}/node*/daemon.log")
+
+
+def down(directory: Path, echo=print) -> list[str]:
+    """Stop every node's daemon, then every instance process the nodes started; returns the stopped nodes."""
+    cluster = load(directory)
+    if cluster is None:
+        raise LocalError(f"no local cluster in {directory}; 'cairn up' makes one")
+    stopped = []
+    pids = {name: read_pid(cluster.data_dir(name)) for name in cluster.nodes}
+    for name, pid in pids.items():
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            stopped.append(name)
+    deadline = clock.monotonic() + STOP_TIMEOUT_S
+    for name, pid in pids.items():
+        if pid is None:
+            continue
+        while _alive(pid) and clock.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for name in cluster.nodes:
+        stop_instances(cluster.data_dir(name) / "hv")
+    return stopped
+
+
+def stop_instances(state_dir: Path) -> int:
+    """Kill every fake instance process under a node's hypervisor state dir; returns how many."""
+    from appliance.drivers.fake import guest_alive, read_pid as read_guest, signal_guest
+
+    killed = 0
+    for entry in sorted((state_dir / "instances").glob("*")) if (state_dir / "instances").exists() else []:
+        guest = read_guest(entry)
+        if guest is not None and guest_alive(*guest):
+            signal_guest(*guest, signal.SIGKILL)
+            killed += 1
+    return killed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            return False
+    return True

@@ -1,0 +1,134 @@
+"""A real 3-node cluster from `cairn up`: instances end to end, migration, failover, export and replay, auth.
+
+One cluster serves the tests of this module (they leave it as they found it:
+every node up); the leader-kill tests have their own (test_cluster_failover.py).
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.integration.cluster_support import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.down()
+
+
+def instance(cluster, name):
+    rows = cluster.json("instance", "list", name)
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_up_gives_three_nodes_and_one_master(cluster):
+    """`cairn up` leaves 3 nodes known to every node, one master, and the client configuration 0600."""
+    nodes = cluster.json("node", "list")
+    assert sorted(n["name"] for n in nodes) == cluster.names()
+    masters = [n["name"] for n in nodes if n["master"]]
+    assert len(masters) == 1
+    out = cluster.run("cluster", "master").stdout
+    assert out.splitlines() == masters
+    for node in cluster.names():
+        assert cluster.master(via=node) == masters[0]
+    assert (cluster.directory / "client.toml").stat().st_mode & 0o777 == 0o600
+    # Running it again starts nothing and changes nothing.
+    again = cluster.up()
+    assert "Started" not in again.stderr
+    info = cluster.json("cluster", "info")
+    assert info["leader"] == masters[0] and info["seq"] > 0 and len(info["digest"]) == 64
+
+
+def test_instance_lifecycle(cluster):
+    """add, list, shutdown, startup, reboot, info, remove: each ends as Ganeti says, on a real process."""
+    cluster.run("instance", "add", "-t", "diskless", "-n", "node1", "--no-install", "-B", "memory=128M", "life1")
+    row = instance(cluster, "life1")
+    assert row["status"] == "running" and row["pnode"] == "node1" and row["be/maxmem"] == 128
+    listing = cluster.run("instance", "list").stdout.splitlines()
+    assert listing[0].split() == ["Instance", "Hypervisor", "OS", "Primary_node", "Status", "Memory"]
+    assert any(line.startswith("life1") and "running" in line for line in listing[1:])
+    cluster.run("instance", "shutdown", "life1")
+    assert instance(cluster, "life1")["status"] == "ADMIN_down"
+    assert instance(cluster, "life1")["oper_ram"] is None
+    cluster.run("instance", "startup", "life1")
+    assert instance(cluster, "life1")["status"] == "running"
+    cluster.run("instance", "reboot", "life1")
+    assert instance(cluster, "life1")["status"] == "running"
+    info = cluster.json("instance", "info", "life1")
+    assert info["name"] == "life1"
+    cluster.run("instance", "remove", "-f", "life1")
+    assert cluster.json("instance", "list") == [] or all(r["name"] != "life1" for r in cluster.json("instance", "list"))
+
+
+def test_a_refused_job_says_why_and_exits_1(cluster):
+    """An add on an unknown node fails with Ganeti's prerequisite text and exit code 1."""
+    result = cluster.run("instance", "add", "-t", "diskless", "-n", "nosuchnode", "--no-install", "bad1",
+                         check=False)
+    assert result.returncode == 1
+    assert "Failure: prerequisites not met for this operation" in result.stderr + result.stdout
+    assert "nosuchnode" in result.stderr + result.stdout
+
+
+def test_submit_prints_the_job_id_and_returns(cluster):
+    """--submit prints `JobID: N` and returns at once; job wait then follows it to the end."""
+    result = cluster.run("instance", "add", "-t", "diskless", "-n", "node2", "--no-install", "--submit", "sub1")
+    line = result.stdout.strip()
+    assert line.startswith("JobID: ")
+    job = line.split()[1]
+    cluster.run("job", "wait", job)
+    assert cluster.json("job", "info", job)["status"] == "success"
+    assert instance(cluster, "sub1")["status"] == "running"
+    cluster.run("instance", "remove", "-f", "sub1")
+
+
+def test_live_migration_and_failover(cluster):
+    """A running replicated instance moves live to its secondary, keeping its memory, then fails over back."""
+    cluster.run("instance", "add", "-t", "replicated", "-n", "node1:node2", "-s", "1G", "--no-install", "mig1")
+    row = instance(cluster, "mig1")
+    assert (row["pnode"], row["snodes"], row["status"]) == ("node1", ["node2"], "running")
+    cluster.run("instance", "migrate", "mig1")
+    row = instance(cluster, "mig1")
+    assert (row["pnode"], row["snodes"], row["status"]) == ("node2", ["node1"], "running")
+    cluster.run("instance", "failover", "mig1")
+    row = instance(cluster, "mig1")
+    assert (row["pnode"], row["snodes"], row["status"]) == ("node1", ["node2"], "running")
+    cluster.run("instance", "remove", "-f", "mig1")
+
+
+def test_reads_after_a_write_on_any_node(cluster):
+    """A list right after an add shows the instance, asked of any node (the read barrier)."""
+    cluster.run("instance", "add", "-t", "diskless", "-n", "node3", "--no-install", "rd1")
+    for node in cluster.names():
+        rows = json.loads(cluster.run("instance", "list", "--api", cluster.address(node), "--output", "json",
+                                      "rd1").stdout)
+        assert rows[0]["name"] == "rd1"
+    cluster.run("instance", "remove", "-f", "rd1")
+
+
+def test_export_replay_and_digest(cluster, tmp_path):
+    """A CBOR export of the whole history verifies, and replays to the digest `cluster info --at` reports."""
+    export = tmp_path / "history.cbor"
+    with export.open("wb") as out:
+        subprocess.run([*cluster_cmd(cluster), "events", "export", "--format", "cbor"], stdout=out, check=True,
+                       env=cluster.env, timeout=120)
+    verify = json.loads(cluster.run("events", "verify", str(export), "--output", "json").stdout)
+    assert verify["ok"] and verify["first_seq"] == 1
+    replayed = cluster.run("events", "replay", str(export), "--output", "json")
+    summary = json.loads(replayed.stdout)
+    at = cluster.json("cluster", "info", "--at", str(summary["seq"]))
+    assert at["digest"] == summary["digest"]
+
+
+def cluster_cmd(cluster):
+    from tests.integration.cluster_support import CAIRN
+
+    return [CAIRN]

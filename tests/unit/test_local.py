@@ -1,0 +1,53 @@
+"""Tests of the local cluster's set-up (appliance/local.py) without starting a daemon."""
+
+import json
+import stat
+
+import pytest
+
+from appliance import local
+from appliance.daemon.config import read_bootstrap, read_config
+
+
+@pytest.fixture
+def made(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    cluster, token = local.create(tmp_path / "c", 3, {"memory_mib": 4096, "disk_mib": 20_000, "cpus": 8})
+    return tmp_path, cluster, token
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_create_makes_every_node_with_its_own_ports_and_secrets_0600(made):
+    """Three nodes, three distinct port triples, secrets 0600, the CA key on the voters, the token only hashed."""
+    tmp_path, cluster, token = made
+    ports = [int(a.rsplit(":", 1)[1]) for a in cluster.nodes.values()]
+    assert len({p + k for p in ports for k in range(3)}) == 9
+    for name in cluster.nodes:
+        pki = cluster.data_dir(name) / "pki"
+        for secret in ("ca.key", "node.key", "raft.password"):
+            assert mode(pki / secret) == 0o600
+        assert read_config(cluster.data_dir(name)).memory_mib == 4096
+    assert mode(cluster.client_config) == 0o600 and mode(tmp_path / "config" / "cairn" / "client.toml") == 0o600
+    jobs = read_bootstrap(cluster.data_dir("node1"))
+    assert [j["request_id"] for j in jobs] == ["bootstrap:cluster-init"] + [f"bootstrap:node-add:{n}"
+                                                                             for n in cluster.nodes]
+    assert token not in json.dumps(jobs) and token in cluster.client_config.read_text()
+
+
+def test_up_refuses_fewer_nodes_and_names_node_remove(made):
+    """A smaller --nodes is refused with the command that does it."""
+    _tmp_path, cluster, _token = made
+    with pytest.raises(local.LocalError, match="cairn node remove"):
+        local.up(cluster.directory, 2)
+
+
+def test_an_existing_default_client_config_is_kept(tmp_path, monkeypatch):
+    """The user's own client.toml is never replaced by a second cluster's."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    local.create(tmp_path / "a", 3, {"memory_mib": 1024, "disk_mib": 1024, "cpus": 1})
+    first = (tmp_path / "config" / "cairn" / "client.toml").read_text()
+    local.create(tmp_path / "b", 3, {"memory_mib": 1024, "disk_mib": 1024, "cpus": 1})
+    assert (tmp_path / "config" / "cairn" / "client.toml").read_text() == first
