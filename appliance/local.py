@@ -97,8 +97,9 @@ def create(directory: Path, count: int, capacity: dict | None = None) -> tuple[L
     benchmark may well give the nodes more than the host has.
     """
     from appliance import pki
-    from appliance.daemon.config import NodeConfig, write_bootstrap, write_config
+    from appliance.daemon.config import NodeConfig, write_bootstrap
     from appliance.drivers import host
+    from appliance.nodes import write_node
 
     now = clock.now()
     directory.mkdir(parents=True, exist_ok=True)
@@ -120,19 +121,12 @@ def create(directory: Path, count: int, capacity: dict | None = None) -> tuple[L
                           detected.cpus)
     data_dirs = {name: str(directory / name) for name in nodes}
     for name, address in nodes.items():
-        data_dir = directory / name
-        paths = pki.pki_paths(data_dir)
-        paths.directory.mkdir(parents=True, exist_ok=True)
-        pki.write_public_file(paths.ca_cert, ca.cert_pem, overwrite=True)
-        if name in voters:
-            pki.write_secret_file(paths.ca_key, ca.key_pem, overwrite=True)
         cert = pki.issue_node_certificate(ca, name, ["127.0.0.1", "localhost"], now)
-        pki.write_public_file(paths.node_cert, cert.cert_pem, overwrite=True)
-        pki.write_secret_file(paths.node_key, cert.key_pem, overwrite=True)
-        pki.write_secret_file(paths.raft_password, password.encode(), overwrite=True)
-        write_config(data_dir, NodeConfig(name=name, address=address, cluster=CLUSTER_NAME, voters=voters,
-                                          voter=name in voters, memory_mib=share.memory_mib,
-                                          disk_mib=share.disk_mib, cpus=share.cpus, fake_peers=data_dirs))
+        config = NodeConfig(name=name, address=address, cluster=CLUSTER_NAME, voters=voters, voter=name in voters,
+                            memory_mib=share.memory_mib, disk_mib=share.disk_mib, cpus=share.cpus,
+                            fake_peers=data_dirs)
+        write_node(directory / name, config, ca_pem=ca.cert_pem, cert_pem=cert.cert_pem, key_pem=cert.key_pem,
+                   raft_password=password, ca_key_pem=ca.key_pem if name in voters else None)
     jobs = [{"request_id": "bootstrap:cluster-init", "operations": [
         {"op": "cluster_init", "params": {"name": CLUSTER_NAME, "enabled_hypervisors": ["fake"],
                                           "default_hypervisor": "fake",
@@ -216,26 +210,50 @@ def up(directory: Path, count: int | None, echo=print, capacity: dict | None = N
 
 def wait_ready(cluster: LocalCluster, timeout_s: float = START_TIMEOUT_S) -> dict:
     """Wait until the cluster answers with a leader and every node known; return the cluster object."""
+    try:
+        return wait_for_nodes(cluster.client_config, len(cluster.nodes), timeout_s)
+    except LocalError as error:
+        raise LocalError(f"{error}; see {cluster.directory}/node*/daemon.log") from None
+
+
+def wait_for_nodes(client_config: Path, count: int, timeout_s: float) -> dict:
+    """Wait until the cluster of a client configuration answers with a leader and `count` nodes known."""
     from appliance.client.config import resolve_target
     from appliance.client.http import ApiError, Client
 
-    target = resolve_target(config=str(cluster.client_config), environ={})
+    target = resolve_target(config=str(client_config), environ={})
     client = Client(target.addresses, target.ca_pem, target.token, target.socket_path, timeout_s=2.0)
     deadline = clock.monotonic() + timeout_s
     last = "no node answered"
-    while clock.monotonic() < deadline:
-        try:
-            _status, info = client.get("/api/v1/cluster")
-            _status, nodes = client.get("/api/v1/nodes")
-            if info.get("leader") and len(nodes) >= len(cluster.nodes):
-                client.close()
-                return info
-            last = f"leader {info.get('leader')}, {len(nodes)} of {len(cluster.nodes)} nodes known"
-        except (ApiError, OSError) as error:
-            last = str(error)
-        time.sleep(0.3)
-    raise LocalError(f"the local cluster did not become ready within {timeout_s:g} s ({last}); "
-                     f"see {cluster.directory}/node*/daemon.log")
+    try:
+        while clock.monotonic() < deadline:
+            try:
+                _status, info = client.get("/api/v1/cluster")
+                _status, nodes = client.get("/api/v1/nodes")
+                if info.get("leader") and len(nodes) >= count:
+                    return info
+                last = f"leader {info.get('leader')}, {len(nodes)} of {count} nodes known"
+            except (ApiError, OSError) as error:
+                last = str(error)
+            time.sleep(0.3)
+    finally:
+        client.close()
+    raise LocalError(f"the cluster did not become ready within {timeout_s:g} s ({last})")
+
+
+def write_node_client(name: str, address: str, data_dir: Path, token: str) -> list[Path]:
+    """The client configuration of a new cluster's first node: in its data dir, and as the user's default if
+    there is none yet; returns what was written (the data dir's first)."""
+    from appliance.client.config import write_client_config
+
+    ca_pem = (data_dir / "pki" / "ca.crt").read_text()
+    written = []
+    for path, socket_path in ((data_dir / "client.toml", str(data_dir / "api.sock")), (default_client_config(), None)):
+        if path != data_dir / "client.toml" and path.exists():
+            continue
+        write_client_config(str(path), name, [address], ca_pem, token, socket=socket_path)
+        written.append(path)
+    return written
 
 
 def down(directory: Path, echo=print) -> list[str]:

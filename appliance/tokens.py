@@ -3,7 +3,9 @@
 A token is `cairn-join-v1.` followed by unpadded URL-safe base64 of a compact
 JSON object: the CA fingerprint (so the joining node can tell it reached the
 right cluster), the node name, its HOST:PORT address, the expiry in epoch
-seconds and a 256-bit random secret. The member that issues it keeps a
+seconds, a 256-bit random secret and, optionally, `members`: the API
+addresses of members the new node may ask to join (the voters when it was
+issued). The member that issues it keeps a
 `JoinTokenRecord` for the log: the same fields, with the secret replaced by its
 SHA-256. This module reads no clock and imports nothing of Cairn's, so the
 CLI may use it on its lean path.
@@ -57,6 +59,7 @@ class JoinToken:
     address: str
     expires_at: int
     secret: str = field(repr=False)
+    members: tuple = ()
 
     @property
     def secret_hash(self) -> str:
@@ -89,7 +92,7 @@ def _utc_text(epoch_s: int) -> str:
 
 
 def issue_token(ca_fingerprint: str, node_name: str, address: str, ttl_s: int = DEFAULT_TTL_S, *,
-                now: float) -> tuple[str, JoinTokenRecord]:
+                now: float, members: tuple = ()) -> tuple[str, JoinTokenRecord]:
     """A new join token for `node_name` at `address`, valid `ttl_s` seconds from `now`, and its log record."""
     if not _FINGERPRINT.match(ca_fingerprint):
         raise ValueError(f"CA fingerprint {ca_fingerprint!r} is not 64 lowercase hex digits")
@@ -101,8 +104,13 @@ def issue_token(ca_fingerprint: str, node_name: str, address: str, ttl_s: int = 
         raise ValueError(f"a join token must live a positive time, not {ttl_s} s")
     secret = secrets.token_urlsafe(32)
     expires_at = int(now) + int(ttl_s)
+    for member in members:
+        if not _ADDRESS.match(member):
+            raise ValueError(f"member address {member!r} is not HOST:PORT")
     payload = {"ca": ca_fingerprint, "node": node_name, "address": address, "expires_at": expires_at,
                "secret": secret}
+    if members:
+        payload["members"] = list(members)
     encoded = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
     token = TOKEN_PREFIX + base64.urlsafe_b64encode(encoded).rstrip(b"=").decode("ascii")
     record = JoinTokenRecord(node=node_name, address=address, expires_at=expires_at,
@@ -124,13 +132,16 @@ def parse_token(token: str) -> JoinToken:
         payload = json.loads(raw.decode("utf-8"))
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise malformed from None
-    if not isinstance(payload, dict) or sorted(payload) != sorted(_FIELDS):
+    if not isinstance(payload, dict) or sorted(set(payload) - {"members"}) != sorted(_FIELDS):
+        raise malformed
+    members = payload.get("members", [])
+    if not isinstance(members, list) or not all(isinstance(m, str) and _ADDRESS.match(m) for m in members):
         raise malformed
     strings = all(isinstance(payload[k], str) for k in ("ca", "node", "address", "secret"))
     if not strings or type(payload["expires_at"]) is not int or not _FINGERPRINT.match(payload["ca"]):
         raise malformed
     return JoinToken(ca_fingerprint=payload["ca"], node=payload["node"], address=payload["address"],
-                     expires_at=payload["expires_at"], secret=payload["secret"])
+                     expires_at=payload["expires_at"], secret=payload["secret"], members=tuple(members))
 
 
 def check_cluster(token: str, presented_fingerprint: str, address: str) -> JoinToken:

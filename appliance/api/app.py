@@ -44,6 +44,9 @@ WAIT_MAX_S = 3600.0
 MAX_REQUEST_ID = 200
 MAX_REASON = 4096
 EVENT_FORMATS = ("jsonl", "cbor")
+JOIN_ROLE = "join-token"
+DEFAULT_JOIN_TTL_S = 3600
+MAX_JOIN_TTL_S = 7 * 86400
 STATUS_BY_CODE = {"wrong_input": 400, "unauthenticated": 401, "permission_denied": 403, "unknown_entity": 404,
                   "not_found": 404, "already_exists": 409, "wrong_state": 409, "unavailable": 503}
 REFUSAL_STATUS = 422
@@ -145,6 +148,26 @@ def _too_large() -> ApiError:
     return ApiError(413, "wrong_input", f"the body is larger than {MAX_BODY_BYTES} bytes; a job body is much smaller")
 
 
+def fields_of(body: Any, required: dict, optional: dict, unauthenticated: bool = False) -> dict:
+    """A small JSON object body with these fields of these types (400 naming the fault; 401 when the body is what
+    authenticates the request and it is not even well formed)."""
+    status, code = (401, "unauthenticated") if unauthenticated else (400, "wrong_input")
+    if not isinstance(body, dict):
+        raise ApiError(status, code, f"the body must be a JSON object with {', '.join(required)}")
+    missing = sorted(set(required) - set(body))
+    unknown = sorted(set(body) - set(required) - set(optional))
+    if missing or unknown:
+        raise ApiError(status, code, f"the body needs {', '.join(required)}" +
+                       (f" and may have {', '.join(optional)}" if optional else "") +
+                       (f"; missing {', '.join(missing)}" if missing else "") +
+                       (f"; unknown {', '.join(unknown)}" if unknown else ""))
+    for name, value in body.items():
+        kind = {**required, **optional}[name]
+        if type(value) is not kind:
+            raise ApiError(400, "wrong_input", f"field {name} must be {kind.__name__}, got {json.dumps(value)[:80]}")
+    return body
+
+
 def job_body(body: Any) -> tuple[list[tuple[Any, dict]], str, str]:
     """The operations (module, params), reason and request id of a job body, checked for shape (400 if wrong)."""
     if not isinstance(body, dict):
@@ -199,7 +222,8 @@ class _Api:
         self.shutdown = shutdown
         self.metrics = ApiMetrics(backend)
         self.digests: dict[int, str] = {}
-        self.endpoints = self._read_endpoints() + self._job_endpoints() + self._other_endpoints()
+        self.endpoints = (self._read_endpoints() + self._job_endpoints() + self._join_endpoints()
+                          + self._other_endpoints())
         self.schema = encode_json(openapi(self.endpoints, registry.OPERATIONS))
 
     def _read_endpoints(self) -> list[Endpoint]:
@@ -235,6 +259,17 @@ class _Api:
             Endpoint("POST", f"{API}/jobs/{{id}}/cancel", "operator", "Ask for a job to be canceled", self.cancel),
         ]
 
+    def _join_endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("POST", f"{API}/nodes/join-tokens", "admin", "Issue a one-time join token for a new node",
+                     self.issue_join_token, status=201),
+            Endpoint("POST", f"{API}/join/ca", JOIN_ROLE, "The cluster CA certificate, for a caller naming an open "
+                     "join token by its hash (so it can check the CA's fingerprint before it sends the token)",
+                     self.join_ca),
+            Endpoint("POST", f"{API}/join", JOIN_ROLE, "Join the cluster with a join token (leader only): "
+                     "certify the new node's key, add it, hand it the cluster's secrets", self.join),
+        ]
+
     def _other_endpoints(self) -> list[Endpoint]:
         return [
             Endpoint("GET", f"{API}/openapi.json", "read-only", "This document", self.openapi, (STALE,)),
@@ -255,9 +290,12 @@ class _Api:
 
         async def serve(request: Request) -> Response:
             try:
-                caller = authenticate(self.backend.state(), request.headers.get("authorization"),
-                                      self.backend.node_token_hash())
-                require(caller, endpoint.role, what)
+                if endpoint.role == JOIN_ROLE:
+                    caller = None     # the body's join token authenticates the request (the handler checks it)
+                else:
+                    caller = authenticate(self.backend.state(), request.headers.get("authorization"),
+                                          self.backend.node_token_hash())
+                    require(caller, endpoint.role, what)
                 unknown = sorted(set(request.query_params) - allowed)
                 if unknown:
                     raise wrong_input(f"{what} takes no query parameter {', '.join(unknown)}"
@@ -365,6 +403,36 @@ class _Api:
         entries = [{"op": op.NAME, "params": checked_params(op, params)} for op, params in operations]
         job_id = await self.backend.submit(entries, caller.name, reason, request_id)
         return json_response({"job": job_id}, status=201)
+
+    async def issue_join_token(self, request: Request, caller: Caller) -> Response:
+        body = fields_of(await json_body(request), {"node": str, "address": str}, {"ttl_s": int})
+        ttl_s = body.get("ttl_s", DEFAULT_JOIN_TTL_S)
+        if not 0 < ttl_s <= MAX_JOIN_TTL_S:
+            raise wrong_input(f"ttl_s must be between 1 and {MAX_JOIN_TTL_S} seconds, got {ttl_s}")
+        answer = await self.backend.issue_join_token(body["node"], body["address"], ttl_s, caller.name)
+        return json_response(answer, status=201)
+
+    @staticmethod
+    async def token_body(request: Request, required: dict, optional: dict) -> dict:
+        """The body of a route a join token authenticates: anything unreadable is unauthenticated (401)."""
+        try:
+            body = await json_body(request)
+        except ApiError as error:
+            raise ApiError(401, "unauthenticated", f"this route needs a join token in a JSON body: {error.message}")
+        return fields_of(body, required, optional, unauthenticated=True)
+
+    async def join_ca(self, request: Request, caller: None) -> Response:
+        body = await self.token_body(request, {"token_hash": str}, {})
+        return json_response({"ca_pem": self.backend.join_ca(body["token_hash"])})
+
+    async def join(self, request: Request, caller: None) -> Response:
+        body = await self.token_body(request, {"token": str, "address": str, "public_key_pem": str,
+                                               "memory_mib": int, "disk_mib": int, "cpus": int},
+                                     {"master_capable": bool})
+        for name in ("memory_mib", "disk_mib", "cpus"):
+            if body[name] < 1:
+                raise wrong_input(f"{name} must be at least 1, got {body[name]}")
+        return json_response(await self.backend.join(body))
 
     async def cancel(self, request: Request, caller: Caller) -> Response:
         job_id = path_job_id(request)

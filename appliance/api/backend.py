@@ -69,5 +69,12 @@ class Backend(Protocol):
     def node_token_hash(self) -> str:
         """SHA-256 (hex) of the token members use to call each other (read-only, actor 'cairn-node')."""
 
-    async def join(self, token: str, public_key_pem: str, address: str) -> dict:
-        """Admit a new node presenting a join token; see docs/api.md. Refused for a bad token."""
+    async def issue_join_token(self, node: str, address: str, ttl_s: int, actor: str) -> dict:
+        """A one-time join token for `node` at `address`: {"token", "node", "address", "expires_at"}."""
+
+    def join_ca(self, token_hash: str) -> str:
+        """The CA certificate (PEM) for a caller naming an open join token by its hash; Refused(unauthenticated)."""
+
+    async def join(self, request: dict) -> dict:
+        """Admit a new node presenting a join token (docs/api.md); Refused(unauthenticated) for a bad token,
+        Unavailable on a member that is not the leader."""

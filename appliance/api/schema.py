@@ -181,6 +181,10 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         },
         "security": [{"bearer": []}],
     }
+    if endpoint.role == "join-token":
+        # Authenticated by the join token in the body, not by a bearer token.
+        operation["description"] = "Authenticated by a join token in the body (401 without a valid one)."
+        operation["security"] = []
     if endpoint.body:
         operation["requestBody"] = {"required": True, "content": {
             MEDIA_JSON: {"schema": {"$ref": "#/components/schemas/JobBody"}}}}

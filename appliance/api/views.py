@@ -290,6 +290,7 @@ def cluster_object(state: ClusterState, log_status: dict, node: str, digest: str
         "digest": digest,
         "node": node,
         "applied_seq": log_status.get("applied_seq"),
+        "voters": list(log_status.get("voters") or []),     # the log's voters, as this node sees them
         "enabled_hypervisors": list(params.enabled_hypervisors) if params else [],
         "enabled_disk_templates": list(params.enabled_disk_templates) if params else [],
         "default_hypervisor": params.default_hypervisor if params else None,

@@ -22,6 +22,44 @@ app.add_typer(watcher_app, name="watcher")
 CLUSTER_PATH = "/api/v1/cluster"
 
 
+@app.command("init")
+def cluster_init(
+    name: str = typer.Argument(..., help="The cluster's name."),
+    node: str = typer.Option(..., "--node", help="This first node's name."),
+    address: str = typer.Option(..., "--address", help="This node's API address, HOST:PORT (Raft uses PORT+1, the "
+                                                      "data plane PORT+2)."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where this node keeps its data "
+                                           "(default $XDG_DATA_HOME/cairn/NODE)."),
+    memory_mib: Optional[int] = typer.Option(None, "--node-memory", help="Memory for instances in MiB "
+                                             "(default: detected)."),
+    disk_mib: Optional[int] = typer.Option(None, "--node-disk", help="Disk for instances in MiB (default: the "
+                                           "data dir's free space)."),
+    cpus: Optional[int] = typer.Option(None, "--node-cpus", help="CPUs for instances (default: detected)."),
+    timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds to wait for the cluster to be ready."),
+) -> None:
+    """Create a new cluster: its CA, this node's certificate, the Raft password and the first admin token;
+    start this node's daemon and write the client configuration."""
+    import os
+    from pathlib import Path
+
+    from appliance import local
+    from appliance.nodes import NodeSetupError, init_cluster
+
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    directory = Path(data_dir).expanduser().resolve() if data_dir else base / "cairn" / node
+    try:
+        token = init_cluster(name, node, address, directory,
+                             {"memory_mib": memory_mib, "disk_mib": disk_mib, "cpus": cpus})
+        written = local.write_node_client(name, address, directory, token)
+        local.start_node(directory)
+        local.wait_for_nodes(written[0], 1, timeout_s)
+    except (NodeSetupError, local.LocalError) as error:
+        raise Failed(f"Failure: {error}") from None
+    typer.echo(f"Cluster {name} is up with node {node} at {address} (data in {directory}).")
+    typer.echo(f"Client configuration, with the admin token: {', '.join(str(p) for p in written)}")
+    typer.echo(f"Add nodes with: cairn node add NODE --address HOST:PORT")
+
+
 @command(app, name="info")
 def cluster_info(session: Session, at: Optional[int] = typer.Option(
         None, "--at", help="Show the cluster as it was right after this log seq (replayed from history).")) -> None:

@@ -14,9 +14,10 @@ Client configuration: {config}
 
 Try:
   cairn node list
-  cairn instance add -t diskless -n node1 --no-install web1
+  cairn instance add -t diskless -n node1 --no-install web9
+  cairn instance add -t replicated -n node1:node2 -s 1G --no-install db9
   cairn instance list
-  cairn instance migrate web1
+  cairn instance migrate db9        (live, to its secondary)
   cairn job list
   cairn down          (stops the nodes and their instances)
 """

@@ -118,15 +118,51 @@ def node_failover(session: Session, name: str = NODE) -> None:
     typer.echo("All instances failed over successfully.", err=True)
 
 
-@command(app, name="add", kind="write")
+@command(app, name="add", kind="plain")
 def node_add(
     session: Session,
     name: str = NODE,
-    address: str = typer.Option(..., "--address", help="The new node's API address, HOST:PORT."),
-    group: Optional[str] = typer.Option(None, "-g", "--node-group", help="The node's group (default: default)."),
+    address: str = typer.Option(..., "--address", help="The new node's API address, HOST:PORT (Raft uses PORT+1, "
+                                                      "the data plane PORT+2)."),
+    ttl_s: int = typer.Option(3600, "--ttl", help="Seconds the join token stays valid."),
 ) -> None:
-    """Add a node to the cluster under a name and its API address."""
-    session.run([operation("node_add", name=hostname(name), address=address, group=group)])
+    """Issue a one-time join token for a new node; run 'cairn node join TOKEN ...' on the new machine."""
+    _, answer = session.client.post("/api/v1/nodes/join-tokens",
+                                     {"node": hostname(name), "address": address, "ttl_s": ttl_s})
+    typer.echo(answer["token"])
+    typer.echo(f"Join token for node {answer['node']} at {answer['address']}, valid for {ttl_s} s and once; on the "
+               f"new machine run:\n  cairn node join TOKEN --address {answer['address']} --data-dir DIR", err=True)
+
+
+@app.command("join")
+def node_join(
+    token: str = typer.Argument(..., help="The token 'cairn node add' printed."),
+    address: str = typer.Option(..., "--address", help="This node's API address, HOST:PORT, as in the token."),
+    data_dir: str = typer.Option(..., "--data-dir", help="Where this node keeps its data (made now)."),
+    memory_mib: Optional[int] = typer.Option(None, "--node-memory", help="Memory for instances in MiB "
+                                             "(default: detected)."),
+    disk_mib: Optional[int] = typer.Option(None, "--node-disk", help="Disk for instances in MiB (default: the "
+                                           "data dir's free space)."),
+    cpus: Optional[int] = typer.Option(None, "--node-cpus", help="CPUs for instances (default: detected)."),
+    no_start: bool = typer.Option(False, "--no-start", help="Make the data dir but do not start the daemon."),
+) -> None:
+    """Join this machine to a cluster with a join token: make its key, get it certified, start its daemon."""
+    from pathlib import Path
+
+    from appliance.local import start_node
+    from appliance.nodes import NodeSetupError, join_cluster
+
+    directory = Path(data_dir).expanduser().resolve()
+    try:
+        answer = join_cluster(token, address, directory,
+                              {"memory_mib": memory_mib, "disk_mib": disk_mib, "cpus": cpus})
+    except NodeSetupError as error:
+        typer.echo(f"Failure: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Node {answer['node']} joined cluster {answer['cluster']} as a {answer['role']}.", err=True)
+    if not no_start:
+        pid = start_node(directory)
+        typer.echo(f"Started its daemon (pid {pid}); its log is {directory / 'daemon.log'}.", err=True)
 
 
 @command(app, name="remove", kind="write")

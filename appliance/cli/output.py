@@ -376,6 +376,7 @@ def node_info(row: dict, units: str = "h") -> list[str]:
 
 CLUSTER_KEYS = (
     ("name", "Cluster name"), ("master", "Master node"), ("leader", "Raft leader"), ("term", "Raft term"),
+    ("voters", "Raft voters"),
     ("seq", "Log seq"), ("at", "State at seq"), ("digest", "State digest"), ("node", "Answered by node"),
     ("applied_seq", "Applied seq on that node"), ("default_hypervisor", "Default hypervisor"),
     ("enabled_hypervisors", "Enabled hypervisors"), ("enabled_disk_templates", "Enabled disk templates"),

@@ -79,7 +79,8 @@ async def run_daemon(data_dir: Path, task_status=trio.TASK_STATUS_IGNORED) -> No
                               node_token=node_token(password), addresses=config.voters,
                               bootstrap=read_bootstrap(data_dir),
                               bootstrap_done=lambda: (data_dir / BOOTSTRAP_NAME).unlink(missing_ok=True),
-                              client_context=client_context)
+                              client_context=client_context, raft_password=password,
+                              ca_key_pem=pki.read_secret_file(paths.ca_key) if paths.ca_key.exists() else None)
             async with trio.open_nursery() as nursery:
                 await nursery.start(serve, shifted(config.address, 2), secret, MemberServer(member).handle)
                 await nursery.start(shell.run)

@@ -28,8 +28,9 @@ from typing import Any
 
 import trio
 
-from appliance import clock
+from appliance import clock, pki, tokens
 from appliance.api.backend import Refused, Unavailable
+from appliance.core.io import op
 from appliance.core.io import (
     CancelRequested, Committed, CommittedBatch, DriverDone, LeaderCommit, LeadershipChanged, ProposalLost, Ready,
     Reply, Submitted, Tick,
@@ -37,10 +38,12 @@ from appliance.core.io import (
 from appliance.core.node import NodeCore
 from appliance.drivers.base import DriverError, Hypervisor, Storage
 from appliance.model import replay
-from appliance.model.codec import encode
-from appliance.model.errors import UNKNOWN_ENTITY, WRONG_INPUT
+from appliance.model import events as ev
+from appliance.model.codec import decode, encode
+from appliance.model.errors import UNKNOWN_ENTITY, WRONG_INPUT, WRONG_STATE
 from appliance.model.state import JOB_FINISHED, ClusterState
 from consensus.log import EventLog, LogError
+from ops.node_add import MAX_VOTERS
 
 log = logging.getLogger("cairn.daemon")
 
@@ -51,6 +54,7 @@ BARRIER_TIMEOUT_S = 5.0
 STATUS_TIMEOUT_S = 2.0
 MAX_IDLE_S = 1.0
 BATCH_RECORDS = 1000
+MEMBERSHIP_EVERY_S = 1.0
 
 
 class NodeShell:
@@ -58,7 +62,8 @@ class NodeShell:
 
     def __init__(self, node_name: str, address: str, log_: EventLog, hypervisor: Hypervisor, storage: Storage, *,
                  ca_pem: bytes, node_token: str, addresses: dict[str, str] | None = None,
-                 bootstrap: list[dict] | None = None, bootstrap_done=None, client_context=None) -> None:
+                 bootstrap: list[dict] | None = None, bootstrap_done=None, client_context=None,
+                 raft_password: str = "", ca_key_pem: bytes | None = None) -> None:
         self.node_name = node_name
         self.address = address
         self.log = log_
@@ -81,6 +86,9 @@ class NodeShell:
         self._wake = trio.Event()
         self._instance_locks: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
+        self._raft_password = raft_password
+        self._ca_key_pem = ca_key_pem
+        self._ever_addresses: set[str] = set()
         self.leader_commit_seq = 0
         self.leader_commit_heard = 0.0
 
@@ -95,6 +103,7 @@ class NodeShell:
             nursery.start_soon(self._feed_leadership)
             nursery.start_soon(self._feed_leader_commit)
             nursery.start_soon(self._ticker)
+            nursery.start_soon(self._reconcile_membership)
             if self._bootstrap:
                 nursery.start_soon(self._run_bootstrap)
             task_status.started()
@@ -164,6 +173,7 @@ class NodeShell:
             if head > applied:
                 records = tuple(Committed(r.seq, r.payload)
                                 for r in self.log.read(applied + 1, min(head, applied + BATCH_RECORDS)))
+                self._note_addresses(records)
                 self._input(Tick(clock.now()))
                 self._input(CommittedBatch(records))
                 await trio.sleep(0)
@@ -386,8 +396,138 @@ class NodeShell:
     def node_token_hash(self) -> str:
         return self._node_token_hash
 
-    async def join(self, token: str, public_key_pem: str, address: str) -> dict:
-        raise Refused(WRONG_INPUT, "joining a running cluster is not available yet; create the nodes with 'cairn up'")
+    # --- joining: tokens, the CA, admission -------------------------------------------------------------
+
+    async def _run_job(self, operations: list, actor: str, reason: str) -> Any:
+        """Submit a job and wait for its end; Refused with the job's own error when it did not succeed."""
+        job = await self.submit(operations, actor, reason)
+        with trio.move_on_after(SUBMIT_TIMEOUT_S):
+            ended = await self.wait_job(job)
+            if ended.status != "success":
+                raise Refused(ended.error_code or WRONG_STATE, ended.error_message or f"job {job} {ended.status}")
+            return ended
+        raise Unavailable(f"job {job} did not end within {SUBMIT_TIMEOUT_S:g} s; 'cairn job info {job}' says why")
+
+    async def issue_join_token(self, node: str, address: str, ttl_s: int, actor: str) -> dict:
+        """A one-time join token for `node` at `address`; only its hash goes into the log."""
+        state = self.core.state
+        members = sorted(n.address for n in state.nodes.values() if n.role == "voter") or [self.address]
+        try:
+            token, record = tokens.issue_token(pki.ca_fingerprint(self._ca_pem), node, address, ttl_s,
+                                               now=clock.now(), members=tuple(members))
+        except ValueError as error:
+            raise Refused(WRONG_INPUT, str(error)) from None
+        await self._run_job([op("node_token_issue", node=node, address=address, token_hash=record.secret_hash,
+                                expires_at=record.expires_at)], actor, f"join token for node {node}")
+        return {"token": token, "node": node, "address": address, "expires_at": record.expires_at}
+
+    def _join_entry(self, token_hash: str):
+        entry = self.core.state.join_tokens.get(token_hash)
+        if entry is None:
+            raise Refused("unauthenticated", "this cluster issued no such join token; ask an admin for one with "
+                                             "'cairn node add NODE --address HOST:PORT'")
+        if entry.used:
+            raise Refused("unauthenticated", f"the join token for node {entry.node} was used already; ask for a "
+                                             f"new one with 'cairn node add {entry.node} --address {entry.address}'")
+        if clock.now() >= entry.expires_at:
+            raise Refused("unauthenticated", f"the join token for node {entry.node} has expired; ask for a new one "
+                                             f"with 'cairn node add {entry.node} --address {entry.address}'")
+        return entry
+
+    def join_ca(self, token_hash: str) -> str:
+        """The CA certificate (public), to a caller that names an open join token by its hash."""
+        self._join_entry(token_hash)
+        return self._ca_pem.decode()
+
+    async def join(self, request: dict) -> dict:
+        """Admit a node presenting its join token: certify its key, add it (consuming the token), hand it the
+        cluster's secrets. Only the leader admits (it holds the CA key and changes membership)."""
+        try:
+            parsed = tokens.parse_token(request["token"])
+        except tokens.JoinTokenError as error:
+            raise Refused("unauthenticated", str(error)) from None
+        entry = self._join_entry(parsed.secret_hash)
+        record = tokens.JoinTokenRecord(entry.node, entry.address, entry.expires_at, parsed.secret_hash,
+                                        pki.ca_fingerprint(self._ca_pem))
+        try:
+            tokens.check_token(request["token"], record, now=clock.now())
+        except tokens.JoinTokenError as error:
+            raise Refused("unauthenticated", str(error)) from None
+        if request["address"] != entry.address:
+            raise Refused(WRONG_INPUT, f"the token admits node {entry.node} at {entry.address}, not at "
+                                       f"{request['address']}; join with --address {entry.address}")
+        leader = self.log.leader()
+        if not self.log.is_leader() or self._ca_key_pem is None:
+            raise Unavailable(f"only the leader admits new nodes; ask {leader or 'the leader, once elected'}")
+        state = self.core.state
+        voters = sum(1 for n in state.nodes.values() if n.role == "voter")
+        role = "voter" if request.get("master_capable", True) and voters < MAX_VOTERS else "non-voter"
+        host = entry.address.rpartition(":")[0]
+        ca = pki.CertificateAuthority(self._ca_pem, self._ca_key_pem)
+        try:
+            cert = pki.issue_node_certificate(ca, entry.node, [host], clock.now(),
+                                              public_key_pem=request["public_key_pem"].encode())
+        except (ValueError, TypeError) as error:
+            raise Refused(WRONG_INPUT, f"the public key could not be certified: {error}; send a PEM EC public "
+                                       "key") from None
+        await self._run_job([op("node_add", name=entry.node, address=entry.address, role=role,
+                                memory_mib=request["memory_mib"], disk_mib=request["disk_mib"],
+                                cpus=request["cpus"], master_capable=request.get("master_capable", True),
+                                join_token_hash=parsed.secret_hash, certificate_serial=f"{cert.serial:x}")],
+                            entry.issued_by, f"node {entry.node} joined with its token")
+        state = self.core.state
+        voters_now = {n.name: n.address for n in state.nodes.values() if n.role == "voter"}
+        answer = {"cluster": state.cluster.name, "node": entry.node, "role": role, "voters": voters_now,
+                  "ca_pem": self._ca_pem.decode(), "cert_pem": cert.cert_pem.decode(),
+                  "raft_password": self._raft_password}
+        if role == "voter":
+            answer["ca_key_pem"] = self._ca_key_pem.decode()
+        return answer
+
+    # --- membership follows the state (leader only) ----------------------------------------------------------
+
+    def _note_addresses(self, records) -> None:
+        """Remember every address a node was ever added at (a removed voter is known by it)."""
+        for record in records:
+            envelope = decode(record.payload, record.seq)
+            if type(envelope.event) is ev.NodeAdded:
+                self._ever_addresses.add(envelope.event.address)
+
+    async def _reconcile_membership(self) -> None:
+        """On the leader: make the log's voters the state's voters, one change at a time.
+
+        A voter is added once its node is in the state as a voter (a join), and
+        removed once a node the state knew at that address is gone (a node
+        remove). An address the state never held (the voters of a cluster still
+        in its bootstrap) is left alone. A leader that was removed itself hands
+        leadership over first; the next leader removes it.
+        """
+        while True:
+            await trio.sleep(MEMBERSHIP_EVERY_S)
+            if not self.log.is_leader() or not self.core.state.nodes or not hasattr(self.log, "add_voter"):
+                continue
+            nodes = self.core.state.nodes.values()
+            wanted = {n.address for n in nodes if n.role == "voter"}
+            known = {n.address for n in nodes}
+            voters = set(self.log.status().voters)
+            try:
+                for address in sorted(wanted - voters):
+                    log.info("%s: adding voter %s", self.node_name, address)
+                    await self.log.add_voter(address)
+                    break
+                else:
+                    if self.address not in known and self.address in self._ever_addresses and len(voters) > 1:
+                        # This node was removed while it led: hand over, and the next leader removes it.
+                        log.info("%s: removed from the cluster; handing leadership over", self.node_name)
+                        await self.log.transfer_leadership()
+                        continue
+                    for address in sorted(voters - known - {self.address}):
+                        if address in self._ever_addresses:
+                            log.info("%s: removing voter %s", self.node_name, address)
+                            await self.log.remove_voter(address)
+                            break
+            except LogError as error:
+                log.warning("%s: membership change failed (retrying): %s", self.node_name, error)
 
 
 def _ended(state: ClusterState, request_id: str):

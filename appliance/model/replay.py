@@ -305,7 +305,7 @@ def _join_token_issued(state, e, envelope, seq):
     # A hash already known keeps its entry: a spent token must never become unspent again.
     if e.token_hash in state.join_tokens:
         return {}
-    entry = JoinTokenEntry(e.node, e.address, e.expires_at)
+    entry = JoinTokenEntry(e.node, e.address, e.expires_at, False, envelope.actor)
     return {"join_tokens": state.join_tokens.set(e.token_hash, entry)}
 
 

@@ -166,6 +166,7 @@ class JoinTokenEntry(NamedTuple):
     address: str
     expires_at: int               # epoch seconds; the member checking the token compares it with its clock
     used: bool = False
+    issued_by: str = ""           # the user who issued it: the node is added in their name when it joins
 
 
 @entity

@@ -161,8 +161,14 @@ class FakeBackend:
     def node_token_hash(self) -> str:
         return pki.credential_hash(node_token(RAFT_PASSWORD))
 
-    async def join(self, token: str, public_key_pem: str, address: str) -> dict:
+    async def issue_join_token(self, node: str, address: str, ttl_s: int, actor: str) -> dict:
         raise Refused(WRONG_INPUT, "not in these tests")
+
+    def join_ca(self, token_hash: str) -> str:
+        raise Refused("unauthenticated", "this cluster issued no such join token")
+
+    async def join(self, request: dict) -> dict:
+        raise Refused("unauthenticated", "this cluster issued no such join token")
 
 
 # --- TLS and HTTP --------------------------------------------------------------------

@@ -92,12 +92,21 @@ async def test_every_route_refuses_an_unauthenticated_request(api, backend, toke
 async def test_read_only_user_is_refused_every_write_route(api, backend, tokens):
     """A read-only user (and the node token) gets 403 on every POST, and nothing reaches the backend."""
     backend.commit(ev.JobSubmitted(({"op": "instance_startup", "params": {"instance": "web2"}},), ""))
-    writes = [(method, path) for method, path in schema_routes(backend) if method != "GET"]
-    assert len(writes) == 2
+    # The join routes are authenticated by a join token, not a user: a user's token means nothing there.
+    writes = [(method, path) for method, path in schema_routes(backend)
+              if method != "GET" and not path.startswith("/api/v1/join")]
+    assert len(writes) == 3
     for token in (tokens.reader, tokens.node):
         for method, path in writes:
             assert_error(await api(method, concrete(path), token, STARTUP), 403, "permission_denied")
     assert backend.submitted == [] and backend.canceled == []
+
+
+async def test_join_routes_need_an_open_join_token(api, backend, tokens):
+    """The join routes refuse a missing, malformed or unknown join token with 401, whatever bearer comes along."""
+    for token in (None, tokens.admin):
+        assert_error(await api("POST", "/api/v1/join/ca", token, {"token_hash": "ab" * 32}), 401, "unauthenticated")
+        assert_error(await api("POST", "/api/v1/join", token, {"token": "cairn-join-v1.x"}), 401, "unauthenticated")
 
 
 async def test_operator_is_refused_an_admin_operation(api, backend, tokens):

@@ -99,14 +99,18 @@ def test_node_failover_submits_one_failover_job_per_primary_instance(cairn):
     assert bodies[0]["request_id"] != bodies[1]["request_id"]
 
 
-def test_node_add_and_migrate_send_their_ops(cairn):
-    """node add sends name and address; node migrate sends the node."""
+def test_node_add_prints_a_join_token_and_migrate_sends_its_op(cairn):
+    """node add asks for a join token and prints it alone on stdout; node migrate sends the node."""
+    cairn.api.routes[("POST", "/api/v1/nodes/join-tokens")] = Reply(201, {
+        "token": "cairn-join-v1.abc", "node": "node4", "address": "10.0.0.4:7001", "expires_at": 2_000_000_000})
+    added = cairn("node", "add", "node4", "--address", "10.0.0.4:7001")
+    assert added.exit_code == 0 and added.stdout == "cairn-join-v1.abc\n"
+    assert "cairn node join TOKEN --address 10.0.0.4:7001" in added.stderr
+    assert [r.body for r in cairn.api.seen("POST", "/api/v1/nodes/join-tokens")] == [
+        {"node": "node4", "address": "10.0.0.4:7001", "ttl_s": 3600}]
     bodies = cairn.accept_jobs()
-    assert cairn("node", "add", "node4", "--address", "10.0.0.4:7001").exit_code == 0
     assert cairn("node", "migrate", "node1").exit_code == 0
-    assert [b["operations"][0] for b in bodies] == [
-        {"op": "node_add", "params": {"name": "node4", "address": "10.0.0.4:7001"}},
-        {"op": "node_migrate", "params": {"node": "node1"}}]
+    assert [b["operations"][0] for b in bodies] == [{"op": "node_migrate", "params": {"node": "node1"}}]
 
 
 def test_job_list_and_wait_failure(cairn):

@@ -27,7 +27,8 @@ def test_node_token_issue_records_an_unused_token_under_its_hash():
     """The state keeps the token under its hash, unused, with whom it admits and until when."""
     box = cluster()
     box.run("node_token_issue", **issue())
-    assert dict(box.state.join_tokens) == {SECRET_HASH: JoinTokenEntry("n4.example.com", "10.0.0.4:7800", EXPIRES_AT)}
+    assert dict(box.state.join_tokens) == {SECRET_HASH: JoinTokenEntry("n4.example.com", "10.0.0.4:7800", EXPIRES_AT,
+                                                                       False, "admin")}
 
 
 def test_node_token_issue_without_an_address_uses_the_default_port():

@@ -615,7 +615,7 @@ def test_join_token_issued_records_an_unused_token():
     box = cluster(nodes=0)
     box.commit(ev.JoinTokenIssued("n4.example.com", "10.0.0.4:7800", TOKEN_HASH, 1_764_637_200))
     assert box.state.join_tokens[TOKEN_HASH] == JoinTokenEntry("n4.example.com", "10.0.0.4:7800", 1_764_637_200,
-                                                               False)
+                                                               False, box.actor)
 
 
 def test_join_token_used_marks_the_token_used_and_keeps_it():
@@ -636,7 +636,7 @@ def test_join_token_issued_again_never_unspends_a_token():
     box.commit(ev.JoinTokenUsed(TOKEN_HASH))
     box.commit(ev.JoinTokenIssued("n5.example.com", "10.0.0.5:7800", TOKEN_HASH, 1_764_640_800))
     assert box.state.join_tokens[TOKEN_HASH] == JoinTokenEntry("n4.example.com", "10.0.0.4:7800", 1_764_637_200,
-                                                               True)
+                                                               True, box.actor)
 
 
 def test_join_token_used_for_an_unknown_token_changes_nothing():

@@ -119,3 +119,12 @@ def test_issue_refuses_bad_input(field, value):
     """Issuing refuses a bad fingerprint, an address without a port, a name with spaces, or no lifetime."""
     with pytest.raises(ValueError):
         issued(**{field: value})
+
+
+def test_a_token_carries_the_members_to_ask():
+    """The voters' addresses travel in the token, so `cairn node join` knows where to go."""
+    token, _record = tokens.issue_token("ab" * 32, "node4", "10.0.0.4:7000", now=1000.0,
+                                 members=("10.0.0.1:7000", "10.0.0.2:7000"))
+    assert tokens.parse_token(token).members == ("10.0.0.1:7000", "10.0.0.2:7000")
+    plain, _record = tokens.issue_token("ab" * 32, "node4", "10.0.0.4:7000", now=1000.0)
+    assert tokens.parse_token(plain).members == ()
