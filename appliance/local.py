@@ -4,7 +4,9 @@
 (`DIR/cluster.json` records the name, the nodes and their ports, chosen once),
 starts whatever node is not running, waits for a leader and for the bootstrap
 jobs (cluster init, one node add per node), and writes the client
-configuration. Node K keeps everything in `DIR/nodeK/`, its pid in
+configuration. Asked for more nodes than it has, it adds them as a user
+would: a join token each, then a join (the first 5 nodes vote, the rest
+follow the log without voting). Node K keeps everything in `DIR/nodeK/`, its pid in
 `DIR/nodeK/daemon.pid` and its log in `DIR/nodeK/daemon.log`. `down` stops
 the daemons, then every instance process they started.
 """
@@ -138,7 +140,7 @@ def create(directory: Path, count: int, capacity: dict | None = None) -> tuple[L
                                           "role": "voter" if name in voters else "non-voter"}}]})
     write_bootstrap(directory / "node1", jobs)
     cluster = LocalCluster(directory, CLUSTER_NAME, nodes)
-    (directory / CLUSTER_FILE).write_text(json.dumps({"name": CLUSTER_NAME, "nodes": nodes}, indent=2) + "\n")
+    _save(cluster)
     write_client(cluster, ca.cert_pem, token)
     return cluster, token
 
@@ -195,17 +197,53 @@ def up(directory: Path, count: int | None, echo=print, capacity: dict | None = N
     elif count is not None and count < len(cluster.nodes):
         raise LocalError(f"the local cluster in {directory} has {len(cluster.nodes)} nodes; to have fewer, take "
                          f"nodes out with 'cairn node remove NODE' (there is no shrinking with 'cairn up')")
-    elif count is not None and count > len(cluster.nodes):
-        raise LocalError(f"the local cluster in {directory} has {len(cluster.nodes)} nodes; growing it with "
-                         "'cairn up --nodes' is not available yet: 'cairn down', remove the directory, and "
-                         f"'cairn up --nodes {count}' makes a new one")
     started = []
     for name in cluster.nodes:
         data_dir = cluster.data_dir(name)
         if read_pid(data_dir) is None:
             start_node(data_dir)
             started.append(name)
+    if count is not None and count > len(cluster.nodes):
+        wait_ready(cluster)
+        for name in grow(cluster, count):
+            echo(f"Added {name} at {cluster.nodes[name]}")
+            started.append(name)
     return cluster, started
+
+
+def grow(cluster: LocalCluster, count: int) -> list[str]:
+    """Add nodes to a running local cluster up to `count`, each with a join token, as on a real machine."""
+    from appliance.client.config import resolve_target
+    from appliance.client.http import ApiError, Client
+    from appliance.daemon.config import read_config
+    from appliance.nodes import NodeSetupError, join_cluster
+
+    first = read_config(cluster.data_dir(next(iter(cluster.nodes))))
+    capacity = {"memory_mib": first.memory_mib, "disk_mib": first.disk_mib, "cpus": first.cpus}
+    target = resolve_target(config=str(cluster.client_config), environ={})
+    taken = {int(a.rsplit(":", 1)[1]) + k for a in cluster.nodes.values() for k in range(3)}
+    added = []
+    with Client(target.addresses, target.ca_pem, target.token, target.socket_path) as client:
+        for number in range(len(cluster.nodes) + 1, count + 1):
+            name = f"node{number}"
+            port = _free_port_triple(taken)
+            taken |= {port, port + 1, port + 2}
+            address = f"127.0.0.1:{port}"
+            try:
+                _, answer = client.post("/api/v1/nodes/join-tokens", {"node": name, "address": address, "ttl_s": 600})
+                join_cluster(answer["token"], address, cluster.data_dir(name), capacity)
+            except (ApiError, NodeSetupError) as error:
+                raise LocalError(f"could not add {name}: {error}") from None
+            cluster.nodes[name] = address
+            _save(cluster)
+            start_node(cluster.data_dir(name))
+            added.append(name)
+    return added
+
+
+def _save(cluster: LocalCluster) -> None:
+    (cluster.directory / CLUSTER_FILE).write_text(json.dumps({"name": cluster.name, "nodes": cluster.nodes},
+                                                             indent=2) + "\n")
 
 
 def wait_ready(cluster: LocalCluster, timeout_s: float = START_TIMEOUT_S) -> dict:

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import trio
@@ -34,9 +35,31 @@ SOCKET_NAME = "api.sock"
 LOG_NAME = "daemon.log"
 
 
+class FakePeers(Mapping):
+    """Where the fake hypervisor finds another node's instances: the configured data dirs, else a sibling of
+    this node's data dir with that node's name (the layout of `cairn up`, `cluster init` and `node join` on one
+    machine), looked up at each migration so that nodes joined later are found too."""
+
+    def __init__(self, configured: dict, data_dir: Path) -> None:
+        self.configured = {name: Path(directory) / "hv" for name, directory in configured.items()}
+        self.parent = data_dir.parent
+
+    def _known(self) -> dict:
+        found = {p.parent.name: p.parent / "hv" for p in self.parent.glob("*/node.json")}
+        return {**found, **self.configured}
+
+    def __getitem__(self, name: str) -> Path:
+        return self._known()[name]
+
+    def __iter__(self):
+        return iter(self._known())
+
+    def __len__(self) -> int:
+        return len(self._known())
+
+
 def drivers_for(config: NodeConfig, data_dir: Path):
-    peers = {name: Path(directory) / "hv" for name, directory in config.fake_peers.items()}
-    hypervisor = FakeHypervisor(data_dir / "hv", config.name, peers)
+    hypervisor = FakeHypervisor(data_dir / "hv", config.name, FakePeers(config.fake_peers, data_dir))
     storage = FileStorage(data_dir / "disks")
     return hypervisor, storage
 

@@ -324,7 +324,7 @@ class NodeShell:
         return {"node": self.node_name, "leader": self.name_of(status.leader) if status.leader else None,
                 "leader_address": status.leader, "term": status.term, "commit_seq": status.commit_seq,
                 "applied_seq": self.core.state.seq, "is_leader": self.log.is_leader(),
-                "voters": [self.name_of(v) for v in status.voters]}
+                "voters": sorted(self.name_of(v) for v in status.voters)}
 
     async def barrier(self) -> int:
         seq = await self.leader_commit()

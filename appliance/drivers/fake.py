@@ -210,7 +210,8 @@ class FakeHypervisor(Hypervisor):
             raise DriverError("the fake hypervisor reads process states from /proc; run it on Linux")
         self.state_dir = Path(state_dir)
         self.node_name = node_name
-        self.peers = dict(peers or {})
+        # Kept as given (not copied): a live mapping may learn nodes that join after the driver was made.
+        self.peers = peers if peers is not None else {}
         self.instances = self.state_dir / "instances"
         self._locks: dict[str, trio.Lock] = {}
         try:

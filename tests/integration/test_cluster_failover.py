@@ -100,3 +100,18 @@ def test_follower_killed_and_leader_stopped(cluster):
     run_stream_through(cluster, stream, faults)
     check_nothing_lost_or_doubled(cluster, stream)
     cluster.wait(lambda: same_digest_everywhere(cluster), 60, "every node to reach the same digest")
+
+
+def test_a_dead_nodes_instances_fail_over_once_it_is_declared_offline(cluster):
+    """kill -9 of a node; `node modify --offline yes` (the operator's fence assertion), then `node failover`:
+    its replicated instance runs on its secondary (Ganeti's failover --ignore-consistency path)."""
+    cluster.run("instance", "add", "-t", "replicated", "-n", "node3:node2", "-s", "1G", "--no-install", "dead1")
+    cluster.kill("node3")
+    survivor = cluster.address("node1")
+    cluster.wait(lambda: cluster.master(via="node1") in ("node1", "node2"), 30, "a leader among the survivors")
+    cluster.run("node", "modify", "--offline", "yes", "node3", "--api", survivor)
+    cluster.run("node", "failover", "node3", "--api", survivor)
+    row = cluster.json("instance", "list", "dead1", "--api", survivor)[0]
+    assert (row["pnode"], row["status"]) == ("node2", "running")
+    fenced = [n for n in cluster.json("node", "list", "--api", survivor) if n["name"] == "node3"][0]
+    assert fenced["offline"] and fenced["fenced"]

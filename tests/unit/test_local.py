@@ -51,3 +51,15 @@ def test_an_existing_default_client_config_is_kept(tmp_path, monkeypatch):
     first = (tmp_path / "config" / "cairn" / "client.toml").read_text()
     local.create(tmp_path / "b", 3, {"memory_mib": 1024, "disk_mib": 1024, "cpus": 1})
     assert (tmp_path / "config" / "cairn" / "client.toml").read_text() == first
+
+
+def test_fake_peers_find_nodes_that_joined_later(tmp_path):
+    """The fake hypervisor's peers are the configured dirs, then siblings of this node's data dir, looked up live."""
+    from appliance.daemon.main import FakePeers
+
+    (tmp_path / "node1").mkdir()
+    peers = FakePeers({"elsewhere": str(tmp_path / "x")}, tmp_path / "node1")
+    assert "node4" not in peers and peers["elsewhere"] == tmp_path / "x" / "hv"
+    (tmp_path / "node4").mkdir()
+    (tmp_path / "node4" / "node.json").write_text("{}")
+    assert peers["node4"] == tmp_path / "node4" / "hv" and "node4" in set(peers)
