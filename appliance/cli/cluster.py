@@ -11,13 +11,16 @@ from appliance.cli.job import Failed, Session, command, parameter_error
 from appliance.client.jobs import operation
 
 app = typer.Typer(help="The cluster: show, verify, find the master, change parameters, drain the queue, "
-                       "pause the watcher.", no_args_is_help=True)
+                       "pause the watcher, disarm recovery.", no_args_is_help=True)
 queue_app = typer.Typer(help="The job queue: drain it (refuse new jobs), undrain it, show its state.",
                         no_args_is_help=True)
 watcher_app = typer.Typer(help="The watcher (automatic restarts and recovery): pause it, let it continue, show it.",
                           no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 app.add_typer(watcher_app, name="watcher")
+recovery_app = typer.Typer(help="Automatic recovery of a dead node's instances: disarm, arm, info.",
+                           no_args_is_help=True)
+app.add_typer(recovery_app, name="recovery")
 
 CLUSTER_PATH = "/api/v1/cluster"
 
@@ -213,3 +216,25 @@ def watcher_info(session: Session) -> None:
         typer.echo("The watcher is paused.")
     else:
         typer.echo(f"The watcher is paused until {out.localtime_text(mode['until'])}.")
+
+
+@command(recovery_app, name="disarm", kind="write")
+def recovery_disarm(session: Session) -> None:
+    """Stop automatic recovery (a dead node's instances stay where they are) until 'cairn cluster recovery arm'."""
+    session.run([operation("cluster_mode", mode="recovery_disarmed", on=True)])
+
+
+@command(recovery_app, name="arm", kind="write")
+def recovery_arm(session: Session) -> None:
+    """Let automatic recovery act again."""
+    session.run([operation("cluster_mode", mode="recovery_disarmed", on=False)])
+
+
+@command(recovery_app, name="info")
+def recovery_info(session: Session) -> None:
+    """Say whether automatic recovery is disarmed."""
+    mode = active_mode(session.read(CLUSTER_PATH), "recovery_disarmed")
+    if session.output == "json":
+        session.show_object({"disarmed": mode is not None, "until": (mode or {}).get("until")}, [])
+    else:
+        typer.echo("Automatic recovery is disarmed." if mode else "Automatic recovery is armed.")

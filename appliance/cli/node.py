@@ -118,6 +118,30 @@ def node_failover(session: Session, name: str = NODE) -> None:
     typer.echo("All instances failed over successfully.", err=True)
 
 
+@command(app, name="maintenance", kind="write")
+def node_maintenance(
+    session: Session,
+    name: str = NODE,
+    state: str = typer.Argument(..., metavar="on|off", help="on: the node gets no new instances and is not "
+                                                            "recovered automatically; off: back to normal."),
+    duration: Optional[str] = typer.Option(None, "--for", help="With on: end by itself after this long "
+                                                                "(s, m, h, d or w; bare: seconds)."),
+) -> None:
+    """Put a node in maintenance (or take it out)."""
+    from appliance.clock import now
+
+    if state not in ("on", "off"):
+        raise typer.BadParameter("give on or off", param_hint="on|off")
+    until = None
+    if duration is not None:
+        try:
+            until = now() + out.parse_duration(duration)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--for") from None
+    session.run([operation("cluster_mode", mode="maintenance", on=state == "on", until=until,
+                           target=hostname(name))])
+
+
 @command(app, name="add", kind="plain")
 def node_add(
     session: Session,

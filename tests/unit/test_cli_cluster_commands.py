@@ -239,3 +239,16 @@ def test_job_list_with_ids_keeps_their_order(cairn):
     """job list 10 9 prints those jobs in that order."""
     cairn.api.routes[("GET", "/api/v1/jobs")] = Reply(200, [job_row(9), job_row(10)])
     assert cairn("job", "list", "--no-headers", "-o", "id", "10", "9").stdout.split() == ["10", "9"]
+
+
+def test_recovery_and_maintenance_send_cluster_mode(cairn):
+    """recovery disarm/arm and node maintenance on/off submit cluster_mode with the mode and target."""
+    bodies = cairn.accept_jobs()
+    assert cairn("cluster", "recovery", "disarm").exit_code == 0
+    assert cairn("cluster", "recovery", "arm").exit_code == 0
+    assert cairn("node", "maintenance", "node2", "on").exit_code == 0
+    assert cairn("node", "maintenance", "node2", "off").exit_code == 0
+    assert [b["operations"][0]["params"] for b in bodies] == [
+        {"mode": "recovery_disarmed", "on": True}, {"mode": "recovery_disarmed", "on": False},
+        {"mode": "maintenance", "on": True, "target": "node2"}, {"mode": "maintenance", "on": False, "target": "node2"}]
+    assert cairn("node", "maintenance", "node2", "maybe").exit_code == 2
