@@ -9,7 +9,9 @@ peer and checked against the chain.
 
 from __future__ import annotations
 
+
 import collections
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -123,9 +125,11 @@ class AppliedHistory:
                 yield record
             if position + 1 < tail_first:
                 return
-        for record in list(self._tail):
-            if record.seq > last_seq:
-                return
+        # The tail holds consecutive seqs: take only the slice asked for, not a copy of the whole tail.
+        tail = self._tail
+        start = max(0, position + 1 - tail_first)
+        stop = max(start, min(len(tail), last_seq - tail_first + 1))
+        for record in list(itertools.islice(tail, start, stop)):
             if record.seq > position:
                 position = record.seq
                 yield record

@@ -11,32 +11,28 @@ import sys
 HELP = "Cairn: highly available VMs on a few commodity servers, managed through one replicated event log."
 
 
-def _build_app():
-    import typer
+# Command groups: name -> module (each module's `app`); the others register themselves.
+GROUPS = {"cluster": "cluster", "instance": "instance", "node": "node", "group": "group", "job": "job",
+          "user": "user", "tags": "tags", "events": "events"}
 
-    from appliance.cli import cluster as _cluster
-    from appliance.cli import events as _events
-    from appliance.cli import group as _group
-    from appliance.cli import instance as _instance
-    from appliance.cli import job as _job
-    from appliance.cli import local as _local
-    from appliance.cli import node as _node
-    from appliance.cli import placement as _placement
-    from appliance.cli import tags as _tags
-    from appliance.cli import user as _user
+
+def _build_app(only: str | None = None):
+    """The typer app; with `only`, just that command group (a command imports only the modules it needs)."""
+    import importlib
+
+    import typer
 
     built = typer.Typer(name="cairn", help=HELP, no_args_is_help=True, add_completion=False,
                         pretty_exceptions_enable=False)
-    built.add_typer(_cluster.app, name="cluster")
-    built.add_typer(_instance.app, name="instance")
-    built.add_typer(_node.app, name="node")
-    built.add_typer(_group.app, name="group")
-    built.add_typer(_job.app, name="job")
-    built.add_typer(_user.app, name="user")
-    built.add_typer(_tags.app, name="tags")
-    built.add_typer(_events.app, name="events")
-    _placement.register(built)
-    _local.register(built)
+    for name, module in GROUPS.items():
+        if only is None or only == name:
+            built.add_typer(importlib.import_module(f"appliance.cli.{module}").app, name=name)
+    if only is None:
+        from appliance.cli import local as _local
+        from appliance.cli import placement as _placement
+
+        _placement.register(built)
+        _local.register(built)
     return built
 
 
@@ -63,7 +59,8 @@ def main() -> None:
             sys.stdout.flush()
             sys.exit(code)
         gc.enable()
-        __getattr__("app")()
+        group = sys.argv[1] if len(sys.argv) > 1 else None
+        (_build_app(group) if group in GROUPS else __getattr__("app"))()
     except BrokenPipeError:
         # The reader went away (`cairn balance ... | head`): stop quietly with status 1 rather than a
         # traceback, and point stdout at /dev/null so that Python's final flush cannot fail again.

@@ -73,6 +73,8 @@ class NodeCore:
             self.engine.on_leadership(message.leader, message.term)
         elif kind is ProposalLost:
             self.engine.forget(message.event_id)
+            if self.reconciler is not None:
+                self.reconciler.lost(message.event_id)
             if message.event_id in self.outstanding:
                 self.outstanding[message.event_id][1] = float("-inf")
         else:
@@ -86,6 +88,8 @@ class NodeCore:
         envelope = decode(record.payload, record.seq)
         self.state = replay.apply(self.state, envelope, record.seq)
         self.engine.forget(envelope.event_id)
+        if self.reconciler is not None and self.reconciler.report_ids:
+            self.reconciler.committed(envelope.event_id)
         self.outstanding.pop(envelope.event_id, None)
         token = self.submissions.pop(envelope.event_id, None)
         if token is not None and type(envelope.event) is ev.JobSubmitted:

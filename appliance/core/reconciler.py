@@ -55,12 +55,26 @@ class Reconciler:
     disks_listed_at: float = float("-inf")
     pending: dict = field(default_factory=dict)      # instance id (or "" for listings) -> _Pending
     reports: dict = field(default_factory=dict)      # (instance, kind) -> time proposed
+    report_ids: dict = field(default_factory=dict)   # event id of a report in flight -> (instance, kind)
     restart_at: dict = field(default_factory=dict)   # instance id -> (attempt, earliest start)
     migrations: dict = field(default_factory=dict)   # instance id -> (ok, message) of a migration run here
     leader_commit: int = -1                          # the leader's commit seq, as last heard
     heard_at: float = float("-inf")
     changes: int = 0                                 # local actions finished, to spot stale listings
     next_action: int = 1
+
+    # --- reports in flight ----------------------------------------------------
+
+    def committed(self, eid: bytes) -> None:
+        """A report of ours committed: nothing more to track."""
+        self.report_ids.pop(eid, None)
+
+    def lost(self, eid: bytes) -> None:
+        """A report did not commit (or may not have): report again at the next decision, not after
+        REPORT_RETRY_S (a job may be waiting for it, and a new leader is there to take it)."""
+        key = self.report_ids.pop(eid, None)
+        if key is not None:
+            self.reports.pop(key, None)
 
     # --- driver results ------------------------------------------------------
 
@@ -322,5 +336,6 @@ class Reconciler:
     def _propose(self, proposals, state, instance, kind: str, now: float, event, reason: str) -> None:
         self.reports[(instance.id, kind)] = now
         eid = event_id("report", self.node_name, instance.id, kind, state.seq)
+        self.report_ids[eid] = (instance.id, kind)
         proposals.append(Proposal(Envelope(eid, event, RECONCILER_ACTOR, reason, now, 0),
                                   ("report", self.node_name, instance.id, kind)))

@@ -51,10 +51,11 @@ LEADER_COMMIT_EVERY_S = 0.5
 PROPOSAL_TIMEOUT_S = 10.0
 SUBMIT_TIMEOUT_S = 30.0
 BARRIER_TIMEOUT_S = 5.0
-STATUS_TIMEOUT_S = 2.0
+STATUS_TIMEOUT_S = 1.0
 MAX_IDLE_S = 1.0
 BATCH_RECORDS = 1000
 MEMBERSHIP_EVERY_S = 1.0
+LOST_DELAY_S = 0.1
 
 
 class NodeShell:
@@ -84,6 +85,8 @@ class NodeShell:
         self._applied = trio.Event()
         self._wake_at: float | None = None
         self._wake = trio.Event()
+        self._sleeping_until = float("-inf")    # while the ticker sleeps: when it wakes by itself
+        self._connections: dict[str, list] = {}     # leader address -> idle kept-alive connections
         self._instance_locks: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self._raft_password = raft_password
@@ -135,8 +138,10 @@ class NodeShell:
             if slot is not None:
                 slot[1] = reply
                 slot[0].set()
-        if ready.wake_at != self._wake_at:
-            self._wake_at = ready.wake_at
+        self._wake_at = ready.wake_at
+        # Wake the ticker only for a time before the one it sleeps until: every step asks for a slightly later
+        # wake-up (now + an interval), and waking for each would make the ticker spin.
+        if ready.wake_at is not None and ready.wake_at < self._sleeping_until:
             self._wake.set()
 
     def _together(self):
@@ -150,7 +155,7 @@ class NodeShell:
         def on_done(seq, error) -> None:
             if error is not None:
                 log.debug("proposal %s lost: %s", eid.hex(), error)
-                self._input(ProposalLost(eid))
+                self._lost_later(eid)
 
         try:
             if hasattr(self.log, "submit"):
@@ -160,7 +165,16 @@ class NodeShell:
                 self.log.propose_nowait(payload)
         except LogError as error:
             log.debug("proposal %s not sent: %s", eid.hex(), error)
-            self._inputs.append(ProposalLost(eid))
+            self._lost_later(eid)
+
+    def _lost_later(self, eid: bytes) -> None:
+        """Tell the core a proposal was lost, a moment later: it proposes again at once, and without a leader
+        the log refuses at once, so telling it now would spin."""
+        async def tell() -> None:
+            await trio.sleep(LOST_DELAY_S)
+            self._input(ProposalLost(eid))
+
+        self._nursery.start_soon(tell)
 
     # --- inputs from the log and the clock -------------------------------------------------
 
@@ -202,8 +216,10 @@ class NodeShell:
         while True:
             now = clock.now()
             delay = MAX_IDLE_S if self._wake_at is None else min(MAX_IDLE_S, max(0.0, self._wake_at - now))
+            self._sleeping_until = now + delay
             with trio.move_on_after(delay):
                 await self._wake.wait()
+            self._sleeping_until = float("-inf")
             self._wake = trio.Event()
             self._input(Tick(clock.now()))
 
@@ -267,7 +283,7 @@ class NodeShell:
         else:
             try:
                 with trio.fail_after(STATUS_TIMEOUT_S + 0.5):
-                    status = await trio.to_thread.run_sync(self._ask_status, leader, abandon_on_cancel=True)
+                    status = await self._ask_status(leader)
                 seq = int(status["commit_seq"])
             except (OSError, ValueError, KeyError, TypeError, trio.TooSlowError, http.client.HTTPException) as error:
                 raise Unavailable(f"the leader {self.name_of(leader)} did not answer: {error}") from None
@@ -275,20 +291,36 @@ class NodeShell:
         self.leader_commit_heard = clock.now()
         return seq
 
-    def _ask_status(self, address: str) -> dict:
-        host, _, port = address.rpartition(":")
-        connection = http.client.HTTPSConnection(host, int(port), timeout=STATUS_TIMEOUT_S,
-                                                 context=self._client_context)
+    async def _ask_status(self, address: str) -> dict:
+        """GET the leader's /api/v1/status over a kept-alive connection (a new TLS handshake costs ~10 ms)."""
+        idle = self._connections.setdefault(address, [])
+        connection = idle.pop() if idle else None
+        if connection is None:
+            host, _, port = address.rpartition(":")
+            connection = http.client.HTTPSConnection(host, int(port), timeout=STATUS_TIMEOUT_S,
+                                                     context=self._client_context)
         try:
-            connection.request("GET", "/api/v1/status?stale=1",
-                               headers={"Authorization": f"Bearer {self._node_token}"})
-            response = connection.getresponse()
-            body = response.read()
-            if response.status != 200:
-                raise ValueError(f"HTTP {response.status}")
-            return json.loads(body)
-        finally:
+            status = await trio.to_thread.run_sync(self._status_call, connection, abandon_on_cancel=True)
+        except BaseException:
             connection.close()
+            raise
+        idle.append(connection)
+        return status
+
+    def _status_call(self, connection: http.client.HTTPSConnection) -> dict:
+        headers = {"Authorization": f"Bearer {self._node_token}"}
+        try:
+            connection.request("GET", "/api/v1/status?stale=1", headers=headers)
+            response = connection.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The leader closed the kept-alive connection while it was idle: once more on a new one.
+            connection.close()
+            connection.request("GET", "/api/v1/status?stale=1", headers=headers)
+            response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise ValueError(f"HTTP {response.status}")
+        return json.loads(body)
 
     # --- bootstrap -----------------------------------------------------------------------------
 
@@ -327,8 +359,17 @@ class NodeShell:
                 "voters": sorted(self.name_of(v) for v in status.voters)}
 
     async def barrier(self) -> int:
-        seq = await self.leader_commit()
-        with trio.move_on_after(BARRIER_TIMEOUT_S):
+        deadline = trio.current_time() + BARRIER_TIMEOUT_S
+        while True:
+            try:
+                seq = await self.leader_commit()
+                break
+            except Unavailable:
+                # The leader may have just changed (a silent one is only replaced by an election): ask again.
+                if trio.current_time() + 0.1 >= deadline:
+                    raise
+                await trio.sleep(0.1)
+        with trio.move_on_at(deadline):
             await self.wait_applied(seq)
             return seq
         raise Unavailable(f"this node has applied seq {self.core.state.seq} of the leader's {seq} and did not "

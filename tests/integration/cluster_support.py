@@ -193,3 +193,25 @@ def check_history(cluster: LocalCluster, via: str) -> dict:
         if event["name"] == "InstanceAdded":
             added[payload["name"]] = added.get(payload["name"], 0) + 1
     return {"submitted": submitted, "added": added}
+
+
+def history_event_ids(cluster: LocalCluster, via: str) -> dict:
+    """Per request id the event ids of its JobSubmitted records, per instance name those of its InstanceAdded.
+
+    A record committed twice under one event id is a retry (the client sent
+    its request again, or a new leader proposed a step again) that replay
+    applies once; two event ids for one request id or one name would be a job
+    or an add run twice.
+    """
+    export = subprocess.run([CAIRN, "events", "export", "--format", "jsonl", "--api", cluster.address(via)],
+                            capture_output=True, text=True, env=cluster.env, timeout=120, check=True)
+    submitted: dict[str, set] = {}
+    added: dict[str, set] = {}
+    for line in export.stdout.splitlines():
+        event = json.loads(line)
+        payload = event.get("payload", {})
+        if event["name"] == "JobSubmitted" and payload.get("request_id"):
+            submitted.setdefault(payload["request_id"], set()).add(event["event_id"])
+        if event["name"] == "InstanceAdded":
+            added.setdefault(payload["name"], set()).add(event["event_id"])
+    return {"submitted": submitted, "added": added}
