@@ -112,19 +112,26 @@ def _unverified_context() -> ssl.SSLContext:
 
 
 def _admission(parsed: tokens.JoinToken, token: str, request: dict) -> tuple[bytes, dict]:
-    """Ask the members in turn until the leader admits the node: (the CA certificate, its answer)."""
+    """Ask the members in turn until the leader admits the node: (the CA certificate, its answer).
+
+    A member that refuses the token may only lag behind the log (a node that
+    joined a moment ago): the others are asked too, and the join fails only
+    when every member that answered refused it.
+    """
     failures: dict[str, str] = {}
     deadline = clock.monotonic() + JOIN_TIMEOUT_S
     while clock.monotonic() < deadline:
+        refused: dict[str, str] = {}
         for member in parsed.members:
             try:
                 status, answer = _call(member, "/api/v1/join/ca", {"token_hash": parsed.secret_hash},
                                        _unverified_context())
-                if status != 200:
-                    raise NodeSetupError(f"{member} refused the token: {answer.get('message', status)}")
-                ca_pem = answer["ca_pem"].encode()
-                tokens.check_cluster(token, pki.ca_fingerprint(ca_pem), member)
-                status, answer = _call(member, "/api/v1/join", request, pki.client_context(ca_pem))
+                if status == 200:
+                    ca_pem = answer["ca_pem"].encode()
+                    tokens.check_cluster(token, pki.ca_fingerprint(ca_pem), member)
+                    status, answer = _call(member, "/api/v1/join", request, pki.client_context(ca_pem))
+            except tokens.JoinTokenError as error:
+                raise NodeSetupError(str(error)) from None
             except (OSError, http.client.HTTPException, KeyError, ValueError) as error:
                 failures[member] = str(error) or type(error).__name__
                 continue
@@ -133,7 +140,9 @@ def _admission(parsed: tokens.JoinToken, token: str, request: dict) -> tuple[byt
             if status == 503:
                 failures[member] = answer.get("message", "not the leader")
                 continue
-            raise NodeSetupError(f"{member} refused the join: {answer.get('message', status)}")
+            refused[member] = failures[member] = answer.get("message", f"HTTP {status}")
+        if refused and len(refused) == len(parsed.members):
+            raise NodeSetupError("the cluster refused the join: " + "; ".join(f"{m}: {e}" for m, e in refused.items()))
         time.sleep(0.5)
     raise NodeSetupError("no member admitted this node: " + "; ".join(f"{m}: {e}" for m, e in failures.items()))
 

@@ -28,6 +28,7 @@ from appliance.api import views
 from appliance.api.auth import AuthError, Caller, authenticate, require
 from appliance.api.backend import Refused, Unavailable
 from appliance.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ApiMetrics, RequestTimer
+from appliance.api.server import PEER_SERIAL
 from appliance.api.schema import (
     MEDIA_JSON, MEDIA_NDJSON, MEDIA_PROMETHEUS, MEDIA_RECORDS, Endpoint, Query, fits, openapi, params_schema,
 )
@@ -294,7 +295,7 @@ class _Api:
                     caller = None     # the body's join token authenticates the request (the handler checks it)
                 else:
                     caller = authenticate(self.backend.state(), request.headers.get("authorization"),
-                                          self.backend.node_token_hash())
+                                          self.backend.node_token_hash(), PEER_SERIAL.get() is not None)
                     require(caller, endpoint.role, what)
                 unknown = sorted(set(request.query_params) - allowed)
                 if unknown:

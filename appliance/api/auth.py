@@ -68,14 +68,23 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-def authenticate(state: ClusterState, authorization: str | None, node_token_hash: str) -> Caller:
-    """The caller an Authorization header names; AuthError(401) for a missing or unknown token."""
+def authenticate(state: ClusterState, authorization: str | None, node_token_hash: str,
+                 node_certified: bool = False) -> Caller:
+    """The caller an Authorization header names; AuthError(401) for a missing or unknown token.
+
+    The node token counts only on a connection that presented a node certificate
+    the cluster has not revoked (`node_certified`): a removed node still knows
+    the Raft password the token derives from, but its certificate is refused.
+    """
     token = bearer_token(authorization)
     if token is None:
         raise AuthError(401, "unauthenticated", "This API needs 'Authorization: Bearer TOKEN'; "
                                                 "give the token 'cairn user add' or 'cairn cluster init' printed")
     digest = token_hash(token)
     if node_token_hash and hmac.compare_digest(digest, node_token_hash):
+        if not node_certified:
+            raise AuthError(401, "unauthenticated", "The node token is accepted only with a node certificate of "
+                                                    "this cluster that was not revoked")
         return Caller(NODE_ACTOR, NODE_ROLE)
     user_name = state.credentials.get(digest)
     user = state.users.get(user_name) if user_name is not None else None

@@ -13,6 +13,7 @@ keep-alive timeout (hypercorn 0.18 keeps it until then).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import ssl
@@ -21,6 +22,7 @@ from functools import partial
 from pathlib import Path
 
 import trio
+from cryptography import x509
 from hypercorn.config import Config
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import serve
@@ -34,12 +36,19 @@ SOCKET_MODE = 0o600
 log = logging.getLogger("cairn.api")
 
 
-class ApiConfig(Config):
-    """hypercorn's Config with the node's own TLS context (or none) instead of one built from file paths."""
+# The serial of the certificate the client presented on this connection (None: it presented none, or the
+# connection is the unix socket). Set before the connection's tasks start, so every request of it sees it.
+PEER_SERIAL: contextvars.ContextVar[int | None] = contextvars.ContextVar("cairn_peer_serial", default=None)
 
-    def __init__(self, ssl_context: ssl.SSLContext | None) -> None:
+
+class ApiConfig(Config):
+    """hypercorn's Config with the node's own TLS context (or none) instead of one built from file paths, and
+    the check every client certificate passes after the handshake (`refuse_peer(der)`: a reason, or None)."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None, refuse_peer=None) -> None:
         super().__init__()
         self._ssl_context = ssl_context
+        self.refuse_peer = refuse_peer
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
         return self._ssl_context
@@ -58,6 +67,25 @@ class PromptCloseTCPServer(TCPServer):
     Stopping the timer once reading has ended lets the connection close now.
     """
 
+    async def run(self) -> None:
+        """Finish the TLS handshake here, refuse a revoked client certificate, remember the serial of a good one."""
+        if isinstance(self.stream, trio.SSLStream):
+            try:
+                with trio.fail_after(self.config.ssl_handshake_timeout):
+                    await self.stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError):
+                await self._close()
+                return
+            der = self.stream.getpeercert(binary_form=True)
+            if der:
+                reason = getattr(self.config, "refuse_peer", None) and self.config.refuse_peer(der)
+                if reason:
+                    log.warning("refused a connection: %s", reason)
+                    await self._close()
+                    return
+                PEER_SERIAL.set(x509.load_der_x509_certificate(der).serial_number)
+        await super().run()
+
     async def _read_data(self) -> None:
         await super()._read_data()
         await self.idle_task.stop()
@@ -69,9 +97,10 @@ def _close_connections_on_peer_eof() -> None:
         hypercorn_run.TCPServer = PromptCloseTCPServer
 
 
-def api_config(bind: str | None, ssl_context: ssl.SSLContext | None, unix_path: str | None) -> ApiConfig:
+def api_config(bind: str | None, ssl_context: ssl.SSLContext | None, unix_path: str | None,
+               refuse_peer=None) -> ApiConfig:
     """The hypercorn configuration: TLS on `bind` (plain without a context), plain HTTP on the unix socket."""
-    config = ApiConfig(ssl_context)
+    config = ApiConfig(ssl_context, refuse_peer)
     tcp = [bind] if bind else []
     unix = [f"unix:{unix_path}"] if unix_path else []
     if ssl_context is not None:
@@ -103,20 +132,24 @@ def _remove_stale_socket(path: str) -> None:
 
 
 async def serve_api(app, bind: str | None, ssl_context: ssl.SSLContext | None, unix_path: str | None,
-                    shutdown_event: trio.Event, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                    shutdown_event: trio.Event, refuse_peer=None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve `app` until `shutdown_event` is set; started, it reports the bound addresses (port 0 resolved).
 
     `bind` is HOST:PORT ("[::1]:PORT" for IPv6) or None for the unix socket
     only; `ssl_context` (appliance.pki.server_context) makes it HTTPS, and it
     is given the ALPN protocols h2 and http/1.1; `unix_path` adds plain HTTP
-    on a socket file of mode 0600 (a stale one is removed first).
+    on a socket file of mode 0600 (a stale one is removed first). With a
+    context that asks for client certificates (CERT_OPTIONAL), each one
+    presented is passed to `refuse_peer(der)` after the handshake: a reason
+    closes the connection (a revoked node), None lets it in with its serial
+    in PEER_SERIAL.
     """
     if not bind and not unix_path:
         raise ValueError("serve_api needs an address to bind, a unix socket path, or both")
     _close_connections_on_peer_eof()
     if unix_path:
         _remove_stale_socket(unix_path)
-    config = api_config(bind, ssl_context, unix_path)
+    config = api_config(bind, ssl_context, unix_path, refuse_peer)
     async with trio.open_nursery() as nursery:
         addresses = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown_event.wait))
         if unix_path:

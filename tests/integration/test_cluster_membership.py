@@ -97,7 +97,7 @@ def test_init_add_join_remove(grown):
     # The same token again, for another data dir: refused, nothing written.
     again = grown.run("node", "join", token, "--address", grown.addresses["n2"], "--data-dir",
                       str(grown.root / "n2-again"), *CAPACITY, check=False)
-    assert again.returncode == 1 and "used already" in again.stderr
+    assert again.returncode == 1 and "used already" in again.stderr, again.stderr
     assert not (grown.root / "n2-again" / "node.json").exists()
     nodes = grown.json("node", "list")
     assert sorted((n["name"], n["voter"]) for n in nodes) == [("n1", True), ("n2", True), ("n3", True)]
@@ -116,3 +116,26 @@ def test_init_add_join_remove(grown):
     revoked = [json.loads(line) for line in grown.run("events", "export", "--api", grown.address("n3")).stdout.splitlines()
                if '"NodeCertificateRevoked"' in line]
     assert [event["payload"]["node"] for event in revoked] == ["n1"]
+    # The removed node's certificate is refused at the handshake; a member's is still taken.
+    assert handshake_refused(grown, "n1", "n2") and not handshake_refused(grown, "n3", "n2")
+
+
+def handshake_refused(cluster, holder, server) -> bool:
+    """Whether `server` closes a connection that presents `holder`'s node certificate and the node token."""
+    import http.client
+
+    from appliance import pki
+    from appliance.api.auth import node_token
+
+    paths = pki.pki_paths(cluster.data_dir(holder))
+    context = pki.client_context(paths.ca_cert.read_bytes(), paths.node_cert, paths.node_key)
+    token = node_token(pki.read_secret_file(paths.raft_password).decode())
+    host, _, port = cluster.address(server).rpartition(":")
+    connection = http.client.HTTPSConnection(host, int(port), timeout=10, context=context)
+    try:
+        connection.request("GET", "/api/v1/status?stale=1", headers={"Authorization": f"Bearer {token}"})
+        return connection.getresponse().status != 200
+    except (OSError, http.client.HTTPException):
+        return True
+    finally:
+        connection.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import socket
 from dataclasses import dataclass, field
 from functools import partial
@@ -180,10 +181,14 @@ class TlsFiles:
     key: Path
 
     def server_context(self):
-        return pki.server_context(self.ca_pem, self.cert, self.key, require_client_cert=False)
+        # As the daemon serves: a client certificate is asked for, not required (the CLI has none).
+        context = pki.server_context(self.ca_pem, self.cert, self.key, require_client_cert=False)
+        context.verify_mode = ssl.CERT_OPTIONAL
+        return context
 
-    def client_context(self):
-        return pki.client_context(self.ca_pem)
+    def client_context(self, node: bool = True):
+        """The CLI's context, or (node=True) a member's, which presents its node certificate."""
+        return pki.client_context(self.ca_pem, self.cert, self.key) if node else pki.client_context(self.ca_pem)
 
 
 def tls_files(directory: Path) -> TlsFiles:

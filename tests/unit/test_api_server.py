@@ -148,3 +148,27 @@ async def test_shutdown_ends_a_tail_stream_cleanly(backend, tls, tokens, nursery
             await stopped.wait()
     assert [line["seq"] for line in lines] == [13, 14]
     assert clock.monotonic() - started < 0.9
+
+
+async def test_node_certificates_are_checked_after_the_handshake(backend, tls, tokens, nursery):
+    """The node token counts only with a node certificate; a revoked certificate's connection is closed."""
+    from cryptography import x509
+
+    serial = x509.load_pem_x509_certificate(tls.cert.read_bytes()).serial_number
+    revoked: set[int] = set()
+
+    def refuse(der: bytes) -> str | None:
+        return "revoked" if x509.load_der_x509_certificate(der).serial_number in revoked else None
+
+    shutdown = trio.Event()
+    addresses = await nursery.start(serve_api, build_app(backend, shutdown), "127.0.0.1:0", tls.server_context(),
+                                    None, shutdown, refuse)
+    port = port_of(addresses)
+    assert (await Caller(port, tls.client_context(node=True))("GET", "/api/v1/status", tokens.node)).status == 200
+    assert (await Caller(port, tls.client_context(node=False))("GET", "/api/v1/status", tokens.node)).status == 401
+    # A user's token works without a certificate (the CLI has none).
+    assert (await Caller(port, tls.client_context(node=False))("GET", "/api/v1/status", tokens.reader)).status == 200
+    revoked.add(serial)
+    with pytest.raises((OSError, http.client.HTTPException)):
+        await Caller(port, tls.client_context(node=True))("GET", "/api/v1/status", tokens.node)
+    shutdown.set()
