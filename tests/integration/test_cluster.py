@@ -218,3 +218,40 @@ def test_malformed_bodies_get_4xx_with_a_message(cluster):
         assert 400 <= status < 500, (body, status, answer)
         assert isinstance(answer, dict) and answer.get("message"), (body, answer)
     assert api_call(cluster, "GET", "/api/v1/cluster?at=notanumber", token)[0] == 400
+
+
+def test_events_tail_follows_the_live_log_with_who_and_why(cluster):
+    """`cairn events tail` prints each new event as it commits, with its actor and reason."""
+    import signal as signals
+    import time
+
+    from tests.integration.cluster_support import CAIRN
+
+    tail = subprocess.Popen([CAIRN, "events", "tail", "--output", "json"], stdout=subprocess.PIPE, text=True,
+                            env=cluster.env)
+    try:
+        time.sleep(1.0)
+        cluster.run("instance", "add", "-t", "diskless", "-n", "node2", "--no-install", "--reason", "tail check",
+                    "tail1")
+        time.sleep(1.0)
+    finally:
+        tail.send_signal(signals.SIGINT)
+        try:
+            out, _ = tail.communicate(timeout=20)
+        finally:
+            tail.kill()
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    added = [e for e in events if e["name"] == "InstanceAdded"]
+    assert added and added[0]["payload"]["name"] == "tail1" and added[0]["actor"] == "admin"
+    assert any(e["name"] == "JobSubmitted" and e["reason"] == "tail check" for e in events)
+    cluster.run("instance", "remove", "-f", "tail1")
+
+
+def test_metrics_need_a_token_and_speak_prometheus(cluster):
+    """/metrics answers the read-only role with Prometheus text: commit seq, leader, jobs, API latency."""
+    assert api_call(cluster, "GET", "/api/v1/cluster", admin_token(cluster))[0] == 200
+    status, text = api_call(cluster, "GET", "/metrics", admin_token(cluster))
+    assert status == 200
+    for name in ("cairn_commit_seq", "cairn_applied_seq", "cairn_is_leader", "cairn_term", "cairn_jobs",
+                 "cairn_api_request_seconds_bucket"):
+        assert f"\n{name}" in "\n" + text, name
