@@ -247,11 +247,19 @@ def _save(cluster: LocalCluster) -> None:
 
 
 def wait_ready(cluster: LocalCluster, timeout_s: float = START_TIMEOUT_S) -> dict:
-    """Wait until the cluster answers with a leader and every node known; return the cluster object."""
+    """Wait until the cluster answers with a leader and every node known, and every daemon still runs (one may
+    have died at start, its port taken since it was chosen); return the cluster object."""
     try:
-        return wait_for_nodes(cluster.client_config, len(cluster.nodes), timeout_s)
+        info = wait_for_nodes(cluster.client_config, len(cluster.nodes), timeout_s)
     except LocalError as error:
         raise LocalError(f"{error}; see {cluster.directory}/node*/daemon.log") from None
+    dead = [name for name in cluster.nodes if read_pid(cluster.data_dir(name)) is None]
+    if dead:
+        log = cluster.data_dir(dead[0]) / "daemon.log"
+        last = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+        raise LocalError(f"{', '.join(dead)} did not keep running; the end of {log}:\n" + "\n".join(last) +
+                         "\nfix what it says and run 'cairn up' again")
+    return info
 
 
 def wait_for_nodes(client_config: Path, count: int, timeout_s: float) -> dict:

@@ -63,3 +63,13 @@ def test_fake_peers_find_nodes_that_joined_later(tmp_path):
     (tmp_path / "node4").mkdir()
     (tmp_path / "node4" / "node.json").write_text("{}")
     assert peers["node4"] == tmp_path / "node4" / "hv" and "node4" in set(peers)
+
+
+def test_wait_ready_names_a_daemon_that_died(made, monkeypatch):
+    """A node whose daemon is gone is named, with the end of its log, even when the others answer."""
+    _tmp_path, cluster, _token = made
+    monkeypatch.setattr(local, "wait_for_nodes", lambda *args: {"leader": "node1"})
+    monkeypatch.setattr(local, "read_pid", lambda data_dir: None if data_dir.name == "node2" else 1)
+    (cluster.data_dir("node2") / "daemon.log").write_text("starting\ncannot listen on 127.0.0.1:7001 for Raft\n")
+    with pytest.raises(local.LocalError, match="node2 did not keep running(.|\\n)*cannot listen"):
+        local.wait_ready(cluster, 1.0)
