@@ -31,6 +31,7 @@ CLUSTER_NAME = "local.cairn"
 MAX_VOTERS = 5
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+_started: dict[Path, int] = {}      # data dir -> pid of the daemon this process started for it
 
 
 class LocalError(RuntimeError):
@@ -182,6 +183,7 @@ def start_node(data_dir: Path) -> int:
                                    cwd=str(data_dir))
     finally:
         log.close()
+    _started[data_dir] = process.pid
     return process.pid
 
 
@@ -253,7 +255,7 @@ def wait_ready(cluster: LocalCluster, timeout_s: float = START_TIMEOUT_S) -> dic
         info = wait_for_nodes(cluster.client_config, len(cluster.nodes), timeout_s)
     except LocalError as error:
         raise LocalError(f"{error}; see {cluster.directory}/node*/daemon.log") from None
-    dead = [name for name in cluster.nodes if read_pid(cluster.data_dir(name)) is None]
+    dead = [name for name in cluster.nodes if not _running(cluster.data_dir(name), timeout_s)]
     if dead:
         log = cluster.data_dir(dead[0]) / "daemon.log"
         last = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
@@ -339,6 +341,28 @@ def stop_instances(state_dir: Path) -> int:
             signal_guest(*guest, signal.SIGKILL)
             killed += 1
     return killed
+
+
+def _running(data_dir: Path, timeout_s: float) -> bool:
+    """Whether the node's daemon runs: it writes its pid file once started, so one just started gets a moment."""
+    deadline = clock.monotonic() + timeout_s
+    while read_pid(data_dir) is None:
+        if clock.monotonic() >= deadline or _reaped(data_dir):
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _reaped(data_dir: Path) -> bool:
+    """True when a daemon this process started for the node has exited (its exit status collected)."""
+    pid = _started.get(data_dir)
+    if pid is None:
+        return False
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid
 
 
 def _alive(pid: int) -> bool:

@@ -66,6 +66,14 @@ def drivers_for(config: NodeConfig, data_dir: Path):
     return hypervisor, storage
 
 
+async def stop_on_signal(name: str, stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("node %s stopping (signal %d)", name, signum)
+            stop.set()
+            return
+
+
 def refuse_revoked(shell: NodeShell, der: bytes) -> str | None:
     """Why a client certificate is refused (its serial was revoked when its node was removed), or None."""
     revoked = shell.state().revoked_serials
@@ -125,10 +133,10 @@ async def run_daemon(data_dir: Path, task_status=trio.TASK_STATUS_IGNORED) -> No
                                     shutdown, partial(refuse_revoked, shell))
                 log.info("node %s serving on %s (voters %s)", config.name, config.address, ",".join(voters))
                 task_status.started()
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for signum in signals:
-                        log.info("node %s stopping (signal %d)", config.name, signum)
-                        break
+                stop = trio.Event()
+                shell.on_removed = stop.set
+                nursery.start_soon(stop_on_signal, config.name, stop)
+                await stop.wait()
                 shutdown.set()
                 with trio.move_on_after(2.0):
                     await trio.sleep(0.2)

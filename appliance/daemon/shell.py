@@ -87,6 +87,7 @@ class NodeShell:
         self._wake = trio.Event()
         self._sleeping_until = float("-inf")    # while the ticker sleeps: when it wakes by itself
         self._connections: dict[str, list] = {}     # leader address -> idle kept-alive connections
+        self.on_removed = lambda: None               # the daemon stops when this node was removed
         self._instance_locks: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self._raft_password = raft_password
@@ -527,6 +528,20 @@ class NodeShell:
 
     # --- membership follows the state (leader only) ----------------------------------------------------------
 
+    async def _answers(self, address: str) -> bool:
+        try:
+            with trio.fail_after(STATUS_TIMEOUT_S + 0.5):
+                await self._ask_status(address)
+        except (OSError, ValueError, KeyError, TypeError, trio.TooSlowError, http.client.HTTPException):
+            return False
+        return True
+
+    def _removed(self) -> bool:
+        """True once this node has applied its own removal (it was added at its address, and is gone)."""
+        nodes = self.core.state.nodes
+        return (self.address in self._ever_addresses and bool(nodes)
+                and all(n.address != self.address for n in nodes.values()))
+
     def _note_addresses(self, records) -> None:
         """Remember every address a node was ever added at (a removed voter is known by it)."""
         for record in records:
@@ -545,6 +560,11 @@ class NodeShell:
         """
         while True:
             await trio.sleep(MEMBERSHIP_EVERY_S)
+            if self._removed() and not self.log.is_leader():
+                log.warning("%s: this node was removed from the cluster; its daemon stops (wipe its data dir and "
+                            "join it again with a new token to bring it back)", self.node_name)
+                self.on_removed()
+                return
             if not self.log.is_leader() or not self.core.state.nodes or not hasattr(self.log, "add_voter"):
                 continue
             nodes = self.core.state.nodes.values()
@@ -553,6 +573,10 @@ class NodeShell:
             voters = set(self.log.status().voters)
             try:
                 for address in sorted(wanted - voters):
+                    # Only once its daemon answers: a voter counts in the majority from the moment it is added,
+                    # and a cluster of one waiting for a second voter that has not started could not commit.
+                    if not await self._answers(address):
+                        continue
                     log.info("%s: adding voter %s", self.node_name, address)
                     await self.log.add_voter(address)
                     break

@@ -77,9 +77,10 @@ def grown(tmp_path):
 CAPACITY = ("--node-memory", "8192", "--node-disk", "50000", "--node-cpus", "8")
 
 
-def add_and_join(cluster, node):
+def add_and_join(cluster, node, via=None):
     cluster.addresses[node] = f"127.0.0.1:{free_port_triple()}"
-    token = cluster.run("node", "add", node, "--address", cluster.addresses[node]).stdout.strip()
+    api = ("--api", cluster.address(via)) if via else ()
+    token = cluster.run("node", "add", node, "--address", cluster.addresses[node], *api).stdout.strip()
     assert token.startswith("cairn-join-v1.")
     cluster.run("node", "join", token, "--address", cluster.addresses[node], "--data-dir",
                 str(cluster.data_dir(node)), *CAPACITY)
@@ -118,6 +119,14 @@ def test_init_add_join_remove(grown):
     assert [event["payload"]["node"] for event in revoked] == ["n1"]
     # The removed node's certificate is refused at the handshake; a member's is still taken.
     assert handshake_refused(grown, "n1", "n2") and not handshake_refused(grown, "n3", "n2")
+    # A node removed while it runs stops its own daemon once it has applied its removal.
+    add_and_join(grown, "n4", via="n2")
+    grown.wait(lambda: "n4" in grown.status("n2")["voters"], 30, "n4 to vote")
+    pid = grown.pid("n4")
+    grown.run("node", "remove", "n4", "--api", grown.address("n2"))
+    grown.wait(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+               30, "the removed node's daemon to stop")
+    grown.wait(lambda: sorted(grown.status("n2")["voters"]) == ["n2", "n3"], 30, "the log to drop n4")
 
 
 def handshake_refused(cluster, holder, server) -> bool:

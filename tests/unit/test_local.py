@@ -70,6 +70,7 @@ def test_wait_ready_names_a_daemon_that_died(made, monkeypatch):
     _tmp_path, cluster, _token = made
     monkeypatch.setattr(local, "wait_for_nodes", lambda *args: {"leader": "node1"})
     monkeypatch.setattr(local, "read_pid", lambda data_dir: None if data_dir.name == "node2" else 1)
+    monkeypatch.setattr(local, "_started", {cluster.data_dir("node2"): 2 ** 22 + 12345})   # no such child
     (cluster.data_dir("node2") / "daemon.log").write_text("starting\ncannot listen on 127.0.0.1:7001 for Raft\n")
     with pytest.raises(local.LocalError, match="node2 did not keep running(.|\\n)*cannot listen"):
         local.wait_ready(cluster, 1.0)
