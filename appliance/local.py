@@ -148,17 +148,22 @@ def create(directory: Path, count: int, capacity: dict | None = None) -> tuple[L
 
 def write_client(cluster: LocalCluster, ca_pem: bytes, token: str) -> list[Path]:
     """DIR/client.toml, and the user's default configuration if there is none yet; returns what was written."""
+    return write_clients(cluster.client_config, cluster.name, list(cluster.nodes.values()), ca_pem.decode(), token,
+                         str(cluster.data_dir("node1") / "api.sock"))
+
+
+def write_clients(path: Path, name: str, nodes: list[str], ca_pem: str, token: str, socket_path: str) -> list[Path]:
+    """A client configuration at `path` (with the local node's socket), and the same as the user's default
+    (addresses only) if there is none yet; returns what was written, `path` first."""
     from appliance.client.config import write_client_config
 
     written = []
-    socket_path = str(cluster.data_dir("node1") / "api.sock")
-    for path, only_if_new in ((cluster.client_config, False), (default_client_config(), True)):
-        if only_if_new and path.exists():
+    for target, socket in ((path, socket_path), (default_client_config(), None)):
+        if target != path and target.exists():
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_client_config(path, cluster.name, list(cluster.nodes.values()), ca_pem.decode(), token,
-                            socket=socket_path if path == cluster.client_config else None)
-        written.append(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_client_config(str(target), name, nodes, ca_pem, token, socket=socket)
+        written.append(target)
     return written
 
 
@@ -292,16 +297,8 @@ def wait_for_nodes(client_config: Path, count: int, timeout_s: float) -> dict:
 def write_node_client(name: str, address: str, data_dir: Path, token: str) -> list[Path]:
     """The client configuration of a new cluster's first node: in its data dir, and as the user's default if
     there is none yet; returns what was written (the data dir's first)."""
-    from appliance.client.config import write_client_config
-
-    ca_pem = (data_dir / "pki" / "ca.crt").read_text()
-    written = []
-    for path, socket_path in ((data_dir / "client.toml", str(data_dir / "api.sock")), (default_client_config(), None)):
-        if path != data_dir / "client.toml" and path.exists():
-            continue
-        write_client_config(str(path), name, [address], ca_pem, token, socket=socket_path)
-        written.append(path)
-    return written
+    return write_clients(data_dir / "client.toml", name, [address], (data_dir / "pki" / "ca.crt").read_text(), token,
+                         str(data_dir / "api.sock"))
 
 
 def down(directory: Path, echo=print) -> list[str]:

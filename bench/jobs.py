@@ -33,7 +33,7 @@ over node1..node3, one operation per job.
   delay, not the failover. For SIGSTOP the stream's client also talks to the
   other nodes only: a frozen node holds a request until the client's socket
   timeout (5 s in JobStream), which measures the client, not the cluster.
-- lost_jobs / double_jobs: from the whole exported history (check_history):
+- lost_jobs / double_jobs: from the whole exported history (history_records):
   acknowledged adds that did not end in success or are missing from the
   history (and adds a stream had refused); request ids that made two jobs or
   have JobSubmitted records under two event ids, and instances added under
@@ -70,7 +70,7 @@ from appliance.client import jobs  # noqa: E402
 from appliance.client.config import resolve_target  # noqa: E402
 from appliance.client.http import ApiError, Client, Unreachable  # noqa: E402
 from tests.integration.cluster_support import (  # noqa: E402
-    JobStream, LocalCluster, check_history, history_event_ids,
+    JobStream, LocalCluster, history_records,
 )
 
 NODE_MEMORY_MIB = 400_000
@@ -470,14 +470,15 @@ def measure_faults(bench: Bench, kind: str, count: int) -> float:
 def lost_and_doubled(bench: Bench) -> tuple[int, int]:
     """Acknowledged adds not ended in success or not in the history; request ids and instances run twice.
 
-    check_history counts committed records; a record repeated under the same
+    history_records lists committed records; a record repeated under the same
     event id (a retried request or step) is applied once by replay, so it is
     reported apart and not counted as run twice: two event ids for one
     request id or one instance name, or two jobs for one request id, are.
     """
     via = bench.cluster.names()[0]
-    history = check_history(bench.cluster, via)
-    ids = history_event_ids(bench.cluster, via)
+    records = history_records(bench.cluster, via)
+    history = {kind: {key: len(found) for key, found in by_key.items()} for kind, by_key in records.items()}
+    ids = {kind: {key: set(found) for key, found in by_key.items()} for kind, by_key in records.items()}
     with bench.client(timeout_s=120.0) as client:
         rows = client.get("/api/v1/jobs")[1]
     jobs_of: dict[str, set] = {}

@@ -25,7 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from appliance.api import views
-from appliance.api.auth import AuthError, Caller, authenticate, require
+from appliance.api.auth import ApiError, Caller, authenticate, require
 from appliance.api.backend import Refused, Unavailable
 from appliance.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ApiMetrics, RequestTimer
 from appliance.api.server import PEER_SERIAL
@@ -57,16 +57,6 @@ STALE = Query("stale", "boolean", "1: answer from this node's state without wait
 SUBMIT_ROLE = min((op.ROLE for op in registry.OPERATIONS.values()), key=base.ROLE_RANK.__getitem__)
 _STOPPED = object()
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
-
-
-class ApiError(Exception):
-    """A request the API refuses itself: HTTP `status`, a model or API error `code`, and what to do."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 def wrong_input(message: str) -> ApiError:
@@ -302,7 +292,7 @@ class _Api:
                     raise wrong_input(f"{what} takes no query parameter {', '.join(unknown)}"
                                       + (f"; it takes {', '.join(sorted(allowed))}" if allowed else ""))
                 return await endpoint.handler(request, caller)
-            except (AuthError, ApiError) as error:
+            except ApiError as error:
                 return error_response(error.status, error.code, error.message)
             except (Refused, PrereqError) as error:
                 return error_response(STATUS_BY_CODE.get(error.code, REFUSAL_STATUS), error.code, error.message)

@@ -37,8 +37,9 @@ class Caller:
         return self.role == "admin"
 
 
-class AuthError(Exception):
-    """A request is refused: `status` 401 (unauthenticated) or 403 (permission_denied), with what to do."""
+class ApiError(Exception):
+    """A request the API refuses itself: HTTP `status`, a model or API error `code` (401 unauthenticated and
+    403 permission_denied from here), and what to do."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -70,7 +71,7 @@ def bearer_token(authorization: str | None) -> str | None:
 
 def authenticate(state: ClusterState, authorization: str | None, node_token_hash: str,
                  node_certified: bool = False) -> Caller:
-    """The caller an Authorization header names; AuthError(401) for a missing or unknown token.
+    """The caller an Authorization header names; ApiError(401) for a missing or unknown token.
 
     The node token counts only on a connection that presented a node certificate
     the cluster has not revoked (`node_certified`): a removed node still knows
@@ -78,24 +79,24 @@ def authenticate(state: ClusterState, authorization: str | None, node_token_hash
     """
     token = bearer_token(authorization)
     if token is None:
-        raise AuthError(401, "unauthenticated", "This API needs 'Authorization: Bearer TOKEN'; "
+        raise ApiError(401, "unauthenticated", "This API needs 'Authorization: Bearer TOKEN'; "
                                                 "give the token 'cairn user add' or 'cairn cluster init' printed")
     digest = token_hash(token)
     if node_token_hash and hmac.compare_digest(digest, node_token_hash):
         if not node_certified:
-            raise AuthError(401, "unauthenticated", "The node token is accepted only with a node certificate of "
+            raise ApiError(401, "unauthenticated", "The node token is accepted only with a node certificate of "
                                                     "this cluster that was not revoked")
         return Caller(NODE_ACTOR, NODE_ROLE)
     user_name = state.credentials.get(digest)
     user = state.users.get(user_name) if user_name is not None else None
     if user is None:
-        raise AuthError(401, "unauthenticated", "The cluster does not know this token (it may have been removed); "
+        raise ApiError(401, "unauthenticated", "The cluster does not know this token (it may have been removed); "
                                                 "ask an admin for a new one with 'cairn user add' or a new credential")
     return Caller(user.name, user.role)
 
 
 def require(caller: Caller, role: str, what: str) -> None:
-    """Refuse (AuthError 403) a caller below `role`; `what` names what it tried, for the message."""
+    """Refuse (ApiError 403) a caller below `role`; `what` names what it tried, for the message."""
     if not caller.may(role):
-        raise AuthError(403, "permission_denied", f"User '{caller.name}' has role {caller.role}; "
+        raise ApiError(403, "permission_denied", f"User '{caller.name}' has role {caller.role}; "
                                                   f"{what} needs role {role} or higher")

@@ -242,42 +242,34 @@ class Client:
 
     def raw(self, path: str, **query) -> Iterator[bytes]:
         """GET `path` and yield the answer's bytes as they come; StreamBroken when the node goes away."""
-        response = self._stream_response(path, query)
-        index = self._current
-        finished = False
-        try:
-            while True:
-                try:
-                    chunk = response.read1(CHUNK_BYTES)
-                except NOT_ANSWERING as error:
-                    raise StreamBroken(f"{self.endpoints[index]}: {_describe(error)}") from None
-                if not chunk:
-                    finished = True
-                    return
-                yield chunk
-        finally:
-            self._end_stream(index, finished)
+        for _response, _index, chunk in self._pieces(path, query, lambda response: response.read1(CHUNK_BYTES)):
+            yield chunk
 
     def stream(self, path: str, **query) -> Iterator[object]:
         """GET `path` and yield each NDJSON line, decoded, as it comes; StreamBroken when the node goes away."""
+        for response, index, line in self._pieces(path, query, lambda response: response.readline()):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise ApiError(response.status, "bad_answer",
+                                   f"{self.endpoints[index]} sent a line that is not JSON: {line[:80]!r}") from None
+
+    def _pieces(self, path: str, query: dict, read) -> Iterator[tuple]:
+        """GET `path`; yield (response, node index, piece) for each non-empty `read(response)` until the end."""
         response = self._stream_response(path, query)
         index = self._current
         finished = False
         try:
             while True:
                 try:
-                    line = response.readline()
+                    piece = read(response)
                 except NOT_ANSWERING as error:
                     raise StreamBroken(f"{self.endpoints[index]}: {_describe(error)}") from None
-                if not line:
+                if not piece:
                     finished = True
                     return
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError:
-                        raise ApiError(response.status, "bad_answer",
-                                       f"{self.endpoints[index]} sent a line that is not JSON: {line[:80]!r}") from None
+                yield response, index, piece
         finally:
             self._end_stream(index, finished)
 

@@ -93,8 +93,6 @@ class NodeShell:
         self._raft_password = raft_password
         self._ca_key_pem = ca_key_pem
         self._ever_addresses: set[str] = set()
-        self.leader_commit_seq = 0
-        self.leader_commit_heard = 0.0
 
     # --- running -------------------------------------------------------------------------
 
@@ -147,7 +145,7 @@ class NodeShell:
 
     def _together(self):
         together = getattr(self.log, "submitting_together", None)
-        return together() if together is not None else _nothing()
+        return together() if together is not None else contextlib.nullcontext()
 
     def _propose(self, proposal) -> None:
         eid = proposal.envelope.event_id
@@ -288,8 +286,6 @@ class NodeShell:
                 seq = int(status["commit_seq"])
             except (OSError, ValueError, KeyError, TypeError, trio.TooSlowError, http.client.HTTPException) as error:
                 raise Unavailable(f"the leader {self.name_of(leader)} did not answer: {error}") from None
-        self.leader_commit_seq = seq
-        self.leader_commit_heard = clock.now()
         return seq
 
     async def _ask_status(self, address: str) -> dict:
@@ -600,14 +596,3 @@ def _ended(state: ClusterState, request_id: str):
     job_id = state.job_requests.get(request_id)
     job = state.jobs.get(job_id) if job_id is not None else None
     return job if job is not None and job.status in JOB_FINISHED else None
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-

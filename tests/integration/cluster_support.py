@@ -179,39 +179,24 @@ class JobStream:
         return max(b - a for a, b in zip(points, points[1:]))
 
 
-def check_history(cluster: LocalCluster, via: str) -> dict:
-    """Every JobSubmitted request id once, every instance added once, from the whole exported history."""
-    export = subprocess.run([CAIRN, "events", "export", "--format", "jsonl", "--api", cluster.address(via)],
-                            capture_output=True, text=True, env=cluster.env, timeout=120, check=True)
-    submitted: dict[str, int] = {}
-    added: dict[str, int] = {}
-    for line in export.stdout.splitlines():
-        event = json.loads(line)
-        payload = event.get("payload", {})
-        if event["name"] == "JobSubmitted" and payload.get("request_id"):
-            submitted[payload["request_id"]] = submitted.get(payload["request_id"], 0) + 1
-        if event["name"] == "InstanceAdded":
-            added[payload["name"]] = added.get(payload["name"], 0) + 1
-    return {"submitted": submitted, "added": added}
-
-
-def history_event_ids(cluster: LocalCluster, via: str) -> dict:
-    """Per request id the event ids of its JobSubmitted records, per instance name those of its InstanceAdded.
+def history_records(cluster: LocalCluster, via: str) -> dict:
+    """From the whole exported history: per request id the event ids of its JobSubmitted records, per instance
+    name those of its InstanceAdded records, one entry per committed record.
 
     A record committed twice under one event id is a retry (the client sent
     its request again, or a new leader proposed a step again) that replay
-    applies once; two event ids for one request id or one name would be a job
-    or an add run twice.
+    applies once; two distinct event ids for one request id or one name
+    would be a job or an add run twice.
     """
     export = subprocess.run([CAIRN, "events", "export", "--format", "jsonl", "--api", cluster.address(via)],
                             capture_output=True, text=True, env=cluster.env, timeout=120, check=True)
-    submitted: dict[str, set] = {}
-    added: dict[str, set] = {}
+    submitted: dict[str, list] = {}
+    added: dict[str, list] = {}
     for line in export.stdout.splitlines():
         event = json.loads(line)
         payload = event.get("payload", {})
         if event["name"] == "JobSubmitted" and payload.get("request_id"):
-            submitted.setdefault(payload["request_id"], set()).add(event["event_id"])
+            submitted.setdefault(payload["request_id"], []).append(event["event_id"])
         if event["name"] == "InstanceAdded":
-            added.setdefault(payload["name"], set()).add(event["event_id"])
+            added.setdefault(payload["name"], []).append(event["event_id"])
     return {"submitted": submitted, "added": added}

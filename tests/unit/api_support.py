@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from appliance import clock, pki
@@ -258,3 +259,20 @@ class Caller:
     async def __call__(self, method: str, path: str, token: str | None = None, body: Any = None,
                        raw: bytes | None = None) -> Answer:
         return await trio.to_thread.run_sync(partial(self.request, method, path, token, body, raw))
+
+
+# --- fixtures the API test modules share (import them by name: pytest finds them in the module) ---------
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    return tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tokens():
+    return Tokens()
+
+
+@pytest.fixture
+def backend(tokens):
+    return FakeBackend(sandbox_cluster(tokens))

@@ -11,24 +11,10 @@ from appliance.api.app import build_app
 from appliance.api.backend import Refused, Unavailable
 from appliance.api.server import serve_api
 from appliance.model import events as ev
-from tests.unit.api_support import Caller, FakeBackend, Tokens, sandbox_cluster, tls_files
+from tests.unit.api_support import Caller
+from tests.unit.api_support import backend, tls, tokens  # noqa: F401 (fixtures)
 
 STARTUP = {"operations": [{"op": "instance_startup", "params": {"instance": "web2"}}]}
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    return tls_files(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def tokens():
-    return Tokens()
-
-
-@pytest.fixture
-def backend(tokens):
-    return FakeBackend(sandbox_cluster(tokens))
 
 
 @pytest.fixture

@@ -12,22 +12,8 @@ import trio
 from appliance import clock
 from appliance.api.app import build_app
 from appliance.api.server import KEEP_ALIVE_TIMEOUT_S, serve_api
-from tests.unit.api_support import Caller, FakeBackend, Tokens, sandbox_cluster, tls_files
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    return tls_files(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def tokens():
-    return Tokens()
-
-
-@pytest.fixture
-def backend(tokens):
-    return FakeBackend(sandbox_cluster(tokens))
+from tests.unit.api_support import Caller
+from tests.unit.api_support import backend, tls, tokens  # noqa: F401 (fixtures)
 
 
 def open_fds() -> int:

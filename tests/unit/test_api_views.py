@@ -5,20 +5,11 @@ import json
 import pytest
 
 from appliance.api import views
-from appliance.api.auth import AuthError, Caller, authenticate, node_token, require
+from appliance.api.auth import ApiError, Caller, authenticate, node_token, require
 from appliance.model import events as ev
 from appliance.model.errors import PrereqError
-from tests.unit.api_support import NODES, RAFT_PASSWORD, FakeBackend, Tokens, sandbox_cluster
-
-
-@pytest.fixture
-def tokens():
-    return Tokens()
-
-
-@pytest.fixture
-def backend(tokens):
-    return FakeBackend(sandbox_cluster(tokens))
+from tests.unit.api_support import NODES, RAFT_PASSWORD
+from tests.unit.api_support import backend, tokens  # noqa: F401 (fixtures)
 
 
 def status_of(backend, name="web1"):
@@ -159,7 +150,7 @@ def test_tokens_authenticate_as_their_users(backend, tokens):
     assert node_token(RAFT_PASSWORD) == tokens.node and len(tokens.node) == 64
     # Without a node certificate on the connection the node token is nobody (a removed node still knows it).
     for header in (None, "", "Bearer", f"Basic {tokens.admin}", f"Bearer {tokens.unknown}", f"Bearer {tokens.node}"):
-        with pytest.raises(AuthError) as info:
+        with pytest.raises(ApiError) as info:
             authenticate(state, header, node_hash)
         assert info.value.status == 401
 
@@ -167,13 +158,13 @@ def test_tokens_authenticate_as_their_users(backend, tokens):
 def test_a_removed_users_token_no_longer_authenticates(backend, tokens):
     """Removing a user makes its token unknown."""
     backend.box.run("user_remove", name="viewer")
-    with pytest.raises(AuthError):
+    with pytest.raises(ApiError):
         authenticate(backend.state(), f"Bearer {tokens.reader}", backend.node_token_hash())
 
 
 def test_roles_are_ranked():
     """An operator may do what read-only may, not what admin may."""
     require(Caller("oper", "operator"), "read-only", "x")
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(ApiError) as info:
         require(Caller("oper", "operator"), "admin", "node_add")
     assert info.value.status == 403 and "node_add" in info.value.message
