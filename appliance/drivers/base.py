@@ -9,6 +9,29 @@ reconciler relies on:
   `crashed` (ended unexpectedly) or `shutdown` (the guest powered itself off),
   until `stop` clears it;
 - a failed `migrate` leaves the instance running on the source.
+
+Replicated disks (Ganeti's `drbd`, here a pair of copies on two nodes kept in
+step by the writer, like DRBD protocol C or QEMU's write-blocking mirror):
+- `create` makes a copy on this node; `set_peer(instance, index, peer_node,
+  role)` pairs it with the copy on `peer_node` and says whether this copy is
+  the one the instance writes to (`primary`) or the mirror (`secondary`).
+  Call it on both nodes after `create` and before the instance starts; call
+  it again after a migration or failover to swap the roles. Idempotent.
+- A write is acknowledged once both copies hold it; when the peer cannot be
+  reached the writer acknowledges on its own copy alone, and the pair is
+  then degraded until a resync.
+- `states()` reports every paired copy here as (instance id, disk index,
+  state, sync_percent): UPTODATE (100) when both copies are reachable and
+  hold every acknowledged write; SYNCING (0-99, how far it has come) on the
+  copy a resync is rebuilding; DEGRADED (0) otherwise, on both copies: the
+  peer cannot be reached, or either copy lacks an acknowledged write. A
+  copy that missed writes never reports UPTODATE, so failover can refuse a
+  secondary whose last recorded state was not UPTODATE.
+- `resync(instance, index, peer_node)` makes this copy (the secondary) hold
+  what the peer's copy holds, then returns; calling it again on a copy in
+  step does nothing.
+- Storage without replicated disks keeps the defaults: no states, and
+  `set_peer`/`resync` refuse with a DriverError.
 """
 
 from __future__ import annotations
@@ -17,6 +40,11 @@ import abc
 
 RUNNING, CRASHED, SHUTDOWN = "running", "crashed", "shutdown"
 STATUSES = (RUNNING, CRASHED, SHUTDOWN)
+
+SYNCING, UPTODATE, DEGRADED = "SYNCING", "UPTODATE", "DEGRADED"
+DISK_STATES = (SYNCING, UPTODATE, DEGRADED)
+PRIMARY, SECONDARY = "primary", "secondary"
+DISK_ROLES = (PRIMARY, SECONDARY)
 
 
 class DriverError(Exception):
@@ -57,3 +85,19 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def list(self) -> list[tuple[str, int]]:
         """Every disk held here, as (instance id, disk index)."""
+
+    async def states(self) -> list[tuple[str, int, str, int]]:
+        """Every paired (replicated) copy here, as (instance id, disk index, state, sync_percent), sorted."""
+        return []
+
+    async def set_peer(self, instance_id: str, index: int, peer_node: str, role: str) -> None:
+        """Pair this copy of the disk with the copy on `peer_node`, as the `role` ("primary"/"secondary") copy."""
+        raise DriverError(f"{type(self).__name__} keeps no replicated disks, so disk {index} of instance "
+                          f"{instance_id} cannot be paired with {peer_node}; use a storage driver with "
+                          "replicated disks for the 'replicated' template")
+
+    async def resync(self, instance_id: str, index: int, peer_node: str) -> None:
+        """Bring this (secondary) copy up to date from the copy on `peer_node`; nothing to do if it is."""
+        raise DriverError(f"{type(self).__name__} keeps no replicated disks, so disk {index} of instance "
+                          f"{instance_id} cannot be resynced from {peer_node}; use a storage driver with "
+                          "replicated disks for the 'replicated' template")

@@ -4,7 +4,10 @@ Each instance is a POSIX shell (`/bin/sh`, dash on Debian: about 150 KiB of priv
 thousand instances fit in a few hundred MiB) that blocks reading its own FIFO and acts on signals:
 
 - SIGUSR1: the guest powers itself off (writes `exit` = "shutdown", exits 0);
-- SIGUSR2: the guest does one unit of work (its in-memory counter goes up by one);
+- SIGUSR2: the guest does one unit of work: its in-memory counter goes up by one to N and, for an
+  instance whose spec says `"disk_template": "replicated"`, it writes record N to each of its
+  disks (indexes 0 .. len(spec["disks"]) - 1) with the write protocol of `records.py`: the copy on
+  the node it runs on, then the peer copy that `set_peer` named, then the acknowledgement;
 - SIGHUP / SIGCONT: pause (dump the counter, stop counting) and resume, the stop-and-copy of a
   live migration;
 - SIGTERM: the ACPI request of `stop`; a guest whose spec says `"acpi": False` ignores it and is
@@ -21,7 +24,10 @@ Entries are built in a hidden `.new-*` directory and renamed into place once the
 so `list` never sees half an instance. Liveness is read from /proc: Linux only.
 
 Migration stays on this machine: `peers` maps node names to their state dirs, which stand for
-what a real cluster reaches over the data plane. One driver object per state dir at a time.
+what a real cluster reaches over the data plane; `disk_roots` maps node names to their storage roots
+(FileStorage), where a replicated guest finds its disk copies. A guest starting or arriving on a node
+continues its counter after the highest record of its copies there, so after a failover to the
+former secondary the records go on without a gap. One driver object per state dir at a time.
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ import secrets
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import trio
 
+from appliance.drivers import records
 from appliance.drivers.base import CRASHED, RUNNING, SHUTDOWN, DriverError, Hypervisor
 
 SHELL = "/bin/sh"
@@ -49,20 +56,52 @@ PAUSE_TIMEOUT_S = 5.0
 POLL_S = 0.005
 INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
-# The guest: $1 is its token, $2 its counter, $3 "0" when it ignores the stop request. Its files are
-# relative to its working directory, which follows the entry directory when it is renamed into place.
+# The guest: $1 is its token, $2 its counter, $3 "0" when it ignores the stop request, and then the
+# copy prefix of each replicated disk (records.py). Its files are relative to its working directory,
+# which follows the entry directory when it is renamed into place. A unit of work with replicated
+# disks writes record n to each: the local copy, then the peer copy named in `.mirror` (or, when the
+# peer cannot be reached, the local `degraded` list), and only after every disk the acknowledgement.
+# The traps only note what was asked, and the main loop does it when its read of the console returns
+# (a trapped signal, or a line the driver writes, ends the read): dash runs traps in the middle of
+# other commands, and a trap that wrote a file could take a record out of the main loop's output,
+# or change a status it was testing. A pause waits for the unit in progress, so the source of a
+# migration never writes after it has said `paused`; work asked while paused is dropped.
 GUEST = """
-n=$2; p=0
-save() { echo "$n" > memory.tmp && mv memory.tmp memory; }
-trap '[ "$p" = 1 ] || n=$((n + 1)); save' USR2
-trap 'p=1; save; : > paused' HUP
-trap 'p=0; rm -f paused' CONT
-trap 'echo shutdown > exit.tmp && mv exit.tmp exit; exit 0' USR1
+n=$2; p=0; w=0; s=0
 [ "$3" = 0 ] && trap '' TERM
+shift 3
+save() { echo "$n" > memory.tmp && mv memory.tmp memory; }
+work() {
+  n=$((n + 1)); k=1
+  for d; do
+    if echo "$n" >> "$d.records"; then
+      m=; u=; v=; { read -r m; read -r u; read -r v; } < "$d.mirror" 2>/dev/null
+      if [ -z "$m" ] || [ ! -e "$m.records" ] || [ -e "$u" ] || [ -e "$v" ] \\
+          || ! { echo "$n" >> "$m.records"; } 2>/dev/null; then
+        echo "$n" >> "$d.degraded" || k=0
+      fi
+    else
+      k=0
+    fi
+  done
+  if [ "$k" = 1 ]; then
+    for d; do echo "$n" > "$d.acked.tmp" && mv "$d.acked.tmp" "$d.acked"; done
+  fi
+}
+trap 'w=$((w + 1))' USR2
+trap 'p=1' HUP
+trap 'p=0' CONT
+trap 's=1' USR1
 exec 3<>console
-save
+save; o=$n
 : > ready
-while :; do read -r line <&3 || :; done
+while :; do
+  read -r line <&3 || :
+  if [ "$s" = 1 ]; then echo shutdown > exit.tmp && mv exit.tmp exit; exit 0; fi
+  while [ "$w" -gt 0 ] && [ "$p" = 0 ]; do w=$((w - 1)); work "$@"; done
+  if [ "$p" = 1 ]; then w=0; save; o=$n; : > paused; elif [ -e paused ]; then rm -f paused; fi
+  if [ "$n" != "$o" ]; then save; o=$n; fi
+done
 """
 
 # The launcher starts the guest in the background and records its pid; when it exits, the guest is
@@ -105,11 +144,38 @@ def entry_alive(entry: Path) -> bool:
     return guest is not None and guest_alive(*guest)
 
 
+def continued_counter(counter: int, disks: Sequence[Path]) -> int:
+    """Where a guest's counter starts: after the highest record on its local copies, so that a guest
+    restarted on the former secondary numbers its records on without a gap or a repeat."""
+    highest = (max(records.read_record_set(records.with_suffix(prefix, "records")), default=0) for prefix in disks)
+    return max(counter, *highest) if disks else counter
+
+
 def signal_guest(pid: int, token: str, signum: int) -> None:
     """Send `signum` to the guest if it is still that guest; a guest already gone is no error."""
     if guest_alive(pid, token):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
+
+
+def wake_guest(entry: Path) -> None:
+    """Write a line to the guest's console, so that it acts on a signal that came just before it blocked.
+
+    The guest acts on signals when its read of the console returns; one that lands after its last
+    look and before the read would otherwise wait for the next signal.
+    """
+    with contextlib.suppress(OSError):
+        console = os.open(entry / "console", os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(console, b"\n")
+        finally:
+            os.close(console)
+
+
+def ask_guest(entry: Path, guest: tuple[int, str], signum: int) -> None:
+    """Send the guest a signal it acts on in its main loop (USR1, USR2, HUP, CONT), and wake it."""
+    signal_guest(*guest, signum)
+    wake_guest(entry)
 
 
 def checked_id(instance_id: str) -> str:
@@ -148,10 +214,12 @@ async def end_guest(entry: Path, instance_id: str, timeout_s: float) -> None:
                           f"{KILL_TIMEOUT_S} s; check its state in /proc/{guest[0]}/status (uninterruptible I/O?)")
 
 
-async def launch_guest(instances: Path, instance_id: str, spec: dict, counter: int) -> None:
+async def launch_guest(instances: Path, instance_id: str, spec: dict, counter: int,
+                       disks: Sequence[Path] = ()) -> None:
     """Start a guest in a hidden directory under `instances`, then rename it into place.
 
-    A dead entry of the same id is replaced; the caller has made sure no live one exists.
+    `disks` are the copy prefixes (absolute) of its replicated disks on this node. A dead entry of
+    the same id is replaced; the caller has made sure no live one exists.
     """
     token = secrets.token_hex(8)
     staging = instances / f".new-{instance_id}-{token}"
@@ -165,7 +233,7 @@ async def launch_guest(instances: Path, instance_id: str, spec: dict, counter: i
         # guest nobody knows. It takes milliseconds; cancellation lands right after it.
         with trio.CancelScope(shield=True), trio.move_on_after(READY_TIMEOUT_S):
             launcher = await trio.run_process(
-                [SHELL, "-c", LAUNCHER, SHELL, GUEST, token, str(counter), acpi], cwd=staging,
+                [SHELL, "-c", LAUNCHER, SHELL, GUEST, token, str(counter), acpi, *map(str, disks)], cwd=staging,
                 start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, capture_stderr=True,
                 check=False)
         if launcher is None or launcher.returncode != 0:
@@ -202,16 +270,22 @@ async def kill_staging(staging: Path) -> None:
 
 
 class FakeHypervisor(Hypervisor):
-    """The hypervisor port over real processes in `state_dir`; `peers` maps node names to state dirs."""
+    """The hypervisor port over real processes in `state_dir`; `peers` maps node names to state dirs.
+
+    `disk_roots` maps node names (this one included) to their storage roots (FileStorage roots), where
+    a guest of the `replicated` template finds its disk copies on the node it runs on.
+    """
 
     def __init__(self, state_dir: str | os.PathLike, node_name: str,
-                 peers: Mapping[str, str | os.PathLike] | None = None) -> None:
+                 peers: Mapping[str, str | os.PathLike] | None = None,
+                 disk_roots: Mapping[str, str | os.PathLike] | None = None) -> None:
         if not Path("/proc/self/stat").exists():
             raise DriverError("the fake hypervisor reads process states from /proc; run it on Linux")
         self.state_dir = Path(state_dir)
         self.node_name = node_name
         # Kept as given (not copied): a live mapping may learn nodes that join after the driver was made.
         self.peers = peers if peers is not None else {}
+        self.disk_roots = disk_roots if disk_roots is not None else {}
         self.instances = self.state_dir / "instances"
         self._locks: dict[str, trio.Lock] = {}
         try:
@@ -246,7 +320,8 @@ class FakeHypervisor(Hypervisor):
         async with self._lock(instance_id):
             if entry_alive(entry):
                 return
-            await launch_guest(self.instances, instance_id, spec, 0)
+            disks = self._replicated_copies(instance_id, spec, self.node_name)
+            await launch_guest(self.instances, instance_id, spec, continued_counter(0, disks), disks)
 
     async def stop(self, instance_id: str, timeout_s: float) -> None:
         entry = self.entry(instance_id)
@@ -291,15 +366,34 @@ class FakeHypervisor(Hypervisor):
             counter = await self._pause(entry, instance_id, guest)
             try:
                 spec = self._spec(entry, instance_id)
-                await launch_guest(target_instances, instance_id, spec, counter)
+                disks = self._replicated_copies(instance_id, spec, target)
+                await launch_guest(target_instances, instance_id, spec, continued_counter(counter, disks), disks)
             except BaseException:
-                signal_guest(*guest, signal.SIGCONT)
+                ask_guest(entry, guest, signal.SIGCONT)
                 raise
             # The target runs: the paused source ends at once, and even if the caller gives up now,
             # since a source left running would make two copies.
             with trio.CancelScope(shield=True):
                 await end_guest(entry, instance_id, 0)
                 remove_entry(entry)
+
+    def _replicated_copies(self, instance_id: str, spec: dict, node: str) -> list[Path]:
+        """The copy prefixes on `node` of the instance's replicated disks (none for other templates)."""
+        if spec.get("disk_template") != "replicated":
+            return []
+        root = self.disk_roots.get(node)
+        if root is None:
+            raise DriverError(f"the fake hypervisor of {self.node_name} does not know the disk dir of {node}, "
+                              f"so instance {instance_id} cannot find its replicated disks there; give "
+                              "FakeHypervisor a disk_roots mapping that names every node")
+        prefixes = [records.copy_prefix(Path(root).absolute(), instance_id, index)
+                    for index in range(len(spec.get("disks", ())))]
+        for index, prefix in enumerate(prefixes):
+            if not records.with_suffix(prefix, "records").exists():
+                raise DriverError(f"disk {index} of instance {instance_id} has no copy on {node} "
+                                  f"({records.with_suffix(prefix, 'records')} is missing); create the disk "
+                                  "there first")
+        return prefixes
 
     def _spec(self, entry: Path, instance_id: str) -> dict:
         try:
@@ -329,10 +423,10 @@ class FakeHypervisor(Hypervisor):
     async def _pause(self, entry: Path, instance_id: str, guest: tuple[int, str]) -> int:
         """Pause the guest and return its counter, the in-memory state the target takes over."""
         (entry / "paused").unlink(missing_ok=True)
-        signal_guest(*guest, signal.SIGHUP)
+        ask_guest(entry, guest, signal.SIGHUP)
         if not await wait_until(lambda: (entry / "paused").exists() or not guest_alive(*guest), PAUSE_TIMEOUT_S) \
                 or not guest_alive(*guest):
-            signal_guest(*guest, signal.SIGCONT)
+            ask_guest(entry, guest, signal.SIGCONT)
             raise DriverError(f"instance {instance_id} on {self.node_name} did not pause for migration within "
                               f"{PAUSE_TIMEOUT_S} s; check `cairn instance info {instance_id}`")
         return int((entry / "memory").read_text())
@@ -348,24 +442,34 @@ class FakeHypervisor(Hypervisor):
         await self._signal_and_wait(instance_id, signal.SIGUSR1)
 
     async def _signal_and_wait(self, instance_id: str, signum: int) -> None:
-        guest = read_pid(self.entry(instance_id))
+        entry = self.entry(instance_id)
+        guest = read_pid(entry)
         if guest is None or not guest_alive(*guest):
             raise DriverError(f"instance {instance_id} is not running on {self.node_name}")
-        signal_guest(*guest, signum)
+        ask_guest(entry, guest, signum)
         if not await wait_until(lambda: not guest_alive(*guest), KILL_TIMEOUT_S):
             raise DriverError(f"the process {guest[0]} of instance {instance_id} did not end on signal {signum}")
 
     async def guest_work(self, instance_id: str) -> int:
         """Make the guest do one unit of work (SIGUSR2) and return its counter afterwards."""
+        before = self.guest_counter(instance_id)
+        self.request_work(instance_id)
+        if not await wait_until(lambda: self.guest_counter(instance_id) != before, KILL_TIMEOUT_S):
+            raise DriverError(f"instance {instance_id} did not count its work; is it paused?")
+        return self.guest_counter(instance_id)
+
+    def request_work(self, instance_id: str) -> None:
+        """Ask the guest for one unit of work (SIGUSR2, then a wake-up line) without waiting for it.
+
+        Requests that reach the guest before it has taken the previous one may merge into one unit
+        (signals of one kind do not queue); a load generator that needs every unit waits with
+        `guest_work` instead.
+        """
         entry = self.entry(instance_id)
         guest = read_pid(entry)
         if guest is None or not guest_alive(*guest):
             raise DriverError(f"instance {instance_id} is not running on {self.node_name}")
-        before = self.guest_counter(instance_id)
-        signal_guest(*guest, signal.SIGUSR2)
-        if not await wait_until(lambda: self.guest_counter(instance_id) != before, KILL_TIMEOUT_S):
-            raise DriverError(f"instance {instance_id} did not count its work; is it paused?")
-        return self.guest_counter(instance_id)
+        ask_guest(entry, guest, signal.SIGUSR2)
 
     def guest_counter(self, instance_id: str) -> int:
         """The guest's counter, as it last saved it."""

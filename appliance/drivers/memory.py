@@ -5,13 +5,33 @@
 ports `MemoryHypervisor` and `MemoryStorage` wrap a host and wait a latency
 through an injected `sleep`, so the contract suites run them under a mock
 clock. Hosts of one `MemoryWorld` can migrate instances between them.
+
+A disk paired with `set_peer` is one copy of a replicated pair, with the
+same rules as the file fake (`records.py`, `files.py`): records as a set of
+numbers, the highest acknowledged record, the records acknowledged alone;
+`guest_write` is the guest's unit of work. A host is cut off from the others
+(its copies cannot be reached, nor can it reach theirs) while powered off or
+while `disks_reachable` is False.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
-from appliance.drivers.base import CRASHED, RUNNING, SHUTDOWN, DriverError, Hypervisor, Storage
+from appliance.drivers.base import (CRASHED, DEGRADED, DISK_ROLES, PRIMARY, RUNNING, SECONDARY, SHUTDOWN, SYNCING,
+                                    UPTODATE, DriverError, Hypervisor, Storage)
+
+
+@dataclass
+class DiskCopy:
+    """One node's copy of a disk as the replicated fake sees it."""
+
+    records: set[int] = field(default_factory=set)
+    acked: int = 0
+    lone: set[int] = field(default_factory=set)
+    peer: str | None = None
+    role: str | None = None
 
 
 class MemoryHost:
@@ -23,7 +43,10 @@ class MemoryHost:
         self.instances: dict[str, str] = {}
         self.specs: dict[str, dict] = {}
         self.disks: dict[tuple[str, int], int] = {}
+        self.copies: dict[tuple[str, int], DiskCopy] = {}
+        self.resyncing: set[tuple[str, int]] = set()
         self.powered = True
+        self.disks_reachable = True
 
     def start(self, instance_id: str, spec: dict) -> None:
         self._powered()
@@ -53,11 +76,111 @@ class MemoryHost:
 
     def create_disk(self, instance_id: str, index: int, size_mib: int) -> None:
         self._powered()
+        if index < 0:
+            raise DriverError(f"disk index {index} of instance {instance_id} is negative; indexes start at 0")
         self.disks[(instance_id, index)] = max(size_mib, self.disks.get((instance_id, index), 0))
+        self.copies.setdefault((instance_id, index), DiskCopy())
 
     def remove_disk(self, instance_id: str, index: int) -> None:
         self._powered()
         self.disks.pop((instance_id, index), None)
+        self.copies.pop((instance_id, index), None)
+
+    # --- replicated copies ----------------------------------------------------------
+
+    def set_disk_peer(self, instance_id: str, index: int, peer_node: str, role: str) -> None:
+        self._powered()
+        if role not in DISK_ROLES:
+            raise DriverError(f"disk role {role!r} is not one of {', '.join(DISK_ROLES)}; say whether this copy "
+                              f"of disk {index} of instance {instance_id} is written to (primary) or mirrored")
+        if not isinstance(peer_node, str) or not peer_node:
+            raise DriverError(f"disk {index} of instance {instance_id} needs a peer node name to pair with, "
+                              f"not {peer_node!r}")
+        if peer_node == self.name:
+            raise DriverError(f"disk {index} of instance {instance_id} cannot be paired with its own node "
+                              f"{peer_node}; give the node that holds the other copy")
+        copy = self._copy(instance_id, index)
+        copy.peer, copy.role = peer_node, role
+
+    def _copy(self, instance_id: str, index: int) -> DiskCopy:
+        copy = self.copies.get((instance_id, index))
+        if copy is None:
+            raise DriverError(f"disk {index} of instance {instance_id} does not exist on {self.name}; "
+                              "create it before pairing or resyncing it")
+        return copy
+
+    def peer_copy(self, instance_id: str, index: int, peer_node: str) -> DiskCopy | None:
+        """The peer's copy if both hosts can reach each other and the peer holds one, else None."""
+        peer = self.world.hosts.get(peer_node) if self.world is not None else None
+        if peer is None or not (self.powered and self.disks_reachable and peer.powered and peer.disks_reachable):
+            return None
+        return peer.copies.get((instance_id, index))
+
+    def disk_states(self) -> list[tuple[str, int, str, int]]:
+        states = []
+        for (instance_id, index), copy in sorted(self.copies.items()):
+            if copy.peer is None:
+                continue
+            if (instance_id, index) in self.resyncing:
+                states.append((instance_id, index, SYNCING, 0))
+                continue
+            peer = self.peer_copy(instance_id, index, copy.peer)
+            if peer is None:
+                states.append((instance_id, index, DEGRADED, 0))
+                continue
+            acked = max(copy.acked, peer.acked)
+            required = {r for r in copy.records | peer.records if r <= acked} | copy.lone | peer.lone
+            in_step = required <= copy.records and required <= peer.records
+            states.append((instance_id, index, UPTODATE, 100) if in_step else (instance_id, index, DEGRADED, 0))
+        return states
+
+    def check_resync(self, instance_id: str, index: int, peer_node: str) -> DiskCopy:
+        """The peer copy to resync from, after the same checks as the file fake."""
+        self._powered()
+        copy = self._copy(instance_id, index)
+        if copy.peer is None:
+            copy.peer, copy.role = peer_node, SECONDARY
+        elif copy.peer != peer_node:
+            raise DriverError(f"disk {index} of instance {instance_id} is paired with {copy.peer}, not "
+                              f"{peer_node}; pair it with set_peer first if its peer has changed")
+        elif copy.role == PRIMARY:
+            raise DriverError(f"disk {index} of instance {instance_id} is the primary copy here, which a resync "
+                              f"would overwrite; resync the secondary on {peer_node}, or make this copy the "
+                              "secondary with set_peer first")
+        peer = self.peer_copy(instance_id, index, peer_node)
+        if peer is None:
+            raise DriverError(f"cannot resync disk {index} of instance {instance_id}: the copy on {peer_node} "
+                              "cannot be reached (or does not exist); resync once the node is back")
+        return peer
+
+    def resync_disk(self, instance_id: str, index: int, peer_node: str) -> None:
+        """Make this copy hold what the peer's holds (a copy of it, if this one holds records it lacks)."""
+        peer = self.check_resync(instance_id, index, peer_node)
+        copy = self._copy(instance_id, index)
+        copy.records = set(peer.records) if copy.records - peer.records else copy.records | peer.records
+
+    def guest_write(self, instance_id: str) -> int:
+        """The guest's unit of work: write the next record to each paired copy of the instance here.
+
+        Each copy gets the record, then its peer does, or (peer unreachable) it is noted as acknowledged
+        alone; then every copy acknowledges it. Returns the record number.
+        """
+        self._powered()
+        mine = sorted((index, copy) for (iid, index), copy in self.copies.items()
+                      if iid == instance_id and copy.peer is not None)
+        if not mine:
+            raise DriverError(f"instance {instance_id} has no paired disk on {self.name} to write to")
+        record = max(max(copy.records, default=0) for _, copy in mine) + 1
+        for index, copy in mine:
+            copy.records.add(record)
+            peer = self.peer_copy(instance_id, index, copy.peer)
+            if peer is not None:
+                peer.records.add(record)
+            else:
+                copy.lone.add(record)
+        for _, copy in mine:
+            copy.acked = record
+        return record
 
     # --- what happens to a machine without being asked ----------------------------
 
@@ -132,6 +255,10 @@ class MemoryStorage(Storage):
     def __init__(self, host: MemoryHost, sleep: Sleep, latency_s: float = 0.01) -> None:
         self.host, self.sleep, self.latency_s = host, sleep, latency_s
 
+    @property
+    def node_name(self) -> str:
+        return self.host.name
+
     async def create(self, instance_id: str, index: int, size_mib: int) -> None:
         await self.sleep(self.latency_s)
         self.host.create_disk(instance_id, index, size_mib)
@@ -144,3 +271,22 @@ class MemoryStorage(Storage):
         await self.sleep(self.latency_s)
         self.host._powered()
         return sorted(self.host.disks)
+
+    async def states(self) -> list[tuple[str, int, str, int]]:
+        await self.sleep(self.latency_s)
+        self.host._powered()
+        return self.host.disk_states()
+
+    async def set_peer(self, instance_id: str, index: int, peer_node: str, role: str) -> None:
+        await self.sleep(self.latency_s)
+        self.host.set_disk_peer(instance_id, index, peer_node, role)
+
+    async def resync(self, instance_id: str, index: int, peer_node: str) -> None:
+        """Check, stay SYNCING for one latency, then copy (checking again: the peer may have gone)."""
+        self.host.check_resync(instance_id, index, peer_node)
+        self.host.resyncing.add((instance_id, index))
+        try:
+            await self.sleep(self.latency_s)
+            self.host.resync_disk(instance_id, index, peer_node)
+        finally:
+            self.host.resyncing.discard((instance_id, index))

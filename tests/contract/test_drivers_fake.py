@@ -10,10 +10,13 @@ import os
 import signal
 from pathlib import Path
 
+from appliance.drivers import records
 from appliance.drivers.fake import GUEST_NAME, FakeHypervisor
 from appliance.drivers.files import FileStorage
-from tests.contract.hypervisor_contract import HypervisorContract, Pair
-from tests.contract.storage_contract import StorageContract
+from tests.contract.hypervisor_contract import SPEC, HypervisorContract, Pair
+from tests.contract.storage_contract import ReplicatedPair, ReplicatedStorageContract, StorageContract
+
+REPLICATED_SPEC = {**SPEC, "disk_template": "replicated", "disks": (64,)}
 
 
 def guests_under(root) -> set[int]:
@@ -62,6 +65,33 @@ async def fake_nodes(tmp_path, names=("node1", "node2")):
             kill_leftovers(tmp_path)
 
 
+@contextlib.asynccontextmanager
+async def replicated_nodes(tmp_path, names=("node1", "node2"), resync_pause_s=0.0):
+    """Nodes laid out like a local cluster (`<node>/hv`, `<node>/disks`): (hypervisors, storages, disk roots).
+
+    The hypervisors know every node's disk root, the storages every other node's; guests are cleaned
+    up however the test ends.
+    """
+    roots = {name: tmp_path / name / "disks" for name in names}
+    for root in roots.values():
+        root.mkdir(parents=True, exist_ok=True)
+    storages = [FileStorage(roots[name], {n: r for n, r in roots.items() if n != name}, name, resync_pause_s)
+                for name in names]
+    hv_dirs = {name: tmp_path / name / "hv" for name in names}
+    for directory in hv_dirs.values():
+        directory.mkdir(exist_ok=True)
+    hypervisors = [FakeHypervisor(hv_dirs[name], name, hv_dirs, roots) for name in names]
+    try:
+        yield hypervisors, storages, roots
+    finally:
+        try:
+            for driver in hypervisors:
+                for instance_id in await driver.list():
+                    await driver.stop(instance_id, 1)
+        finally:
+            kill_leftovers(tmp_path)
+
+
 class TestFakeHypervisor(HypervisorContract):
     """FakeHypervisor passes the hypervisor contract: crash is SIGKILL, guest shutdown is SIGUSR1."""
 
@@ -77,3 +107,23 @@ class TestFileStorage(StorageContract):
     @contextlib.asynccontextmanager
     async def open_storage(self, tmp_path):
         yield FileStorage(tmp_path / "disks")
+
+
+class TestFileReplicatedStorage(ReplicatedStorageContract):
+    """FileStorage passes the replicated storage contract, its writes made by a real fake guest on node1."""
+
+    @contextlib.asynccontextmanager
+    async def open_replicated(self, tmp_path):
+        async with replicated_nodes(tmp_path) as ((hypervisor, _), (primary, secondary), roots):
+
+            async def write(instance_id):
+                if instance_id not in await hypervisor.list():
+                    await hypervisor.start(instance_id, REPLICATED_SPEC)
+                return await hypervisor.guest_work(instance_id)
+
+            yield ReplicatedPair(
+                primary, secondary, "node1", "node2", write,
+                lambda node: records.set_unreachable(roots[node], True),
+                lambda node: records.set_unreachable(roots[node], False),
+                lambda node, instance_id, index: records.acked_count(roots[node], instance_id, index),
+                lambda node, instance_id, index: records.record_set(roots[node], instance_id, index))

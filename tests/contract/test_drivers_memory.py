@@ -7,7 +7,7 @@ import trio
 
 from appliance.drivers.memory import MemoryHypervisor, MemoryStorage, MemoryWorld
 from tests.contract.hypervisor_contract import HypervisorContract, Pair
-from tests.contract.storage_contract import StorageContract
+from tests.contract.storage_contract import ReplicatedPair, ReplicatedStorageContract, StorageContract
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +40,30 @@ class TestMemoryStorage(StorageContract):
     @contextlib.asynccontextmanager
     async def open_storage(self, tmp_path):
         yield MemoryStorage(MemoryWorld(["node1"]).hosts["node1"], trio.sleep, 0.5)
+
+
+class TestMemoryReplicatedStorage(ReplicatedStorageContract):
+    """MemoryStorage passes the replicated storage contract; a cut node has its disks unreachable."""
+
+    @contextlib.asynccontextmanager
+    async def open_replicated(self, tmp_path):
+        world = MemoryWorld(["node1", "node2"])
+
+        async def write(instance_id):
+            return world.hosts["node1"].guest_write(instance_id)
+
+        def cut(node):
+            world.hosts[node].disks_reachable = False
+
+        def heal(node):
+            world.hosts[node].disks_reachable = True
+
+        def acked(node, instance_id, index):
+            return world.hosts[node].copies[(instance_id, index)].acked
+
+        def records(node, instance_id, index):
+            return set(world.hosts[node].copies[(instance_id, index)].records)
+
+        yield ReplicatedPair(MemoryStorage(world.hosts["node1"], trio.sleep, 0.5),
+                             MemoryStorage(world.hosts["node2"], trio.sleep, 0.5), "node1", "node2",
+                             write, cut, heal, acked, records)
