@@ -11,3 +11,9 @@ def now() -> float:
 def monotonic() -> float:
     """Seconds from an arbitrary start that never go backwards (for timeouts and benchmarks)."""
     return time.monotonic()
+
+
+def boottime() -> float:
+    """Seconds on CLOCK_BOOTTIME: monotonic, and counting while the machine is suspended (leases: a resumed
+    node must find its lease already lapsed)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)

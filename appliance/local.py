@@ -7,8 +7,9 @@ jobs (cluster init, one node add per node), and writes the client
 configuration. Asked for more nodes than it has, it adds them as a user
 would: a join token each, then a join (the first 5 nodes vote, the rest
 follow the log without voting). Node K keeps everything in `DIR/nodeK/`, its pid in
-`DIR/nodeK/daemon.pid` and its log in `DIR/nodeK/daemon.log`. `down` stops
-the daemons, then every instance process they started.
+`DIR/nodeK/daemon.pid` and its log in `DIR/nodeK/daemon.log`; its watchdog
+(`appliance.fencing`) runs beside it with `watchdog.pid` and `watchdog.log`.
+`down` stops the watchdogs, the daemons, then every instance process.
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ def create(directory: Path, count: int, capacity: dict | None = None) -> tuple[L
                           detected.disk_mib if "disk_mib" in given else max(1, detected.disk_mib // count),
                           detected.cpus)
     data_dirs = {name: str(directory / name) for name in nodes}
+    serials = {}
     for name, address in nodes.items():
         cert = pki.issue_node_certificate(ca, name, ["127.0.0.1", "localhost"], now)
+        serials[name] = f"{cert.serial:x}"
         config = NodeConfig(name=name, address=address, cluster=CLUSTER_NAME, voters=voters, voter=name in voters,
                             memory_mib=share.memory_mib, disk_mib=share.disk_mib, cpus=share.cpus,
                             fake_peers=data_dirs)
@@ -138,7 +141,8 @@ def create(directory: Path, count: int, capacity: dict | None = None) -> tuple[L
         jobs.append({"request_id": f"bootstrap:node-add:{name}", "operations": [
             {"op": "node_add", "params": {"name": name, "address": address, "memory_mib": share.memory_mib,
                                           "disk_mib": share.disk_mib, "cpus": share.cpus,
-                                          "role": "voter" if name in voters else "non-voter"}}]})
+                                          "role": "voter" if name in voters else "non-voter",
+                                          "certificate_serial": serials[name]}}]})
     write_bootstrap(directory / "node1", jobs)
     cluster = LocalCluster(directory, CLUSTER_NAME, nodes)
     _save(cluster)
@@ -169,18 +173,49 @@ def write_clients(path: Path, name: str, nodes: list[str], ca_pem: str, token: s
 
 # --- processes ---------------------------------------------------------------------------------
 
-def read_pid(data_dir: Path) -> int | None:
-    """The pid in data_dir/daemon.pid if that process is alive and is a Cairn daemon."""
+def _live_pid(path: Path, marker: bytes) -> int | None:
+    """The pid in a pid file if that process is alive and `marker` is on its command line."""
     try:
-        pid = int((data_dir / "daemon.pid").read_text().split()[0])
+        pid = int(path.read_text().split()[0])
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError, IndexError):
         return None
-    return pid if b"appliance.daemon" in cmdline or b"daemon" in cmdline else None
+    return pid if marker in cmdline else None
+
+
+def read_pid(data_dir: Path) -> int | None:
+    """The pid in data_dir/daemon.pid if that process is alive and is a Cairn daemon."""
+    return _live_pid(data_dir / "daemon.pid", b"daemon")
+
+
+def read_watchdog_pid(data_dir: Path) -> int | None:
+    """The pid in data_dir/watchdog.pid if that process is alive and is a Cairn watchdog."""
+    return _live_pid(data_dir / "watchdog.pid", b"appliance.fencing")
+
+
+def start_watchdog(data_dir: Path) -> int:
+    """Start a node's watchdog (`appliance.fencing`) in the background, in a session of its own, and wait until
+    it has written its pid (so it listens before the daemon renews); returns its pid."""
+    log = open(data_dir / "watchdog.log", "ab")
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "appliance.fencing", str(data_dir)],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                   cwd=str(data_dir))
+    finally:
+        log.close()
+    deadline = clock.monotonic() + 10.0
+    while read_watchdog_pid(data_dir) != process.pid and clock.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LocalError(f"the watchdog of {data_dir.name} exited at start; see {data_dir / 'watchdog.log'}")
+        time.sleep(0.02)
+    return process.pid
 
 
 def start_node(data_dir: Path) -> int:
-    """Start a node's daemon in the background, in a session of its own; returns its pid."""
+    """Start a node's watchdog (if it does not run) and its daemon in the background, each in a session of its
+    own; returns the daemon's pid."""
+    if read_watchdog_pid(data_dir) is None:
+        start_watchdog(data_dir)
     log = open(data_dir / "daemon.log", "ab")
     try:
         process = subprocess.Popen([sys.executable, "-m", "appliance.daemon.main", str(data_dir)],
@@ -307,6 +342,11 @@ def down(directory: Path, echo=print) -> list[str]:
     if cluster is None:
         raise LocalError(f"no local cluster in {directory}; 'cairn up' makes one")
     stopped = []
+    # The watchdogs first: a cluster stopped on purpose is not a node dying.
+    watchdogs = [pid for pid in (read_watchdog_pid(cluster.data_dir(name)) for name in cluster.nodes) if pid]
+    for pid in watchdogs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     pids = {name: read_pid(cluster.data_dir(name)) for name in cluster.nodes}
     for name, pid in pids.items():
         if pid is not None:
@@ -317,6 +357,12 @@ def down(directory: Path, echo=print) -> list[str]:
     for name, pid in pids.items():
         if pid is None:
             continue
+        while _alive(pid) and clock.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for pid in watchdogs:
         while _alive(pid) and clock.monotonic() < deadline:
             time.sleep(0.05)
         if _alive(pid):

@@ -57,6 +57,10 @@ class MemoryLog(ListLog):
     def is_leader(self) -> bool:
         return not self._closed
 
+    def majority_heard_age(self) -> float:
+        """The one member is its own majority."""
+        return 0.0 if not self._closed else float("inf")
+
     def status(self) -> LogStatus:
         return LogStatus(self.address, self.leader(), 1, self.head().seq, voters=(self.address,))
 

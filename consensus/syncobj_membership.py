@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -115,6 +116,27 @@ class Membership:
         others = self._voter_nodes()
         connected = sum(1 for n in others if self._raft.isNodeConnected(n)) + (1 if self._voter else 0)
         return connected * 2 > len(others) + (1 if self._voter else 0)
+
+    def majority_heard_age(self) -> float:
+        """(Leader only.) Seconds since a majority of the voters, counting this member, had last answered
+        it; inf on a follower. A leader grants leases only while this is recent: one that was
+        paused or cut off may not know it has been replaced."""
+        if self._closed or not self._raft._isLeader():
+            return float("inf")
+        others = self._voter_nodes()
+        needed = (len(others) + (1 if self._voter else 0)) // 2 + 1 - (1 if self._voter else 0)
+        if needed <= 0:
+            return 0.0
+        for _attempt in range(5):
+            try:
+                answered = dict(self._raft._SyncObj__lastResponseTime)
+                break
+            except RuntimeError:      # changed by pysyncobj's thread while copied
+                continue
+        else:
+            return float("inf")
+        times = sorted((answered.get(node, float("-inf")) for node in others), reverse=True)
+        return pysyncobj_clock() - times[needed - 1] if len(times) >= needed else float("inf")
 
     def leader(self) -> str | None:
         if self._closed:

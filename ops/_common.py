@@ -278,18 +278,28 @@ def node_name(state: ClusterState, node_id: str) -> str:
     return found.name if found is not None else node_id
 
 
-def intervals(fencing_interval_s: int, recovery_interval_s: int) -> None:
-    """Refuse a recovery interval that does not exceed the fencing interval.
+# Fencing timing (docs/fencing.md): the lease outlasts a daemon restart and an election; the recovery wait covers the
+# lease, the watchdog's kill, clock-rate error and the overlap of an old and a new leader.
+MIN_FENCING_S = 3
+RECOVERY_MARGIN_S = 2
 
-    A dead node stops its own instances only after the fencing interval; the
-    leader may start them elsewhere only after that, or two copies could run.
+
+def intervals(fencing_interval_s: int, recovery_interval_s: int) -> None:
+    """Refuse intervals that could let a lost node's instances run twice, or fence a node for a short pause.
+
+    A node whose lease lapses has its instances killed by its watchdog after
+    the fencing interval; the leader records the fence proof only after the
+    recovery interval, which must cover the fencing interval, the kill, and a
+    margin for clock rates, scheduling and a leader change (RECOVERY_MARGIN_S).
+    The lease must outlast a daemon restart and a leader election.
     """
-    positive(fencing_interval_s, "fencing interval (s)")
+    positive(fencing_interval_s, "fencing interval (s)", minimum=MIN_FENCING_S)
     positive(recovery_interval_s, "recovery interval (s)")
-    if recovery_interval_s <= fencing_interval_s:
-        raise PrereqError(WRONG_INPUT, f"The recovery interval ({recovery_interval_s} s) must be longer than the "
-                                       f"fencing interval ({fencing_interval_s} s), so a lost node has fenced itself "
-                                       "before its instances are started elsewhere")
+    if recovery_interval_s < fencing_interval_s + RECOVERY_MARGIN_S:
+        raise PrereqError(WRONG_INPUT, f"The recovery interval ({recovery_interval_s} s) must be at least the "
+                                       f"fencing interval ({fencing_interval_s} s) plus {RECOVERY_MARGIN_S} s, so a "
+                                       "lost node's watchdog has killed its instances before they are started "
+                                       f"elsewhere; use at least {fencing_interval_s + RECOVERY_MARGIN_S}")
 
 
 def nothing_given(what: str, names: Iterable[str]) -> PrereqError:

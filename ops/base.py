@@ -255,9 +255,14 @@ class Context:
     rng: random.Random = field(default_factory=lambda: random.Random(0), compare=False)
 
 
+# Actors that are the cluster itself, not a user: the leader's healer fences lapsed nodes and recovers their
+# instances. No user can be called this (user names cannot start with "cairn-").
+SYSTEM_ACTORS = frozenset({"cairn-healer"})
+
+
 def check_role(state: ClusterState, op: ModuleType, actor: str) -> None:
     """Refuse an actor whose role is below the operation's."""
-    if state.cluster is None:
+    if state.cluster is None or actor in SYSTEM_ACTORS:
         return
     user = state.users.get(actor)
     if user is None:
@@ -307,6 +312,8 @@ def check_maintenance(state: ClusterState, plan: Plan, now: float) -> None:
             nodes = (event.target,)
         elif kind in (ev.InstanceFailedOver, ev.InstanceMigrated):
             nodes = (event.primary,)
+        elif kind is ev.InstanceSecondaryReplaced:
+            nodes = (event.new_secondary,)
         else:
             continue
         for node_id in nodes:

@@ -27,8 +27,8 @@ class Params:
     default_hypervisor: str = ""
     mac_prefix: str = "aa:00:00"
     ipolicy: dict | None = None
-    fencing_interval_s: int = 60
-    recovery_interval_s: int = 300
+    fencing_interval_s: int = 5
+    recovery_interval_s: int = 8
     # SHA-256 (hex) of the first admin's bearer token; the token itself never reaches the log.
     admin_credential_hash: str = ""
 

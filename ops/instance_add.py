@@ -4,8 +4,9 @@ import random
 from dataclasses import dataclass, replace
 
 from appliance.model import events as ev
-from appliance.model.errors import WRONG_INPUT, PrereqError
+from appliance.model.errors import INSUFFICIENT_RESOURCES, WRONG_INPUT, PrereqError
 from appliance.model.ids import instance_id
+from ops import _allocator as allocator
 from ops import _common
 from ops.base import Claims, new_name, Plan, Reservation, Step, Wait
 
@@ -21,9 +22,9 @@ DEFAULT_LINK = "br0"
 @dataclass(frozen=True)
 class Params:
     name: str
-    primary: str
     disk_template: str
     os: str
+    primary: str = ""
     memory_mib: int = 512
     vcpus: int = 1
     disks: tuple = ()
@@ -33,17 +34,54 @@ class Params:
     hvparams: dict | None = None
     start: bool = True
     ignore_ipolicy: bool = False
+    iallocator: str = ""          # "hail": the placement engine chooses the nodes (in prepare)
     instance_id: str = ""
 
 
 def prepare(state, params: Params, rng: random.Random) -> Params:
-    """Fill in the instance id and a unique MAC for every NIC that has none."""
+    """Fill in the instance id, a unique MAC for every NIC that has none and, with an iallocator, the nodes."""
     nics = _common.with_macs(state, params.nics, rng, DEFAULT_LINK)
     token = f"{rng.getrandbits(64):016x}"
-    return replace(params, nics=nics, instance_id=params.instance_id or instance_id(token))
+    params = replace(params, nics=nics, instance_id=params.instance_id or instance_id(token))
+    if params.iallocator:
+        params = _allocated(state, params)
+    elif not params.primary:
+        raise PrereqError(WRONG_INPUT, "No iallocator or node given; give the nodes with -n PRIMARY[:SECONDARY] "
+                                       "or let the allocator choose them with -I hail")
+    return params
+
+
+def _allocated(state, params: Params) -> Params:
+    """Params with the nodes hail chooses on this state (the choice is committed with the plan)."""
+    if state.cluster is None:
+        return params  # refused as not initialised, after prepare
+    if params.primary or params.secondary:
+        raise PrereqError(WRONG_INPUT, "Do not specify both, iallocator and node; give either -I hail or "
+                                       "-n PRIMARY[:SECONDARY]")
+    try:
+        allocator.check_allocator(params.iallocator)
+    except ValueError as error:
+        raise PrereqError(WRONG_INPUT, str(error)) from None
+    _check_template(state, params)
+    _common.positive(params.memory_mib, "memory (MiB)")
+    _common.positive(params.vcpus, "vcpus")
+    request = allocator.allocate_request(params.name, params.disk_template, params.memory_mib, params.vcpus,
+                                         params.disks, len(params.nics))
+    try:
+        primary, secondary = allocator.allocate(state, request)
+    except allocator.AllocatorError as error:
+        raise PrereqError(INSUFFICIENT_RESOURCES, f"Can't compute nodes using iallocator '{params.iallocator}': "
+                                                  f"{error}; 'cairn capacity' shows what fits") from None
+    except ValueError as error:  # what the engine cannot read or hold (e.g. its tag limits)
+        raise PrereqError(WRONG_INPUT, f"The iallocator '{params.iallocator}' cannot answer: {error}") from None
+    return replace(params, primary=state.node_by_name(primary).id,
+                   secondary=state.node_by_name(secondary).id if secondary else "")
 
 
 def claims(state, params: Params) -> Claims:
+    if params.iallocator and not params.primary:
+        # The nodes are chosen when the job is planned: any node may become one of them.
+        return Claims(instances=frozenset({new_name(params.name)}), shared_nodes=frozenset(state.nodes))
     nodes = {params.primary} | ({params.secondary} if params.secondary else set())
     return Claims(instances=frozenset({new_name(params.name)}),
                   shared_nodes=frozenset(_common.claim_key(state, "node", node) for node in nodes))
@@ -125,5 +163,9 @@ def plan(state, params: Params) -> Plan:
     reservations = [Reservation(primary.id, params.memory_mib, disk_total)]
     if secondary is not None:
         reservations.append(Reservation(secondary.id, 0, disk_total))
+    chosen = None
+    if params.iallocator:
+        names = ", ".join(node.name for node in (primary, secondary) if node is not None)
+        chosen = f"Selected nodes for instance {params.name} via iallocator {params.iallocator}: {names}"
     return Plan(steps=(Step(f"adding instance {params.name} to cluster config", (added,), waits),),
-                reservations=tuple(reservations), macs=tuple(n["mac"] for n in params.nics))
+                reservations=tuple(reservations), macs=tuple(n["mac"] for n in params.nics), result=chosen)

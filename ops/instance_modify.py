@@ -24,7 +24,8 @@ ROLE = "operator"
 DRAIN_EXEMPT = False
 BEFORE_INIT = False
 REFERENCES = {"instance": "instance"}
-CHANGES = ("memory_mib", "vcpus", "hvparams", "disk_add", "disk_grow", "nic_add", "nic_remove", "nic_modify")
+CHANGES = ("memory_mib", "vcpus", "hvparams", "disk_add", "disk_grow", "nic_add", "nic_remove", "nic_modify",
+           "ha_priority")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Params:
     nic_remove: tuple = ()      # NIC indexes
     nic_modify: tuple = ()      # dicts with index and mode and/or link
     ignore_ipolicy: bool = False
+    ha_priority: int | None = None    # recovery order after its node is fenced: higher first
 
 
 def prepare(state, params: Params, rng: random.Random) -> Params:
@@ -62,6 +64,10 @@ def check(state, params: Params) -> None:
         _common.positive(params.vcpus, "vcpus")
     if params.hvparams is not None and not all(isinstance(key, str) for key in params.hvparams):
         raise PrereqError(WRONG_INPUT, "Hypervisor parameter names must be strings")
+    if params.ha_priority is not None and (isinstance(params.ha_priority, bool)
+                                           or not isinstance(params.ha_priority, int)):
+        raise PrereqError(WRONG_INPUT, f"ha_priority must be a whole number (higher recovers first), got "
+                                       f"{params.ha_priority!r}")
     _check_disks(found, params)
     _check_nics(state, found, params)
     if not params.ignore_ipolicy:
@@ -182,6 +188,8 @@ def _events(found, params: Params) -> list:
     events += [ev.InstanceNicRemoved(found.id, index) for index in sorted(params.nic_remove, reverse=True)]
     events += [ev.InstanceNicAdded(found.id, nic["mac"], nic.get("mode", "bridged"), nic.get("link", DEFAULT_LINK))
                for nic in params.nic_add]
+    if params.ha_priority is not None and params.ha_priority != found.ha_priority:
+        events.append(ev.InstanceHaPrioritySet(found.id, params.ha_priority))
     return events
 
 

@@ -4,9 +4,10 @@ from types import ModuleType
 
 from ops.base import conforms
 from ops import (
-    cluster_init, cluster_mode, cluster_modify, group_add, group_assign_nodes, group_remove, group_rename, instance_add, instance_failover,
-    instance_migrate, instance_modify, instance_reboot, instance_remove, instance_rename, instance_shutdown,
-    instance_startup, node_add, node_migrate, node_modify, node_remove, node_token_issue, tags_add, tags_remove,
+    cluster_init, cluster_mode, cluster_modify, group_add, group_assign_nodes, group_remove, group_rename, instance_add, instance_failover, instance_recover,
+    instance_migrate, instance_modify, instance_reboot, instance_remove, instance_rename, instance_replace_disks,
+    instance_shutdown,
+    instance_startup, node_add, node_evacuate, node_fence, node_migrate, node_modify, node_remove, node_token_issue, tags_add, tags_remove,
     user_add, user_remove, user_set_role,
 )
 
@@ -24,9 +25,13 @@ OPERATIONS: dict[str, ModuleType] = {
         instance_rename,
         instance_migrate,
         instance_failover,
+        instance_replace_disks,
         node_remove,
         node_migrate,
+        node_evacuate,
         node_modify,
+        node_fence,
+        instance_recover,
         node_token_issue,
         group_add,
         group_remove,

@@ -33,6 +33,9 @@ def claims(state, params: Params) -> Claims:
 def check(state, params: Params) -> None:
     if not is_simple_name(params.name):
         raise PrereqError(WRONG_INPUT, f"Invalid user name '{params.name}': use lower-case letters, digits, ._-")
+    if params.name.startswith("cairn-"):
+        raise PrereqError(WRONG_INPUT, f"Invalid user name '{params.name}': names starting with 'cairn-' are the "
+                                       "cluster's own actors; choose another name")
     _common.role(params.role)
     if params.name in state.users:
         raise PrereqError(ALREADY_EXISTS, f"User '{params.name}' already exists; "

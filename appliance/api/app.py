@@ -25,7 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from appliance.api import views
-from appliance.api.auth import ApiError, Caller, authenticate, require
+from appliance.api.auth import NODE_ACTOR, ApiError, Caller, authenticate, require
 from appliance.api.backend import Refused, Unavailable
 from appliance.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ApiMetrics, RequestTimer
 from appliance.api.server import PEER_SERIAL
@@ -225,6 +225,8 @@ class _Api:
             Endpoint("GET", f"{API}/cluster/master", "read-only", "The master node", self.master, (STALE,)),
             Endpoint("GET", f"{API}/cluster/verify", "read-only", "Check the state for problems", self.verify,
                      (STALE,)),
+            Endpoint("GET", f"{API}/cluster/htools", "read-only", "The cluster in htools text format (for "
+                     "cairn balance and capacity)", self.htools, (STALE,)),
             Endpoint("GET", f"{API}/status", "read-only", "This member's view of the log", self.status,
                      (STALE,)),
             Endpoint("GET", f"{API}/nodes", "read-only", "Node rows", self.nodes, (names, STALE)),
@@ -259,6 +261,9 @@ class _Api:
                      self.join_ca),
             Endpoint("POST", f"{API}/join", JOIN_ROLE, "Join the cluster with a join token (leader only): "
                      "certify the new node's key, add it, hand it the cluster's secrets", self.join),
+            Endpoint("POST", f"{API}/lease", "read-only", "A member's lease (leader only; members only, with their "
+                     "node certificate and the node token): granted for the fencing interval, or refused with "
+                     "the reason", self.lease),
         ]
 
     def _other_endpoints(self) -> list[Endpoint]:
@@ -339,19 +344,34 @@ class _Api:
         return json_response({"ok": not problems, "problems": problems, "seq": state.seq,
                               "digest": self.digest(state)}, seq=state.seq)
 
+    async def htools(self, request: Request, caller: Caller) -> Response:
+        from appliance.allocator import htools_text
+
+        state = await self.read(request)
+        return json_response({"text": htools_text(state), "seq": state.seq}, seq=state.seq)
+
     async def status(self, request: Request, caller: Caller) -> Response:
         # The member's own view, without a barrier: it must answer when there is no leader to ask.
-        status = {"node": self.backend.node_name, **self.backend.log_status()}
+        status = {"node": self.backend.node_name, **self.backend.log_status(), "lease": self.backend.lease_status()}
         return json_response(status, seq=status.get("applied_seq"))
+
+    def with_liveness(self, rows: list[dict]) -> list[dict]:
+        """Node rows with the leader's view of each node's liveness (not in the log: leases)."""
+        table = self.backend.liveness()
+        for row in rows:
+            entry = table.get(row["name"], {})
+            row["liveness"] = entry.get("liveness", "unknown")
+            row["lease_age_s"] = entry.get("lease_age_s")
+        return rows
 
     async def nodes(self, request: Request, caller: Caller) -> Response:
         state = await self.read(request)
-        return json_response(views.node_rows(state, query_names(request)), seq=state.seq)
+        return json_response(self.with_liveness(views.node_rows(state, query_names(request))), seq=state.seq)
 
     async def node(self, request: Request, caller: Caller) -> Response:
         state = await self.read(request)
-        return json_response(views.node_row(state, views.find_node(state, request.path_params["name"])),
-                             seq=state.seq)
+        row = views.node_row(state, views.find_node(state, request.path_params["name"]))
+        return json_response(self.with_liveness([row])[0], seq=state.seq)
 
     async def instances(self, request: Request, caller: Caller) -> Response:
         state = await self.read(request)
@@ -424,6 +444,18 @@ class _Api:
             if body[name] < 1:
                 raise wrong_input(f"{name} must be at least 1, got {body[name]}")
         return json_response(await self.backend.join(body))
+
+    async def lease(self, request: Request, caller: Caller) -> Response:
+        if caller.name != NODE_ACTOR:
+            raise ApiError(403, "permission_denied", "Only cluster members ask for leases, with their node "
+                                                      "certificate and the node token")
+        body = fields_of(await json_body(request), {"node": str, "applied_seq": int, "running": int}, {})
+        recorded = self.backend.state().certificates.get(body["node"])
+        serial = PEER_SERIAL.get()
+        if recorded is not None and serial is not None and int(recorded, 16) != serial:
+            raise ApiError(403, "permission_denied", f"The certificate presented is not node {body['node']}'s; "
+                                                      "a member asks for its own lease only")
+        return json_response(self.backend.grant_lease(body["node"], body))
 
     async def cancel(self, request: Request, caller: Caller) -> Response:
         job_id = path_job_id(request)

@@ -75,6 +75,16 @@ class Backend(Protocol):
     def join_ca(self, token_hash: str) -> str:
         """The CA certificate (PEM) for a caller naming an open join token by its hash; Refused(unauthenticated)."""
 
+    def grant_lease(self, node: str, request: dict) -> dict:
+        """(Leader.) A lease for `node`: {"granted", "lease_s", "armed", "commit_seq", "term", "liveness"}, or
+        granted false with the reason; Unavailable on a member that is not (or not surely) the leader."""
+
+    def liveness(self) -> dict:
+        """Each node's liveness as the leader sees it: {name: {"liveness", "lease_age_s"}} ({} if not known)."""
+
+    def lease_status(self) -> dict:
+        """This node's own lease: {"held", "remaining_s", "note"}."""
+
     async def join(self, request: dict) -> dict:
         """Admit a new node presenting a join token (docs/api.md); Refused(unauthenticated) for a bad token,
         Unavailable on a member that is not the leader."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
+from appliance.allocator import n1_problems
 from appliance.model import codec
 from appliance.model.errors import UNKNOWN_ENTITY, PrereqError
 from appliance.model.state import (
@@ -99,7 +100,7 @@ def instance_row(state: ClusterState, instance: Instance) -> dict[str, Any]:
         "status": instance_status(state, instance),
         "admin_state": instance.admin_state,
         "oper_state": running,
-        "os": instance.os,
+        "os": instance.os, "ha_priority": instance.ha_priority,
         "hypervisor": instance.hypervisor,
         "disk_template": instance.disk_template,
         "be/maxmem": instance.memory_mib,
@@ -329,6 +330,7 @@ def verify(state: ClusterState) -> list[str]:
     if dict(usage_of(state.instances)) != {k: v for k, v in state.usage.items() if v != _NO_USAGE}:
         problems.append("the per-node usage kept by replay differs from the instances' usage; "
                         "replay the log ('cairn events replay') and report the difference")
+    problems.extend(n1_problems(state))
     return problems
 
 

@@ -104,7 +104,11 @@ def instance_add(
     name: str = typer.Argument(..., metavar="INSTANCE", help="The new instance's host name."),
     disk_template: str = typer.Option(..., "-t", "--disk-template",
                                       help="diskless, file, or replicated (mirrored on a secondary node)."),
-    node: str = typer.Option(..., "-n", "--node", help="PRIMARY node, or PRIMARY:SECONDARY for replicated."),
+    node: Optional[str] = typer.Option(None, "-n", "--node", help="PRIMARY node, or PRIMARY:SECONDARY for "
+                                                                  "replicated (or let -I choose them)."),
+    iallocator: Optional[str] = typer.Option(None, "-I", "--iallocator",
+                                             help="Let this allocator choose the node(s) when the job is planned: "
+                                                  "hail (Cairn's placement engine); instead of -n."),
     os_name: Optional[str] = typer.Option(None, "-o", "--os", help="The OS image or definition to install, "
                                                                   "e.g. debian-12."),
     no_install: bool = typer.Option(False, "--no-install", help="Install nothing (the 'noop' OS definition: "
@@ -119,17 +123,21 @@ def instance_add(
                                              help="NAME[:key=value,...] (default: the cluster's default)."),
     ignore_ipolicy: bool = typer.Option(False, "--ignore-ipolicy", help="Skip the instance policy checks."),
 ) -> None:
-    """Create an instance on the given node(s) and, unless --no-start, start it."""
+    """Create an instance on the given node(s), or where -I hail places it, and, unless --no-start, start it."""
     if no_install and os_name:
         raise parameter_error("give either --os NAME or --no-install, not both")
-    primary, secondary = node_pair(node)
+    if node and iallocator:
+        raise parameter_error("give either -n PRIMARY[:SECONDARY] or -I hail, not both")
+    if not node and not iallocator:
+        raise parameter_error("no node given; give -n PRIMARY[:SECONDARY], or -I hail to let the allocator choose")
+    primary, secondary = node_pair(node) if node else (None, None)
     hypervisor_name, hvparams = hypervisor_parameters(hypervisor)
     params = backend_parameters(backend)
     session.run([operation(
         "instance_add", name=hostname(name), primary=primary, secondary=secondary, disk_template=disk_template,
         os=NOOP_OS if no_install else (os_name or ""), disks=disk_sizes(disks, size),
         start=False if no_start else None, hypervisor=hypervisor_name, hvparams=hvparams,
-        ignore_ipolicy=ignore_ipolicy or None, **params)])
+        ignore_ipolicy=ignore_ipolicy or None, iallocator=iallocator, **params)])
 
 
 def _confirm(what: str) -> None:
@@ -210,6 +218,24 @@ def instance_failover(
     session.run([operation("instance_failover", instance=hostname(name), timeout_s=timeout)])
 
 
+@command(app, name="replace-disks", kind="write")
+def instance_replace_disks(
+    session: Session,
+    name: str = INSTANCE,
+    new_node: Optional[str] = typer.Option(None, "-n", "--new-secondary", help="The new secondary node."),
+    iallocator: Optional[str] = typer.Option(None, "-I", "--iallocator",
+                                             help="Let this allocator choose the new secondary: hail; instead "
+                                                  "of -n."),
+) -> None:
+    """Give a replicated instance a new secondary node: its disks are made there (counted as a copy once
+    UPTODATE) and removed from the old secondary."""
+    if bool(new_node) == bool(iallocator):
+        raise parameter_error("give the new secondary with -n NODE, or -I hail to let the allocator choose it "
+                              "(one of the two)")
+    session.run([operation("instance_replace_disks", instance=hostname(name),
+                           node=hostname(new_node) if new_node else None, iallocator=iallocator)])
+
+
 def _modifications(disks: list[str] | None, nets: list[str] | None) -> dict:
     """disk_add, disk_grow, nic_add, nic_remove and nic_modify of `--disk` and `--net` specs."""
     found: dict = {"disk_add": [], "disk_grow": [], "nic_add": [], "nic_remove": [], "nic_modify": []}
@@ -248,14 +274,19 @@ def instance_modify(
     nets: Optional[list[str]] = typer.Option(None, "--net", help="add[:link=L,mode=M,mac=X], N:remove, or "
                                                                  "N:link=L,mode=M (repeatable)."),
     ignore_ipolicy: bool = typer.Option(False, "--ignore-ipolicy", help="Skip the instance policy checks."),
+    ha_priority: Optional[int] = typer.Option(None, "--ha-priority", help="Recovery order after its node is fenced, "
+                                              "when capacity is short: higher first (default 0)."),
 ) -> None:
-    """Change an instance's memory, vCPUs, hypervisor parameters, disks or NICs (most apply at its next start)."""
+    """Change an instance's memory, vCPUs, hypervisor parameters, disks, NICs or recovery priority (most apply at
+    its next start)."""
     name = hostname(name)
     changes = {**backend_parameters(backend), **_modifications(disks, nets)}
     if hvparams:
         changes["hvparams"] = out.parse_keyvals(hvparams)
+    if ha_priority is not None:
+        changes["ha_priority"] = ha_priority
     if not changes:
-        raise parameter_error("nothing to change; give -B, -H, --disk or --net")
+        raise parameter_error("nothing to change; give -B, -H, --disk, --net or --ha-priority")
     row = session.run([operation("instance_modify", instance=name, ignore_ipolicy=ignore_ipolicy or None, **changes)])
     if row is not None:
         typer.echo(f"Modified instance {name}", err=True)

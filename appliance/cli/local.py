@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
     app.command("up")(up)
     app.command("down")(down)
     app.command("daemon")(daemon)
+    app.command("watchdog")(watchdog)
 
 
 def up(nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="How many nodes (default 3 for a new "
@@ -83,3 +84,18 @@ def daemon(data_dir: Path = typer.Option(..., "--data-dir", help="The node's dat
         raise typer.Exit(1)
     main(str(data_dir), log_level)
     sys.exit(0)
+
+
+def watchdog(data_dir: Path = typer.Option(..., "--data-dir", help="The node's data directory."),
+             device: str = typer.Option("", "--device", help="Also feed this watchdog device (/dev/watchdog, "
+                                        "softdog or hardware) while the lease holds; it resets the machine if "
+                                        "this process stops."),
+             log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR.")):
+    """Run one node's watchdog in the foreground: it kills the node's instances when the daemon's lease lapses."""
+    from appliance.fencing import main
+
+    if not (data_dir / "node.json").exists():
+        typer.echo(f"Failure: {data_dir} is not a node's data directory (no node.json); make one with 'cairn "
+                   "cluster init' or 'cairn node join'", err=True)
+        raise typer.Exit(1)
+    main(str(data_dir), device, log_level)

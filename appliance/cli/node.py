@@ -118,6 +118,54 @@ def node_failover(session: Session, name: str = NODE) -> None:
     typer.echo("All instances failed over successfully.", err=True)
 
 
+@command(app, name="evacuate", kind="write")
+def node_evacuate(
+    session: Session,
+    name: str = NODE,
+    primary_only: bool = typer.Option(False, "-p", "--primary-only", help="Move only the instances whose primary "
+                                                                          "the node is (migrate, or fail over)."),
+    secondary_only: bool = typer.Option(False, "-s", "--secondary-only", help="Move only the instances whose "
+                                                                              "secondary the node is "
+                                                                              "(replace-disks)."),
+    iallocator: Optional[str] = typer.Option(None, "-I", "--iallocator", help="The allocator that chooses the new "
+                                                                              "nodes: hail (the default)."),
+    new_node: Optional[str] = typer.Option(None, "-n", "--new-secondary", help="Make this node the new secondary "
+                                                                               "of every secondary instance (with "
+                                                                               "--secondary-only)."),
+) -> None:
+    """Move every instance off a node, one follow-up job per instance: hail chooses the new nodes (without -p or -s
+    an instance leaves both its nodes for a new pair); the whole evacuation is refused if one cannot move."""
+    if primary_only and secondary_only:
+        raise parameter_error("Only one of the --primary-only and --secondary-only options can be passed")
+    if iallocator and new_node:
+        raise parameter_error("give either -I hail or -n NODE, not both")
+    mode = "primary-only" if primary_only else "secondary-only" if secondary_only else "all"
+    if new_node and mode != "secondary-only":
+        raise parameter_error("a new node (-n) replaces secondaries only; add --secondary-only, or leave out -n to "
+                              "let hail move primaries too")
+    job_id = session.submit_job([operation("node_evacuate", node=hostname(name), mode=mode, iallocator=iallocator,
+                                           remote_node=hostname(new_node) if new_node else None)])
+    if session.submit:
+        typer.echo(f"JobID: {job_id}")
+        return
+    row = session.follow(job_id)
+    if row.get("status") != "success":
+        raise Failed(out.job_failure_text(row))
+    results = list(row.get("opresult") or [])
+    children = list((results[-1] or {}).get("jobs") or []) if results and isinstance(results[-1], dict) else []
+    if not children:
+        typer.echo(f"No instances to evacuate on node {hostname(name)}, exiting.", err=True)
+        return
+    failed = []
+    for child in children:
+        result = session.follow(child)
+        if result.get("status") != "success":
+            failed.append(f"job {child}: {out.job_failure_text(result)}")
+    if failed:
+        raise Failed(f"There were {len(failed)} errors during the evacuation:\n" + "\n".join(failed))
+    typer.echo("All instances evacuated successfully.", err=True)
+
+
 @command(app, name="maintenance", kind="write")
 def node_maintenance(
     session: Session,

@@ -39,6 +39,7 @@ FIELDS: dict[str, dict[str, tuple[str, str]]] = {
         "offline": ("Offline", BOOL), "drained": ("Drained", BOOL), "master": ("IsMaster", BOOL),
         "master_capable": ("MasterCapable", BOOL), "vm_capable": ("VMCapable", BOOL), "role": ("Role", TEXT),
         "voter": ("Voter", BOOL), "fenced": ("Fenced", BOOL), "tags": ("Tags", LIST),
+        "liveness": ("Liveness", TEXT), "lease_age_s": ("LeaseAge", NUMBER),
     },
     "job": {
         "id": ("ID", NUMBER), "status": ("Status", TEXT), "summary": ("Summary", LIST), "ops": ("OpCodes", DATA),
@@ -54,7 +55,7 @@ FIELDS: dict[str, dict[str, tuple[str, str]]] = {
 }
 DEFAULT_FIELDS = {
     "instance": ("name", "hypervisor", "os", "pnode", "status", "oper_ram"),
-    "node": ("name", "dtotal", "dfree", "mtotal", "mnode", "mfree", "pinst_cnt", "sinst_cnt"),
+    "node": ("name", "dtotal", "dfree", "mtotal", "mnode", "mfree", "pinst_cnt", "sinst_cnt", "liveness"),
     "job": ("id", "status", "summary"),
     "group": ("name", "node_cnt", "pinst_cnt"),
     "user": ("name", "role"),
@@ -352,6 +353,12 @@ def instance_info(row: dict, units: str = "h") -> list[str]:
     return lines
 
 
+def _liveness_text(row: dict) -> str:
+    """"alive (lease renewed 0.3 s ago)": the leader's view of the node, from its leases."""
+    liveness, age = row.get("liveness") or "unknown", row.get("lease_age_s")
+    return liveness if age is None else f"{liveness} (lease renewed {age:g} s ago)"
+
+
 def node_info(row: dict, units: str = "h") -> list[str]:
     """`cairn node info`: Ganeti's layout for the keys a node row has."""
     def size(key: str) -> str:
@@ -364,6 +371,7 @@ def node_info(row: dict, units: str = "h") -> list[str]:
              f"  voter: {_yes(row.get('voter'))}", f"  master_capable: {_yes(row.get('master_capable'))}",
              f"  vm_capable: {_yes(row.get('vm_capable'))}", f"  offline: {_yes(row.get('offline'))}",
              f"  drained: {_yes(row.get('drained'))}", f"  fenced: {_yes(row.get('fenced'))}",
+             f"  liveness: {_liveness_text(row)}",
              f"  memory: total {size('mtotal')}, node {size('mnode')}, free {size('mfree')}",
              f"  disk: total {size('dtotal')}, free {size('dfree')}", f"  cpus: {row.get('ctotal', '-')}",
              "  primary for instances:"]

@@ -33,7 +33,12 @@ class Failed(Exception):
 
 
 ENGINE = Opt("engine", ("--engine",), "str", "c", "c or pure (for testing).", True)
-TEXT_FILE = Opt("text_file", ("-t", "--text-data"), "str", None, "Cluster in htools text format.")
+TEXT_FILE = Opt("text_file", ("-t", "--text-data"), "str", None,
+                "Cluster in htools text format; without it, the live cluster (read from its API).")
+API = Opt("api", ("--api",), "str", None,
+          "Without -t: call this node (HOST:PORT, or unix:PATH) instead of the config's nodes; also CAIRN_API.")
+CONFIG = Opt("config", ("--config",), "str", None,
+             "Without -t: the client config (default: $CAIRN_CONFIG, else ~/.config/cairn/client.toml).")
 IGNORE_SOFT = Opt("ignore_soft_errors", ("--ignore-soft-errors",), "flag", False, "Skip soft placement checks.")
 OUTPUT = Opt("output", ("--output",), "str", "text", "text (hbal's/hspace's layout) or json (one document, for scripts).")
 
@@ -61,7 +66,11 @@ BALANCE = (
     Opt("exclude_instances", ("--exclude-instances",), "str", None, "Never move these instances."),
     Opt("max_cpu", ("--max-cpu",), "optfloat", None, "Override the vCPU ratio limit."),
     Opt("min_disk", ("--min-disk",), "optfloat", None, "Minimum free disk fraction per node."),
+    Opt("execute", ("-X", "--exec"), "flag", False,
+        "Live cluster only: submit the moves as jobs, jobset by jobset, waiting for each set (hbal's -X)."),
     OUTPUT,
+    API,
+    CONFIG,
     ENGINE,
 )
 IALLOCATOR = (
@@ -83,6 +92,8 @@ CAPACITY = (
     Opt("tiered_alloc", ("--tiered-alloc",), "str", None,
         "Start the tiered phase at DISK,RAM,CPU[,SPINDLES] (hspace's order; spindles default 1)."),
     OUTPUT,
+    API,
+    CONFIG,
     ENGINE,
 )
 
@@ -137,20 +148,86 @@ def _print_json(document: dict) -> None:
     _out(json.dumps(document, indent=2))
 
 
+def _live_cluster(api, config):
+    """(client, htools text) of the live cluster, read from its API like any `cairn` command does."""
+    from appliance.client import ApiError, Client, ConfigError, resolve_target
+
+    try:
+        target = resolve_target(api, config)
+        client = Client(target.addresses, target.ca_pem, target.token, target.socket_path)
+        _, answer = client.get("/api/v1/cluster/htools")
+    except ConfigError as error:
+        raise Failed(f"{error}; or give a cluster file with -t FILE") from None
+    except ApiError as error:
+        raise Failed(f"cannot read the live cluster: {error.message}; check that the cairn daemons run and that "
+                     "--api or the client config names them, or give a cluster file with -t FILE") from None
+    except ValueError as error:
+        raise Failed(f"the client config is not usable: {error}") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("text"), str):
+        raise Failed(f"the cluster answered /api/v1/cluster/htools with {str(answer)[:80]!r}, not its htools text; "
+                     "is the node running an older cairn?")
+    return client, answer["text"]
+
+
+def _execute(client, moves: list[dict], emit) -> tuple[int, list]:
+    """Submit the moves as jobs, one jobset at a time, waiting for each set (hbal -X); (exit code, job ids)."""
+    from appliance.allocator import move_operations
+    from appliance.client import ApiError, jobs
+
+    jobsets: dict[int, list[dict]] = {}
+    for move in moves:
+        jobsets.setdefault(move["jobset"], []).append(move)
+    submitted = []
+    try:
+        for number in sorted(jobsets):
+            members = jobsets[number]
+            emit("Executing jobset for instances " + ", ".join(move["instance"] for move in members))
+            try:
+                ids = [jobs.submit(client, list(move_operations(move["instance"], move["move"])),
+                                   "cairn balance -X") for move in members]
+            except ValueError as error:
+                raise Failed(str(error)) from None
+            submitted.append(ids)
+            emit("Got job IDs " + ", ".join(str(job_id) for job_id in ids))
+            failed = []
+            for move, job_id in zip(members, ids):
+                row = jobs.wait(client, job_id)
+                if row.get("status") != "success":
+                    failed.append(f"job {job_id} ({move['instance']}): "
+                                  f"{row.get('error_message') or row.get('status')}")
+            if failed:
+                print("cairn: not all jobs completed successfully: " + "; ".join(failed)
+                      + "; stopped before the next jobset. Run 'cairn balance' again to see what is left.",
+                      file=sys.stderr)
+                return 1, submitted
+    except ApiError as error:
+        raise Failed(f"the cluster answered {error.status} {error.code}: {error.message}; the jobs submitted so "
+                     "far go on: 'cairn job list' shows them") from None
+    return 0, submitted
+
+
 def balance(text_file, max_length, min_gain, min_gain_limit, epsilon, no_disk_moves, no_instance_moves, evac_mode,
             offline, group, print_commands, save, ignore_soft_errors, restricted_migration, exclusion_tags,
-            dynu_file, ignore_dynu, select_instances, exclude_instances, max_cpu, min_disk, output, engine) -> int:
-    """Balance the cluster like Ganeti's hbal: greedy moves that lower the cluster score."""
+            dynu_file, ignore_dynu, select_instances, exclude_instances, max_cpu, min_disk, execute, output, api,
+            config, engine) -> int:
+    """Balance the cluster like Ganeti's hbal: greedy moves that lower the cluster score (-t FILE, or the live
+    cluster, whose moves -X submits as jobs)."""
     from fastpath.balance import BalanceOptions
     from fastpath.hbal import HbalError, HbalRequest, run
 
     _check_output(output)
+    client = None
     if text_file is None:
-        raise Failed("balancing the live cluster is not available yet; give a cluster file with -t FILE")
+        client, text = _live_cluster(api, config)
+    elif execute:
+        raise Failed("-X executes the moves on the live cluster; leave out -t FILE (a file has no cluster to "
+                     "run jobs on)")
+    else:
+        text = _read(text_file, CLUSTER_TEXT)
     options = BalanceOptions(max_length, min_gain, min_gain_limit, epsilon, no_disk_moves, no_instance_moves,
                              evac_mode, ignore_soft_errors, restricted_migration)
     offline_names = [name for item in offline or [] for name in _names(item)]
-    request = HbalRequest(_read(text_file, CLUSTER_TEXT), options, offline_names, group, print_commands, save,
+    request = HbalRequest(text, options, offline_names, group, print_commands, save,
                           _names(exclusion_tags), ignore_dynu, engine, _names(select_instances),
                           _names(exclude_instances), max_cpu, min_disk,
                           _read(dynu_file, DYNU_TEXT) if dynu_file is not None else None)
@@ -162,10 +239,13 @@ def balance(text_file, max_length, min_gain, min_gain_limit, epsilon, no_disk_mo
     for path, content in files.items():
         with open(path, "w", encoding="utf-8") as f:
             f.write(content)
+    code = 0
+    if execute and report.get("moves"):
+        code, report["jobs"] = _execute(client, report["moves"], _out if output == "text" else lambda line: None)
     if output == "json":
         report["saved"] = sorted(files)
         _print_json(report)
-    return 0
+    return code
 
 
 def iallocator(request_file, no_capacity_checks, ignore_soft_errors, static_kvm_node_memory, engine) -> int:
@@ -196,19 +276,18 @@ def _tiered_spec(tiered_alloc: str | None):
 
 
 def capacity(text_file, machine_readable, accept_existing_errors, disk_template, max_length, no_tiered, tiered_alloc,
-             output, engine) -> int:
-    """Plan capacity like Ganeti's hspace: how many more instances fit."""
+             output, api, config, engine) -> int:
+    """Plan capacity like Ganeti's hspace: how many more instances fit (-t FILE, or the live cluster)."""
     from fastpath.capacity import CapacityRequest, plan
     from fastpath.htools_text import FormatError, parse
 
     _check_output(output)
     if output == "json" and machine_readable:
         raise Failed("--machine-readable and --output json are two layouts of the same keys; give one")
-    if text_file is None:
-        raise Failed("capacity of the live cluster is not available yet; give a cluster file with -t FILE")
+    text = _live_cluster(api, config)[1] if text_file is None else _read(text_file, CLUSTER_TEXT)
     template = {"replicated": "drbd"}.get(disk_template, disk_template)
     try:
-        cluster = parse(_read(text_file, CLUSTER_TEXT))
+        cluster = parse(text)
     except FormatError as error:
         raise Failed(str(error)) from None
     request = CapacityRequest(cluster, accept_existing_errors, template, max_length, not no_tiered, engine,
@@ -251,8 +330,10 @@ def _json_value(value):
 
 # name: (help in `cairn --help`, options, implementation)
 COMMANDS = {
-    "balance": ("Balance a cluster like Ganeti's hbal (text file with -t).", BALANCE, balance),
-    "capacity": ("Plan capacity like Ganeti's hspace (text file with -t).", CAPACITY, capacity),
+    "balance": ("Balance a cluster like Ganeti's hbal (the live cluster, or a text file with -t).", BALANCE,
+                balance),
+    "capacity": ("Plan capacity like Ganeti's hspace (the live cluster, or a text file with -t).", CAPACITY,
+                 capacity),
     "iallocator": ("Answer a Ganeti iallocator request like hail (installable as an iallocator script).",
                    IALLOCATOR, iallocator),
 }

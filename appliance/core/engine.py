@@ -360,7 +360,8 @@ class JobEngine:
                 child = state.job_requests.get(request)
                 if child is None:
                     self._job_event(out, now, job, ("job", job.id, "follow-up", number),
-                                    ev.JobSubmitted(tuple(operations), request), "follow-up job")
+                                    ev.JobSubmitted(tuple(operations), request),
+                                    f"follow-up of job {job.id}" + (f": {job.reason}" if job.reason else ""))
                 ids.append(child)
             if any(child is None for child in ids):
                 return

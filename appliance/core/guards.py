@@ -42,6 +42,8 @@ def _event_problem(state, event: Any) -> str | None:
     if kind is ev.InstanceMigrated:
         if (instance.migration_target, instance.migration_status) != (event.primary, "done"):
             return f"the migration of instance {instance.name} to {event.primary} has not finished"
+    if kind is ev.InstanceRecovered and instance.primary != event.old_primary:
+        return f"instance {instance.name} is no longer on {event.old_primary}"
     if kind is ev.InstanceFailedOver:
         if (instance.primary, instance.secondary) != (event.secondary, event.primary):
             return f"instance {instance.name} is no longer on {event.secondary} with secondary {event.primary}"

@@ -94,15 +94,44 @@ class LeadershipChanged:
 
 @dataclass(frozen=True)
 class LeaderCommit:
-    """The leader's commit seq, as this node has just heard it (the leader itself knows its own).
+    """The leader's commit seq, as this node has just heard it, and the lease the leader granted with it.
 
     The reconciler starts or migrates an instance only while it has applied
-    at least this seq and heard it recently: a node that lags behind the log,
-    or has not heard from a leader lately, may be acting on a superseded
-    state. (A lease granted by the leader will replace this freshness rule.)
+    at least this seq and holds the lease: `lease_until` is in the core's
+    time (the shell converts the lease it measured on its monotonic clock
+    from when it sent the request). A node that lags behind the log, or whose
+    lease has lapsed (cut off, or paused and continued), may be acting on a
+    superseded state. Without `lease_until` the seq counts for FRESH_S.
     """
 
     seq: int
+    lease_until: float | None = None
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """This node holds no lease any more (the leader refused to renew it, or it lapsed): start nothing."""
+
+
+@dataclass(frozen=True)
+class NodeLapsed:
+    """(To the leader.) `node` has held no lease for the recovery interval: it may be fenced.
+
+    The leader's shell tracks liveness outside the log, on its monotonic
+    clock: the last lease it granted each node, and when its own term began
+    (a new leader waits a whole interval, since it cannot know what its
+    predecessor granted). `detail` says it, with the times, for the proof.
+    """
+
+    node: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class NodeReturned:
+    """(To the leader.) A fenced node asks for a lease again, having applied its fence and running nothing."""
+
+    node: str
 
 
 @dataclass(frozen=True)

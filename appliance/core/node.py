@@ -14,9 +14,10 @@ from typing import Any
 
 from appliance.core import engine as engine_module
 from appliance.core.engine import JobEngine
+from appliance.core.healer import Healer
 from appliance.core.io import (
-    CancelRequested, Committed, CommittedBatch, DriverDone, LeaderCommit, LeadershipChanged, Proposal, ProposalLost,
-    Ready, Reply, Submitted, Tick, WaitForJob, WaitForSeq,
+    CancelRequested, Committed, CommittedBatch, DriverDone, LeaderCommit, LeadershipChanged, LeaseLost, NodeLapsed,
+    NodeReturned, Proposal, ProposalLost, Ready, Reply, Submitted, Tick, WaitForJob, WaitForSeq,
 )
 from appliance.core.plans import event_id
 from appliance.core.reconciler import Reconciler
@@ -37,6 +38,7 @@ class NodeCore:
         self.state = state if state is not None else ClusterState()
         self.engine = JobEngine(node_name, bugs)
         self.reconciler = Reconciler(node_name, bugs) if reconcile else None
+        self.healer = Healer(node_name)
         self.now = 0.0
         self.submissions: dict[bytes, Any] = {}     # event id of a JobSubmitted -> caller token
         self.cancels: dict[bytes, Any] = {}
@@ -68,7 +70,14 @@ class NodeCore:
             self._wait_for_job(ready, message)
         elif kind is LeaderCommit:
             if self.reconciler is not None:
-                self.reconciler.heard(message.seq, self.now)
+                self.reconciler.heard(message.seq, self.now, message.lease_until)
+        elif kind is LeaseLost:
+            if self.reconciler is not None:
+                self.reconciler.lease_lost()
+        elif kind is NodeLapsed:
+            self.healer.lapsed(message.node, message.detail, self.now)
+        elif kind is NodeReturned:
+            self.healer.returned(message.node, self.now)
         elif kind is LeadershipChanged:
             self.engine.on_leadership(message.leader, message.term)
         elif kind is ProposalLost:
@@ -182,6 +191,7 @@ class NodeCore:
                 ready.proposals.append(entry[0])
         proposals, wake = self.engine.drive(self.state, self.now)
         ready.proposals += proposals
+        ready.proposals += self.healer.decide(self.state, self.now, self.engine.active(self.state))
         if wake is not None:
             ready.wake_at = wake
         if self.reconciler is not None:

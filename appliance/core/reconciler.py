@@ -29,7 +29,7 @@ RECONCILER_ACTOR = "reconciler"
 LIST_EVERY_S = 2.0
 ACTION_TIMEOUT_S = 120.0
 REPORT_RETRY_S = 5.0
-# How recently this node must have heard the leader's commit seq (and applied up to it) to start or migrate.
+# Without a lease (the simulator's nodes, tests): how long a commit seq heard counts for starting or migrating.
 FRESH_S = 2.0
 RESTART_LIMIT = 5
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -59,7 +59,7 @@ class Reconciler:
     restart_at: dict = field(default_factory=dict)   # instance id -> (attempt, earliest start)
     migrations: dict = field(default_factory=dict)   # instance id -> (ok, message) of a migration run here
     leader_commit: int = -1                          # the leader's commit seq, as last heard
-    heard_at: float = float("-inf")
+    lease_until: float = float("-inf")               # until when this node may start or migrate (core time)
     changes: int = 0                                 # local actions finished, to spot stale listings
     next_action: int = 1
 
@@ -107,17 +107,21 @@ class Reconciler:
             elif action.kind == "disk_remove":
                 self.disks.discard((action.instance, action.args["index"]))
 
-    def heard(self, seq: int, now: float) -> None:
-        """The leader's commit seq, as just heard."""
-        self.leader_commit, self.heard_at = seq, now
+    def heard(self, seq: int, now: float, lease_until: float | None = None) -> None:
+        """The leader's commit seq, as just heard, with the lease granted with it (None: FRESH_S from now)."""
+        self.leader_commit = seq
+        self.lease_until = now + FRESH_S if lease_until is None else lease_until
+
+    def lease_lost(self) -> None:
+        self.lease_until = float("-inf")
 
     def fresh(self, state, now: float) -> bool:
-        """True when this node has applied what the leader committed, as heard within FRESH_S.
+        """True while this node holds a lease and has applied what the leader committed when it granted it.
 
         Starting or migrating an instance on a state the log has moved past could
         run a second copy; stopping one never can, so only those two wait for this.
         """
-        return state.seq >= self.leader_commit >= 0 and now - self.heard_at <= FRESH_S
+        return state.seq >= self.leader_commit >= 0 and now < self.lease_until
 
     def _drop(self, action: Action) -> None:
         for key, pending in list(self.pending.items()):

@@ -24,6 +24,7 @@ from pathlib import Path
 import trio
 
 from appliance import pki
+from appliance.fencing import WatchdogLink
 from appliance.api.auth import node_token
 from appliance.daemon.config import BOOTSTRAP_NAME, NodeConfig, read_bootstrap, read_config
 from appliance.daemon.shell import NodeShell
@@ -125,6 +126,7 @@ async def run_daemon(data_dir: Path, task_status=trio.TASK_STATUS_IGNORED) -> No
                               bootstrap_done=lambda: (data_dir / BOOTSTRAP_NAME).unlink(missing_ok=True),
                               client_context=client_context, raft_password=password,
                               ca_key_pem=pki.read_secret_file(paths.ca_key) if paths.ca_key.exists() else None)
+            shell.watchdog = WatchdogLink(data_dir)
             async with trio.open_nursery() as nursery:
                 await nursery.start(serve, shifted(config.address, 2), secret, MemberServer(member).handle)
                 await nursery.start(shell.run)

@@ -2,8 +2,9 @@
 
 The core (`appliance.core.node.NodeCore`) decides; this shell does the I/O:
 committed records from the log become `CommittedBatch` inputs, leadership
-changes `LeadershipChanged`, the leader's commit seq `LeaderCommit` (twice a
-second), the clock `Tick`; each `Ready` it returns is performed in order:
+changes `LeadershipChanged`, the leader's commit seq and the lease it
+granted `LeaderCommit` (twice a second), the clock `Tick`; each `Ready` it
+returns is performed in order:
 proposals go to the log (a lost one comes back as `ProposalLost`, and the core
 proposes it again with the same event id), driver actions run as tasks (one
 at a time per instance) and end as `DriverDone`, replies wake the API request
@@ -11,6 +12,17 @@ waiting for them.
 
 `step` is never re-entered: an input that arrives while a step is performed
 (a proposal refused at once, say) is queued and stepped right after.
+
+Leases (docs/fencing.md). Every node asks the leader for a lease twice a
+second; the lease runs from when it sent the request, on CLOCK_BOOTTIME, for
+the cluster's fencing interval less the clock-rate error. While it holds one
+it renews the local lease of its watchdog (`appliance.fencing`) and the core
+may start and migrate instances. The leader grants only while a majority
+has answered it within LEADER_CONFIRM_S and its own LeaderElected is applied,
+never to a fenced node, and keeps the time of each grant (liveness, outside
+the log). A node with no grant for the recovery interval since the later of
+its last grant and the start of this leader's term is reported to the core
+(`NodeLapsed`), whose healer fences it with a job.
 """
 
 from __future__ import annotations
@@ -22,18 +34,17 @@ import http.client
 import itertools
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import trio
 
-from appliance import clock, pki, tokens
+from appliance import clock, fencing, pki, tokens
 from appliance.api.backend import Refused, Unavailable
 from appliance.core.io import op
 from appliance.core.io import (
-    CancelRequested, Committed, CommittedBatch, DriverDone, LeaderCommit, LeadershipChanged, ProposalLost, Ready,
-    Reply, Submitted, Tick,
+    CancelRequested, Committed, CommittedBatch, DriverDone, LeaderCommit, LeadershipChanged, LeaseLost, NodeLapsed,
+    NodeReturned, ProposalLost, Ready, Reply, Submitted, Tick,
 )
 from appliance.core.node import NodeCore
 from appliance.drivers.base import DriverError, Hypervisor, Storage
@@ -47,7 +58,13 @@ from ops.node_add import MAX_VOTERS
 
 log = logging.getLogger("cairn.daemon")
 
-LEADER_COMMIT_EVERY_S = 0.5
+RENEW_EVERY_S = 0.5
+CLOCK_RATE_ERROR = 1e-3         # the clock-rate error allowed between nodes (NTP slews by at most 5e-4)
+LEADER_CONFIRM_S = 0.25         # a leader grants only while a majority answered it this recently (< min election)
+LIVENESS_EVERY_S = 0.25
+ALIVE_S = 1.5                   # a node granted a lease this recently is alive; later, suspect
+LIVENESS_KEPT_S = 3.0           # a follower shows the leader's liveness table for this long after hearing it
+RETRY_LAPSE_S = 5.0             # a lapse not yet fenced is reported again this often
 PROPOSAL_TIMEOUT_S = 10.0
 SUBMIT_TIMEOUT_S = 30.0
 BARRIER_TIMEOUT_S = 5.0
@@ -93,6 +110,15 @@ class NodeShell:
         self._raft_password = raft_password
         self._ca_key_pem = ca_key_pem
         self._ever_addresses: set[str] = set()
+        self.watchdog: fencing.WatchdogLink | None = None
+        self._lease_until = float("-inf")           # this node's lease, on CLOCK_BOOTTIME
+        self._lease_note = "no lease yet"
+        self._granted: dict[str, float] = {}        # (leader) node name -> boottime of its last grant
+        self._lapsed: dict[str, list] = {}          # (leader) node name -> [its fenced_seq then, when told]
+        self._term_began: float | None = None       # (leader) boottime when its own LeaderElected was applied
+        self._down: set[str] = set()                # (leader) nodes seen offline or fenced
+        self._liveness: dict = {}                   # (follower) the leader's liveness table, as last heard
+        self._liveness_at = float("-inf")
 
     # --- running -------------------------------------------------------------------------
 
@@ -103,7 +129,8 @@ class NodeShell:
             self._input(Tick(clock.now()))
             nursery.start_soon(self._feed_committed)
             nursery.start_soon(self._feed_leadership)
-            nursery.start_soon(self._feed_leader_commit)
+            nursery.start_soon(self._keep_lease)
+            nursery.start_soon(self._watch_liveness)
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._reconcile_membership)
             if self._bootstrap:
@@ -199,17 +226,155 @@ class NodeShell:
             log.info("%s: leader is %s in term %d", self.node_name, name, leadership.term)
             self._input(LeadershipChanged(name, leadership.term))
 
-    async def _feed_leader_commit(self) -> None:
-        """Twice a second, the leader's commit seq: the reconciler starts and migrates only while caught up."""
+    async def _keep_lease(self) -> None:
+        """Twice a second, ask the leader for a lease (it carries the leader's commit seq)."""
         while True:
+            sent = clock.boottime()
             try:
-                seq = await self.leader_commit()
-            except Unavailable:
-                pass
+                grant = await self.request_lease()
+            except Unavailable as error:
+                self._lease_note = str(error)
             else:
-                self._input(Tick(clock.now()))
-                self._input(LeaderCommit(seq))
-            await trio.sleep(LEADER_COMMIT_EVERY_S)
+                self._take_grant(sent, grant)
+            await trio.sleep(RENEW_EVERY_S)
+
+    def _take_grant(self, sent: float, grant: dict) -> None:
+        if grant.get("liveness") is not None:
+            self._liveness, self._liveness_at = grant["liveness"], clock.boottime()
+        if not grant.get("granted"):
+            self._lease_note = f"refused: {grant.get('reason', 'no reason given')}"
+            self._lease_until = float("-inf")
+            self._input(LeaseLost())
+            return
+        self._lease_until = max(self._lease_until, sent + float(grant["lease_s"]) * (1 - CLOCK_RATE_ERROR))
+        remaining = self._lease_until - clock.boottime()
+        if remaining <= 0:
+            self._lease_note = "the grant came back after the lease it gave had run out"
+            return
+        self._lease_note = "held"
+        if self.watchdog is not None:
+            self.watchdog.renew(self._lease_until, bool(grant.get("armed", True)))
+        now = clock.now()
+        self._input(Tick(now))
+        self._input(LeaderCommit(int(grant["commit_seq"]), now + remaining))
+
+    def lease_status(self) -> dict:
+        """This node's own lease: whether it holds one, for how long still, and why not."""
+        remaining = self._lease_until - clock.boottime()
+        return {"held": remaining > 0, "remaining_s": round(max(remaining, 0.0), 3), "note": self._lease_note}
+
+    async def request_lease(self) -> dict:
+        """A lease from the leader (the leader grants its own); Unavailable when no leader answers."""
+        leader = self.log.leader()
+        if leader is None:
+            raise Unavailable("no leader is known: fewer than a majority of voters may be up; retry shortly")
+        listing = self.core.reconciler.listing if self.core.reconciler is not None else None
+        running = -1 if listing is None else sum(1 for status in listing.values() if status == "running")
+        body = {"node": self.node_name, "applied_seq": self.core.state.seq, "running": running}
+        if leader == self.address:
+            return self.grant_lease(self.node_name, body)
+        try:
+            with trio.fail_after(STATUS_TIMEOUT_S + 0.5):
+                return await self._call_member(leader, "POST", "/api/v1/lease", body)
+        except (OSError, ValueError, KeyError, TypeError, trio.TooSlowError, http.client.HTTPException) as error:
+            raise Unavailable(f"the leader {self.name_of(leader)} did not answer: {error}") from None
+
+    # --- leases and liveness, on the leader ----------------------------------------------------
+
+    def grant_lease(self, node: str, request: dict) -> dict:
+        """Grant `node` a lease, or say why not. Unavailable unless this node leads, knows it still does, and has
+        applied its own LeaderElected (so every fence its predecessors committed is in the state it reads)."""
+        state = self.core.state
+        if not self.log.is_leader() or not self.core.engine.active(state):
+            raise Unavailable("this node is not the leader (or has only just been elected); ask the leader")
+        age = self.log.majority_heard_age()
+        if age > LEADER_CONFIRM_S:
+            raise Unavailable(f"this leader has not heard from a majority for {age:.2f} s and may have been replaced")
+        answer = {"commit_seq": self.log.head().seq, "term": self.log.status().term, "liveness": self.liveness()}
+        found = state.node_by_name(node)
+        if found is None:
+            return {**answer, "granted": False, "reason": f"node {node} is not a member of the cluster"}
+        if found.fenced or node in self._lapsed:
+            applied, running = int(request.get("applied_seq", -1)), int(request.get("running", -1))
+            if found.fenced and found.fence_proof == "lease" and applied >= found.fenced_seq and running == 0:
+                self._input(NodeReturned(node))
+            why = "it is fenced" if found.fenced else "its lease lapsed and it is being fenced"
+            return {**answer, "granted": False, "reason": f"node {node}: {why}; it gets a lease again once it has "
+                                                         "applied its fence and runs no instance"}
+        now = clock.now()
+        armed = state.cluster is not None and not state.mode_active("recovery_disarmed", now) \
+            and not state.mode_active("maintenance", now, found.id)
+        self._granted[node] = clock.boottime()
+        lease_s = state.cluster.fencing_interval_s if state.cluster is not None else 5
+        return {**answer, "granted": True, "lease_s": lease_s, "armed": armed}
+
+    def liveness(self) -> dict:
+        """Each node's liveness as the leader sees it: alive, suspect, fenced, offline or unknown, with the
+        seconds since its last lease. A follower answers with the leader's table as last heard."""
+        if not self.log.is_leader():
+            fresh = clock.boottime() - self._liveness_at <= LIVENESS_KEPT_S
+            return dict(self._liveness) if fresh else {}
+        now = clock.boottime()
+        table = {}
+        for found in self.core.state.nodes.values():
+            granted = self._granted.get(found.name)
+            age = None if granted is None else round(now - granted, 2)
+            if found.fenced:
+                status = "fenced"
+            elif found.offline:
+                status = "offline"
+            elif age is None:
+                status = "unknown"
+            else:
+                status = "alive" if age <= ALIVE_S else "suspect"
+            table[found.name] = {"liveness": status, "lease_age_s": age}
+        return table
+
+    async def _watch_liveness(self) -> None:
+        """On the leader: report each node that has had no lease for the recovery interval."""
+        while True:
+            await trio.sleep(LIVENESS_EVERY_S)
+            state = self.core.state
+            if not self.log.is_leader() or not self.core.engine.active(state) or state.cluster is None:
+                self._granted.clear()
+                self._lapsed.clear()
+                self._down.clear()
+                self._term_began = None
+                continue
+            now = clock.boottime()
+            if self._term_began is None:
+                self._term_began = now
+            wall = clock.now()
+            quiet = state.mode_active("recovery_disarmed", wall)
+            for found in state.nodes.values():
+                if found.offline or found.fenced:
+                    self._down.add(found.name)
+                elif found.name in self._down:
+                    # Back online: its wait for a lease starts now, not at the grant before it went down.
+                    self._down.discard(found.name)
+                    self._granted[found.name] = now
+                lapsed = self._lapsed.get(found.name)
+                if lapsed is not None and (quiet or (not found.fenced and not found.offline
+                                                     and found.fenced_seq > lapsed[0])):
+                    del self._lapsed[found.name]      # disarmed before its fence, or fenced and back since
+                    lapsed = None
+                if found.name == self.node_name or found.offline or found.fenced or quiet \
+                        or state.mode_active("maintenance", wall, found.id):
+                    continue
+                granted = self._granted.get(found.name)
+                since = max(granted if granted is not None else self._term_began, self._term_began)
+                waited = now - since
+                interval = state.cluster.recovery_interval_s
+                if waited < interval or (lapsed is not None and now - lapsed[1] < RETRY_LAPSE_S):
+                    continue
+                self._lapsed[found.name] = [found.fenced_seq, now]
+                last = (f"its last lease was granted {now - granted:.1f} s ago" if granted is not None else
+                        f"it got no lease in the {now - self._term_began:.1f} s since {self.node_name} began to lead")
+                detail = (f"no lease for {waited:.1f} s ({last}); fencing interval {state.cluster.fencing_interval_s}"
+                          f" s, recovery interval {interval} s: its watchdog has killed its instances")
+                log.warning("%s: node %s lapsed: %s", self.node_name, found.name, detail)
+                self._input(Tick(wall))
+                self._input(NodeLapsed(found.name, detail))
 
     async def _ticker(self) -> None:
         while True:
@@ -289,35 +454,44 @@ class NodeShell:
         return seq
 
     async def _ask_status(self, address: str) -> dict:
-        """GET the leader's /api/v1/status over a kept-alive connection (a new TLS handshake costs ~10 ms)."""
+        return await self._call_member(address, "GET", "/api/v1/status?stale=1")
+
+    async def _call_member(self, address: str, method: str, path: str, body: dict | None = None) -> dict:
+        """Call another member's API over a kept-alive connection (a new TLS handshake costs ~10 ms), with the
+        node certificate and the node token; the JSON answer, or ValueError for another status than 200."""
         idle = self._connections.setdefault(address, [])
         connection = idle.pop() if idle else None
         if connection is None:
             host, _, port = address.rpartition(":")
             connection = http.client.HTTPSConnection(host, int(port), timeout=STATUS_TIMEOUT_S,
                                                      context=self._client_context)
+        payload = None if body is None else json.dumps(body).encode()
         try:
-            status = await trio.to_thread.run_sync(self._status_call, connection, abandon_on_cancel=True)
+            answer = await trio.to_thread.run_sync(self._member_call, connection, method, path, payload,
+                                                   abandon_on_cancel=True)
         except BaseException:
             connection.close()
             raise
         idle.append(connection)
-        return status
+        return answer
 
-    def _status_call(self, connection: http.client.HTTPSConnection) -> dict:
+    def _member_call(self, connection: http.client.HTTPSConnection, method: str, path: str,
+                     payload: bytes | None) -> dict:
         headers = {"Authorization": f"Bearer {self._node_token}"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
         try:
-            connection.request("GET", "/api/v1/status?stale=1", headers=headers)
+            connection.request(method, path, body=payload, headers=headers)
             response = connection.getresponse()
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            # The leader closed the kept-alive connection while it was idle: once more on a new one.
+            # The member closed the kept-alive connection while it was idle: once more on a new one.
             connection.close()
-            connection.request("GET", "/api/v1/status?stale=1", headers=headers)
+            connection.request(method, path, body=payload, headers=headers)
             response = connection.getresponse()
-        body = response.read()
+        data = response.read()
         if response.status != 200:
-            raise ValueError(f"HTTP {response.status}")
-        return json.loads(body)
+            raise ValueError(f"HTTP {response.status}: {data[:200].decode(errors='replace')}")
+        return json.loads(data)
 
     # --- bootstrap -----------------------------------------------------------------------------
 

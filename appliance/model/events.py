@@ -552,6 +552,37 @@ class DiskStateObserved:
     sync_percent: float
 
 
+@event(INSTANCES + 25)
+@frozen
+class InstanceSecondaryReplaced:
+    """A replicated instance's disks are to be mirrored on `new_secondary` instead of `old_secondary`.
+
+    The new copy counts only once its node reports it UPTODATE (it starts SYNCING at 0 %).
+    """
+    instance: str
+    new_secondary: str
+    old_secondary: str
+
+
+@event(INSTANCES + 30)
+@frozen
+class InstanceRecovered:
+    """An instance of a fenced node was placed on `primary` to be started there (a diskless instance, whose
+    whole state was its memory); `old_primary` is the fenced node. The secondary, if any, is unchanged."""
+    instance: str
+    primary: str
+    old_primary: str
+
+
+@event(INSTANCES + 31)
+@frozen
+class InstanceHaPrioritySet:
+    """The order in which the instance is recovered after its node is fenced, when capacity is short: higher
+    first (default 0)."""
+    instance: str
+    ha_priority: int
+
+
 # --- jobs ------------------------------------------------------------------
 
 @event(JOBS + 1)

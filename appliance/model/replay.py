@@ -297,7 +297,8 @@ def _node_fenced(state, e, envelope, seq):
         if e.node in instance.pending_stop:
             pending = tuple([n for n in instance.pending_stop if n != e.node])
             instances = instances.set(instance.id, instance.evolve(pending_stop=pending))
-    return {"nodes": state.nodes.set(e.node, node.evolve(fenced=True)), "instances": instances}
+    return {"nodes": state.nodes.set(e.node, node.evolve(fenced=True, fenced_seq=seq, fence_proof=e.proof)),
+            "instances": instances}
 
 
 @handles(ev.JoinTokenIssued)
@@ -390,13 +391,13 @@ def _replace_instance(state: ClusterState, old: Instance, new: Instance) -> dict
 
 @handles(ev.InstanceAdded)
 def _instance_added(state, e, envelope, seq):
-    # Built with tuple.__new__ (all twenty-two fields given), the cheapest way to make a named tuple.
+    # Built with tuple.__new__ (all twenty-three fields given), the cheapest way to make a named tuple.
     instance = _tuple_new(Instance, (
         e.instance, e.name, e.primary, e.secondary, e.disk_template,
         tuple([_tuple_new(Disk, (d["size_mib"],)) for d in e.disks]),
         tuple([_tuple_new(Nic, (n["mac"], n["mode"], n["link"])) for n in e.nics]),
         e.memory_mib, e.vcpus, e.hypervisor, e.hvparams, e.os, e.admin_state, "unknown", "", (),
-        (), 0, "", "", 0, ()))
+        (), 0, "", "", 0, (), 0))
     macs = state.macs
     for nic in instance.nics:
         macs = macs.set(nic.mac, instance.id)
@@ -589,6 +590,21 @@ def _instance_failed_over(state, e, envelope, seq):
                                                     restarts=0))
 
 
+@handles(ev.InstanceRecovered)
+def _instance_recovered(state, e, envelope, seq):
+    old = state.instances.get(e.instance)
+    if old is None or old.primary != e.old_primary:
+        return state
+    pending = _with_pending_stop(state, old.pending_stop, old.primary, e.primary)
+    return _replace_instance(state, old, old.evolve(primary=e.primary, pending_stop=pending, moved_at_seq=seq,
+                                                    migration_target="", migration_status="", restarts=0))
+
+
+@handles(ev.InstanceHaPrioritySet)
+def _instance_ha_priority_set(state, e, envelope, seq):
+    return _changed_instance(state, e.instance, ha_priority=e.ha_priority)
+
+
 @handles(ev.InstanceMigrationStarted)
 def _instance_migration_started(state, e, envelope, seq):
     return _changed_instance(state, e.instance, migration_target=e.target, migration_status="running")
@@ -631,6 +647,21 @@ def _disk_state_observed(state, e, envelope, seq):
     entries.append((e.disk, e.node, e.state, e.sync_percent))
     entries.sort(key=lambda entry: (entry[0], entry[1]))
     return _changed_instance(state, e.instance, disk_states=tuple(entries))
+
+
+@handles(ev.InstanceSecondaryReplaced)
+def _instance_secondary_replaced(state, e, envelope, seq):
+    # The job checked all this before proposing; a record that no longer fits (the instance moved
+    # meanwhile, the node is gone) changes nothing rather than break the usage or the placement.
+    old = state.instances.get(e.instance)
+    if (old is None or old.secondary != e.old_secondary or e.new_secondary in ("", old.primary)
+            or e.new_secondary not in state.nodes):
+        return {}
+    # The old secondary's copies are no copies any more; the new one's count only once UPTODATE.
+    entries = [entry for entry in old.disk_states if entry[1] not in (e.old_secondary, e.new_secondary)]
+    entries += [(index, e.new_secondary, "SYNCING", 0.0) for index in range(len(old.disks))]
+    entries.sort(key=lambda entry: (entry[0], entry[1]))
+    return _replace_instance(state, old, old.evolve(secondary=e.new_secondary, disk_states=tuple(entries)))
 
 
 @handles(ev.InstanceObservedRunning)

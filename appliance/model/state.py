@@ -98,6 +98,8 @@ class Node(NamedTuple):
     role: str = "voter"
     tags: tuple = ()
     fenced: bool = False          # a fence proof was recorded: its instances are known dead
+    fenced_seq: int = 0           # the seq of the last fence proof (0: never fenced)
+    fence_proof: str = ""         # how it was fenced: "operator" (marked offline) or "lease" (its lease lapsed)
 
 
 @entity
@@ -147,6 +149,7 @@ class Instance(NamedTuple):
     migration_status: str = ""    # "", "running", "done" or "failed"
     restarts: int = 0             # consecutive crash restarts decided
     disk_states: tuple = ()       # (disk_index, node, state, sync_percent), sorted by disk and node
+    ha_priority: int = 0          # recovery order after its node is fenced: higher first
 
     @property
     def disk_mib(self) -> int:

@@ -50,7 +50,7 @@ class LocalCluster:
         with contextlib.suppress(Exception):
             self.run("down", "--dir", str(self.directory), check=False, timeout_s=60)
         # Whatever `down` missed (it failed, or a test left a stopped process): end it by its pid.
-        for pid_file in self.directory.glob("node*/daemon.pid"):
+        for pid_file in [*self.directory.glob("node*/watchdog.pid"), *self.directory.glob("node*/daemon.pid")]:
             with contextlib.suppress(OSError, ValueError):
                 pid = int(pid_file.read_text().split()[0])
                 os.kill(pid, signal.SIGCONT)
@@ -99,6 +99,17 @@ class LocalCluster:
                 last = error
             time.sleep(interval_s)
         raise AssertionError(f"{what} did not happen within {timeout_s:g} s (last: {last})")
+
+
+@contextlib.contextmanager
+def started(root: Path, nodes: int = 3):
+    """A local cluster, up for the block and always taken down after it."""
+    cluster = LocalCluster(root, nodes)
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.down()
 
 
 # --- a stream of jobs through the API (the leader-kill tests and bench/jobs.py) -----------------
@@ -200,3 +211,64 @@ def history_records(cluster: LocalCluster, via: str) -> dict:
         if event["name"] == "InstanceAdded":
             added.setdefault(payload["name"], []).append(event["event_id"])
     return {"submitted": submitted, "added": added}
+
+
+# --- a process-level monitor of instance processes (the fencing tests and bench/recovery.py) ----------------
+
+class InstanceMonitor:
+    """Samples every instance process of every node of a local cluster every `interval_s` (10 ms), from the
+    fake hypervisor's pid files and /proc, in a thread of its own; counts every sample in which one instance
+    runs on two nodes. A paused guest (the source of a live migration) does not count as running."""
+
+    def __init__(self, directory: Path, interval_s: float = 0.01) -> None:
+        import threading
+
+        self.directory = directory
+        self.interval_s = interval_s
+        self.samples = 0
+        self.double_runs = 0
+        self.doubles: list[tuple[float, str, tuple]] = []
+        self.seen: dict[tuple[str, str], list[float]] = {}     # (instance, node) -> [first, last] monotonic time
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> InstanceMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def running(self) -> dict[str, list[str]]:
+        """instance id -> the nodes where its process runs now."""
+        from appliance.fencing import _process_alive
+
+        found: dict[str, list[str]] = {}
+        for pid_file in self.directory.glob("node*/hv/instances/*/pid"):
+            entry = pid_file.parent
+            try:
+                pid, token = pid_file.read_text().split()
+            except (OSError, ValueError):
+                continue
+            if _process_alive(int(pid), token) and not (entry / "paused").exists():
+                found.setdefault(entry.name, []).append(entry.parent.parent.parent.name)
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            running = self.running()
+            self.samples += 1
+            for instance, nodes in running.items():
+                for node in nodes:
+                    span = self.seen.setdefault((instance, node), [now, now])
+                    span[1] = now
+                if len(nodes) > 1:
+                    self.double_runs += 1
+                    self.doubles.append((now, instance, tuple(sorted(nodes))))
+            self._stop.wait(self.interval_s)
+
+    def on(self, node: str) -> set[str]:
+        """The instances running on `node` now."""
+        return {instance for instance, nodes in self.running().items() if node in nodes}

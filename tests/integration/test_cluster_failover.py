@@ -6,19 +6,15 @@ import time
 
 import pytest
 
-from tests.integration.cluster_support import JobStream, LocalCluster, history_records
+from tests.integration.cluster_support import JobStream, history_records, started
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    cluster = LocalCluster(tmp_path)
-    try:
-        cluster.up()
+    with started(tmp_path) as cluster:
         yield cluster
-    finally:
-        cluster.down()
 
 
 def same_digest_everywhere(cluster):

@@ -103,6 +103,17 @@ class FakeBackend:
         return {"node": self.node_name, "leader": NODES[0], "term": 1, "commit_seq": seq, "applied_seq": seq,
                 "is_leader": True, "voters": list(NODES)}
 
+    def grant_lease(self, node: str, request: dict) -> dict:
+        self.leases = getattr(self, "leases", []) + [(node, request)]
+        return {"granted": True, "lease_s": 5, "armed": True, "commit_seq": self.box.state.seq, "term": 1,
+                "liveness": self.liveness()}
+
+    def liveness(self) -> dict:
+        return {name: {"liveness": "alive", "lease_age_s": 0.2} for name in NODES}
+
+    def lease_status(self) -> dict:
+        return {"held": True, "remaining_s": 4.5, "note": "held"}
+
     async def barrier(self) -> int:
         self.barriers += 1
         if self.unavailable:

@@ -60,6 +60,15 @@ class Harness:
             for reply in ready.replies:
                 self.replies[reply.token] = reply
 
+    def commit_event(self, event, actor: str = "test", reason: str = "") -> None:
+        """Commit one event as if a node had proposed it (a report the harness's machines do not make)."""
+        from appliance.core.plans import event_id
+        from appliance.model.codec import Envelope
+
+        envelope = Envelope(event_id("harness", len(self.records)), event, actor, reason, self.now, 0)
+        self._commit(encode(envelope))
+        self._drain()
+
     def _commit(self, payload: bytes) -> None:
         head = self.records[-1] if self.records else ChainHead()
         record = next_record(head, payload)

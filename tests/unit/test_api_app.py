@@ -58,7 +58,7 @@ def test_schema_has_one_job_body_schema_per_operation(backend):
     """Each operation's params schema lists its fields and which are required."""
     schemas = schema_of(backend)["components"]["schemas"]
     params = schemas["op.instance_add"]["properties"]["params"]
-    assert params["required"] == ["name", "primary", "disk_template", "os"]
+    assert params["required"] == ["name", "disk_template", "os"]  # the nodes, or an iallocator (-I) to choose them
     assert params["properties"]["memory_mib"] == {"type": "integer", "default": 512}
     assert schemas["op.node_modify"]["properties"]["params"]["properties"]["offline"]["type"] == ["boolean", "null"]
 
@@ -80,7 +80,7 @@ async def test_read_only_user_is_refused_every_write_route(api, backend, tokens)
     backend.commit(ev.JobSubmitted(({"op": "instance_startup", "params": {"instance": "web2"}},), ""))
     # The join routes are authenticated by a join token, not a user: a user's token means nothing there.
     writes = [(method, path) for method, path in schema_routes(backend)
-              if method != "GET" and not path.startswith("/api/v1/join")]
+              if method != "GET" and not path.startswith("/api/v1/join") and path != "/api/v1/lease"]
     assert len(writes) == 3
     for token in (tokens.reader, tokens.node):
         for method, path in writes:
@@ -114,6 +114,27 @@ async def test_node_token_reads(api, tokens):
     """Members read each other's state with the node token."""
     answer = await api("GET", "/api/v1/status", tokens.node)
     assert answer.status == 200 and answer.json()["leader"] == "n1.example.com"
+
+
+async def test_only_members_ask_for_leases(api, backend, tokens):
+    """POST /lease answers a member (node token) with the backend's grant; a user, even an admin, gets 403, and a
+    body without the member's applied seq and running count gets 400 naming the fields."""
+    body = {"node": "n2.example.com", "applied_seq": 7, "running": 0}
+    for token in (tokens.reader, tokens.admin):
+        assert_error(await api("POST", "/api/v1/lease", token, body), 403, "permission_denied")
+    assert getattr(backend, "leases", []) == []
+    assert_error(await api("POST", "/api/v1/lease", tokens.node, {"node": "n2.example.com"}), 400, "wrong_input")
+    answer = await api("POST", "/api/v1/lease", tokens.node, body)
+    assert answer.status == 200 and answer.json()["granted"] is True and answer.json()["lease_s"] == 5
+    assert backend.leases == [("n2.example.com", body)]
+
+
+async def test_node_rows_carry_the_leaders_liveness(api, tokens):
+    """Node rows (list and one) say each node's liveness as the leader sees it, with its lease age."""
+    rows = (await api("GET", "/api/v1/nodes", tokens.reader)).json()
+    assert rows and all(row["liveness"] == "alive" and row["lease_age_s"] == 0.2 for row in rows)
+    one = (await api("GET", f"/api/v1/nodes/{rows[0]['name']}", tokens.reader)).json()
+    assert one["liveness"] == "alive"
 
 
 # --- jobs ---------------------------------------------------------------------------
@@ -286,6 +307,14 @@ async def test_cluster_can_be_read_at_a_past_seq(api, backend, tokens):
     past = (await api("GET", "/api/v1/cluster?at=5", tokens.reader)).json()
     assert (now["node_count"], now["at"], now["digest"]) == (3, None, backend.state().digest())
     assert (past["seq"], past["node_count"], past["at"]) == (5, 2, 5)
+
+
+async def test_cluster_htools_is_the_allocators_text_of_the_state(api, backend, tokens):
+    """The htools route answers the text appliance.allocator writes for the node's state."""
+    from appliance.allocator import htools_text
+
+    answer = (await api("GET", "/api/v1/cluster/htools", tokens.reader)).json()
+    assert answer["text"] == htools_text(backend.state()) and "web1" in answer["text"]
 
 
 async def test_cluster_verify_and_master(api, tokens):

@@ -168,3 +168,14 @@ def test_roles_are_ranked():
     with pytest.raises(ApiError) as info:
         require(Caller("oper", "operator"), "admin", "node_add")
     assert info.value.status == 403 and "node_add" in info.value.message
+
+
+def test_verify_reports_a_secondary_short_of_memory_for_failovers(backend):
+    """The N+1 check: a secondary that could not take over its primary's instances is reported as Ganeti does."""
+    web1 = backend.state().instance_by_name("web1")
+    backend.commit(ev.NodeCapacityDetected(web1.secondary, 512, 100_000, 4))
+    secondary = backend.state().nodes[web1.secondary].name
+    primary = backend.state().nodes[web1.primary].name
+    assert views.verify(backend.state()) == [
+        f"node {secondary}: not enough memory to accommodate instance failovers should node {primary} fail "
+        "(1024MiB needed, 512MiB available)"]

@@ -75,9 +75,11 @@ def test_node_list_and_modify(cairn):
     """node list prints Ganeti's node table; modify --offline yes sends offline true."""
     cairn.api.routes[("GET", "/api/v1/nodes")] = Reply(200, [{"name": "node1", "dtotal": 2048, "dfree": 1024,
                                                               "mtotal": 4096, "mnode": 300, "mfree": 3000,
-                                                              "pinst_cnt": 2, "sinst_cnt": 1}])
-    assert cairn("node", "list").stdout.splitlines() == ["Node  DTotal DFree MTotal MNode MFree Pinst Sinst",
-                                                         "node1   2.0G  1.0G   4.0G  300M  2.9G     2     1"]
+                                                              "pinst_cnt": 2, "sinst_cnt": 1,
+                                                              "liveness": "alive"}])
+    assert cairn("node", "list").stdout.splitlines() == [
+        "Node  DTotal DFree MTotal MNode MFree Pinst Sinst Liveness",
+        "node1   2.0G  1.0G   4.0G  300M  2.9G     2     1 alive"]
     bodies = cairn.accept_jobs()
     assert cairn("node", "modify", "node1", "--offline", "yes").exit_code == 0
     assert bodies[0]["operations"][0] == {"op": "node_modify", "params": {"node": "node1", "offline": True}}
@@ -252,3 +254,32 @@ def test_recovery_and_maintenance_send_cluster_mode(cairn):
         {"mode": "recovery_disarmed", "on": True}, {"mode": "recovery_disarmed", "on": False},
         {"mode": "maintenance", "on": True, "target": "node2"}, {"mode": "maintenance", "on": False, "target": "node2"}]
     assert cairn("node", "maintenance", "node2", "maybe").exit_code == 2
+
+
+def test_node_evacuate_follows_the_parent_and_its_follow_up_jobs(cairn):
+    """node evacuate submits node_evacuate, then follows each follow-up job it names."""
+    bodies = cairn.accept_jobs(rows={1: job_row(1, opresult=[{"summary": "2 instance(s)", "jobs": [2, 3]}])})
+    result = cairn("node", "evacuate", "node1")
+    assert result.exit_code == 0, result.output
+    assert bodies[0]["operations"] == [{"op": "node_evacuate", "params": {"node": "node1", "mode": "all"}}]
+    assert cairn.api.seen("GET", "/api/v1/jobs/2/watch") and cairn.api.seen("GET", "/api/v1/jobs/3/watch")
+    assert "All instances evacuated successfully." in result.stderr
+
+
+def test_node_evacuate_reports_a_failed_move(cairn):
+    """A failed follow-up job makes node evacuate exit 1 naming it."""
+    cairn.accept_jobs(rows={1: job_row(1, opresult=[{"summary": "1", "jobs": [2]}]),
+                            2: job_row(2, "error", error_code="wrong_state", error_message="node gone")})
+    result = cairn("node", "evacuate", "node1", "--secondary-only", "-n", "node4")
+    assert result.exit_code == 1 and "There were 1 errors during the evacuation" in result.stderr
+    assert "job 2:" in result.stderr and "node gone" in result.stderr
+
+
+def test_node_evacuate_option_errors(cairn):
+    """Both mode flags, -I with -n, or -n without --secondary-only are parameter errors."""
+    for args, phrase in ((["-p", "-s"], "Only one of the --primary-only and --secondary-only options"),
+                         (["-I", "hail", "-n", "node4", "-s"], "give either -I hail or -n NODE"),
+                         (["-n", "node4"], "add --secondary-only")):
+        result = cairn("node", "evacuate", "node1", *args)
+        assert result.exit_code == 1 and phrase in result.stderr, result.output
+    assert not cairn.api.requests

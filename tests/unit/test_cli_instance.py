@@ -178,3 +178,33 @@ def test_info_of_an_unknown_instance_fails_with_the_clusters_words(cairn):
                                                                         "message": "Instance 'nosuch' not known"})
     result = cairn("instance", "info", "nosuch")
     assert result.exit_code == 1 and "error type: unknown_entity" in result.stderr
+
+
+def test_add_with_iallocator_sends_it_instead_of_nodes(cairn):
+    """-I hail goes to instance_add as its iallocator, with no nodes; the allocator chooses when the job is planned."""
+    bodies = cairn.accept_jobs()
+    result = cairn("instance", "add", "-t", "replicated", "-I", "hail", "-o", "debian-12", "-s", "1G", "web1")
+    assert result.exit_code == 0, result.output
+    params = bodies[0]["operations"][0]["params"]
+    assert params["iallocator"] == "hail" and "primary" not in params and "secondary" not in params
+
+
+def test_add_refuses_iallocator_with_nodes_and_neither(cairn):
+    """-I with -n, or neither, is a parameter error before anything is sent."""
+    both = cairn("instance", "add", "-t", "file", "-n", "node1", "-I", "hail", "-o", "x", "web1")
+    neither = cairn("instance", "add", "-t", "file", "-o", "x", "web1")
+    assert both.exit_code == 1 and "give either -n PRIMARY[:SECONDARY] or -I hail, not both" in both.stderr
+    assert neither.exit_code == 1 and "-I hail to let the allocator choose" in neither.stderr
+    assert not cairn.api.requests
+
+
+def test_replace_disks_sends_the_new_secondary_or_the_allocator(cairn):
+    """replace-disks -n NODE and -I hail become instance_replace_disks params; one of the two is required."""
+    bodies = cairn.accept_jobs()
+    assert cairn("instance", "replace-disks", "-n", "Node3", "web1").exit_code == 0
+    assert cairn("instance", "replace-disks", "-I", "hail", "web1").exit_code == 0
+    assert [b["operations"] for b in bodies] == [
+        [{"op": "instance_replace_disks", "params": {"instance": "web1", "node": "node3"}}],
+        [{"op": "instance_replace_disks", "params": {"instance": "web1", "iallocator": "hail"}}]]
+    result = cairn("instance", "replace-disks", "web1")
+    assert result.exit_code == 1 and "give the new secondary with -n NODE, or -I hail" in result.stderr

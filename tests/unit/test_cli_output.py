@@ -52,18 +52,26 @@ def test_a_separator_joins_cells_unpadded_with_sizes_in_mib():
 
 
 def test_the_node_list_has_human_sizes_and_right_aligned_numbers():
-    """gnt-node list's default columns and sizes (252.0G, 313M)."""
-    assert out.table("node", [NODE], out.select_fields("node", None)) == [
-        "Node           DTotal DFree MTotal MNode MFree Pinst Sinst",
-        "node1.gnt.test 252.0G 78.9G  23.5G  313M 16.0G    54     0",
+    """gnt-node list's default columns and sizes (252.0G, 313M), then the leader's view of the node's liveness."""
+    assert out.table("node", [{**NODE, "liveness": "suspect"}], out.select_fields("node", None)) == [
+        "Node           DTotal DFree MTotal MNode MFree Pinst Sinst Liveness",
+        "node1.gnt.test 252.0G 78.9G  23.5G  313M 16.0G    54     0 suspect",
     ]
+
+
+def test_node_info_says_liveness_with_the_lease_age():
+    """`node info` says how the leader sees the node and when its lease was last renewed."""
+    lines = out.node_info({**NODE, "liveness": "alive", "lease_age_s": 0.3})
+    assert "  liveness: alive (lease renewed 0.3 s ago)" in lines
+    assert "  liveness: unknown" in out.node_info(NODE)
 
 
 def test_units_m_prints_bare_mib():
     """`--units m` prints sizes as bare MiB."""
-    assert out.table("node", [{**NODE, "mnode": 314}], out.select_fields("node", None), units="m") == [
-        "Node           DTotal DFree MTotal MNode MFree Pinst Sinst",
-        "node1.gnt.test 258019 80758  24105   314 16345    54     0",
+    assert out.table("node", [{**NODE, "mnode": 314, "liveness": "alive"}], out.select_fields("node", None),
+                     units="m") == [
+        "Node           DTotal DFree MTotal MNode MFree Pinst Sinst Liveness",
+        "node1.gnt.test 258019 80758  24105   314 16345    54     0 alive",
     ]
 
 

@@ -52,9 +52,9 @@ def test_multi_group_file_needs_a_group():
     assert result.exit_code == 1 and "Found multiple node groups" in result.output
 
 
-def test_balance_without_file_says_what_to_do():
-    """Without -t the command explains that only text files work for now."""
-    result = runner.invoke(app, ["balance"])
+def test_balance_without_file_says_what_to_do(tmp_path):
+    """Without -t and with no cluster to talk to, the command says to give one or a file."""
+    result = runner.invoke(app, ["balance", "--config", str(tmp_path / "none.toml")])
     assert result.exit_code == 1 and "-t FILE" in result.output
 
 
@@ -97,7 +97,7 @@ def test_lean_path_reports_errors_like_the_command(capsys):
     """A failing lean run prints the command's error text on stderr and exits 1."""
     from appliance.cli.placement import lean_main
 
-    assert lean_main(["balance"]) == 1
+    assert lean_main(["balance", "--config", "/nonexistent/client.toml"]) == 1
     assert "give a cluster file with -t FILE" in capsys.readouterr().err
 
 
@@ -309,3 +309,87 @@ def test_cairn_balance_on_a_binary_file_prints_no_traceback(tmp_path):
     result = subprocess.run([str(cairn), "balance", "-t", str(binary)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("cairn: ") and len(result.stderr.splitlines()) == 1
+
+
+# --- the live cluster (no -t): its htools text from the API ----------------------------
+
+from tests.unit.test_client_support import Reply, cairn, job_row, tls  # noqa: E402,F401 (cairn and tls are fixtures)
+
+
+def unbalanced_text() -> str:
+    """The htools text appliance.allocator writes for a four-node cluster with every instance on n1/n2."""
+    from appliance import allocator
+    from tests.unit.test_allocator import four_nodes
+    from tests.unit.test_ops_support import add
+
+    box = four_nodes()
+    for number in range(6):
+        add(box, f"web{number}.example.com", memory_mib=1024, disks=(4096,))
+    return allocator.htools_text(box.state)
+
+
+def test_live_balance_equals_balance_of_the_same_text_in_a_file(cairn, tmp_path):
+    """Without -t, balance reads the cluster's htools text from the API and prints what -t FILE prints for it."""
+    text = unbalanced_text()
+    cairn.api.routes[("GET", "/api/v1/cluster/htools")] = Reply(200, {"text": text, "seq": 9})
+    path = tmp_path / "cluster.txt"
+    path.write_text(text)
+    live = cairn("balance", "-C")
+    from_file = cairn("balance", "-C", "-t", str(path), api=False)
+    assert live.exit_code == 0 and from_file.exit_code == 0, live.output + from_file.output
+    assert live.stdout == from_file.stdout and "Cluster score improved" in live.stdout
+
+
+def test_live_capacity_equals_capacity_of_the_same_text_in_a_file(cairn, tmp_path):
+    """Without -t, capacity plans on the cluster's htools text, as -t FILE does on it."""
+    text = unbalanced_text()
+    cairn.api.routes[("GET", "/api/v1/cluster/htools")] = Reply(200, {"text": text, "seq": 9})
+    path = tmp_path / "cluster.txt"
+    path.write_text(text)
+    live = cairn("capacity", "--machine-readable")
+    assert live.exit_code == 0, live.output
+    assert live.stdout == cairn("capacity", "--machine-readable", "-t", str(path), api=False).stdout
+
+
+def test_balance_x_submits_each_jobset_and_prints_the_job_ids(cairn):
+    """-X submits one job per move (migrate for f, replace-disks for r:NODE), jobset by jobset, like hbal -X."""
+    text = unbalanced_text()
+    cairn.api.routes[("GET", "/api/v1/cluster/htools")] = Reply(200, {"text": text, "seq": 9})
+    bodies = cairn.accept_jobs()
+    for job_id in range(1, 21):
+        cairn.api.routes[("GET", f"/api/v1/jobs/{job_id}/wait")] = Reply(200, job_row(job_id))
+    report = json.loads(cairn("balance", "--output", "json").stdout)
+    result = cairn("balance", "-X")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    jobsets = sorted({move["jobset"] for move in report["moves"]})
+    assert sum(line.startswith("Executing jobset for instances ") for line in lines) == len(jobsets)
+    assert sum(line.startswith("Got job IDs ") for line in lines) == len(jobsets)
+    assert len(bodies) == len(report["moves"])
+    first = report["moves"][0]
+    expected = []
+    for part in first["move"].split():
+        expected.append({"op": "instance_migrate", "params": {"instance": first["instance"], "allow_failover": True}}
+                        if part == "f" else
+                        {"op": "instance_replace_disks", "params": {"instance": first["instance"], "node": part[2:]}})
+    assert bodies[0]["operations"] == expected and bodies[0]["reason"] == "cairn balance -X"
+
+
+def test_balance_x_stops_after_a_failed_jobset(cairn):
+    """A failed job stops -X before the next jobset, exit 1, naming the job."""
+    cairn.api.routes[("GET", "/api/v1/cluster/htools")] = Reply(200, {"text": unbalanced_text(), "seq": 9})
+    bodies = cairn.accept_jobs()
+    for job_id in range(1, 21):
+        cairn.api.routes[("GET", f"/api/v1/jobs/{job_id}/wait")] = Reply(
+            200, job_row(job_id, "error", error_code="wrong_state", error_message="node gone"))
+    result = cairn("balance", "-X")
+    assert result.exit_code == 1 and "job 1 (" in result.stderr and "node gone" in result.stderr
+    assert result.stdout.count("Executing jobset") == 1 and bodies
+
+
+def test_balance_x_refuses_a_file(tmp_path):
+    """-X runs jobs on the live cluster: with -t FILE it is refused, saying so."""
+    path = tmp_path / "c.txt"
+    path.write_text(unbalanced_text())
+    result = runner.invoke(app, ["balance", "-X", "-t", str(path)])
+    assert result.exit_code == 1 and "-X executes the moves on the live cluster; leave out -t FILE" in result.output

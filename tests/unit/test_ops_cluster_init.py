@@ -21,8 +21,8 @@ def test_init_refuses_a_second_init():
 
 
 def test_init_refuses_recovery_before_fencing():
-    """The recovery interval must exceed the fencing interval."""
-    refused(Sandbox(1), "cluster_init", WRONG_INPUT, "must be longer than the fencing interval",
+    """The recovery interval must exceed the fencing interval by the margin."""
+    refused(Sandbox(1), "cluster_init", WRONG_INPUT, "must be at least the fencing interval",
             name="c.example.com", fencing_interval_s=300, recovery_interval_s=300)
 
 

@@ -94,7 +94,7 @@ def test_modify_refuses_a_level_above_the_known_one():
 
 def test_modify_refuses_recovery_not_after_fencing():
     """The recovery interval must exceed the fencing interval, so a lost node fences itself first."""
-    refused(cluster(nodes=0), "cluster_modify", WRONG_INPUT, "must be longer than the fencing interval",
+    refused(cluster(nodes=0), "cluster_modify", WRONG_INPUT, "must be at least the fencing interval",
             fencing_interval_s=600)
 
 
@@ -107,10 +107,10 @@ def test_modify_sets_the_intervals():
 
 def test_modify_emits_one_typed_cluster_modified_event():
     """The changed parameters travel in one ClusterModified; the unchanged ones are None."""
-    plan = cluster(nodes=0).plan("cluster_modify", mac_prefix="aa:11:22", fencing_interval_s=30,
+    plan = cluster(nodes=0).plan("cluster_modify", mac_prefix="aa:11:22", fencing_interval_s=6,
                                  enabled_hypervisors=["kvm", "fake"])
-    assert plan.events == (ev.ClusterModified(None, None, None, None, "aa:11:22", None, 30, None),)
-    assert plan.result == {"mac_prefix": "aa:11:22", "fencing_interval_s": 30}
+    assert plan.events == (ev.ClusterModified(None, None, None, None, "aa:11:22", None, 6, None),)
+    assert plan.result == {"mac_prefix": "aa:11:22", "fencing_interval_s": 6}
 
 
 def test_modify_to_current_values_plans_nothing():

@@ -120,10 +120,12 @@ def test_check_ipolicy_refuses_missing_keys():
     assert refusal(_common.check_ipolicy, {"min": {}, "max": {}, "std": {}}).code == WRONG_INPUT
 
 
-def test_intervals_need_recovery_after_fencing():
-    """Recovery must come strictly after fencing."""
-    assert "longer than the fencing interval" in refusal(_common.intervals, 60, 60).message
-    _common.intervals(60, 61)
+def test_intervals_need_recovery_after_fencing_and_the_kill():
+    """Recovery must come at least RECOVERY_MARGIN_S after fencing, and the lease must outlast a restart."""
+    assert "plus 2 s" in refusal(_common.intervals, 60, 61).message
+    _common.intervals(60, 62)
+    _common.intervals(5, 8)
+    assert "at least 3" in refusal(_common.intervals, 2, 10).message
 
 
 def test_not_last_admin_refuses_the_only_admin():

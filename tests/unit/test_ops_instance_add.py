@@ -75,3 +75,95 @@ def test_add_refuses_disks_for_diskless():
     box = cluster()
     refused(box, "instance_add", WRONG_INPUT, "Diskless instance but disk information passed",
             name="d.example.com", primary="n1.example.com", disk_template="diskless", os="x", disks=(1024,))
+
+
+# --- -I hail -------------------------------------------------------------------------
+
+def test_iallocator_commits_the_nodes_hail_chooses_on_the_admitted_state():
+    """With -I hail the plan places the instance where answer_allocate puts it on that state's document."""
+    from appliance import allocator
+    from fastpath.iallocator import answer_allocate
+
+    box = cluster()
+    add(box)
+    request = allocator.allocate_request("new.example.com", "replicated", 1024, 1, [4096])
+    expected = answer_allocate(allocator.document(box.state, request), allocator.options())["result"]
+    plan = box.run("instance_add", name="new.example.com", disk_template="replicated", os="debian-12",
+                   memory_mib=1024, disks=(4096,), iallocator="hail")
+    added = plan.events[0]
+    names = [box.state.nodes[node].name for node in (added.primary, added.secondary)]
+    assert names == expected
+    assert plan.result == f"Selected nodes for instance new.example.com via iallocator hail: {', '.join(expected)}"
+
+
+def test_iallocator_choice_is_in_the_prepared_params():
+    """prepare fills the chosen node ids into the params, so the engine commits them with the plan."""
+    import random
+
+    from ops import instance_add
+
+    box = cluster()
+    params = instance_add.prepare(box.state, instance_add.Params(
+        name="new.example.com", disk_template="file", os="debian-12", disks=(1024,), iallocator="hail"),
+        random.Random(1))
+    assert params.primary in box.state.nodes and params.secondary == ""
+
+
+def test_iallocator_refuses_explicit_nodes_too():
+    """-I together with a node is refused, naming both ways to place the instance."""
+    box = cluster()
+    refused(box, "instance_add", WRONG_INPUT, "Do not specify both, iallocator and node", name="x.example.com",
+            iallocator="hail", **SPEC)
+
+
+def test_iallocator_refuses_an_unknown_allocator():
+    """Only hail is an allocator; another name is refused with what to use instead."""
+    box = cluster()
+    refused(box, "instance_add", WRONG_INPUT, "Unknown iallocator 'dumb'; the only allocator is 'hail'",
+            name="x.example.com", disk_template="file", os="debian-12", disks=(1024,), iallocator="dumb")
+
+
+def test_add_without_nodes_or_allocator_says_what_to_give():
+    """An add with neither nodes nor an allocator names both options."""
+    box = cluster()
+    refused(box, "instance_add", WRONG_INPUT, "give the nodes with -n PRIMARY[:SECONDARY] or let the allocator "
+            "choose them with -I hail", name="x.example.com", disk_template="file", os="debian-12", disks=(1024,))
+
+
+def test_iallocator_failure_is_ganetis_text_with_hails_reasons():
+    """When nothing fits, the refusal is Ganeti's 'Can't compute nodes using iallocator' with hail's reasons."""
+    box = cluster()
+    refused(box, "instance_add", INSUFFICIENT_RESOURCES, "Can't compute nodes using iallocator 'hail': Request "
+            "failed: Group default (preferred): No valid allocation solutions, failure reasons: FailMem: 3",
+            name="x.example.com", disk_template="file", os="debian-12", memory_mib=8192, disks=(1024,),
+            iallocator="hail")
+
+
+def test_iallocator_claims_every_node_shared():
+    """Before planning the nodes are unknown, so an add with -I claims every node, shared."""
+    from ops import instance_add
+
+    box = cluster()
+    claims = instance_add.claims(box.state, instance_add.Params(
+        name="x.example.com", disk_template="file", os="debian-12", iallocator="hail"))
+    assert claims.shared_nodes == frozenset(box.state.nodes) and not claims.nodes
+
+
+def test_iallocator_choice_is_committed_with_the_job_plan():
+    """Run as a job, the committed JobOperationPlanned names the nodes hail answers on the state it was planned on."""
+    from appliance import allocator
+    from appliance.core.io import op
+    from fastpath.iallocator import answer_allocate
+    from tests.unit.core_support import add_instance, cluster as core_cluster
+
+    harness = core_cluster(("node1", "node2", "node3"))
+    add_instance(harness, "web1.example.com", primary="node1", secondary="node2")
+    request = allocator.allocate_request("new.example.com", "replicated", 512, 1, [1024])
+    expected = answer_allocate(allocator.document(harness.state, request), allocator.options())["result"]
+    job = harness.run(op("instance_add", name="new.example.com", disk_template="replicated", os="debian-12",
+                         memory_mib=512, disks=(1024,), iallocator="hail"))
+    assert job.status == "success", job.error_message
+    planned = [e.event for e in harness.events(ev.JobOperationPlanned) if e.event.job == job.id][0]
+    ids = harness.state.node_names
+    assert [planned.params["primary"], planned.params["secondary"]] == [ids[name] for name in expected]
+    assert job.result == (f"Selected nodes for instance new.example.com via iallocator hail: {', '.join(expected)}",)

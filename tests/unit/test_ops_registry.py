@@ -43,9 +43,10 @@ def test_a_reference_to_no_field_is_refused():
         base.conforms(broken)
 
 
-def test_only_the_mode_switch_runs_while_drained():
-    """Only cluster_mode is exempt from the drained queue (undrain must work)."""
-    assert [n for n, m in MODULES if m.DRAIN_EXEMPT] == ["cluster_mode"]
+def test_only_the_mode_switch_and_healing_run_while_drained():
+    """cluster_mode is exempt from the drained queue (undrain must work), and so is healing: a node that dies
+    while the queue is drained is still fenced and its instances recovered."""
+    assert sorted(n for n, m in MODULES if m.DRAIN_EXEMPT) == ["cluster_mode", "instance_recover", "node_fence"]
 
 
 def test_unknown_operation_names_the_known_ones():

@@ -1,0 +1,153 @@
+"""Tests of appliance/fencing.py: the watchdog's local lease, its fence methods, and the process itself."""
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance import fencing
+from appliance.clock import boottime
+
+
+class Recorder(fencing.FenceMethod):
+    name = "recorder"
+
+    def __init__(self, fail: int = 0) -> None:
+        self.calls, self.fail = 0, fail
+
+    def fence(self) -> str:
+        self.calls += 1
+        if self.calls <= self.fail:
+            raise OSError("not yet")
+        return "done"
+
+
+def test_nothing_is_fenced_before_the_first_renewal_or_while_the_lease_holds():
+    method = Recorder()
+    dog = fencing.Watchdog([method])
+    dog.step(1e9)
+    dog.renew(100.0, True)
+    dog.step(99.9)
+    assert method.calls == 0
+
+
+def test_a_lapsed_armed_lease_fences_once_and_a_new_lease_rearms():
+    """At expiry every method runs once; a renewal into the future arms it again for the next lapse."""
+    method = Recorder()
+    dog = fencing.Watchdog([method])
+    dog.renew(100.0, True)
+    dog.step(100.0)
+    dog.step(101.0)
+    assert method.calls == 1 and dog.fenced
+    dog.renew(boottime() + 60, True)
+    assert not dog.fenced
+    dog.step(boottime() + 61)
+    assert method.calls == 2
+
+
+def test_a_failed_fence_is_tried_again():
+    method = Recorder(fail=2)
+    dog = fencing.Watchdog([method])
+    dog.renew(10.0, True)
+    for now in (10.0, 10.1, 10.2):
+        dog.step(now)
+    assert method.calls == 3 and dog.fenced
+
+
+def test_disarmed_means_nothing_is_killed():
+    """Recovery disarmed or the node in maintenance: the lease may lapse, nothing is killed."""
+    method = Recorder()
+    dog = fencing.Watchdog([method])
+    dog.renew(10.0, False)
+    dog.step(1e6)
+    assert method.calls == 0
+
+
+def test_a_late_renewal_never_shortens_the_lease():
+    dog = fencing.Watchdog([Recorder()])
+    dog.renew(100.0, True)
+    dog.renew(50.0, True)
+    assert dog.until == 100.0
+
+
+def test_malformed_renewals_are_ignored():
+    assert fencing.message_of(b"not json") is None
+    assert fencing.message_of(b'{"until": 3}') is None
+    assert fencing.message_of(b'{"until": 3.5, "armed": true}') == (3.5, True)
+
+
+def _guest(directory: Path, name: str, token: str) -> subprocess.Popen:
+    """A process shaped like a fake guest (its name and token on the command line), with its pid file."""
+    process = subprocess.Popen(["/bin/sh", "-c", "sleep 60", fencing.GUEST_NAME.decode(), token])
+    entry = directory / name
+    entry.mkdir(parents=True)
+    (entry / "pid").write_text(f"{process.pid} {token}\n")
+    return process
+
+
+def test_kill_instances_kills_what_the_pid_files_name_and_checks(tmp_path):
+    """SIGKILL to each recorded guest; a pid file naming another process (token mismatch) is left alone."""
+    guests = [_guest(tmp_path, f"inst-{k}", f"tok{k}") for k in range(2)]
+    stranger = subprocess.Popen(["sleep", "60"])
+    (tmp_path / "inst-x").mkdir()
+    (tmp_path / "inst-x" / "pid").write_text(f"{stranger.pid} tokx\n")
+    try:
+        method = fencing.KillInstances(tmp_path)
+        assert sorted(name for name, _, _ in method.running()) == ["inst-0", "inst-1"]
+        assert "killed 2 instance process(es)" in method.fence()
+        assert [g.wait(5) for g in guests] == [-signal.SIGKILL] * 2
+        assert stranger.poll() is None and method.running() == []
+    finally:
+        for process in guests + [stranger]:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait()
+
+
+def test_the_oob_program_powers_off_and_reports_failure(tmp_path):
+    script = tmp_path / "oob"
+    script.write_text("#!/bin/sh\n[ \"$1 $2\" = 'power-off node7' ] && exit 0\necho no such node >&2\nexit 3\n")
+    script.chmod(0o755)
+    assert "powered off node7" in fencing.OobProgram(str(script), "node7").fence()
+    with pytest.raises(OSError, match="exited 3: no such node"):
+        fencing.OobProgram(str(script), "node8").fence()
+
+
+def test_the_watchdog_process_kills_the_instances_when_the_lease_lapses(tmp_path):
+    """The real process: renewed through WatchdogLink, it leaves the guest alone while the lease holds and kills
+    it once the lease lapses; disarmed it kills nothing; SIGTERM stops it cleanly (removing its pid file)."""
+    instances = tmp_path / "hv" / "instances"
+    guest = _guest(instances, "inst-a", "toka")
+    dog = subprocess.Popen([sys.executable, "-m", "appliance.fencing", str(tmp_path)])
+    link = fencing.WatchdogLink(tmp_path)
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / fencing.SOCKET_NAME).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert oct((tmp_path / fencing.SOCKET_NAME).stat().st_mode & 0o777) == "0o600"
+        assert link.renew(boottime() + 60, False)
+        assert link.renew(boottime() + 1.0, True)       # shorter: the watchdog keeps the longer lease
+        time.sleep(1.5)
+        assert guest.poll() is None
+        other = _guest(instances, "inst-b", "tokb")
+        dog.send_signal(signal.SIGTERM)
+        dog.wait(10)
+        assert not (tmp_path / fencing.PID_NAME).exists()
+        dog = subprocess.Popen([sys.executable, "-m", "appliance.fencing", str(tmp_path)])
+        deadline = time.monotonic() + 10
+        while not link.renew(boottime() + 0.5, True) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert guest.wait(10) == -signal.SIGKILL and other.wait(10) == -signal.SIGKILL
+    finally:
+        link.close()
+        for process in (guest, dog):
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait()
+        with contextlib.suppress(NameError, ProcessLookupError):
+            other.kill()
+            other.wait()
