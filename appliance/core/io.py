@@ -156,7 +156,9 @@ class Action:
     """A driver action for this node's hypervisor or storage.
 
     Kinds: start (args: spec), stop (timeout_s), migrate (target), list (hypervisor
-    listing), disk_create (index, size_mib), disk_remove (index), disk_list.
+    listing), disk_create (index, size_mib), disk_remove (index), disk_list,
+    disk_states (the replicated copies' states), disk_set_peer (index, peer, role),
+    disk_resync (index, peer).
     """
 
     id: int

@@ -53,6 +53,10 @@ class Reconciler:
     listed_at: float = float("-inf")
     listing_seq: int = -1                 # the applied seq when the listing in hand was asked for
     disks_listed_at: float = float("-inf")
+    copies: dict | None = None            # (instance id, disk index) -> (state, sync_percent) of this node's copy
+    copies_listed_at: float = float("-inf")
+    paired: dict = field(default_factory=dict)       # (instance id, disk index) -> (peer node name, role) set
+    resync_at: dict = field(default_factory=dict)    # (instance id, disk index) -> when a resync was last asked
     pending: dict = field(default_factory=dict)      # instance id (or "" for listings) -> _Pending
     reports: dict = field(default_factory=dict)      # (instance, kind) -> time proposed
     report_ids: dict = field(default_factory=dict)   # event id of a report in flight -> (instance, kind)
@@ -90,6 +94,18 @@ class Reconciler:
             if ok and action.args.get("changes") == self.changes:
                 self.disks = set(map(tuple, value))
             return
+        if action.kind == "disk_states":
+            if ok:
+                self.copies = {(i, index): (state, percent) for i, index, state, percent in value or ()}
+            return
+        if action.kind == "disk_set_peer":
+            if ok:
+                self.paired[(action.instance, action.args["index"])] = (action.args["peer"], action.args["role"])
+            return
+        if action.kind == "disk_resync":
+            if ok:
+                self.copies_listed_at = float("-inf")   # look at the copy again at once
+            return
         self.changes += 1
         if action.kind == "migrate":
             self.migrations[action.instance] = (ok, "migrated" if ok else f"migration failed: {value or 'driver error'}")
@@ -106,6 +122,7 @@ class Reconciler:
                 self.disks.add((action.instance, action.args["index"]))
             elif action.kind == "disk_remove":
                 self.disks.discard((action.instance, action.args["index"]))
+                self.paired.pop((action.instance, action.args["index"]), None)
 
     def heard(self, seq: int, now: float, lease_until: float | None = None) -> None:
         """The leader's commit seq, as just heard, with the lease granted with it (None: FRESH_S from now)."""
@@ -171,6 +188,7 @@ class Reconciler:
                 self._elsewhere(proposals, actions, state, me, instance, status, now)
         if not offline:
             self._reconcile_disks(actions, state, me, now)
+            self._replicated(proposals, actions, state, me, now)
         return proposals, actions, now + LIST_EVERY_S
 
     def _listings(self, actions: list, now: float, seq: int) -> None:
@@ -180,6 +198,9 @@ class Reconciler:
         if "/disks" not in self.pending and now - self.disks_listed_at >= LIST_EVERY_S:
             self.disks_listed_at = now
             self._act(actions, now, "disk_list", "", key="/disks", changes=self.changes)
+        if "/copies" not in self.pending and now - self.copies_listed_at >= LIST_EVERY_S:
+            self.copies_listed_at = now
+            self._act(actions, now, "disk_states", "", key="/copies")
 
     def _concerned(self, state, me: str) -> list[str]:
         """Every instance that touches this node in the state, and every one its hypervisor runs."""
@@ -231,9 +252,13 @@ class Reconciler:
         if instance.disk_template != "diskless":
             if self.disks is None or any((instance.id, i) not in self.disks for i in range(len(instance.disks))):
                 return
+        if instance.disk_template == "replicated" and any(
+                self.paired.get((instance.id, i)) != self._pairing(state, me, instance)
+                for i in range(len(instance.disks))):
+            return          # the copies must know which one is written to before the guest writes
         spec = {"name": instance.name, "memory_mib": instance.memory_mib, "vcpus": instance.vcpus,
                 "disks": tuple(d.size_mib for d in instance.disks), "nics": tuple(n.mac for n in instance.nics),
-                "hypervisor": instance.hypervisor}
+                "hypervisor": instance.hypervisor, "disk_template": instance.disk_template}
         self.restart_at.pop(instance.id, None)
         self._act(actions, now, "start", instance.id, spec=spec)
 
@@ -309,6 +334,54 @@ class Reconciler:
         for instance_id, index in sorted(self.disks - set(wanted)):
             if instance_id not in self.listing and f"disk/{instance_id}/{index}" not in self.pending:
                 self._act(actions, now, "disk_remove", instance_id, key=f"disk/{instance_id}/{index}", index=index)
+
+    def _replicated(self, proposals, actions, state, me, now) -> None:
+        """Replicated copies here: pair each with its peer in its current role, report its state when it
+        changes, and resync a secondary copy that is behind (DEGRADED) from the primary's."""
+        for instance in state.instances.values():
+            if instance.disk_template != "replicated" or me not in (instance.primary, instance.secondary):
+                continue
+            wanted = self._pairing(state, me, instance)
+            if wanted is None:
+                continue
+            recorded = {(disk, node): (disk_state, percent) for disk, node, disk_state, percent in instance.disk_states}
+            for index in range(len(instance.disks)):
+                key = (instance.id, index)
+                if self.disks is None or key not in self.disks:
+                    continue
+                if self.paired.get(key) != wanted:
+                    if f"pair/{instance.id}/{index}" not in self.pending:
+                        self._act(actions, now, "disk_set_peer", instance.id, key=f"pair/{instance.id}/{index}",
+                                  index=index, peer=wanted[0], role=wanted[1])
+                    continue
+                seen = (self.copies or {}).get(key)
+                if seen is None:
+                    continue
+                copy_state, percent = seen
+                known = recorded.get((index, me))
+                if known is None or known[0] != copy_state or (copy_state == "SYNCING" and percent - known[1] >= 10):
+                    kind = f"disk{index}:{copy_state}:{percent // 10 if copy_state == 'SYNCING' else ''}"
+                    if not self._reported(instance, kind, now):
+                        self._propose(proposals, state, instance, kind, now,
+                                      ev.DiskStateObserved(instance.id, index, me, copy_state, float(percent)),
+                                      f"disk {index} of {instance.name} on {self.node_name} is {copy_state}"
+                                      + (f" ({percent}%)" if copy_state == "SYNCING" else ""))
+                if copy_state == "DEGRADED" and wanted[1] == "secondary" \
+                        and f"resync/{instance.id}/{index}" not in self.pending \
+                        and now - self.resync_at.get(key, float("-inf")) >= LIST_EVERY_S:
+                    self.resync_at[key] = now
+                    self._act(actions, now, "disk_resync", instance.id, key=f"resync/{instance.id}/{index}",
+                              index=index, peer=wanted[0])
+
+    @staticmethod
+    def _pairing(state, me, instance) -> tuple[str, str] | None:
+        """(peer node name, role) this node's copies of a replicated instance should have; None if the peer
+        is not known."""
+        primary = instance.primary == me
+        peer = state.nodes.get(instance.secondary if primary else instance.primary)
+        if peer is None:
+            return None
+        return peer.name, "primary" if primary else "secondary"
 
     # --- helpers ---------------------------------------------------------------
 

@@ -39,16 +39,18 @@ LOG_NAME = "daemon.log"
 
 
 class FakePeers(Mapping):
-    """Where the fake hypervisor finds another node's instances: the configured data dirs, else a sibling of
-    this node's data dir with that node's name (the layout of `cairn up`, `cluster init` and `node join` on one
-    machine), looked up at each migration so that nodes joined later are found too."""
+    """Where the fake drivers find another node's instances (`hv`) or disk copies (`disks`): under the
+    configured data dirs, else under a sibling of this node's data dir with that node's name (the layout of
+    `cairn up`, `cluster init` and `node join` on one machine), looked up at each use so that nodes joined
+    later are found too. This stands for the data plane a real cluster reaches over the network."""
 
-    def __init__(self, configured: dict, data_dir: Path) -> None:
-        self.configured = {name: Path(directory) / "hv" for name, directory in configured.items()}
+    def __init__(self, configured: dict, data_dir: Path, part: str = "hv") -> None:
+        self.part = part
+        self.configured = {name: Path(directory) / part for name, directory in configured.items()}
         self.parent = data_dir.parent
 
     def _known(self) -> dict:
-        found = {p.parent.name: p.parent / "hv" for p in self.parent.glob("*/node.json")}
+        found = {p.parent.name: p.parent / self.part for p in self.parent.glob("*/node.json")}
         return {**found, **self.configured}
 
     def __getitem__(self, name: str) -> Path:
@@ -62,8 +64,10 @@ class FakePeers(Mapping):
 
 
 def drivers_for(config: NodeConfig, data_dir: Path):
-    hypervisor = FakeHypervisor(data_dir / "hv", config.name, FakePeers(config.fake_peers, data_dir))
-    storage = FileStorage(data_dir / "disks")
+    disk_roots = FakePeers(config.fake_peers, data_dir, "disks")
+    hypervisor = FakeHypervisor(data_dir / "hv", config.name, FakePeers(config.fake_peers, data_dir),
+                                disk_roots=disk_roots)
+    storage = FileStorage(data_dir / "disks", disk_roots, config.name)
     return hypervisor, storage
 
 

@@ -116,7 +116,7 @@ class NodeShell:
         self._granted: dict[str, float] = {}        # (leader) node name -> boottime of its last grant
         self._lapsed: dict[str, list] = {}          # (leader) node name -> [its fenced_seq then, when told]
         self._term_began: float | None = None       # (leader) boottime when its own LeaderElected was applied
-        self._down: set[str] = set()                # (leader) nodes seen offline or fenced
+        self._down: set[str] = set()                # (leader) nodes not watched: offline, fenced, exempt
         self._liveness: dict = {}                   # (follower) the leader's liveness table, as last heard
         self._liveness_at = float("-inf")
 
@@ -347,10 +347,11 @@ class NodeShell:
             wall = clock.now()
             quiet = state.mode_active("recovery_disarmed", wall)
             for found in state.nodes.values():
-                if found.offline or found.fenced:
+                if found.offline or found.fenced or quiet or state.mode_active("maintenance", wall, found.id):
                     self._down.add(found.name)
                 elif found.name in self._down:
-                    # Back online: its wait for a lease starts now, not at the grant before it went down.
+                    # Watched again (back online, recovery armed, out of maintenance): its wait for a lease
+                    # starts now, not at a grant before the pause.
                     self._down.discard(found.name)
                     self._granted[found.name] = now
                 lapsed = self._lapsed.get(found.name)
@@ -412,6 +413,8 @@ class NodeShell:
             return await self.hypervisor.list()
         if kind == "disk_list":
             return sorted(await self.storage.list())
+        if kind == "disk_states":
+            return await self.storage.states()
         if kind == "start":
             await self.hypervisor.start(instance, args["spec"])
         elif kind == "stop":
@@ -422,6 +425,10 @@ class NodeShell:
             await self.storage.create(instance, args["index"], args["size_mib"])
         elif kind == "disk_remove":
             await self.storage.remove(instance, args["index"])
+        elif kind == "disk_set_peer":
+            await self.storage.set_peer(instance, args["index"], args["peer"], args["role"])
+        elif kind == "disk_resync":
+            await self.storage.resync(instance, args["index"], args["peer"])
         else:
             raise DriverError(f"unknown driver action {kind!r}")
         return None

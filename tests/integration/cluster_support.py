@@ -80,6 +80,24 @@ class LocalCluster:
             with contextlib.suppress(OSError):
                 (self.directory / node / "daemon.pid").unlink()
 
+    def node_pids(self, node: str) -> list[int]:
+        """The node's daemon, its watchdog and its instance processes, from their pid files."""
+        directory = self.directory / node
+        pids = []
+        for name in ("daemon.pid", "watchdog.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.append(int((directory / name).read_text().split()[0]))
+        for pid_file in directory.glob("hv/instances/*/pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.append(int(pid_file.read_text().split()[0]))
+        return pids
+
+    def kill_whole_node(self, node: str) -> None:
+        """kill -9 of everything the node runs: as if it lost power."""
+        for pid in self.node_pids(node):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def master(self, via: str | None = None) -> str:
         args = ("cluster", "master") if via is None else ("cluster", "master", "--api", self.address(via))
         return self.run(*args).stdout.strip()

@@ -96,6 +96,12 @@ class Harness:
                 host.create_disk(action.instance, action.args["index"], action.args["size_mib"])
             elif action.kind == "disk_remove":
                 host.remove_disk(action.instance, action.args["index"])
+            elif action.kind == "disk_states":
+                value = host.disk_states()
+            elif action.kind == "disk_set_peer":
+                host.set_disk_peer(action.instance, action.args["index"], action.args["peer"], action.args["role"])
+            elif action.kind == "disk_resync":
+                host.resync_disk(action.instance, action.args["index"], action.args["peer"])
         except DriverError as error:
             ok, message = False, str(error)
         self.queue.append((name, DriverDone(action.id, ok, message, value)))

@@ -137,3 +137,49 @@ def test_a_removed_instance_loses_its_disks():
     harness.advance(5)
     assert not harness.world.hosts["node1"].disks and not harness.world.hosts["node2"].disks
     assert not running(harness, "node1")
+
+
+# --- replicated copies ------------------------------------------------------------------------------
+
+def disk_states(harness, name: str) -> dict:
+    found = harness.instance(name)
+    return {harness.state.nodes[node].name: state for _, node, state, _ in found.disk_states}
+
+
+def test_replicated_copies_are_paired_and_reported_uptodate():
+    """Both nodes pair their copy in its role before the start, and each reports its copy's state."""
+    harness = cluster(("node1", "node2"))
+    found = add_instance(harness, secondary="node2")
+    harness.advance(6)
+    copies = {n: harness.world.hosts[n].copies[(found.id, 0)] for n in ("node1", "node2")}
+    assert (copies["node1"].peer, copies["node1"].role) == ("node2", "primary")
+    assert (copies["node2"].peer, copies["node2"].role) == ("node1", "secondary")
+    assert disk_states(harness, found.name) == {"node1": "UPTODATE", "node2": "UPTODATE"}
+
+
+def test_a_stale_secondary_is_reported_degraded_and_resynced():
+    """Writes acknowledged while the secondary is cut off leave its copy behind: both copies report DEGRADED,
+    and once the peer is back the secondary resyncs and both report UPTODATE again."""
+    harness = cluster(("node1", "node2"))
+    found = add_instance(harness, secondary="node2")
+    harness.advance(6)
+    harness.world.hosts["node2"].disks_reachable = False
+    harness.world.hosts["node1"].guest_write(found.id)
+    harness.advance(6)
+    assert disk_states(harness, found.name) == {"node1": "DEGRADED", "node2": "DEGRADED"}
+    harness.world.hosts["node2"].disks_reachable = True
+    harness.advance(10)
+    assert disk_states(harness, found.name) == {"node1": "UPTODATE", "node2": "UPTODATE"}
+    assert harness.world.hosts["node2"].copies[(found.id, 0)].records >= {1}
+
+
+def test_after_a_failover_the_roles_swap():
+    """The new primary pairs its copy as the primary, the old one as the secondary."""
+    harness = cluster(("node1", "node2"))
+    found = add_instance(harness, secondary="node2")
+    harness.advance(4)
+    harness.run(op("instance_failover", instance=found.name))
+    harness.advance(6)
+    copies = {n: harness.world.hosts[n].copies[(found.id, 0)] for n in ("node1", "node2")}
+    assert (copies["node2"].role, copies["node1"].role) == ("primary", "secondary")
+    assert found.id in harness.world.hosts["node2"].running()
