@@ -12,11 +12,19 @@ where each instance went:
 - `node_modify --offline no` brings back a node fenced by its lease once it
   asks for a lease again having applied its fence and running nothing
   (`NodeReturned`). A node an operator marked offline stays offline.
+- `instance_replace_disks -I hail` (Ganeti's harep, built in) gives a
+  replicated instance whose secondary node is fenced a new secondary chosen
+  by the placement engine; the new copy resyncs before it counts. At most
+  REPAIRS_AT_ONCE repairs run at a time, cluster-wide; an instance tagged
+  `cairn:repair:off` is left alone (its per-instance policy).
 
 Neither happens while recovery is disarmed, nor for a node in maintenance
 (its daemon may be stopped on purpose). Request ids make a repeat harmless:
 the fence's names the node and its previous fence, and a fence job finds an
-already fenced node fenced.
+already fenced node fenced. A job of the healer's that ended without success
+(an operator canceled it, or it failed) does not block the next decision: the
+healer submits again under the next attempt's request id, up to
+MAX_ATTEMPTS times per fence.
 """
 
 from __future__ import annotations
@@ -28,6 +36,10 @@ from appliance.model.codec import Envelope
 
 HEALER_ACTOR = "cairn-healer"
 RESEND_S = 5.0
+REPAIRS_AT_ONCE = 2
+REPAIR_OFF_TAG = "cairn:repair:off"
+REPAIR_PREFIX = "heal-repair-"
+MAX_ATTEMPTS = 5
 
 
 class Healer:
@@ -70,9 +82,37 @@ class Healer:
             self._submit(out, state, now, request, {"op": "node_modify", "params": {"node": name, "offline": False}},
                          f"node {name} came back after its fence: it has applied the fence, runs no instance and "
                          "asks for a lease")
+        if not disarmed:
+            self._repairs(out, state, now)
         return out
 
+    def _repairs(self, out: list, state, now: float) -> None:
+        """A new secondary for each replicated instance whose secondary is fenced, a few at a time."""
+        running = sum(1 for job_id in state.active_jobs
+                      if state.jobs[job_id].request_id.startswith(REPAIR_PREFIX))
+        for instance in sorted(state.instances.values(), key=lambda i: (-i.ha_priority, i.name)):
+            if running >= REPAIRS_AT_ONCE:
+                return
+            secondary = state.nodes.get(instance.secondary) if instance.secondary else None
+            if instance.disk_template != "replicated" or secondary is None or not secondary.fenced \
+                    or REPAIR_OFF_TAG in instance.tags or instance.migration_status == "running":
+                continue
+            primary = state.nodes.get(instance.primary)
+            if primary is None or primary.offline or primary.fenced:
+                continue        # the instance itself is down with its primary: recovery comes first
+            request = f"{REPAIR_PREFIX}{instance.id}-{secondary.id}-{secondary.fenced_seq}"
+            if request in state.job_requests:
+                continue
+            running += 1
+            self._submit(out, state, now, request, {"op": "instance_replace_disks", "params": {
+                "instance": instance.name, "iallocator": "hail"}},
+                f"repair: instance {instance.name}'s secondary {secondary.name} is fenced; a new secondary chosen "
+                "by hail gets a copy, resynced from the primary")
+
     def _submit(self, out: list, state, now: float, request: str, operation: dict, reason: str) -> None:
+        request = _attempt(state, request)
+        if request is None:
+            return
         if request in state.job_requests:
             self.sent.pop(request, None)
             return
@@ -83,3 +123,14 @@ class Healer:
         key = ("heal", request)
         envelope = Envelope(event_id(*key), ev.JobSubmitted((operation,), request), HEALER_ACTOR, reason, now, 0)
         out.append(Proposal(envelope, key))
+
+
+def _attempt(state, request: str) -> str | None:
+    """The request id to use: the first attempt whose job does not exist yet or has not ended without success
+    (a canceled or failed job must not stop the healer for good); None once MAX_ATTEMPTS have ended so."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        candidate = request if attempt == 1 else f"{request}-attempt{attempt}"
+        job = state.jobs.get(state.job_requests.get(candidate, -1))
+        if job is None or job.status not in ("canceled", "error"):
+            return candidate
+    return None

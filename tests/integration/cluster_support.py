@@ -276,6 +276,7 @@ class InstanceMonitor:
     def _run(self) -> None:
         while not self._stop.is_set():
             now = time.monotonic()
+            due = now + self.interval_s
             running = self.running()
             self.samples += 1
             for instance, nodes in running.items():
@@ -285,7 +286,7 @@ class InstanceMonitor:
                 if len(nodes) > 1:
                     self.double_runs += 1
                     self.doubles.append((now, instance, tuple(sorted(nodes))))
-            self._stop.wait(self.interval_s)
+            self._stop.wait(max(0.0, due - time.monotonic()))
 
     def on(self, node: str) -> set[str]:
         """The instances running on `node` now."""

@@ -71,6 +71,24 @@ def test_a_fenced_node_that_returns_comes_online_and_an_operator_offlined_one_do
     assert online.actor == "cairn-healer" and "came back after its fence" in online.reason
 
 
+def test_a_healer_job_that_ended_without_success_does_not_block_the_next():
+    """A node_modify online job under the healer's request id that failed (or was canceled) is submitted again
+    under the next attempt's id when the node asks again; found by the simulator, where an operator's cancel
+    of the healer's job kept a fenced node offline for good."""
+    harness = cluster(("node1", "node2", "node3"))
+    harness.send("node1", NodeLapsed("node2", "lapsed"))
+    harness.advance(5)
+    node = harness.state.node_by_name("node2")
+    request = f"heal-online-{node.id}-{node.fenced_seq}"
+    failed = harness.submit(op("node_modify", node="node2", offline=False, colour="red"), request_id=request)
+    harness.advance(2)
+    assert harness.job(failed).status == "error"
+    harness.send("node1", NodeReturned("node2"))
+    harness.advance(5)
+    assert not harness.state.node_by_name("node2").offline
+    assert f"{request}-attempt2" in harness.state.job_requests
+
+
 def test_without_a_lease_a_node_starts_nothing():
     """LeaseLost: the reconciler starts nothing until a new lease; with one it does."""
     harness = cluster(("node1",))
@@ -88,3 +106,24 @@ def test_without_a_lease_a_node_starts_nothing():
     assert len(harness.world.hosts["node1"].running()) == 1
     harness.now += 20
     harness.send("node1", Tick(harness.now))
+
+
+def test_an_instance_whose_secondary_is_fenced_gets_a_new_one_chosen_by_hail():
+    """Harep built in: the secondary's node is fenced, so the healer replaces the disks (-I hail) onto the one
+    node left; the new copy is paired and resynced to UPTODATE. An instance tagged cairn:repair:off is left."""
+    harness = cluster(("node1", "node2", "node3"))
+    found = add_instance(harness, primary="node2", secondary="node3")
+    kept = add_instance(harness, name="kept.example.com", primary="node2", secondary="node3")
+    harness.run(op("tags_add", kind="instance", target=kept.name, tags=("cairn:repair:off",)))
+    harness.advance(4)
+    harness.world.hosts["node3"].power_off()
+    harness.send("node1", NodeLapsed("node3", "lapsed"))
+    harness.advance(15)
+    (repair,) = jobs_of(harness, "instance_replace_disks")
+    assert repair.status == "success" and repair.actor == "cairn-healer", repair.error_message
+    assert "is fenced" in repair.reason
+    moved = harness.instance(found.name)
+    assert harness.state.nodes[moved.secondary].name == "node1"
+    states = {harness.state.nodes[node].name: state for _, node, state, _ in moved.disk_states}
+    assert states == {"node1": "UPTODATE", "node2": "UPTODATE"}
+    assert harness.state.nodes[harness.instance(kept.name).secondary].name == "node3"

@@ -85,3 +85,38 @@ async def test_without_a_leader_reads_and_writes_are_unavailable():
     await shell.log.aclose()
     with pytest.raises(Unavailable):
         await shell.barrier()
+
+
+async def test_the_leader_grants_itself_a_lease_and_refuses_strangers_and_the_fenced():
+    """The one node leads: it holds a lease (status says so), its liveness is alive; an unknown node is
+    refused; a node that is fenced is refused until it has applied its fence and runs nothing, and then the
+    healer brings it back online."""
+    shell, host = one_node()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(shell.run)
+        await ready(shell)
+        with trio.fail_after(20):
+            while not shell.lease_status()["held"]:
+                await trio.sleep(0.05)
+        assert shell.liveness()["node1"]["liveness"] == "alive"
+        stranger = shell.grant_lease("node9", {"applied_seq": 0, "running": 0})
+        assert stranger["granted"] is False and "not a member" in stranger["reason"]
+        job = await shell.submit([op("node_add", name="node2", address="memory:7003", memory_mib=1024,
+                                     disk_mib=1000, cpus=1, role="non-voter")], "admin", "test")
+        with trio.fail_after(20):
+            assert (await shell.wait_job(job)).status == "success"
+        granted = shell.grant_lease("node2", {"applied_seq": 0, "running": -1})
+        assert granted["granted"] is True and granted["lease_s"] == 5 and granted["armed"] is True
+        job = await shell.submit([op("node_fence", node="node2", proof="lease", detail="test")], "admin", "test")
+        with trio.fail_after(20):
+            assert (await shell.wait_job(job)).status == "success"
+        fenced = shell.state().node_by_name("node2")
+        early = shell.grant_lease("node2", {"applied_seq": fenced.fenced_seq - 1, "running": 0})
+        assert early["granted"] is False and "fenced" in early["reason"]
+        assert shell.liveness()["node2"]["liveness"] == "fenced"
+        assert shell.grant_lease("node2", {"applied_seq": fenced.fenced_seq, "running": 0})["granted"] is False
+        with trio.fail_after(20):
+            while shell.state().node_by_name("node2").offline:
+                await trio.sleep(0.05)
+        assert shell.grant_lease("node2", {"applied_seq": shell.state().seq, "running": 0})["granted"] is True
+        nursery.cancel_scope.cancel()
