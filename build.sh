@@ -18,6 +18,8 @@ fi
 
 need_apt=()
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+# The partition test puts nodes in network namespaces (root only; it is skipped elsewhere).
+if [ "$(id -u)" = 0 ] && ! command -v ip >/dev/null 2>&1; then need_apt+=(iproute2); fi
 "$PYTHON" - <<'PY' 2>/dev/null || need_apt+=("python3-dev")
 import sysconfig, os, sys
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)

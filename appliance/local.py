@@ -32,6 +32,7 @@ CLUSTER_NAME = "local.cairn"
 MAX_VOTERS = 5
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+OWN_HOST_PORT = 7100                # a node with an address of its own listens on 7100-7102
 _started: dict[Path, int] = {}      # data dir -> pid of the daemon this process started for it
 
 
@@ -93,12 +94,14 @@ def load(directory: Path) -> LocalCluster | None:
     return LocalCluster(directory, plain["name"], dict(plain["nodes"]))
 
 
-def create(directory: Path, count: int, capacity: dict | None = None) -> tuple[LocalCluster, str]:
+def create(directory: Path, count: int, capacity: dict | None = None,
+           hosts: list[str] | None = None) -> tuple[LocalCluster, str]:
     """Make the secrets, data dirs and bootstrap jobs of a new local cluster; return it and the admin token.
 
     Each node gets its share of this host's memory and disk and all its cpus, unless `capacity` gives
     figures per node (memory_mib, disk_mib, cpus): fake instances take no real memory, so a demo or a
-    benchmark may well give the nodes more than the host has.
+    benchmark may well give the nodes more than the host has. `hosts` gives each node an address of its
+    own (one network namespace each, in the partition tests) instead of ports on 127.0.0.1.
     """
     from appliance import pki
     from appliance.daemon.config import NodeConfig, write_bootstrap
@@ -110,6 +113,9 @@ def create(directory: Path, count: int, capacity: dict | None = None) -> tuple[L
     taken: set[int] = set()
     nodes = {}
     for k in range(1, count + 1):
+        if hosts:
+            nodes[f"node{k}"] = f"{hosts[k - 1]}:{OWN_HOST_PORT}"
+            continue
         port = _free_port_triple(taken)
         taken |= {port, port + 1, port + 2}
         nodes[f"node{k}"] = f"127.0.0.1:{port}"
@@ -126,7 +132,8 @@ def create(directory: Path, count: int, capacity: dict | None = None) -> tuple[L
     data_dirs = {name: str(directory / name) for name in nodes}
     serials = {}
     for name, address in nodes.items():
-        cert = pki.issue_node_certificate(ca, name, ["127.0.0.1", "localhost"], now)
+        names = list(dict.fromkeys([address.rpartition(":")[0], "127.0.0.1", "localhost"]))
+        cert = pki.issue_node_certificate(ca, name, names, now)
         serials[name] = f"{cert.serial:x}"
         config = NodeConfig(name=name, address=address, cluster=CLUSTER_NAME, voters=voters, voter=name in voters,
                             memory_mib=share.memory_mib, disk_mib=share.disk_mib, cpus=share.cpus,
