@@ -151,3 +151,37 @@ def test_the_watchdog_process_kills_the_instances_when_the_lease_lapses(tmp_path
         with contextlib.suppress(NameError, ProcessLookupError):
             other.kill()
             other.wait()
+
+
+def test_the_device_is_fed_while_the_lease_holds_or_the_kill_is_verified(tmp_path):
+    """A FIFO stands for /dev/watchdog: fed at every step while the lease holds; after a lapse only once every
+    fence method succeeded (a failing kill stops the feeding, so the device resets the machine); 'V' on close."""
+    import os
+
+    path = tmp_path / "watchdog"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        method = Recorder(fail=10**6)
+        dog = fencing.Watchdog([method], fencing.WatchdogDevice(str(path)))
+
+        def fed() -> bytes:
+            try:
+                return os.read(reader, 100)
+            except BlockingIOError:
+                return b""
+
+        dog.renew(10.0, True)
+        for now in (1.0, 2.0, 3.0):
+            dog.step(now)
+        assert fed() == b"\0\0\0"
+        dog.step(11.0)
+        dog.step(12.0)
+        assert fed() == b"" and not dog.fenced
+        method.fail = 0
+        dog.step(13.0)
+        assert dog.fenced and fed() == b"\0"
+        dog.device.close()
+        assert fed() == b"V"
+    finally:
+        os.close(reader)
