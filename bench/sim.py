@@ -6,7 +6,10 @@
 
 Each seed runs at least 3 nodes, 50 jobs and 3 faults (tests/sim/). A failing
 seed prints its violation and the one-line command that replays it. Last line:
-RESULT seeds=N failures=F seeds_per_s=R min_jobs=J min_faults=K
+RESULT seeds=N failures=F seeds_per_s=R min_jobs=J min_faults=K fences=A recoveries=B returns=C kills=D
+(the last four summed over the seeds: fence proofs committed, instances the
+healer's jobs placed elsewhere, fenced nodes the healer brought back, watchdogs
+that killed instances).
 """
 
 import argparse
@@ -21,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.sim.simulator import Config, replay_command, run_seed  # noqa: E402
 
-BUGS = ("replan_after_leader_change", "step_twice", "start_before_stop")
+BUGS = ("replan_after_leader_change", "step_twice", "start_before_stop", "fence_without_wait", "watchdog_never_kills",
+        "watchdog_kills_once", "fence_after_disarm", "grant_during_fence")
 
 
 def _run(arguments):
@@ -67,7 +71,9 @@ def main() -> int:
     # A failing seed stops at its violation, before all its jobs and faults: count the seeds that ran whole.
     whole = [o for o in outcomes if o.ok] or outcomes
     print(f"RESULT seeds={len(outcomes)} failures={failures} seeds_per_s={len(outcomes) / elapsed:.2f} "
-          f"min_jobs={min(o.jobs for o in whole)} min_faults={min(o.faults for o in whole)}")
+          f"min_jobs={min(o.jobs for o in whole)} min_faults={min(o.faults for o in whole)} "
+          f"fences={sum(o.fences for o in outcomes)} recoveries={sum(o.recoveries for o in outcomes)} "
+          f"returns={sum(o.returns for o in outcomes)} kills={sum(o.kills for o in outcomes)}")
     return 1 if failures and not args.bug else 0
 
 
@@ -75,9 +81,10 @@ def _report(outcome, config, verbose: bool) -> bool:
     """Print a failing seed (or any seed asked for by --seed); True when it failed."""
     if verbose:
         print(f"seed {outcome.seed}: {'ok' if outcome.ok else 'FAILED'}; {outcome.jobs} jobs, {outcome.faults} "
-              f"faults, {outcome.commits} commits, {outcome.sim_seconds} simulated s")
+              f"faults, {outcome.commits} commits, {outcome.sim_seconds} simulated s; {outcome.fences} fences, "
+              f"{outcome.recoveries} recoveries, {outcome.returns} returns, {outcome.kills} watchdog kills")
         for line in outcome.fault_log:
-            print(f"  fault at {line}")
+            print(f"  at {line}")
     if not outcome.ok:
         print(f"seed {outcome.seed} FAILED: {outcome.violation}\n  replay: {replay_command(outcome.seed, config)}",
               flush=True)

@@ -7,6 +7,14 @@
 - No step's events are applied twice, and a job applies only events of the
   plan it committed (a re-planned job would apply others).
 - Reservations and instances never take more memory or disk than a node has.
+- A fence proof commits only once the fenced node's machine runs no instance
+  (its watchdog killed them, or it lost power), so a recovered copy never
+  starts while the old one still runs.
+- A recovery fails an instance over only to a copy whose committed disk state
+  is UPTODATE, and that copy really holds every acknowledged write.
+- Once faults heal, every node returns (the healer brings back a node fenced
+  by its lease) and every replicated instance whose two nodes are online has
+  its secondary copy UPTODATE again within N_PLUS_ONE_S.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from appliance.model.codec import decode
 from appliance.model.state import ClusterState
 
 DIGEST_EVERY = 100
+N_PLUS_ONE_S = 60.0
+HEALER = "cairn-healer"
 JOB_EVENTS = (ev.JobSubmitted, ev.JobAdmitted, ev.JobOperationPlanned, ev.JobProgressed, ev.JobSucceeded,
               ev.JobFailed, ev.JobCanceled, ev.JobCancelRequested)
 END_EVENTS = (ev.JobSucceeded, ev.JobFailed, ev.JobCanceled)
@@ -43,6 +53,19 @@ class Checker:
         self.ends: Counter = Counter()
         self.acked: set[int] = set()
         self.keys: dict[bytes, tuple] = {}
+        self.sim = None
+        self.died_at: dict[str, float] = {}
+        self.fences = self.recoveries = self.returns = 0
+        self.healed_at: float | None = None
+        self.degraded_since: dict[str, float] = {}
+
+    def attach(self, sim) -> None:
+        """The simulation whose machines and disks the fencing invariants look at."""
+        self.sim = sim
+
+    def died(self, name: str, now: float) -> None:
+        """Every instance of this machine died now (a power loss or its watchdog)."""
+        self.died_at[name] = now
 
     # --- the log ----------------------------------------------------------------
 
@@ -74,6 +97,13 @@ class Checker:
                 raise Violation(f"job {event.job} ended twice (again with {type(event).__name__} at {record.seq})")
         elif envelope.job and not isinstance(event, (*JOB_EVENTS, ev.LeaderElected)):
             self._in_plan(before, envelope, record.seq)
+        if isinstance(event, ev.NodeFenced):
+            self._fenced(before, event, record.seq)
+        elif isinstance(event, (ev.InstanceFailedOver, ev.InstanceRecovered)):
+            self._recovered(before, envelope, record.seq)
+        elif isinstance(event, ev.NodeModified) and event.offline is False and self._job_is(before, envelope,
+                                                                                          "node_modify", HEALER):
+            self.returns += 1
         if isinstance(event, CAPACITY_EVENTS):
             self._capacity(record.seq, with_reservations=isinstance(event, ev.JobOperationPlanned))
         if record.seq % DIGEST_EVERY == 0:
@@ -99,6 +129,45 @@ class Checker:
             what = "is not in its committed plan" if not allowed[repr(event)] else "was applied twice"
             raise Violation(f"seq {seq}: {type(event).__name__} of job {job.id} {what} "
                             f"(proposed as {self.keys.get(envelope.event_id)})")
+
+    @staticmethod
+    def _job_is(state: ClusterState, envelope, operation: str, actor: str = "") -> bool:
+        job = state.jobs.get(envelope.job)
+        if job is None or job.operation_index >= len(job.operations):
+            return False
+        return job.operations[job.operation_index]["op"] == operation and (not actor or job.actor == actor)
+
+    def _fenced(self, before: ClusterState, event, seq: int) -> None:
+        """A fence proof says the node's instances are dead: its machine must run none."""
+        node = before.nodes.get(event.node)
+        if node is None or self.sim is None:
+            return
+        self.fences += 1
+        running = sorted(self.sim.world.hosts[node.name].running())
+        if running:
+            raise Violation(f"seq {seq}: node {node.name} fenced (proof {event.proof}) while its machine still "
+                            f"runs {', '.join(running)}")
+
+    def _recovered(self, before: ClusterState, envelope, seq: int) -> None:
+        """A recovery places an instance only on a copy the log calls UPTODATE, and that copy is current."""
+        if not self._job_is(before, envelope, "instance_recover"):
+            return
+        event = envelope.event
+        instance = before.instances.get(event.instance)
+        if instance is None or instance.primary == event.primary:
+            return
+        self.recoveries += 1
+        if not isinstance(event, ev.InstanceFailedOver) or self.sim is None:
+            return
+        name = before.nodes[event.primary].name
+        states = {disk: state for disk, node, state, _ in instance.disk_states if node == event.primary}
+        stale = [index for index in range(len(instance.disks)) if states.get(index) != "UPTODATE"]
+        if stale:
+            raise Violation(f"seq {seq}: recovery failed {instance.name} over to {name}, whose copy of disk(s) "
+                            f"{stale} is not UPTODATE in the state ({instance.disk_states})")
+        if not self.sim.disks.current(instance.id, name):
+            raise Violation(f"seq {seq}: recovery failed {instance.name} over to {name}, whose copy misses "
+                            f"acknowledged writes although the state calls it UPTODATE")
 
     def _capacity(self, seq: int, with_reservations: bool) -> None:
         """No node holds more than it has; right after a plan commits, counting what running jobs reserve.
@@ -161,6 +230,12 @@ class Checker:
                 return f"{name} is down"
             if core.state.seq != len(self.records):
                 return f"{name} is at seq {core.state.seq}, the log at {len(self.records)}"
+        for node in state.nodes.values():
+            if node.offline or node.fenced:
+                return f"node {node.name} has not come back (offline {node.offline}, fenced {node.fenced})"
+        lacking = self.n_plus_one(sim)
+        if lacking:
+            return lacking
         for instance in state.instances.values():
             running = [host.name for host in sim.world.hosts.values() if instance.id in host.running()]
             primary = state.nodes[instance.primary].name
@@ -171,6 +246,30 @@ class Checker:
             if wanted and (instance.observed_state, instance.observed_node) != ("running", instance.primary):
                 return f"instance {instance.name} is not yet seen running on {primary}"
         return None
+
+    def n_plus_one(self, sim) -> str | None:
+        """The first replicated instance whose secondary copy is not UPTODATE (in the state, and really equal),
+        though both its nodes are online; after N_PLUS_ONE_S of that, a violation."""
+        state, lacking = self.state, None
+        for instance in sorted(state.instances.values(), key=lambda i: i.id):
+            if instance.disk_template != "replicated" or instance.secondary not in state.nodes:
+                continue
+            primary, secondary = state.nodes[instance.primary], state.nodes[instance.secondary]
+            if primary.offline or secondary.offline:
+                self.degraded_since.pop(instance.id, None)
+                continue
+            states = {disk: s for disk, node, s, _ in instance.disk_states if node == secondary.id}
+            equal = sim.disks.copy(instance.id, primary.name) == sim.disks.copy(instance.id, secondary.name)
+            if equal and all(states.get(i) == "UPTODATE" for i in range(len(instance.disks))):
+                self.degraded_since.pop(instance.id, None)
+                continue
+            since = self.degraded_since.setdefault(instance.id, sim.now)
+            if sim.now - since > N_PLUS_ONE_S:
+                raise Violation(f"instance {instance.name}'s copy on {secondary.name} is still not UPTODATE "
+                                f"{N_PLUS_ONE_S:g} s after both its nodes were online and faults had healed "
+                                f"({instance.disk_states})")
+            lacking = lacking or f"instance {instance.name} has no UPTODATE copy on {secondary.name} yet"
+        return lacking
 
     def final(self, sim) -> None:
         """Every acknowledged job ended exactly once, and every node has the reference digest."""

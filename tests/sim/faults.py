@@ -1,15 +1,22 @@
 """The simulator's faults, each drawn from the run's one RNG, and the healing of phase two.
 
 A daemon crash keeps its machine's instances running (the hypervisor is not
-the daemon); a power loss takes them, and then the operator fences the node
-(marks it offline: the only fence proof there is for now) and fails its
-instances over. An operator only ever fences a node that really lost power.
+the daemon) until its watchdog kills them, should the daemon stay away past
+its lease; a power loss takes them at once. Either way a node that holds no
+lease for the recovery interval is fenced by the leader's healer and its
+instances are recovered elsewhere; a partition does the same to the minority
+(its watchdog kills its instances, the majority fences it). A fenced node
+comes back by itself (NodeReturned) once it can reach the leader again. In a
+share of the power losses an operator is quicker: they mark the node offline
+(the operator's fence proof) and fail its instances over by hand. An operator
+only ever fences a node that really lost power.
 """
 
 from __future__ import annotations
 
 from appliance.core.io import op
 
+OPERATOR_FENCES = 0.25
 KINDS = ("leader_crash", "daemon_crash", "power_loss", "partition", "drops", "driver_failures", "driver_hangs",
          "guest_crash", "guest_shutdown", "clock_jump")
 
@@ -20,7 +27,8 @@ def inject(sim) -> None:
 
 
 def _note(sim, text: str) -> None:
-    sim.faults.append(f"{sim.now - 1_764_633_600.0:.2f}s {text}")
+    sim.faults.append(text)
+    sim.note(text)
 
 
 def _up(sim) -> list[str]:
@@ -34,7 +42,8 @@ def _crash(sim, name: str, power: bool) -> None:
     if power:
         sim.world.hosts[name].power_off()
         sim.powered_off.add(name)
-        sim.checker.machines(sim.world, sim.now)
+        sim.leases.power_lost(name)
+        sim.machine_cleared(name, "the power loss took every instance")
 
 
 def restart(sim, name: str) -> None:
@@ -58,7 +67,7 @@ def restart(sim, name: str) -> None:
     sim.fed[name] = 0
     sim.told[name] = None
     sim.wake[name] = sim.now
-    sim.heard[name] = float("-inf")
+    sim.leases.daemon_started(name)
 
 
 def _fence_pending(sim, name: str) -> bool:
@@ -86,19 +95,23 @@ def _daemon_crash(sim, leader: bool = False) -> None:
     name = sim.log.leader() if leader else sim.rng.choice(up)
     _crash(sim, name, power=False)
     _note(sim, f"leader {name}'s daemon crashed" if leader else f"{name}'s daemon crashed")
-    sim._later(sim.rng.uniform(1.0, 8.0), "restart", name)
+    # Back within the lease, after it (the watchdog kills), or after the recovery interval (fenced too).
+    sim._later(sim.rng.uniform(1.0, 14.0), "restart", name)
 
 
 def _power_loss(sim) -> None:
-    """A machine loses power; after a while the operator fences it and fails its instances over."""
+    """A machine loses power; the healer fences it (or, now and then, an operator first); it comes back later."""
     up = _up(sim)
     if len(up) < len(sim.names):
         return _drops(sim)
     name = sim.rng.choice(up)
     _crash(sim, name, power=True)
     _note(sim, f"{name} lost power")
-    sim._later(sim.rng.uniform(2.0, 6.0), "fence", name)
-    sim._later(sim.rng.uniform(20.0, 40.0), "restart", name)
+    if sim.rng.random() < OPERATOR_FENCES:
+        sim._later(sim.rng.uniform(2.0, 6.0), "fence", name)
+    # Sometimes back before the recovery interval ends (no fence), mostly after its fence and recovery.
+    back = sim.rng.uniform(2.0, 7.0) if sim.rng.random() < 0.25 else sim.rng.uniform(15.0, 40.0)
+    sim._later(back, "restart", name)
 
 
 def fence(sim, name: str) -> None:
@@ -122,7 +135,8 @@ def _partition(sim) -> None:
     cut = sim.rng.randrange(1, len(names))
     sim.log.partition(names[:cut], names[cut:])
     _note(sim, f"partition {sorted(names[:cut])} | {sorted(names[cut:])}")
-    sim._later(sim.rng.uniform(2.0, 10.0), "heal_network")
+    # Half heal within the lease; the others last long enough for the minority to fence itself and be fenced.
+    sim._later(sim.rng.uniform(2.0, 6.0) if sim.rng.random() < 0.5 else sim.rng.uniform(10.0, 25.0), "heal_network")
 
 
 def _drops(sim) -> None:
@@ -187,20 +201,32 @@ def heal_drivers(sim, name: str) -> None:
 
 
 def heal_all(sim) -> None:
-    """Phase two: the network heals, drivers recover, every machine and daemon comes back, fences are lifted."""
+    """Phase two: the network heals, drivers recover, every machine and daemon comes back, and the operator
+    lifts their own fences (the healer brings back the nodes it fenced, by itself)."""
     heal_network(sim)
     for name in sim.names:
         heal_drivers(sim, name)
         restart(sim, name)
     for name in sorted(sim.fenced):
-        sim.submit((op("node_modify", node=name, offline=False),))
+        lift(sim, name)
     sim.fenced.clear()
+
+
+def lift(sim, name: str) -> None:
+    """The operator brings back a node they marked offline, and looks again every few seconds until it is back
+    (a daemon just restarted has not read the log yet and refuses jobs; the request id makes a repeat harmless)."""
+    node = sim.checker.state.node_by_name(name)
+    if node is None or not node.offline:
+        return
+    sim.submit((op("node_modify", node=name, offline=False),), request_id=f"lift-{name}-{node.fenced_seq}")
+    sim._later(5.0, "lift", name)
 
 
 def install(sim_class) -> None:
     """Give the simulation its `_on_<kind>` handlers for the timed events faults schedule."""
     sim_class._on_restart = lambda sim, name: restart(sim, name)
     sim_class._on_fence = lambda sim, name: fence(sim, name)
+    sim_class._on_lift = lambda sim, name: lift(sim, name)
     sim_class._on_heal_network = lambda sim: heal_network(sim)
     sim_class._on_heal_drivers = lambda sim, name: heal_drivers(sim, name)
 

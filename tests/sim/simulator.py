@@ -1,13 +1,17 @@
 """The seeded whole-cluster simulator: N real node cores on the simulated Raft log, with in-memory machines.
 
 Everything is derived from one `random.Random(seed)`: the log's timing and
-faults, driver latencies and failures, the operators' workload. Phase one
-runs jobs while faults land (a leader's daemon crashes and restarts, a
-machine loses power and an operator fences it, partitions, lost messages,
-proposals whose outcome is unknown, failing and hanging drivers, guest
-crashes and shutdowns, clock jumps) and checks the invariants after every
-commit and every machine change. Phase two heals everything and requires
-every job to end and every node to converge. The same seed gives the same run.
+faults, driver latencies and failures, the operators' workload. The daemon's
+lease code and each machine's watchdog run in `leases.py`, the replicated
+disks and their reports in `disks.py`. Phase one runs jobs while faults land
+(a leader's or another daemon's crash, a machine's power loss, partitions,
+lost messages, proposals whose outcome is unknown, failing and hanging
+drivers, guest crashes and shutdowns, clock jumps), nodes whose leases lapse
+are fenced and their instances recovered by the leader's healer, and the
+invariants are checked after every commit and every machine change. Phase two
+heals everything and requires every job to end, every node to converge and
+return, and every replicated instance to have its second copy again. The same
+seed gives the same run.
 """
 
 from __future__ import annotations
@@ -17,9 +21,7 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from appliance.core.io import (
-    Committed, DriverDone, LeaderCommit, LeadershipChanged, ProposalLost, Ready, Submitted, Tick,
-)
+from appliance.core.io import Committed, DriverDone, LeadershipChanged, ProposalLost, Ready, Submitted, Tick
 from appliance.core.node import NodeCore
 from appliance.drivers.base import DriverError
 from appliance.drivers.memory import MemoryWorld
@@ -27,9 +29,10 @@ from consensus.log import NotLeader
 from consensus.sim_log import LEADER, SimCluster
 from tests.sim import faults
 from tests.sim.checker import Checker, Violation
+from tests.sim.disks import Disks
+from tests.sim.leases import Leases
 
 TICK_S = 0.05
-HEARTBEAT_S = 0.5
 START = 1_764_633_600.0
 ADMIN = "admin"
 
@@ -58,6 +61,10 @@ class Outcome:
     sim_seconds: float
     violation: str = ""
     fault_log: list = field(default_factory=list)
+    fences: int = 0          # fence proofs recorded by the healer (lease) and by the operator
+    recoveries: int = 0      # instances the healer's jobs placed on another node
+    returns: int = 0         # fenced nodes brought back by the healer
+    kills: int = 0           # watchdogs that fired
 
 
 class Simulation:
@@ -74,7 +81,6 @@ class Simulation:
         self.fed = {name: 0 for name in self.names}
         self.told = {name: None for name in self.names}
         self.wake = {name: 0.0 for name in self.names}
-        self.heard = {name: float("-inf") for name in self.names}
         self.offset = {name: 0.0 for name in self.names}
         self.failing: dict[str, float] = {}
         self.hanging: set[str] = set()
@@ -91,6 +97,11 @@ class Simulation:
         self.powered_off: set[str] = set()
         self.fenced: set[str] = set()
         self.fences: dict[str, str] = {}
+        self.paused: set[str] = set()
+        self.story: list[str] = []
+        self.leases = Leases(self)
+        self.disks = Disks(self)
+        self.checker.attach(self)
 
     def _new_core(self, name: str) -> NodeCore:
         return NodeCore(name, bugs=self.config.bugs)
@@ -107,8 +118,14 @@ class Simulation:
         return self._outcome(True)
 
     def _outcome(self, ok: bool, violation: str = "") -> Outcome:
-        return Outcome(self.seed, ok, self.submitted, len(self.faults), len(self.checker.records),
-                       round(self.now - START, 2), violation, list(self.faults))
+        checker = self.checker
+        return Outcome(self.seed, ok, self.submitted, len(self.faults), len(checker.records),
+                       round(self.now - START, 2), violation, list(self.story), checker.fences, checker.recoveries,
+                       checker.returns, self.leases.kills)
+
+    def note(self, text: str) -> None:
+        """A line of the run's story (printed with --seed): faults and what the cluster did about them."""
+        self.story.append(f"{self.now - START:.2f}s {text}")
 
     def tick(self) -> None:
         """One tick of the whole world: the log, every node's inputs, the machines, the checks."""
@@ -120,11 +137,13 @@ class Simulation:
         self._resolve_waiters()
         for name in self.names:
             core = self.cores[name]
-            if core is None:
+            if core is None or name in self.paused:
                 continue
             self._feed(name, core)
             if self.now >= self.wake[name]:
                 self._step(name, Tick(self.now + self.offset[name]))
+        self.leases.tick()
+        self.disks.tick()
 
     def _feed(self, name: str, core: NodeCore) -> None:
         member = self.log.nodes[name]
@@ -139,19 +158,6 @@ class Simulation:
             self.checker.record(name, record)
             self._step(name, Committed(record.seq, record.payload))
             self.checker.after_apply(name, core.state)
-        self._hear_leader(name, member)
-
-    def _hear_leader(self, name: str, member) -> None:
-        """Every half second a node that can reach the leader hears its commit seq (as in its heartbeats)."""
-        if self.now - self.heard[name] < HEARTBEAT_S:
-            return
-        leader = self.log.leader()
-        if leader is None or member.leader != leader and leader != name:
-            return
-        if leader != name and ((name, leader) in self.log._blocked or (leader, name) in self.log._blocked):
-            return
-        self.heard[name] = self.now
-        self._step(name, LeaderCommit(len(self.log.nodes[leader].records)))
 
     def _step(self, name: str, message) -> None:
         core = self.cores[name]
@@ -172,6 +178,21 @@ class Simulation:
         self.wake[name] = min(wake, self.now + 1.0)
 
     # --- the log and the network ---------------------------------------------------
+
+    def cut(self, a: str, b: str) -> bool:
+        """True while a partition separates the two nodes (either way)."""
+        blocked = self.log._blocked
+        return (a, b) in blocked or (b, a) in blocked
+
+    def delivered(self, source: str, target: str) -> bool:
+        """Whether a message sent now gets through: no partition between, and not one of the lost ones."""
+        return not self.cut(source, target) and self.rng.random() >= self.log.settings.drop_rate
+
+    def _on_lease_request(self, *data) -> None:
+        self.leases.on_request(*data)
+
+    def _on_lease_grant(self, *data) -> None:
+        self.leases.on_grant(*data)
 
     def _propose(self, name: str, proposal) -> None:
         """Forward a proposal to the leader, as pysyncobj does; lost when the network says so."""
@@ -226,7 +247,7 @@ class Simulation:
         except DriverError as error:
             ok, message = False, str(error)
         self.checker.machines(self.world, self.now)
-        if incarnation == self.incarnation[name]:
+        if incarnation == self.incarnation[name] and name not in self.paused:
             self._step(name, DriverDone(action.id, ok, message, value))
 
     def _perform_action(self, name: str, host, action):
@@ -251,6 +272,12 @@ class Simulation:
         elif kind == "disk_remove":
             host.remove_disk(instance, action.args["index"])
         return None
+
+    def machine_cleared(self, name: str, what: str) -> None:
+        """Every instance of a machine died at once (a power loss, its watchdog): check, and tell the story."""
+        self.checker.machines(self.world, self.now)
+        self.checker.died(name, self.now)
+        self.note(f"{name}: {what}")
 
     # --- workload -----------------------------------------------------------------------
 
@@ -284,6 +311,7 @@ class Simulation:
 
     def _phase_two(self) -> None:
         faults.heal_all(self)
+        self.checker.healed_at = self.now
         self.run_until(self.checker_converged, self.config.phase_two_s, "every job to end and every node to converge")
         self.checker.final(self)
 

@@ -20,6 +20,8 @@ REGRESSIONS = {
     "a wait re-judged after its compensation was applied never failed the job": 72,
     "a fence waited behind the jobs stuck on the dead node": 287,
     "a start retried on a node already fenced, blocking its failover": 137,
+    "a migration landed on a node after its watchdog had fired once, and the node was fenced running it": 20,
+    "an operator's cancel of the healer's online job kept a fenced node offline for good": 13,
 }
 
 
@@ -38,6 +40,14 @@ def test_a_sample_of_seeds_holds_every_invariant(seed):
     assert outcome.jobs >= 50 and outcome.faults >= 3
 
 
+def test_the_fencing_path_runs():
+    """Over a few seeds the healer fences, recovers and brings nodes back, and watchdogs fire."""
+    outcomes = [run_seed(seed) for seed in (2, 4, 51)]
+    assert all(o.ok for o in outcomes)
+    assert sum(o.fences for o in outcomes) and sum(o.recoveries for o in outcomes)
+    assert sum(o.returns for o in outcomes) and sum(o.kills for o in outcomes)
+
+
 def test_the_same_seed_gives_the_same_run():
     """Two runs of one seed commit the same log (the last record's hash) and inject the same faults."""
     first, second = Simulation(5), Simulation(5)
@@ -46,7 +56,9 @@ def test_the_same_seed_gives_the_same_run():
     assert first.faults == second.faults
 
 
-@pytest.mark.parametrize("bug", ["replan_after_leader_change", "step_twice", "start_before_stop"])
+@pytest.mark.parametrize("bug", ["replan_after_leader_change", "step_twice", "start_before_stop",
+                                 "fence_without_wait", "watchdog_never_kills", "watchdog_kills_once",
+                                 "grant_during_fence"])
 def test_a_planted_bug_is_found_within_200_seeds(bug):
     """With a known bug switched on (a test-only switch), some seed of the first 200 breaks an invariant."""
     config = Config(bugs=frozenset({bug}))

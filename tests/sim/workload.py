@@ -16,7 +16,7 @@ from tests.sim import faults
 MEMORY_MIB = 16384
 DISK_MIB = 400_000
 WEIGHTS = (("add", 28), ("startup", 10), ("shutdown", 8), ("reboot", 6), ("migrate", 18), ("failover", 12),
-           ("remove", 7), ("modify", 3), ("resubmit", 4), ("cancel", 4))
+           ("remove", 7), ("modify", 3), ("resubmit", 4), ("cancel", 4), ("disarm", 6))
 
 
 def initialise(sim) -> None:
@@ -70,6 +70,10 @@ def random_job(sim) -> None:
         request_id, operations = sim.rng.choice(sim.requests)
         sim.submit(operations, request_id=request_id)
         return
+    elif kind == "disarm":
+        # Recovery disarmed for a while (an expiry on the wall clock): no watchdog kills, no fence, meanwhile.
+        until = sim.now + sim.rng.uniform(5.0, 20.0)
+        operations = (op("cluster_mode", mode="recovery_disarmed", on=True, until=until),)
     elif kind == "cancel" and state.active_jobs:
         _cancel(sim, sim.rng.choice(sorted(state.active_jobs)))
         return
