@@ -50,6 +50,7 @@ LOG_NAME = "watchdog.log"
 POLL_S = 0.05
 KILL_VERIFY_S = 2.0
 GUEST_NAME = b"cairn-fake-guest"
+QUIET = "killed 0 "          # a fence that found nothing left to kill is not logged again
 
 
 class FenceMethod:
@@ -161,18 +162,23 @@ class Watchdog:
             self.fenced = False
 
     def step(self, now: float) -> None:
+        """While the lease is lapsed (and armed), fence at every poll, not once: an instance can still arrive
+        after the first kill (a live migration the source drives lands here), and it must die too."""
         lapsed = self.armed and self.until is not None and now >= self.until
-        if lapsed and not self.fenced:
-            self.fenced = self._fence(now)
+        if lapsed:
+            self.fenced = self._fence(now, first=not self.fenced)
         if self.device is not None and (not lapsed or self.fenced):
             self.device.feed()
 
-    def _fence(self, now: float) -> bool:
-        log.warning("lease lapsed %.2f s ago: fencing this node's instances", now - self.until)
+    def _fence(self, now: float, first: bool) -> bool:
+        if first:
+            log.warning("lease lapsed %.2f s ago: fencing this node's instances", now - self.until)
         done = True
         for method in self.methods:
             try:
-                log.warning("%s: %s", method.name, method.fence())
+                what = method.fence()
+                if first or not what.startswith(QUIET):
+                    log.warning("%s: %s", method.name, what)
             except OSError as error:
                 log.error("%s failed (trying again): %s", method.name, error)
                 done = False

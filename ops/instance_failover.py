@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from appliance.model.errors import WRONG_STATE, PrereqError
 from ops import _common, _migration
 from ops.base import Claims, Plan, no_prepare
 
@@ -18,6 +19,7 @@ prepare = no_prepare
 class Params:
     instance: str
     timeout_s: int = 600
+    ignore_consistency: bool = False
 
 
 def claims(state, params: Params) -> Claims:
@@ -25,8 +27,14 @@ def claims(state, params: Params) -> Claims:
 
 
 def check(state, params: Params) -> None:
-    _migration.check_common(state, params.instance, "fail over")
+    found, _, secondary = _migration.check_common(state, params.instance, "fail over")
     _common.positive(params.timeout_s, "timeout (s)")
+    stale = [f"{disk} ({disk_state})" for disk, node, disk_state, _ in found.disk_states
+             if node == secondary.id and disk_state != "UPTODATE"]
+    if stale and not params.ignore_consistency:
+        raise PrereqError(WRONG_STATE, f"Disk(s) {', '.join(stale)} of instance {found.name} on {secondary.name} "
+                                       "are not UPTODATE: the copy there may have missed writes; wait for the "
+                                       "resync, or fail over with --ignore-consistency to accept losing them")
 
 
 def plan(state, params: Params) -> Plan:

@@ -234,7 +234,8 @@ def node_join(
     typer.echo(f"Node {answer['node']} joined cluster {answer['cluster']} as a {answer['role']}.", err=True)
     if not no_start:
         pid = start_node(directory)
-        typer.echo(f"Started its daemon (pid {pid}); its log is {directory / 'daemon.log'}.", err=True)
+        typer.echo(f"Started its watchdog and its daemon (pid {pid}); their logs are {directory / 'watchdog.log'} "
+                   f"and {directory / 'daemon.log'}.", err=True)
 
 
 @command(app, name="remove", kind="write")

@@ -117,6 +117,7 @@ class NodeShell:
         self._lapsed: dict[str, list] = {}          # (leader) node name -> [its fenced_seq then, when told]
         self._term_began: float | None = None       # (leader) boottime when its own LeaderElected was applied
         self._down: set[str] = set()                # (leader) nodes not watched: offline, fenced, exempt
+        self._granted_armed: dict[str, bool] = {}   # (leader) whether its last grant armed the node's watchdog
         self._liveness: dict = {}                   # (follower) the leader's liveness table, as last heard
         self._liveness_at = float("-inf")
 
@@ -294,17 +295,18 @@ class NodeShell:
         found = state.node_by_name(node)
         if found is None:
             return {**answer, "granted": False, "reason": f"node {node} is not a member of the cluster"}
-        if found.fenced or node in self._lapsed:
+        if found.fenced or node in self._lapsed or _fence_pending(state, node):
             applied, running = int(request.get("applied_seq", -1)), int(request.get("running", -1))
             if found.fenced and found.fence_proof == "lease" and applied >= found.fenced_seq and running == 0:
                 self._input(NodeReturned(node))
-            why = "it is fenced" if found.fenced else "its lease lapsed and it is being fenced"
+            why = "it is fenced" if found.fenced else "its lease lapsed and a fence job for it is under way"
             return {**answer, "granted": False, "reason": f"node {node}: {why}; it gets a lease again once it has "
                                                          "applied its fence and runs no instance"}
         now = clock.now()
         armed = state.cluster is not None and not state.mode_active("recovery_disarmed", now) \
             and not state.mode_active("maintenance", now, found.id)
         self._granted[node] = clock.boottime()
+        self._granted_armed[node] = armed
         lease_s = state.cluster.fencing_interval_s if state.cluster is not None else 5
         return {**answer, "granted": True, "lease_s": lease_s, "armed": armed}
 
@@ -337,6 +339,7 @@ class NodeShell:
             state = self.core.state
             if not self.log.is_leader() or not self.core.engine.active(state) or state.cluster is None:
                 self._granted.clear()
+                self._granted_armed.clear()
                 self._lapsed.clear()
                 self._down.clear()
                 self._term_began = None
@@ -360,7 +363,10 @@ class NodeShell:
                     del self._lapsed[found.name]      # disarmed before its fence, or fenced and back since
                     lapsed = None
                 if found.name == self.node_name or found.offline or found.fenced or quiet \
-                        or state.mode_active("maintenance", wall, found.id):
+                        or state.mode_active("maintenance", wall, found.id) \
+                        or self._granted_armed.get(found.name) is False:
+                    # The last grant stood its watchdog down (disarmed, or in maintenance): cut off since, it
+                    # kills nothing, so it is never fenced by its lease until a grant has armed it again.
                     continue
                 granted = self._granted.get(found.name)
                 since = max(granted if granted is not None else self._term_began, self._term_began)
@@ -738,8 +744,11 @@ class NodeShell:
         while True:
             await trio.sleep(MEMBERSHIP_EVERY_S)
             if self._removed() and not self.log.is_leader():
-                log.warning("%s: this node was removed from the cluster; its daemon stops (wipe its data dir and "
-                            "join it again with a new token to bring it back)", self.node_name)
+                log.warning("%s: this node was removed from the cluster; its daemon stops and its watchdog stands "
+                            "down (wipe its data dir and join it again with a new token to bring it back)",
+                            self.node_name)
+                if self.watchdog is not None:
+                    self.watchdog.renew(0.0, False)
                 self.on_removed()
                 return
             if not self.log.is_leader() or not self.core.state.nodes or not hasattr(self.log, "add_voter"):
@@ -770,6 +779,16 @@ class NodeShell:
                             break
             except LogError as error:
                 log.warning("%s: membership change failed (retrying): %s", self.node_name, error)
+
+
+def _fence_pending(state: ClusterState, node: str) -> bool:
+    """True while a node_fence job for `node` is queued or running: no lease for it until it has ended (a new
+    leader does not know its predecessor reported the lapse, but the job is in the log)."""
+    for job_id in state.active_jobs:
+        for entry in state.jobs[job_id].operations:
+            if entry.get("op") == "node_fence" and entry.get("params", {}).get("node") == node:
+                return True
+    return False
 
 
 def _ended(state: ClusterState, request_id: str):

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from appliance.local import stop_instances
+from appliance.local import read_watchdog_pid, stop_instances
 from tests.integration.cluster_support import LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -58,10 +58,11 @@ class GrownCluster(LocalCluster):
 
     def down(self):
         for node in self.addresses:
-            pid = self.pid(node)
-            if pid is not None:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+            watchdog = read_watchdog_pid(self.data_dir(node))
+            for pid in (watchdog, self.pid(node)):
+                if pid is not None:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
             stop_instances(self.data_dir(node) / "hv")
 
 

@@ -35,26 +35,32 @@ def test_nothing_is_fenced_before_the_first_renewal_or_while_the_lease_holds():
     assert method.calls == 0
 
 
-def test_a_lapsed_armed_lease_fences_once_and_a_new_lease_rearms():
-    """At expiry every method runs once; a renewal into the future arms it again for the next lapse."""
+def test_a_lapsed_armed_lease_fences_at_every_poll_and_a_new_lease_rearms():
+    """From expiry on, every poll runs every method again (an instance migrated in after the first kill dies
+    too); a renewal into the future stops it until the next lapse."""
     method = Recorder()
     dog = fencing.Watchdog([method])
     dog.renew(100.0, True)
+    dog.step(99.0)
     dog.step(100.0)
     dog.step(101.0)
-    assert method.calls == 1 and dog.fenced
+    assert method.calls == 2 and dog.fenced
     dog.renew(boottime() + 60, True)
     assert not dog.fenced
-    dog.step(boottime() + 61)
+    dog.step(boottime() + 30)
     assert method.calls == 2
+    dog.step(boottime() + 61)
+    assert method.calls == 3
 
 
 def test_a_failed_fence_is_tried_again():
     method = Recorder(fail=2)
     dog = fencing.Watchdog([method])
     dog.renew(10.0, True)
-    for now in (10.0, 10.1, 10.2):
+    for now in (10.0, 10.1):
         dog.step(now)
+    assert not dog.fenced
+    dog.step(10.2)
     assert method.calls == 3 and dog.fenced
 
 
@@ -82,7 +88,8 @@ def test_malformed_renewals_are_ignored():
 
 def _guest(directory: Path, name: str, token: str) -> subprocess.Popen:
     """A process shaped like a fake guest (its name and token on the command line), with its pid file."""
-    process = subprocess.Popen(["/bin/sh", "-c", "sleep 60", fencing.GUEST_NAME.decode(), token])
+    # A loop of short sleeps: a killed guest leaves no long-lived child behind.
+    process = subprocess.Popen(["/bin/sh", "-c", "while :; do sleep 0.2; done", fencing.GUEST_NAME.decode(), token])
     entry = directory / name
     entry.mkdir(parents=True)
     (entry / "pid").write_text(f"{process.pid} {token}\n")

@@ -64,3 +64,14 @@ def test_failover_refuses_an_instance_without_secondary():
     box = cluster()
     add(box, template="diskless")
     refused(box, "instance_failover", WRONG_INPUT, "has no secondary node", instance="web1.example.com")
+
+
+def test_failover_refuses_a_copy_known_not_uptodate_unless_told():
+    """A secondary copy reported DEGRADED or SYNCING may have missed writes: refused, as Ganeti checks
+    consistency; --ignore-consistency takes the risk. A copy never reported (no state yet) is not refused."""
+    box = cluster()
+    found = add(box)
+    box.commit(ev.DiskStateObserved(found.id, 0, found.secondary, "DEGRADED", 0.0))
+    refused(box, "instance_failover", WRONG_STATE, "0 (DEGRADED)", instance="web1.example.com")
+    box.run("instance_failover", instance="web1.example.com", ignore_consistency=True)
+    assert box.state.instances[found.id].primary == found.secondary
