@@ -47,6 +47,19 @@ PRIMARY, SECONDARY = "primary", "secondary"
 DISK_ROLES = (PRIMARY, SECONDARY)
 
 
+def check_pairing(instance_id: str, index: int, peer_node: str, role: str, own_node: str | None) -> None:
+    """Refuse a `set_peer` that names no valid role, no peer, or this node itself."""
+    if role not in DISK_ROLES:
+        raise DriverError(f"disk role {role!r} is not one of {', '.join(DISK_ROLES)}; say whether this copy "
+                          f"of disk {index} of instance {instance_id} is written to (primary) or mirrored")
+    if not isinstance(peer_node, str) or not peer_node:
+        raise DriverError(f"disk {index} of instance {instance_id} needs a peer node name to pair with, "
+                          f"not {peer_node!r}")
+    if peer_node == own_node:
+        raise DriverError(f"disk {index} of instance {instance_id} cannot be paired with its own node "
+                          f"{peer_node}; give the node that holds the other copy")
+
+
 class DriverError(Exception):
     """A driver could not do what was asked; the message says what went wrong and what to check."""
 

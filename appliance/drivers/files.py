@@ -27,7 +27,8 @@ from pathlib import Path
 import trio
 
 from appliance.drivers import records
-from appliance.drivers.base import DEGRADED, DISK_ROLES, PRIMARY, SECONDARY, SYNCING, UPTODATE, DriverError, Storage
+from appliance.drivers.base import (DEGRADED, PRIMARY, SECONDARY, SYNCING, UPTODATE, DriverError, Storage,
+                                    check_pairing)
 
 MIB = 1024 * 1024
 INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -139,15 +140,7 @@ class FileStorage(Storage):
         return prefix
 
     async def set_peer(self, instance_id: str, index: int, peer_node: str, role: str) -> None:
-        if role not in DISK_ROLES:
-            raise DriverError(f"disk role {role!r} is not one of {', '.join(DISK_ROLES)}; say whether this copy "
-                              f"of disk {index} of instance {instance_id} is written to (primary) or mirrored")
-        if not isinstance(peer_node, str) or not peer_node:
-            raise DriverError(f"disk {index} of instance {instance_id} needs a peer node name to pair with, "
-                              f"not {peer_node!r}")
-        if peer_node == self.node_name:
-            raise DriverError(f"disk {index} of instance {instance_id} cannot be paired with its own node "
-                              f"{peer_node}; give the node that holds the other copy")
+        check_pairing(instance_id, index, peer_node, role, self.node_name)
         prefix = self._existing_copy(instance_id, index)
         await trio.to_thread.run_sync(self._set_peer, prefix, instance_id, index, peer_node, role)
 

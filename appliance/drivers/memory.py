@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from appliance.drivers.base import (CRASHED, DEGRADED, DISK_ROLES, PRIMARY, RUNNING, SECONDARY, SHUTDOWN, SYNCING,
-                                    UPTODATE, DriverError, Hypervisor, Storage)
+from appliance.drivers.base import (CRASHED, DEGRADED, PRIMARY, RUNNING, SECONDARY, SHUTDOWN, SYNCING,
+                                    UPTODATE, DriverError, Hypervisor, Storage, check_pairing)
 
 
 @dataclass
@@ -90,15 +90,7 @@ class MemoryHost:
 
     def set_disk_peer(self, instance_id: str, index: int, peer_node: str, role: str) -> None:
         self._powered()
-        if role not in DISK_ROLES:
-            raise DriverError(f"disk role {role!r} is not one of {', '.join(DISK_ROLES)}; say whether this copy "
-                              f"of disk {index} of instance {instance_id} is written to (primary) or mirrored")
-        if not isinstance(peer_node, str) or not peer_node:
-            raise DriverError(f"disk {index} of instance {instance_id} needs a peer node name to pair with, "
-                              f"not {peer_node!r}")
-        if peer_node == self.name:
-            raise DriverError(f"disk {index} of instance {instance_id} cannot be paired with its own node "
-                              f"{peer_node}; give the node that holds the other copy")
+        check_pairing(instance_id, index, peer_node, role, self.name)
         copy = self._copy(instance_id, index)
         copy.peer, copy.role = peer_node, role
 
