@@ -449,7 +449,8 @@ class _Api:
         if caller.name != NODE_ACTOR:
             raise ApiError(403, "permission_denied", "Only cluster members ask for leases, with their node "
                                                       "certificate and the node token")
-        body = fields_of(await json_body(request), {"node": str, "applied_seq": int, "running": int}, {})
+        body = fields_of(await json_body(request), {"node": str, "applied_seq": int, "running": int},
+                         {"armed": bool})
         recorded = self.backend.state().certificates.get(body["node"])
         serial = PEER_SERIAL.get()
         if recorded is not None and serial is not None and int(recorded, 16) != serial:

@@ -49,6 +49,7 @@ class Healer:
         self.node = node
         self.lapses: dict[str, str] = {}       # node name -> what the shell said of its lapse
         self.returns: set[str] = set()         # fenced nodes that asked for a lease again
+        self.arming: set[str] = set()          # nodes that reported their watchdog armed
         self.sent: dict[str, float] = {}       # request id -> when proposed
 
     def lapsed(self, node: str, detail: str, now: float) -> None:
@@ -57,17 +58,35 @@ class Healer:
     def returned(self, node: str, now: float) -> None:
         self.returns.add(node)
 
+    def armed(self, node: str) -> None:
+        self.arming.add(node)
+
     def decide(self, state, now: float, active: bool) -> list[Proposal]:
         """Jobs to submit: only while this node leads (its own LeaderElected applied)."""
         out: list[Proposal] = []
         if not active or state.cluster is None:
             self.lapses.clear()
             self.returns.clear()
+            self.arming.clear()
             return out
+        for name in sorted(self.arming):
+            node = state.node_by_name(name)
+            key = f"armed-{name}"
+            if node is None or not node.watchdog_down:
+                self.arming.discard(name)
+                self.sent.pop(key, None)
+                continue
+            sent = self.sent.get(key)
+            if sent is None or now - sent >= RESEND_S:
+                self.sent[key] = now
+                proposal_key = ("heal", "armed", node.id, state.seq)
+                out.append(Proposal(Envelope(event_id(*proposal_key), ev.NodeWatchdogArmed(node.id), HEALER_ACTOR,
+                                             f"node {name} reports its watchdog armed", now, 0), proposal_key))
         disarmed = state.mode_active("recovery_disarmed", now)
         for name, detail in list(self.lapses.items()):
             node = state.node_by_name(name)
-            if node is None or node.fenced or disarmed or state.mode_active("maintenance", now, node.id):
+            if node is None or node.fenced or node.watchdog_down or disarmed \
+                    or state.mode_active("maintenance", now, node.id):
                 del self.lapses[name]
                 continue
             request = f"heal-fence-{node.id}-{node.fenced_seq}"

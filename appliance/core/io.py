@@ -128,6 +128,13 @@ class NodeLapsed:
 
 
 @dataclass(frozen=True)
+class WatchdogArmed:
+    """(To the leader.) A node whose watchdog the state holds as possibly stood down reports it armed."""
+
+    node: str
+
+
+@dataclass(frozen=True)
 class NodeReturned:
     """(To the leader.) A fenced node asks for a lease again, having applied its fence and running nothing."""
 

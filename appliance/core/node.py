@@ -17,7 +17,7 @@ from appliance.core.engine import JobEngine
 from appliance.core.healer import Healer
 from appliance.core.io import (
     CancelRequested, Committed, CommittedBatch, DriverDone, LeaderCommit, LeadershipChanged, LeaseLost, NodeLapsed,
-    NodeReturned, Proposal, ProposalLost, Ready, Reply, Submitted, Tick, WaitForJob, WaitForSeq,
+    NodeReturned, Proposal, ProposalLost, Ready, Reply, Submitted, Tick, WaitForJob, WaitForSeq, WatchdogArmed,
 )
 from appliance.core.plans import event_id
 from appliance.core.reconciler import Reconciler
@@ -78,6 +78,8 @@ class NodeCore:
             self.healer.lapsed(message.node, message.detail, self.now)
         elif kind is NodeReturned:
             self.healer.returned(message.node, self.now)
+        elif kind is WatchdogArmed:
+            self.healer.armed(message.node)
         elif kind is LeadershipChanged:
             self.engine.on_leadership(message.leader, message.term)
         elif kind is ProposalLost:

@@ -44,7 +44,7 @@ from appliance.api.backend import Refused, Unavailable
 from appliance.core.io import op
 from appliance.core.io import (
     CancelRequested, Committed, CommittedBatch, DriverDone, LeaderCommit, LeadershipChanged, LeaseLost, NodeLapsed,
-    NodeReturned, ProposalLost, Ready, Reply, Submitted, Tick,
+    NodeReturned, ProposalLost, Ready, Reply, Submitted, Tick, WatchdogArmed,
 )
 from appliance.core.node import NodeCore
 from appliance.drivers.base import DriverError, Hypervisor, Storage
@@ -113,6 +113,7 @@ class NodeShell:
         self.watchdog: fencing.WatchdogLink | None = None
         self._lease_until = float("-inf")           # this node's lease, on CLOCK_BOOTTIME
         self._lease_note = "no lease yet"
+        self._watchdog_armed = False                # the last renewal reached the watchdog and armed it
         self._granted: dict[str, float] = {}        # (leader) node name -> boottime of its last grant
         self._lapsed: dict[str, list] = {}          # (leader) node name -> [its fenced_seq then, when told]
         self._term_began: float | None = None       # (leader) boottime when its own LeaderElected was applied
@@ -253,8 +254,9 @@ class NodeShell:
             self._lease_note = "the grant came back after the lease it gave had run out"
             return
         self._lease_note = "held"
-        if self.watchdog is not None:
-            self.watchdog.renew(self._lease_until, bool(grant.get("armed", True)))
+        armed = bool(grant.get("armed", True))
+        renewed = self.watchdog is not None and self.watchdog.renew(self._lease_until, armed)
+        self._watchdog_armed = renewed and armed
         now = clock.now()
         self._input(Tick(now))
         self._input(LeaderCommit(int(grant["commit_seq"]), now + remaining))
@@ -271,7 +273,8 @@ class NodeShell:
             raise Unavailable("no leader is known: fewer than a majority of voters may be up; retry shortly")
         listing = self.core.reconciler.listing if self.core.reconciler is not None else None
         running = -1 if listing is None else sum(1 for status in listing.values() if status == "running")
-        body = {"node": self.node_name, "applied_seq": self.core.state.seq, "running": running}
+        body = {"node": self.node_name, "applied_seq": self.core.state.seq, "running": running,
+                "armed": self._watchdog_armed}
         if leader == self.address:
             return self.grant_lease(self.node_name, body)
         try:
@@ -307,6 +310,8 @@ class NodeShell:
             and not state.mode_active("maintenance", now, found.id)
         self._granted[node] = clock.boottime()
         self._granted_armed[node] = armed
+        if armed and found.watchdog_down and request.get("armed"):
+            self._input(WatchdogArmed(node))        # recorded in the log: its lease proves something again
         lease_s = state.cluster.fencing_interval_s if state.cluster is not None else 5
         return {**answer, "granted": True, "lease_s": lease_s, "armed": armed}
 
@@ -350,7 +355,8 @@ class NodeShell:
             wall = clock.now()
             quiet = state.mode_active("recovery_disarmed", wall)
             for found in state.nodes.values():
-                if found.offline or found.fenced or quiet or state.mode_active("maintenance", wall, found.id):
+                if found.offline or found.fenced or found.watchdog_down or quiet \
+                        or state.mode_active("maintenance", wall, found.id):
                     self._down.add(found.name)
                 elif found.name in self._down:
                     # Watched again (back online, recovery armed, out of maintenance): its wait for a lease
@@ -363,10 +369,11 @@ class NodeShell:
                     del self._lapsed[found.name]      # disarmed before its fence, or fenced and back since
                     lapsed = None
                 if found.name == self.node_name or found.offline or found.fenced or quiet \
-                        or state.mode_active("maintenance", wall, found.id) \
+                        or state.mode_active("maintenance", wall, found.id) or found.watchdog_down \
                         or self._granted_armed.get(found.name) is False:
-                    # The last grant stood its watchdog down (disarmed, or in maintenance): cut off since, it
-                    # kills nothing, so it is never fenced by its lease until a grant has armed it again.
+                    # Its watchdog may be stood down (recovery was disarmed, or it was in maintenance, and it has
+                    # not reported it armed since: `watchdog_down`, in the log, so a new leader knows too): cut
+                    # off, it kills nothing, so its lease running out proves nothing.
                     continue
                 granted = self._granted.get(found.name)
                 since = max(granted if granted is not None else self._term_began, self._term_began)

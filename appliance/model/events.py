@@ -342,6 +342,14 @@ class NodeCertificateRevoked:
     serial: str
 
 
+@event(NODES + 10)
+@frozen
+class NodeWatchdogArmed:
+    """The node reported its watchdog armed again (after recovery was disarmed or it was in maintenance): its
+    lease running out is a fence proof again."""
+    node: str
+
+
 # --- instances -------------------------------------------------------------
 
 @event(INSTANCES + 1)

@@ -145,7 +145,24 @@ def _leader_elected(state, e, envelope, seq):
 
 @handles(ev.ModeSet)
 def _mode_set(state, e, envelope, seq):
-    return state.evolve(modes=state.modes.set((e.mode, e.target), e.until))
+    # Disarming recovery (or a node's maintenance) stands watchdogs down with the next grant: until a node
+    # reports its watchdog armed again (NodeWatchdogArmed), its lease running out proves nothing.
+    nodes = state.nodes
+    if e.mode == "recovery_disarmed":
+        for node in state.nodes.values():
+            if not node.watchdog_down:
+                nodes = nodes.set(node.id, node.evolve(watchdog_down=True))
+    elif e.mode == "maintenance" and e.target in nodes and not nodes[e.target].watchdog_down:
+        nodes = nodes.set(e.target, nodes[e.target].evolve(watchdog_down=True))
+    return state.evolve(modes=state.modes.set((e.mode, e.target), e.until), nodes=nodes)
+
+
+@handles(ev.NodeWatchdogArmed)
+def _node_watchdog_armed(state, e, envelope, seq):
+    node = state.nodes.get(e.node)
+    if node is None or not node.watchdog_down:
+        return state
+    return state.evolve(nodes=state.nodes.set(e.node, node.evolve(watchdog_down=False)))
 
 
 @handles(ev.ModeCleared)
@@ -260,7 +277,8 @@ def _nodes_assigned(state, e, envelope, seq):
 @handles(ev.NodeAdded)
 def _node_added(state, e, envelope, seq):
     node = Node(e.node, e.name, e.address, e.group, e.memory_mib, e.disk_mib, e.cpus,
-                master_capable=e.master_capable, vm_capable=e.vm_capable, role=e.role)
+                master_capable=e.master_capable, vm_capable=e.vm_capable, role=e.role,
+                watchdog_down=("recovery_disarmed", "") in state.modes)
     return state.evolve(nodes=state.nodes.set(node.id, node), node_names=state.node_names.set(node.name, node.id),
                         usage=state.usage.set(node.id, NodeUsage()))
 

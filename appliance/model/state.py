@@ -100,6 +100,8 @@ class Node(NamedTuple):
     fenced: bool = False          # a fence proof was recorded: its instances are known dead
     fenced_seq: int = 0           # the seq of the last fence proof (0: never fenced)
     fence_proof: str = ""         # how it was fenced: "operator" (marked offline) or "lease" (its lease lapsed)
+    watchdog_down: bool = False   # its watchdog may be stood down (recovery disarmed, or it was in maintenance)
+                                  # since it last reported it armed: it is never fenced by its lease meanwhile
 
 
 @entity

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from appliance.core.io import LeaderCommit, LeaseLost, NodeLapsed, NodeReturned, Tick
+from appliance.core.io import LeaderCommit, LeaseLost, NodeLapsed, NodeReturned, Tick, WatchdogArmed
 from consensus.sim_log import LEADER
 
 RENEW_EVERY_S = 0.5
@@ -146,7 +146,7 @@ class Leases:
         core = sim.cores[name]
         listing = core.reconciler.listing if core.reconciler is not None else None
         running = -1 if listing is None else sum(1 for status in listing.values() if status == "running")
-        body = (core.state.seq, running)
+        body = (core.state.seq, running, self.watchdogs[name].is_armed(sim.now))
         sent = sim.now
         if leader == name:
             self._answer(name, name, sent, body, sim.incarnation[name])
@@ -188,8 +188,8 @@ class Leases:
         found = state.node_by_name(node)
         if found is None:
             return {**answer, "granted": False}
+        applied, running, watchdog_armed = body
         if found.fenced or node in shell.lapsed or self._fence_pending(state, found.name):
-            applied, running = body
             if found.fenced and found.fence_proof == "lease" and applied >= found.fenced_seq and running == 0:
                 sim._step(leader, NodeReturned(node))
             return {**answer, "granted": False}
@@ -198,6 +198,8 @@ class Leases:
             and not state.mode_active("maintenance", wall, found.id)
         shell.granted[node] = sim.now
         shell.armed[node] = armed
+        if armed and found.watchdog_down and watchdog_armed:
+            sim._step(leader, WatchdogArmed(node))
         lease_s = state.cluster.fencing_interval_s if state.cluster is not None else DEFAULT_LEASE_S
         # A timed disarm travels as a duration (as the lease does): the watchdog stands down only that long.
         until = state.modes.get(("recovery_disarmed", ""))
@@ -266,7 +268,7 @@ class Leases:
         interval = HASTY_LAPSE_S if self.hasty else state.cluster.recovery_interval_s
         rearmed = self._rearmed(state, now, wall)
         for found in sorted(state.nodes.values(), key=lambda n: n.name):
-            if found.offline or found.fenced:
+            if found.offline or found.fenced or (found.watchdog_down and "fence_after_disarm" not in sim.config.bugs):
                 shell.down.add(found.name)
             elif found.name in shell.down:
                 shell.down.discard(found.name)
@@ -278,6 +280,10 @@ class Leases:
                 lapsed = None
             if found.name == name or found.offline or found.fenced or quiet \
                     or state.mode_active("maintenance", wall, found.id):
+                continue
+            if found.watchdog_down and "fence_after_disarm" not in sim.config.bugs:
+                # The log says its watchdog may be stood down since a disarm or its maintenance, and it has not
+                # reported it armed since: every leader knows, not only the one that granted.
                 continue
             if not shell.armed.get(found.name, True) and "fence_after_disarm" not in sim.config.bugs:
                 # Its last grant stood its watchdog down (disarmed, or maintenance): nothing kills its instances

@@ -127,3 +127,27 @@ def test_an_instance_whose_secondary_is_fenced_gets_a_new_one_chosen_by_hail():
     states = {harness.state.nodes[node].name: state for _, node, state, _ in moved.disk_states}
     assert states == {"node1": "UPTODATE", "node2": "UPTODATE"}
     assert harness.state.nodes[harness.instance(kept.name).secondary].name == "node3"
+
+
+def test_after_a_disarm_a_node_is_fenced_only_once_it_reported_its_watchdog_armed():
+    """Disarming marks every node's watchdog as possibly stood down, in the log (so any later leader knows): a
+    lapse then fences nothing, even after the re-arm, until the node reported its watchdog armed
+    (NodeWatchdogArmed); from then on its lapse fences it."""
+    from appliance.core.io import WatchdogArmed
+
+    harness = cluster(("node1", "node2", "node3"))
+    harness.run(op("cluster_mode", mode="recovery_disarmed", on=True))
+    assert all(n.watchdog_down for n in harness.state.nodes.values())
+    harness.run(op("cluster_mode", mode="recovery_disarmed", on=False))
+    harness.send("node1", NodeLapsed("node2", "cut off while disarmed"))
+    harness.advance(5)
+    assert jobs_of(harness, "node_fence") == []
+    harness.send("node1", WatchdogArmed("node2"))
+    harness.advance(2)
+    assert not harness.state.node_by_name("node2").watchdog_down
+    assert harness.state.node_by_name("node3").watchdog_down
+    (armed,) = harness.events(ev.NodeWatchdogArmed)
+    assert armed.actor == "cairn-healer" and "watchdog armed" in armed.reason
+    harness.send("node1", NodeLapsed("node2", "lapsed, armed"))
+    harness.advance(5)
+    assert harness.state.node_by_name("node2").fenced
