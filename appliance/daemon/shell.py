@@ -750,7 +750,9 @@ class NodeShell:
         """
         while True:
             await trio.sleep(MEMBERSHIP_EVERY_S)
-            if self._removed() and not self.log.is_leader():
+            # A removed node stops once it no longer leads, or once it leads a log of no one but itself (the
+            # others took it out of their voters before it could hand over: it would lead that forever).
+            if self._removed() and (not self.log.is_leader() or len(self.log.status().voters) <= 1):
                 log.warning("%s: this node was removed from the cluster; its daemon stops and its watchdog stands "
                             "down (wipe its data dir and join it again with a new token to bring it back)",
                             self.node_name)
