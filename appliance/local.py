@@ -200,16 +200,18 @@ def read_watchdog_pid(data_dir: Path) -> int | None:
     return _live_pid(data_dir / "watchdog.pid", b"appliance.fencing")
 
 
+def spawn(data_dir: Path, module: str, log_name: str, prefix: tuple = ()) -> subprocess.Popen:
+    """Run `python -m module DATA_DIR` in the background, in a session of its own, its output appended to
+    DATA_DIR/log_name; `prefix` runs it through another command (`ip netns exec NS` in the partition test)."""
+    with open(data_dir / log_name, "ab") as log:
+        return subprocess.Popen([*prefix, sys.executable, "-m", module, str(data_dir)], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, start_new_session=True, cwd=str(data_dir))
+
+
 def start_watchdog(data_dir: Path) -> int:
     """Start a node's watchdog (`appliance.fencing`) in the background, in a session of its own, and wait until
     it has written its pid (so it listens before the daemon renews); returns its pid."""
-    log = open(data_dir / "watchdog.log", "ab")
-    try:
-        process = subprocess.Popen([sys.executable, "-m", "appliance.fencing", str(data_dir)],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                   cwd=str(data_dir))
-    finally:
-        log.close()
+    process = spawn(data_dir, "appliance.fencing", "watchdog.log")
     deadline = clock.monotonic() + 10.0
     while read_watchdog_pid(data_dir) != process.pid and clock.monotonic() < deadline:
         if process.poll() is not None:
@@ -223,13 +225,7 @@ def start_node(data_dir: Path) -> int:
     own; returns the daemon's pid."""
     if read_watchdog_pid(data_dir) is None:
         start_watchdog(data_dir)
-    log = open(data_dir / "daemon.log", "ab")
-    try:
-        process = subprocess.Popen([sys.executable, "-m", "appliance.daemon.main", str(data_dir)],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                   cwd=str(data_dir))
-    finally:
-        log.close()
+    process = spawn(data_dir, "appliance.daemon.main", "daemon.log")
     _started[data_dir] = process.pid
     return process.pid
 

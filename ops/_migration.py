@@ -46,6 +46,19 @@ def check_common(state, instance: str, doing: str):
     return found, primary, secondary
 
 
+def stale_copies(found, unknown_is_stale: bool) -> list[str]:
+    """The disks whose copy on the secondary is not recorded UPTODATE, each with what is known of it ("0
+    (SYNCING 42.0%)"); a disk never reported counts only when `unknown_is_stale` (recovery promotes only
+    known-good copies; an operator's failover refuses only copies known bad)."""
+    states = {disk: (state, percent) for disk, node, state, percent in found.disk_states if node == found.secondary}
+    stale = []
+    for index in range(len(found.disks)):
+        state, percent = states.get(index, ("unknown", 0))
+        if state != "UPTODATE" and (unknown_is_stale or index in states):
+            stale.append(f"{index} ({state}{f' {percent}%' if state == 'SYNCING' else ''})")
+    return stale
+
+
 def migrate_plan(state, instance: str, timeout_s: int) -> Plan:
     """Two steps, both fixed at admission: migrate live to the secondary, then make it the primary.
 

@@ -29,8 +29,7 @@ def claims(state, params: Params) -> Claims:
 def check(state, params: Params) -> None:
     found, _, secondary = _migration.check_common(state, params.instance, "fail over")
     _common.positive(params.timeout_s, "timeout (s)")
-    stale = [f"{disk} ({disk_state})" for disk, node, disk_state, _ in found.disk_states
-             if node == secondary.id and disk_state != "UPTODATE"]
+    stale = _migration.stale_copies(found, unknown_is_stale=False)
     if stale and not params.ignore_consistency:
         raise PrereqError(WRONG_STATE, f"Disk(s) {', '.join(stale)} of instance {found.name} on {secondary.name} "
                                        "are not UPTODATE: the copy there may have missed writes; wait for the "

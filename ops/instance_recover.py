@@ -32,7 +32,6 @@ ROLE = "admin"
 DRAIN_EXEMPT = True
 BEFORE_INIT = False
 REFERENCES = {"instance": "instance", "node": "node"}
-UPTODATE = "UPTODATE"
 prepare = no_prepare
 
 
@@ -75,23 +74,12 @@ def _check_secondary(state, found) -> None:
     if secondary is None or secondary.offline or secondary.fenced:
         raise PrereqError(WRONG_STATE, f"Cannot recover instance {found.name}: its secondary node "
                                        f"{_common.node_name(state, found.secondary)} is offline too")
-    stale = stale_disks(found)
+    stale = _migration.stale_copies(found, unknown_is_stale=True)
     if stale:
         raise PrereqError(WRONG_STATE, f"Cannot recover instance {found.name}: the copy of disk(s) "
                                        f"{', '.join(stale)} on {secondary.name} is not UPTODATE, and a copy that "
                                        "missed writes never becomes the primary; bring the old primary back")
     _migration.check_common(state, found.id, "fail over")
-
-
-def stale_disks(found) -> list[str]:
-    """The disks whose copy on the secondary is not known UPTODATE, with what is known of each."""
-    states = {disk: (state, percent) for disk, node, state, percent in found.disk_states if node == found.secondary}
-    stale = []
-    for index in range(len(found.disks)):
-        state, percent = states.get(index, ("unknown", 0))
-        if state != UPTODATE:
-            stale.append(f"{index} ({state}{f' {percent}%' if state == 'SYNCING' else ''})")
-    return stale
 
 
 def target(state, found):

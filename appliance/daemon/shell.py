@@ -118,7 +118,6 @@ class NodeShell:
         self._lapsed: dict[str, list] = {}          # (leader) node name -> [its fenced_seq then, when told]
         self._term_began: float | None = None       # (leader) boottime when its own LeaderElected was applied
         self._down: set[str] = set()                # (leader) nodes not watched: offline, fenced, exempt
-        self._granted_armed: dict[str, bool] = {}   # (leader) whether its last grant armed the node's watchdog
         self._liveness: dict = {}                   # (follower) the leader's liveness table, as last heard
         self._liveness_at = float("-inf")
 
@@ -309,7 +308,6 @@ class NodeShell:
         armed = state.cluster is not None and not state.mode_active("recovery_disarmed", now) \
             and not state.mode_active("maintenance", now, found.id)
         self._granted[node] = clock.boottime()
-        self._granted_armed[node] = armed
         if armed and found.watchdog_down and request.get("armed"):
             self._input(WatchdogArmed(node))        # recorded in the log: its lease proves something again
         lease_s = state.cluster.fencing_interval_s if state.cluster is not None else 5
@@ -344,7 +342,6 @@ class NodeShell:
             state = self.core.state
             if not self.log.is_leader() or not self.core.engine.active(state) or state.cluster is None:
                 self._granted.clear()
-                self._granted_armed.clear()
                 self._lapsed.clear()
                 self._down.clear()
                 self._term_began = None
@@ -355,8 +352,12 @@ class NodeShell:
             wall = clock.now()
             quiet = state.mode_active("recovery_disarmed", wall)
             for found in state.nodes.values():
-                if found.offline or found.fenced or found.watchdog_down or quiet \
-                        or state.mode_active("maintenance", wall, found.id):
+                # Not watched: offline or fenced already; recovery disarmed or the node in maintenance; or its
+                # watchdog may still stand down since then (`watchdog_down`, in the log, so a new leader knows
+                # too): cut off, such a node kills nothing, so its lease running out proves nothing.
+                watched = not (found.offline or found.fenced or found.watchdog_down or quiet
+                               or state.mode_active("maintenance", wall, found.id))
+                if not watched:
                     self._down.add(found.name)
                 elif found.name in self._down:
                     # Watched again (back online, recovery armed, out of maintenance): its wait for a lease
@@ -368,12 +369,7 @@ class NodeShell:
                                                      and found.fenced_seq > lapsed[0])):
                     del self._lapsed[found.name]      # disarmed before its fence, or fenced and back since
                     lapsed = None
-                if found.name == self.node_name or found.offline or found.fenced or quiet \
-                        or state.mode_active("maintenance", wall, found.id) or found.watchdog_down \
-                        or self._granted_armed.get(found.name) is False:
-                    # Its watchdog may be stood down (recovery was disarmed, or it was in maintenance, and it has
-                    # not reported it armed since: `watchdog_down`, in the log, so a new leader knows too): cut
-                    # off, it kills nothing, so its lease running out proves nothing.
+                if not watched or found.name == self.node_name:
                     continue
                 granted = self._granted.get(found.name)
                 since = max(granted if granted is not None else self._term_began, self._term_began)

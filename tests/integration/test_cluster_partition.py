@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -82,13 +81,9 @@ class NetnsCluster:
 
         local.create(self.directory, len(self.names), hosts=[self.hosts[n] for n in self.names])
         for name in self.names:
-            data_dir = self.directory / name
             for module, log in (("appliance.fencing", "watchdog.log"), ("appliance.daemon.main", "daemon.log")):
-                with open(data_dir / log, "ab") as out:
-                    self.processes.append(subprocess.Popen(
-                        ["ip", "netns", "exec", self.spaces[name], sys.executable, "-m", module, str(data_dir)],
-                        stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=str(data_dir),
-                        start_new_session=True))
+                self.processes.append(local.spawn(self.directory / name, module, log,
+                                                  ("ip", "netns", "exec", self.spaces[name])))
 
     def cli(self, *args: str, via: str = "node1", check: bool = True) -> subprocess.CompletedProcess:
         env = {**self.env, "CAIRN_API": f"{self.hosts[via]}:7100"}
