@@ -214,7 +214,8 @@ def instance_failover(
     name: str = INSTANCE,
     timeout: Optional[int] = typer.Option(None, "--timeout", help="Seconds the move may take."),
     ignore_consistency: bool = typer.Option(False, "--ignore-consistency", help="Fail over even if the "
-                                            "secondary's copy is not known UPTODATE (it may have missed writes)."),
+                                            "secondary's copy is recorded as not UPTODATE (it may have missed "
+                                            "writes)."),
 ) -> None:
     """Move a replicated instance to its secondary node: stop it, then start it there."""
     session.run([operation("instance_failover", instance=hostname(name), timeout_s=timeout,
