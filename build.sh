@@ -20,6 +20,13 @@ need_apt=()
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 # The partition test puts nodes in network namespaces (root only; it is skipped elsewhere).
 if [ "$(id -u)" = 0 ] && ! command -v ip >/dev/null 2>&1; then need_apt+=(iproute2); fi
+# Real VMs (the kvm hypervisor, its tests and benchmarks): QEMU, its storage daemon and tools, and busybox for
+# the test guest (built from Debian packages by 'cairn images build testguest'; tests build it when missing).
+if [ "$(id -u)" = 0 ]; then
+    command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
+    command -v qemu-storage-daemon >/dev/null 2>&1 || need_apt+=(qemu-utils)
+    [ -x /bin/busybox ] || need_apt+=(busybox-static)
+fi
 "$PYTHON" - <<'PY' 2>/dev/null || need_apt+=("python3-dev")
 import sysconfig, os, sys
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
