@@ -26,6 +26,9 @@ if [ "$(id -u)" = 0 ]; then
     command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
     command -v qemu-storage-daemon >/dev/null 2>&1 || need_apt+=(qemu-utils)
     [ -x /bin/busybox ] || need_apt+=(busybox-static)
+    # Ganeti OS definitions, run unchanged (the OS-definition tests use these two).
+    [ -d /usr/share/ganeti/os/noop ] || need_apt+=(ganeti-os-noop)
+    [ -d /usr/share/ganeti/os/debootstrap ] || need_apt+=(ganeti-instance-debootstrap)
 fi
 "$PYTHON" - <<'PY' 2>/dev/null || need_apt+=("python3-dev")
 import sysconfig, os, sys

@@ -13,7 +13,7 @@ HELP = "Cairn: highly available VMs on a few commodity servers, managed through 
 
 # Command groups: name -> module (each module's `app`); the others register themselves.
 GROUPS = {"cluster": "cluster", "instance": "instance", "node": "node", "group": "group", "job": "job",
-          "user": "user", "tags": "tags", "events": "events", "images": "images"}
+          "user": "user", "tags": "tags", "events": "events", "images": "images", "os": "os"}
 
 
 def _build_app(only: str | None = None):
