@@ -27,20 +27,40 @@ def claims(state, instance: str) -> Claims:
     return _common.instance_claims(state, instance)
 
 
-def check_common(state, instance: str, doing: str):
-    """The instance, its primary and its secondary, refused unless the secondary can take it over."""
+def check_common(state, instance: str, doing: str, target_node: str | None = None):
+    """The instance, its primary and the node it moves to, refused unless that node can take it over.
+
+    A replicated instance moves to its secondary (a `target_node` must name it); a diskless one, having no
+    disks to leave behind, moves to the `target_node` given (Ganeti's `migrate -n`).
+    """
     found = _common.instance(state, instance)
-    if not found.secondary:
+    if not found.secondary and (found.disk_template != "diskless" or doing != "migrate"):
+        hint = (f"; a diskless instance migrates live to the node given: 'cairn instance migrate -n NODE "
+                f"{found.name}'" if found.disk_template == "diskless" else ": its disks are on its primary only")
         raise PrereqError(WRONG_INPUT, f"Instance '{found.name}' has no secondary node ({found.disk_template} "
-                                       f"template), cannot {doing} it; use 'cairn instance move' instead")
+                                       f"template), cannot {doing} it{hint}")
+    if not found.secondary:
+        if not target_node:
+            raise PrereqError(WRONG_INPUT, f"Instance '{found.name}' is diskless: say where to {doing} it with "
+                                           "-n TARGET_NODE")
+        if target_node == state.nodes[found.primary].name:
+            raise PrereqError(WRONG_INPUT, f"Instance '{found.name}' already runs on {target_node}; give another "
+                                           "node with -n")
+    elif target_node and target_node != state.nodes[found.secondary].name:
+        raise PrereqError(WRONG_INPUT, f"Instance '{found.name}' can only {doing} to its secondary node "
+                                       f"{state.nodes[found.secondary].name}; to move it elsewhere, replace its "
+                                       f"secondary first ('cairn instance replace-disks -n {target_node} "
+                                       f"{found.name}')")
     if found.admin_state == "offline":
         raise PrereqError(WRONG_STATE, f"Instance '{found.name}' is marked offline, cannot {doing} it")
-    primary, secondary = state.nodes[found.primary], state.nodes[found.secondary]
+    primary = state.nodes[found.primary]
+    secondary = state.nodes[found.secondary] if found.secondary else _common.node(state, target_node)
+    role = "secondary" if found.secondary else "target"
     if secondary.offline:
-        raise PrereqError(WRONG_STATE, f"Cannot {doing} instance '{found.name}': its secondary node "
+        raise PrereqError(WRONG_STATE, f"Cannot {doing} instance '{found.name}': its {role} node "
                                        f"{secondary.name} is offline; bring it back online first")
     if not secondary.vm_capable:
-        raise PrereqError(WRONG_STATE, f"Cannot {doing} instance '{found.name}': its secondary node "
+        raise PrereqError(WRONG_STATE, f"Cannot {doing} instance '{found.name}': its {role} node "
                                        f"{secondary.name} is not vm_capable")
     _common.memory_fits(state, secondary, found.memory_mib, found.name, _GERUNDS[doing])
     return found, primary, secondary
@@ -59,8 +79,9 @@ def stale_copies(found, unknown_is_stale: bool) -> list[str]:
     return stale
 
 
-def migrate_plan(state, instance: str, timeout_s: int) -> Plan:
-    """Two steps, both fixed at admission: migrate live to the secondary, then make it the primary.
+def migrate_plan(state, instance: str, timeout_s: int, target_node: str | None = None) -> Plan:
+    """Two steps, both fixed at admission: migrate live to the secondary (a diskless instance: to the target
+    node), then make it the primary.
 
     The first step asks the source to migrate and waits for it to say how it
     went; a failure or a timeout commits InstanceMigrationAborted (the target
@@ -68,16 +89,17 @@ def migrate_plan(state, instance: str, timeout_s: int) -> Plan:
     it) and the job fails with the source still running the instance.
     """
     found = _common.instance(state, instance)
-    primary, secondary = state.nodes[found.primary], state.nodes[found.secondary]
+    primary = state.nodes[found.primary]
+    secondary = state.nodes[found.secondary] if found.secondary else _common.node(state, target_node)
     migrate = Step(f"migrating instance {found.name} from {primary.name} to {secondary.name}",
                    (ev.InstanceMigrationStarted(found.id, primary.id, secondary.id),),
                    (Wait("migration_finished", found.id, primary.id, timeout_s, "compensate"),),
                    (ev.InstanceMigrationAborted(found.id, secondary.id),))
     switch = Step(f"making {secondary.name} the primary node of instance {found.name}",
-                  (ev.InstanceMigrated(found.id, secondary.id, primary.id),),
+                  (ev.InstanceMigrated(found.id, secondary.id, primary.id if found.secondary else ""),),
                   (Wait("observed_running", found.id, secondary.id, timeout_s),))
     return Plan(steps=(migrate, switch), reservations=(Reservation(secondary.id, found.memory_mib, 0),),
-                result={"primary": secondary.name, "secondary": primary.name})
+                result={"primary": secondary.name, "secondary": primary.name if found.secondary else ""})
 
 
 def failover_plan(state, instance: str, timeout_s: int) -> Plan:

@@ -201,11 +201,13 @@ def instance_migrate(
     name: str = INSTANCE,
     allow_failover: bool = typer.Option(False, "--allow-failover", help="Fail over (stop, then start on the "
                                                                         "secondary) when it cannot migrate live."),
+    target_node: Optional[str] = typer.Option(None, "-n", "--target-node", help="Where a diskless instance "
+                                              "goes (a replicated one always goes to its secondary)."),
     timeout: Optional[int] = typer.Option(None, "--timeout", help="Seconds the move may take."),
 ) -> None:
-    """Move a replicated instance to its secondary node while it runs (live migration)."""
+    """Move a running instance to another node live: a replicated one to its secondary, a diskless one to -n."""
     session.run([operation("instance_migrate", instance=hostname(name), allow_failover=allow_failover or None,
-                           timeout_s=timeout)])
+                           timeout_s=timeout, target_node=hostname(target_node) if target_node else None)])
 
 
 @command(app, name="failover", kind="write")

@@ -1,7 +1,7 @@
 """Tests of instance_migrate (it shares ops/_migration.py with instance_failover)."""
 
 from appliance.model import events as ev
-from appliance.model.errors import INSUFFICIENT_RESOURCES, WRONG_INPUT, WRONG_STATE
+from appliance.model.errors import INSUFFICIENT_RESOURCES, UNKNOWN_ENTITY, WRONG_INPUT, WRONG_STATE
 from tests.unit.test_ops_support import add, cluster, refused
 
 
@@ -44,11 +44,39 @@ def test_migrate_reserves_memory_on_the_target():
 
 
 def test_migrate_refuses_an_instance_without_secondary():
-    """A non-replicated instance cannot migrate; the message points to instance move."""
+    """An instance with disks on its primary only cannot migrate; the message says why."""
     box = cluster()
     add(box, template="file")
     refused(box, "instance_migrate", WRONG_INPUT, "has no secondary node", instance="web1.example.com")
-    refused(box, "instance_migrate", WRONG_INPUT, "use 'cairn instance move' instead", instance="web1.example.com")
+    refused(box, "instance_migrate", WRONG_INPUT, "its disks are on its primary only", instance="web1.example.com")
+
+
+def test_a_diskless_instance_migrates_to_the_node_given():
+    """A diskless instance has no disks to leave behind: it moves live to -n, which it then runs on alone (no
+    secondary); without -n, to its own node, or to a node that cannot take it, it is refused with what to do."""
+    box = cluster()
+    found = add(box, template="diskless")
+    refused(box, "instance_migrate", WRONG_INPUT, "say where to migrate it with -n", instance="web1.example.com")
+    refused(box, "instance_migrate", WRONG_INPUT, "already runs on", instance="web1.example.com",
+            target_node=box.state.nodes[found.primary].name)
+    refused(box, "instance_migrate", UNKNOWN_ENTITY, "nowhere", instance="web1.example.com",
+            target_node="nowhere.example.com")
+    target = next(node for node in box.state.nodes.values() if node.id != found.primary)
+    plan = box.plan("instance_migrate", instance="web1.example.com", target_node=target.name)
+    assert [(r.node, r.memory_mib) for r in plan.reservations] == [(target.id, 1024)]
+    assert plan.result == {"primary": target.name, "secondary": ""}
+    assert plan.steps[1].events == (ev.InstanceMigrated(found.id, target.id, ""),)
+    refused(box, "instance_failover", WRONG_INPUT, "cairn instance migrate -n NODE", instance="web1.example.com")
+
+
+def test_a_replicated_instance_migrates_to_its_secondary_only():
+    """-n naming another node than the secondary is refused, pointing to replace-disks."""
+    box = cluster()
+    found = add(box)
+    other = next(node for node in box.state.nodes.values() if node.id not in (found.primary, found.secondary))
+    refused(box, "instance_migrate", WRONG_INPUT, "replace its secondary first", instance="web1.example.com",
+            target_node=other.name)
+    box.plan("instance_migrate", instance="web1.example.com", target_node=box.state.nodes[found.secondary].name)
 
 
 def test_migrate_refuses_an_offline_secondary():
