@@ -49,7 +49,6 @@ PID_NAME = "watchdog.pid"
 LOG_NAME = "watchdog.log"
 POLL_S = 0.05
 KILL_VERIFY_S = 2.0
-GUEST_NAME = b"cairn-fake-guest"
 QUIET = "killed 0 "          # a fence that found nothing left to kill is not logged again
 
 
@@ -69,8 +68,14 @@ def _process_alive(pid: int, token: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X") and GUEST_NAME in cmdline \
-        and token.encode() in cmdline
+    # The token (random, at least 16 bytes of hex) is an argument of the fake guest, and part of one of QEMU's
+    # (its run-token object): a process carrying it is the instance, whatever reused its pid otherwise.
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X") and len(token) >= 16 \
+        and any(token.encode() in argument for argument in cmdline)
+
+
+# Where a node's hypervisor drivers keep their instances, under its data dir: the process fake, then QEMU.
+HYPERVISOR_DIRS = ("hv", "kvm")
 
 
 class KillInstances(FenceMethod):
@@ -212,7 +217,7 @@ def run(data_dir: Path, device_path: str = "") -> None:
     """The watchdog's loop, until SIGTERM or SIGINT (a clean stop fences nothing)."""
     sock = open_socket(data_dir)
     device = WatchdogDevice(device_path) if device_path else None
-    watchdog = Watchdog([KillInstances(data_dir / "hv" / "instances")], device)
+    watchdog = Watchdog([KillInstances(data_dir / part / "instances") for part in HYPERVISOR_DIRS], device)
     stopping = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.append(True))

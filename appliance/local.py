@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance import clock
+from appliance.fencing import HYPERVISOR_DIRS, KillInstances
 
 CLUSTER_FILE = "cluster.json"
 CLUSTER_NAME = "local.cairn"
+HYPERVISORS = ("fake", "kvm")
 MAX_VOTERS = 5
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -95,14 +97,17 @@ def load(directory: Path) -> LocalCluster | None:
 
 
 def create(directory: Path, count: int, capacity: dict | None = None,
-           hosts: list[str] | None = None) -> tuple[LocalCluster, str]:
+           hosts: list[str] | None = None, hypervisor: str = "fake") -> tuple[LocalCluster, str]:
     """Make the secrets, data dirs and bootstrap jobs of a new local cluster; return it and the admin token.
 
     Each node gets its share of this host's memory and disk and all its cpus, unless `capacity` gives
     figures per node (memory_mib, disk_mib, cpus): fake instances take no real memory, so a demo or a
     benchmark may well give the nodes more than the host has. `hosts` gives each node an address of its
-    own (one network namespace each, in the partition tests) instead of ports on 127.0.0.1.
+    own (one network namespace each, in the partition tests) instead of ports on 127.0.0.1. Both hypervisors
+    (`fake`, `kvm`) are enabled; `hypervisor` is the default one.
     """
+    if hypervisor not in HYPERVISORS:
+        raise ValueError(f"hypervisor {hypervisor!r} is not one of {', '.join(HYPERVISORS)}")
     from appliance import pki
     from appliance.daemon.config import NodeConfig, write_bootstrap
     from appliance.drivers import host
@@ -141,8 +146,9 @@ def create(directory: Path, count: int, capacity: dict | None = None,
         write_node(directory / name, config, ca_pem=ca.cert_pem, cert_pem=cert.cert_pem, key_pem=cert.key_pem,
                    raft_password=password, ca_key_pem=ca.key_pem if name in voters else None)
     jobs = [{"request_id": "bootstrap:cluster-init", "operations": [
-        {"op": "cluster_init", "params": {"name": CLUSTER_NAME, "enabled_hypervisors": ["fake"],
-                                          "default_hypervisor": "fake",
+        {"op": "cluster_init", "params": {"name": CLUSTER_NAME, "enabled_hypervisors": [hypervisor] + [
+                                              h for h in HYPERVISORS if h != hypervisor],
+                                          "default_hypervisor": hypervisor,
                                           "admin_credential_hash": pki.credential_hash(token)}}]}]
     for name, address in nodes.items():
         jobs.append({"request_id": f"bootstrap:node-add:{name}", "operations": [
@@ -230,12 +236,13 @@ def start_node(data_dir: Path) -> int:
     return process.pid
 
 
-def up(directory: Path, count: int | None, echo=print, capacity: dict | None = None) -> tuple[LocalCluster, list[str]]:
+def up(directory: Path, count: int | None, echo=print, capacity: dict | None = None,
+       hypervisor: str = "fake") -> tuple[LocalCluster, list[str]]:
     """Create the local cluster if needed and start every node that is not running; returns it and the started."""
     cluster = load(directory)
     if cluster is None:
         try:
-            cluster, _token = create(directory, count or 3, capacity)
+            cluster, _token = create(directory, count or 3, capacity, hypervisor=hypervisor)
         except ValueError as error:     # a capacity figure that makes no sense
             raise LocalError(str(error)) from None
         echo(f"Created cluster {cluster.name} with {len(cluster.nodes)} nodes in {directory}")
@@ -372,20 +379,16 @@ def down(directory: Path, echo=print) -> list[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     for name in cluster.nodes:
-        stop_instances(cluster.data_dir(name) / "hv")
+        for part in HYPERVISOR_DIRS:
+            stop_instances(cluster.data_dir(name) / part)
     return stopped
 
 
 def stop_instances(state_dir: Path) -> int:
-    """Kill every fake instance process under a node's hypervisor state dir; returns how many."""
-    from appliance.drivers.fake import guest_alive, read_pid as read_guest, signal_guest
-
-    killed = 0
-    for entry in sorted((state_dir / "instances").glob("*")) if (state_dir / "instances").exists() else []:
-        guest = read_guest(entry)
-        if guest is not None and guest_alive(*guest):
-            signal_guest(*guest, signal.SIGKILL)
-            killed += 1
+    """Kill every instance process (fake guest or QEMU) under a node's hypervisor state dir; returns how many."""
+    method = KillInstances(state_dir / "instances")
+    killed = len(method.running())
+    method.fence()
     return killed
 
 

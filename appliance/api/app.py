@@ -264,6 +264,11 @@ class _Api:
             Endpoint("POST", f"{API}/lease", "read-only", "A member's lease (leader only; members only, with their "
                      "node certificate and the node token): granted for the fencing interval, or refused with "
                      "the reason", self.lease),
+            Endpoint("POST", f"{API}/node/incoming", "read-only", "Start the destination of a live migration on "
+                     "this node (members only: the source's node, with its node certificate and the node token); "
+                     "answers where to send the machine", self.incoming),
+            Endpoint("POST", f"{API}/node/incoming/abort", "read-only", "End the destination of a live migration "
+                     "that failed or was cancelled (members only)", self.incoming_abort),
         ]
 
     def _other_endpoints(self) -> list[Endpoint]:
@@ -446,9 +451,7 @@ class _Api:
         return json_response(await self.backend.join(body))
 
     async def lease(self, request: Request, caller: Caller) -> Response:
-        if caller.name != NODE_ACTOR:
-            raise ApiError(403, "permission_denied", "Only cluster members ask for leases, with their node "
-                                                      "certificate and the node token")
+        self.members_only(caller, "ask for leases")
         body = fields_of(await json_body(request), {"node": str, "applied_seq": int, "running": int},
                          {"armed": bool})
         recorded = self.backend.state().certificates.get(body["node"])
@@ -457,6 +460,24 @@ class _Api:
             raise ApiError(403, "permission_denied", f"The certificate presented is not node {body['node']}'s; "
                                                       "a member asks for its own lease only")
         return json_response(self.backend.grant_lease(body["node"], body))
+
+    async def incoming(self, request: Request, caller: Caller) -> Response:
+        self.members_only(caller, "start a migration's destination")
+        body = fields_of(await json_body(request), {"instance": str, "hypervisor": str, "runtime": dict}, {})
+        return json_response(await self.backend.accept_incoming(body["instance"], body["hypervisor"],
+                                                                body["runtime"]))
+
+    async def incoming_abort(self, request: Request, caller: Caller) -> Response:
+        self.members_only(caller, "end a migration's destination")
+        body = fields_of(await json_body(request), {"instance": str, "hypervisor": str}, {})
+        await self.backend.abort_incoming(body["instance"], body["hypervisor"])
+        return json_response({"instance": body["instance"]})
+
+    @staticmethod
+    def members_only(caller: Caller, what: str) -> None:
+        if caller.name != NODE_ACTOR:
+            raise ApiError(403, "permission_denied", f"Only cluster members {what}, with their node certificate "
+                                                      "and the node token")
 
     async def cancel(self, request: Request, caller: Caller) -> Response:
         job_id = path_job_id(request)

@@ -85,6 +85,13 @@ class Backend(Protocol):
     def lease_status(self) -> dict:
         """This node's own lease: {"held", "remaining_s", "note"}."""
 
+    async def accept_incoming(self, instance: str, hypervisor: str, runtime: dict) -> dict:
+        """(Migration target.) Start the destination of a live migration from the source's runtime description;
+        {"uri": where the source sends the machine}; Refused(wrong_state) when it cannot, with the reason."""
+
+    async def abort_incoming(self, instance: str, hypervisor: str) -> None:
+        """(Migration target.) End the destination of a migration that failed or was cancelled."""
+
     async def join(self, request: dict) -> dict:
         """Admit a new node presenting a join token (docs/api.md); Refused(unauthenticated) for a bad token,
         Unavailable on a member that is not the leader."""

@@ -40,14 +40,18 @@ def up(nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="How man
        disk_mib: Optional[int] = typer.Option(None, "--node-disk", help="Each node's disk in MiB (default: its "
                                               "share of the free space). A new cluster only."),
        cpus: Optional[int] = typer.Option(None, "--node-cpus", help="Each node's cpus (default: this host's). "
-                                          "A new cluster only.")):
+                                          "A new cluster only."),
+       hypervisor: str = typer.Option("fake", "--hypervisor", help="The default hypervisor of a new cluster: "
+                                      "fake (a process per instance) or kvm (QEMU; TCG where KVM cannot run "
+                                      "guests). Both are enabled either way.")):
     """Start a local cluster on 127.0.0.1: make it the first time, start every node that is not running."""
     from appliance import local
 
     directory = (directory or local.default_dir()).expanduser().resolve()
     try:
         cluster, started = local.up(directory, nodes, echo=lambda text: typer.echo(text, err=True),
-                                    capacity={"memory_mib": memory_mib, "disk_mib": disk_mib, "cpus": cpus})
+                                    capacity={"memory_mib": memory_mib, "disk_mib": disk_mib, "cpus": cpus},
+                                    hypervisor=hypervisor)
         if started:
             typer.echo(f"Started {', '.join(started)}", err=True)
         info = local.wait_ready(cluster, timeout_s)

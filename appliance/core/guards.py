@@ -35,8 +35,10 @@ def _event_problem(state, event: Any) -> str | None:
     if instance is None:
         return f"instance {instance_id} no longer exists"
     if kind is ev.InstanceMigrationStarted:
-        if (instance.primary, instance.secondary) != (event.source, event.target):
+        if instance.secondary and (instance.primary, instance.secondary) != (event.source, event.target):
             return f"instance {instance.name} is no longer on {event.source} with secondary {event.target}"
+        if not instance.secondary and (instance.primary != event.source or event.target not in state.nodes):
+            return f"instance {instance.name} is no longer on {event.source}, or node {event.target} is gone"
         if (instance.observed_state, instance.observed_node) != ("running", event.source):
             return f"instance {instance.name} is not seen running on its primary; it cannot migrate live"
     if kind is ev.InstanceMigrated:

@@ -27,6 +27,7 @@ from appliance.model.codec import Envelope
 
 RECONCILER_ACTOR = "reconciler"
 LIST_EVERY_S = 2.0
+LIST_ARRIVING_S = 0.05         # while a job waits on this node's listing (an instance arriving, a confirmation)
 ACTION_TIMEOUT_S = 120.0
 REPORT_RETRY_S = 5.0
 # Without a lease (the simulator's nodes, tests): how long a commit seq heard counts for starting or migrating.
@@ -164,7 +165,8 @@ class Reconciler:
         me = state.node_names.get(self.node_name)
         if me is None:
             return proposals, actions, now + LIST_EVERY_S
-        self._listings(actions, now, state.seq)
+        expecting = self._expecting(state, me)
+        self._listings(actions, now, state.seq, expecting)
         if self.listing is None:
             return proposals, actions, now + LIST_EVERY_S
         offline = state.nodes[me].offline
@@ -189,10 +191,18 @@ class Reconciler:
         if not offline:
             self._reconcile_disks(actions, state, me, now)
             self._replicated(proposals, actions, state, me, now)
-        return proposals, actions, now + LIST_EVERY_S
+        return proposals, actions, now + (LIST_ARRIVING_S if expecting else LIST_EVERY_S)
 
-    def _listings(self, actions: list, now: float, seq: int) -> None:
-        if "" not in self.pending and now - self.listed_at >= LIST_EVERY_S:
+    def _expecting(self, state, me: str) -> bool:
+        """Whether a job waits on what this node's hypervisor holds: an instance arriving here by live migration
+        (to be seen running), or one whose start elsewhere waits for this node to confirm it is not here."""
+        return any((instance.migration_target == me and instance.migration_status in ("running", "done"))
+                   or (me in instance.pending_stop and self.listing_seq < instance.moved_at_seq)
+                   for instance in state.instances.values())
+
+    def _listings(self, actions: list, now: float, seq: int, expecting: bool = False) -> None:
+        every = LIST_ARRIVING_S if expecting else LIST_EVERY_S
+        if "" not in self.pending and now - self.listed_at >= every:
             self.listed_at = now
             self._act(actions, now, "list", "", key="", changes=self.changes, seq=seq)
         if "/disks" not in self.pending and now - self.disks_listed_at >= LIST_EVERY_S:
@@ -258,7 +268,8 @@ class Reconciler:
             return          # the copies must know which one is written to before the guest writes
         spec = {"name": instance.name, "memory_mib": instance.memory_mib, "vcpus": instance.vcpus,
                 "disks": tuple(d.size_mib for d in instance.disks), "nics": tuple(n.mac for n in instance.nics),
-                "hypervisor": instance.hypervisor, "disk_template": instance.disk_template}
+                "hypervisor": instance.hypervisor, "disk_template": instance.disk_template,
+                "hvparams": dict(instance.hvparams)}
         self.restart_at.pop(instance.id, None)
         self._act(actions, now, "start", instance.id, spec=spec)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import http.client
 import logging
 import os
 import signal
@@ -28,7 +29,9 @@ from appliance.fencing import WatchdogLink
 from appliance.api.auth import node_token
 from appliance.daemon.config import BOOTSTRAP_NAME, NodeConfig, read_bootstrap, read_config
 from appliance.daemon.shell import NodeShell
+from appliance.drivers.base import DriverError
 from appliance.drivers.fake import FakeHypervisor
+from appliance.drivers.hypervisors import HypervisorSet
 from appliance.drivers.files import FileStorage
 
 log = logging.getLogger("cairn.daemon")
@@ -63,12 +66,63 @@ class FakePeers(Mapping):
         return len(self._known())
 
 
+class NodeIncomingLink:
+    """How this node's QEMU driver has a migration's destination started on another node: a call to that node's
+    API with the node certificate and token (`POST /api/v1/node/incoming`). The shell is set once it exists."""
+
+    def __init__(self, hypervisor: str) -> None:
+        self.hypervisor = hypervisor
+        self.shell: NodeShell | None = None
+
+    async def prepare(self, target_node: str, instance_id: str, runtime: dict) -> str:
+        answer = await self._call(target_node, "/api/v1/node/incoming",
+                                  {"instance": instance_id, "hypervisor": self.hypervisor, "runtime": runtime})
+        return str(answer["uri"])
+
+    async def abort(self, target_node: str, instance_id: str) -> None:
+        await self._call(target_node, "/api/v1/node/incoming/abort",
+                         {"instance": instance_id, "hypervisor": self.hypervisor})
+
+    async def _call(self, node: str, path: str, body: dict) -> dict:
+        if self.shell is None:
+            raise DriverError("this node's daemon is still starting; retry the migration shortly")
+        try:
+            return await self.shell.call_node(node, "POST", path, body)
+        except (OSError, ValueError, KeyError, http.client.HTTPException) as error:
+            raise DriverError(f"node {node} could not take part in the migration: {error}") from None
+
+
+def qemu_tls_dir(data_dir: Path) -> Path:
+    """QEMU's x509 credentials for migration streams, from the node's own certificate (refreshed at each start):
+    the same certificate serves both ends, since it is valid for server and client authentication."""
+    paths = pki.pki_paths(data_dir)
+    directory = data_dir / "kvm" / "tls"
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    files = {"ca-cert.pem": paths.ca_cert, "server-cert.pem": paths.node_cert, "client-cert.pem": paths.node_cert,
+             "server-key.pem": paths.node_key, "client-key.pem": paths.node_key}
+    for name, source in files.items():
+        target = directory / name
+        temporary = target.with_suffix(".tmp")
+        temporary.write_bytes(source.read_bytes())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, target)
+    return directory
+
+
 def drivers_for(config: NodeConfig, data_dir: Path):
+    """The node's hypervisors (`fake` and `kvm`: an instance runs under the one it names), its storage, and the
+    link the QEMU driver reaches other nodes through (its shell set later)."""
+    from appliance.drivers.qemu import QemuHypervisor
+
     disk_roots = FakePeers(config.fake_peers, data_dir, "disks")
-    hypervisor = FakeHypervisor(data_dir / "hv", config.name, FakePeers(config.fake_peers, data_dir),
-                                disk_roots=disk_roots)
+    fake = FakeHypervisor(data_dir / "hv", config.name, FakePeers(config.fake_peers, data_dir), disk_roots=disk_roots)
+    link = NodeIncomingLink("kvm")
+    tls_dir = qemu_tls_dir(data_dir) if pki.pki_paths(data_dir).node_cert.exists() else None
+    kvm = QemuHypervisor(data_dir / "kvm", config.name, disk_root=data_dir / "disks", incoming=link,
+                         migration_host=config.host, tls_dir=tls_dir)
     storage = FileStorage(data_dir / "disks", disk_roots, config.name)
-    return hypervisor, storage
+    return HypervisorSet({"fake": fake, "kvm": kvm}), storage, link
 
 
 async def stop_on_signal(name: str, stop: trio.Event) -> None:
@@ -115,7 +169,7 @@ async def run_daemon(data_dir: Path, task_status=trio.TASK_STATUS_IGNORED) -> No
     # revoked one is refused after the handshake (the node token counts only with a good one).
     server_context.verify_mode = ssl.CERT_OPTIONAL
     client_context = pki.client_context(ca_pem, paths.node_cert, paths.node_key)
-    hypervisor, storage = drivers_for(config, data_dir)
+    hypervisor, storage, link = drivers_for(config, data_dir)
     voters = sorted(config.voters.values())
     peers = [address for address in voters if address != config.address]
     settings = SyncObjSettings(password=password, fsync=config.fsync)
@@ -131,6 +185,7 @@ async def run_daemon(data_dir: Path, task_status=trio.TASK_STATUS_IGNORED) -> No
                               client_context=client_context, raft_password=password,
                               ca_key_pem=pki.read_secret_file(paths.ca_key) if paths.ca_key.exists() else None)
             shell.watchdog = WatchdogLink(data_dir)
+            link.shell = shell
             async with trio.open_nursery() as nursery:
                 await nursery.start(serve, shifted(config.address, 2), secret, MemberServer(member).handle)
                 await nursery.start(shell.run)

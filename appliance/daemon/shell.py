@@ -69,6 +69,7 @@ PROPOSAL_TIMEOUT_S = 10.0
 SUBMIT_TIMEOUT_S = 30.0
 BARRIER_TIMEOUT_S = 5.0
 STATUS_TIMEOUT_S = 1.0
+DATA_PLANE_TIMEOUT_S = 60.0     # a node-to-node data-plane call (a migration's destination starting)
 MAX_IDLE_S = 1.0
 BATCH_RECORDS = 1000
 MEMBERSHIP_EVERY_S = 1.0
@@ -441,6 +442,48 @@ class NodeShell:
         else:
             raise DriverError(f"unknown driver action {kind!r}")
         return None
+
+    # --- the data plane between nodes --------------------------------------------------------
+
+    async def call_node(self, node: str, method: str, path: str, body: dict | None = None,
+                        timeout_s: float = DATA_PLANE_TIMEOUT_S) -> dict:
+        """Call node `node`'s API with the node certificate and token, on a connection of its own (a data-plane
+        call such as preparing a migration's destination may take seconds); ValueError for a refusal, OSError
+        when the node cannot be reached."""
+        found = self.core.state.node_names.get(node)
+        address = self.core.state.nodes[found].address if found is not None else self._addresses.get(node)
+        if address is None:
+            raise ValueError(f"node {node} is not in the cluster")
+        host, _, port = address.rpartition(":")
+        connection = http.client.HTTPSConnection(host, int(port), timeout=timeout_s, context=self._client_context)
+        payload = None if body is None else json.dumps(body).encode()
+        try:
+            return await trio.to_thread.run_sync(self._member_call, connection, method, path, payload,
+                                                 abandon_on_cancel=True)
+        finally:
+            connection.close()
+
+    def _incoming_driver(self, hypervisor: str):
+        pick = getattr(self.hypervisor, "driver", None)
+        driver = pick(hypervisor) if pick is not None else self.hypervisor
+        if not hasattr(driver, "accept_incoming"):
+            raise DriverError(f"hypervisor {hypervisor!r} on node {self.node_name} takes no incoming migration "
+                              "over the network")
+        return driver
+
+    async def accept_incoming(self, instance: str, hypervisor: str, runtime: dict) -> dict:
+        """(Migration target.) Start the destination of a live migration; {"uri": where the source sends to}."""
+        try:
+            return {"uri": await self._incoming_driver(hypervisor).accept_incoming(instance, runtime)}
+        except DriverError as error:
+            raise Refused(WRONG_STATE, f"node {self.node_name} cannot receive instance {instance}: {error}") from None
+
+    async def abort_incoming(self, instance: str, hypervisor: str) -> None:
+        """(Migration target.) End the destination of a migration that failed or was cancelled."""
+        try:
+            await self._incoming_driver(hypervisor).abort_incoming(instance)
+        except DriverError as error:
+            raise Refused(WRONG_STATE, str(error)) from None
 
     # --- the leader and its commit seq ---------------------------------------------------------
 

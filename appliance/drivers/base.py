@@ -37,6 +37,9 @@ step by the writer, like DRBD protocol C or QEMU's write-blocking mirror):
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
+
+import trio
 
 RUNNING, CRASHED, SHUTDOWN = "running", "crashed", "shutdown"
 STATUSES = (RUNNING, CRASHED, SHUTDOWN)
@@ -114,3 +117,13 @@ class Storage(abc.ABC):
         raise DriverError(f"{type(self).__name__} keeps no replicated disks, so disk {index} of instance "
                           f"{instance_id} cannot be resynced from {peer_node}; use a storage driver with "
                           "replicated disks for the 'replicated' template")
+
+
+async def poll_until(condition: Callable[[], bool], timeout_s: float, poll_s: float) -> bool:
+    """Poll `condition` every `poll_s` until it holds (True) or `timeout_s` has passed (False)."""
+    deadline = trio.current_time() + max(timeout_s, 0.0)
+    while not condition():
+        if trio.current_time() >= deadline:
+            return False
+        await trio.sleep(poll_s)
+    return True

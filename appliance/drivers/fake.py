@@ -46,7 +46,7 @@ from pathlib import Path
 import trio
 
 from appliance.drivers import records
-from appliance.drivers.base import CRASHED, RUNNING, SHUTDOWN, DriverError, Hypervisor
+from appliance.drivers.base import CRASHED, RUNNING, SHUTDOWN, DriverError, Hypervisor, poll_until
 
 SHELL = "/bin/sh"
 GUEST_NAME = "cairn-fake-guest"
@@ -191,12 +191,7 @@ def remove_entry(entry: Path) -> None:
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
     """Poll `condition` until it holds (True) or `timeout_s` has passed (False)."""
-    deadline = trio.current_time() + max(timeout_s, 0.0)
-    while not condition():
-        if trio.current_time() >= deadline:
-            return False
-        await trio.sleep(POLL_S)
-    return True
+    return await poll_until(condition, timeout_s, POLL_S)
 
 
 async def end_guest(entry: Path, instance_id: str, timeout_s: float) -> None:

@@ -20,10 +20,11 @@ CAIRN = str(Path(sys.executable).parent / "cairn")
 
 
 class LocalCluster:
-    def __init__(self, root: Path, nodes: int = 3) -> None:
+    def __init__(self, root: Path, nodes: int = 3, hypervisor: str = "fake") -> None:
         self.root = root
         self.directory = root / "cluster"
         self.nodes = nodes
+        self.hypervisor = hypervisor
         self.env = {**os.environ, "XDG_CONFIG_HOME": str(root / "config"), "XDG_DATA_HOME": str(root / "data"),
                     "CAIRN_CONFIG": str(self.directory / "client.toml")}
         self.env.pop("CAIRN_API", None)
@@ -44,7 +45,8 @@ class LocalCluster:
         return json.loads(self.run(*args, "--output", "json").stdout)
 
     def up(self) -> subprocess.CompletedProcess:
-        return self.run("up", "--nodes", str(self.nodes), "--dir", str(self.directory))
+        return self.run("up", "--nodes", str(self.nodes), "--dir", str(self.directory),
+                        "--hypervisor", self.hypervisor)
 
     def down(self) -> None:
         with contextlib.suppress(Exception):
@@ -87,7 +89,7 @@ class LocalCluster:
         for name in ("daemon.pid", "watchdog.pid"):
             with contextlib.suppress(OSError, ValueError):
                 pids.append(int((directory / name).read_text().split()[0]))
-        for pid_file in directory.glob("hv/instances/*/pid"):
+        for pid_file in [*directory.glob("hv/instances/*/pid"), *directory.glob("kvm/instances/*/pid")]:
             with contextlib.suppress(OSError, ValueError):
                 pids.append(int(pid_file.read_text().split()[0]))
         return pids
@@ -120,9 +122,9 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def started(root: Path, nodes: int = 3):
+def started(root: Path, nodes: int = 3, hypervisor: str = "fake"):
     """A local cluster, up for the block and always taken down after it."""
-    cluster = LocalCluster(root, nodes)
+    cluster = LocalCluster(root, nodes, hypervisor)
     try:
         cluster.up()
         yield cluster

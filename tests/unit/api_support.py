@@ -103,6 +103,15 @@ class FakeBackend:
         return {"node": self.node_name, "leader": NODES[0], "term": 1, "commit_seq": seq, "applied_seq": seq,
                 "is_leader": True, "voters": list(NODES)}
 
+    async def accept_incoming(self, instance: str, hypervisor: str, runtime: dict) -> dict:
+        if hypervisor != "kvm":
+            raise Refused("wrong_state", f"hypervisor {hypervisor!r} takes no incoming migration")
+        self.incoming = getattr(self, "incoming", []) + [("accept", instance, hypervisor, runtime)]
+        return {"uri": "tcp:127.0.0.1:4444"}
+
+    async def abort_incoming(self, instance: str, hypervisor: str) -> None:
+        self.incoming = getattr(self, "incoming", []) + [("abort", instance, hypervisor, None)]
+
     def grant_lease(self, node: str, request: dict) -> dict:
         self.leases = getattr(self, "leases", []) + [(node, request)]
         return {"granted": True, "lease_s": 5, "armed": True, "commit_seq": self.box.state.seq, "term": 1,

@@ -80,7 +80,7 @@ async def test_read_only_user_is_refused_every_write_route(api, backend, tokens)
     backend.commit(ev.JobSubmitted(({"op": "instance_startup", "params": {"instance": "web2"}},), ""))
     # The join routes are authenticated by a join token, not a user: a user's token means nothing there.
     writes = [(method, path) for method, path in schema_routes(backend)
-              if method != "GET" and not path.startswith("/api/v1/join") and path != "/api/v1/lease"]
+              if method != "GET" and not path.startswith(("/api/v1/join", "/api/v1/node/")) and path != "/api/v1/lease"]
     assert len(writes) == 3
     for token in (tokens.reader, tokens.node):
         for method, path in writes:
@@ -114,6 +114,25 @@ async def test_node_token_reads(api, tokens):
     """Members read each other's state with the node token."""
     answer = await api("GET", "/api/v1/status", tokens.node)
     assert answer.status == 200 and answer.json()["leader"] == "n1.example.com"
+
+
+async def test_only_members_start_or_end_a_migration_destination(api, backend, tokens):
+    """The data-plane routes of a live migration answer a member (node token) only; a user, even an admin, gets
+    403 and nothing reaches the backend; a refusal of the backend comes back with its reason."""
+    body = {"instance": "i-1", "hypervisor": "kvm", "runtime": {"argv": ["qemu"]}}
+    for token in (tokens.reader, tokens.admin):
+        assert_error(await api("POST", "/api/v1/node/incoming", token, body), 403, "permission_denied")
+        assert_error(await api("POST", "/api/v1/node/incoming/abort", token, body), 403, "permission_denied")
+    assert getattr(backend, "incoming", []) == []
+    assert_error(await api("POST", "/api/v1/node/incoming", tokens.node, {"instance": "i-1"}), 400, "wrong_input")
+    answer = await api("POST", "/api/v1/node/incoming", tokens.node, body)
+    assert answer.status == 200 and answer.json() == {"uri": "tcp:127.0.0.1:4444"}
+    answer = await api("POST", "/api/v1/node/incoming/abort", tokens.node, {"instance": "i-1", "hypervisor": "kvm"})
+    assert answer.status == 200
+    assert backend.incoming == [("accept", "i-1", "kvm", {"argv": ["qemu"]}), ("abort", "i-1", "kvm", None)]
+    refused = await api("POST", "/api/v1/node/incoming", tokens.node, {**body, "hypervisor": "xen"})
+    assert_error(refused, 409, "wrong_state")
+    assert "xen" in refused.json()["message"]
 
 
 async def test_only_members_ask_for_leases(api, backend, tokens):

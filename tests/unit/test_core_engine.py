@@ -115,7 +115,8 @@ def test_a_wait_that_times_out_commits_the_compensation_then_fails():
     harness.until(lambda: harness.job(job_id).status == "error", 60)
     assert harness.job(job_id).error_code == "timeout"
     assert [e.event.target for e in harness.events(ev.InstanceMigrationAborted)] == [found.secondary]
-    # The target had to confirm it does not run the instance before anyone may start it anywhere.
+    # The target has to confirm it does not run the instance before anyone may start it anywhere.
+    harness.until(lambda: harness.instance(found.name).pending_stop == (), 10)
     confirmed = [e for e in harness.events(ev.InstanceObservedStopped) if e.event.node == found.secondary]
     assert confirmed and confirmed[-1].event.cause == "absent"
     assert harness.instance(found.name).pending_stop == ()

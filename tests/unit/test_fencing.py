@@ -89,16 +89,38 @@ def test_malformed_renewals_are_ignored():
 def _guest(directory: Path, name: str, token: str) -> subprocess.Popen:
     """A process shaped like a fake guest (its name and token on the command line), with its pid file."""
     # A loop of short sleeps: a killed guest leaves no long-lived child behind.
-    process = subprocess.Popen(["/bin/sh", "-c", "while :; do sleep 0.2; done", fencing.GUEST_NAME.decode(), token])
+    process = subprocess.Popen(["/bin/sh", "-c", "while :; do sleep 0.2; done", "cairn-fake-guest", token])
     entry = directory / name
     entry.mkdir(parents=True)
     (entry / "pid").write_text(f"{process.pid} {token}\n")
     return process
 
 
+def test_kill_instances_finds_a_qemu_by_the_token_inside_its_run_object(tmp_path):
+    """QEMU carries its run token inside an argument (`-object secret,id=cairn-run,data=TOKEN`): found and killed
+    like a fake guest; a process without the token (a reused pid) is not."""
+    token = "0123456789abcdef0123456789abcdef"
+    qemu = subprocess.Popen(["/bin/sh", "-c", "while :; do sleep 0.2; done", "qemu-system-x86_64", "-object",
+                             f"secret,id=cairn-run,data={token}"])
+    (tmp_path / "inst-q").mkdir()
+    (tmp_path / "inst-q" / "pid").write_text(f"{qemu.pid} {token}\n")
+    try:
+        method = fencing.KillInstances(tmp_path)
+        assert [name for name, _, _ in method.running()] == ["inst-q"]
+        (tmp_path / "inst-q" / "pid").write_text(f"{qemu.pid} {'f' * 32}\n")
+        assert method.running() == []
+        (tmp_path / "inst-q" / "pid").write_text(f"{qemu.pid} {token}\n")
+        assert "killed 1 instance process(es): inst-q" in method.fence()
+        assert qemu.wait(5) == -signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            qemu.kill()
+        qemu.wait()
+
+
 def test_kill_instances_kills_what_the_pid_files_name_and_checks(tmp_path):
     """SIGKILL to each recorded guest; a pid file naming another process (token mismatch) is left alone."""
-    guests = [_guest(tmp_path, f"inst-{k}", f"tok{k}") for k in range(2)]
+    guests = [_guest(tmp_path, f"inst-{k}", f"token-{k:011d}") for k in range(2)]
     stranger = subprocess.Popen(["sleep", "60"])
     (tmp_path / "inst-x").mkdir()
     (tmp_path / "inst-x" / "pid").write_text(f"{stranger.pid} tokx\n")
@@ -128,7 +150,7 @@ def test_the_watchdog_process_kills_the_instances_when_the_lease_lapses(tmp_path
     """The real process: renewed through WatchdogLink, it leaves the guest alone while the lease holds and kills
     it once the lease lapses; disarmed it kills nothing; SIGTERM stops it cleanly (removing its pid file)."""
     instances = tmp_path / "hv" / "instances"
-    guest = _guest(instances, "inst-a", "toka")
+    guest = _guest(instances, "inst-a", "token-a-00000000")
     dog = subprocess.Popen([sys.executable, "-m", "appliance.fencing", str(tmp_path)])
     link = fencing.WatchdogLink(tmp_path)
     try:
@@ -140,7 +162,7 @@ def test_the_watchdog_process_kills_the_instances_when_the_lease_lapses(tmp_path
         assert link.renew(boottime() + 1.0, True)       # shorter: the watchdog keeps the longer lease
         time.sleep(1.5)
         assert guest.poll() is None
-        other = _guest(instances, "inst-b", "tokb")
+        other = _guest(instances, "inst-b", "token-b-00000000")
         dog.send_signal(signal.SIGTERM)
         dog.wait(10)
         assert not (tmp_path / fencing.PID_NAME).exists()
