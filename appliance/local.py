@@ -381,6 +381,8 @@ def down(directory: Path, echo=print) -> list[str]:
     for name in cluster.nodes:
         for part in HYPERVISOR_DIRS:
             stop_instances(cluster.data_dir(name) / part)
+        for part in ("exports", "relays"):      # replicated kvm disks: the secondaries' exports, the relays
+            KillInstances(cluster.data_dir(name) / "kvm" / part).fence()
     return stopped
 
 

@@ -13,7 +13,9 @@ What the guest does (shared/reference/qemu.md, 3.2) and what it prints, one line
 On ttyS0 (the console):
   `GUEST-MARKER-BOOTED bootid=<8 hex> uptime=<s>` once per boot; the boot id is new on every boot.
   `GUEST-VIRTIO-LOADED <vda vdb ...|none>` after loading the virtio-blk modules, only with `virtio=1`.
-  `GUEST-VIRTIO-FAILED module=<name>` when one of them would not load.
+  `GUEST-VIRTIO-FAILED module=<name>` when one of the modules would not load (with `virtio=1` or `ip4=`).
+  `GUEST-NET-UP <ADDR/PREFIX>` once eth0 (the first virtio-net NIC) is up with the address of `ip4=ADDR/PREFIX`
+    (the modules are loaded for it, virtio-net among them), or `GUEST-NET-FAILED <ADDR/PREFIX>` when it is not.
   `TICK bootid=<id> n=<n> up=<s>` every 100 ms, n counting from 1 in the shell's memory (none with `tick=0`).
 
 On ttyS1 (the control shell, only when qemu has a second serial port): a non-interactive `sh`
@@ -51,11 +53,14 @@ from images import cpio
 FORMAT = 1
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
-# In load order: each needs the ones before it.
-MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk")
+# In load order: each needs the ones before it (virtio_net needs net_failover, which needs failover: the
+# `depends=` of each module's .modinfo in the cloud kernel package).
+MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk",
+           "failover", "net_failover", "virtio_net")
 APPLETS = ("sh", "mount", "echo", "cat", "sleep", "insmod", "stty", "dd", "sync", "sha256sum", "mkdir", "ls",
            "date", "cut", "head", "tail", "tr", "uname", "seq", "hexdump", "od", "grep", "setsid", "printf",
-           "test", "[", "wc", "rm", "kill", "ps", "blockdev", "cmp", "truncate", "uptime")
+           "test", "[", "wc", "rm", "kill", "ps", "blockdev", "cmp", "truncate", "uptime", "ip", "ifconfig",
+           "ping", "route", "arp")
 CMDLINE = "console=ttyS0 quiet panic=-1"
 GUEST_FILES = Path(__file__).with_name("guestfs")
 SCRIPTS = {"init": "init", "bin/records": "records", "bin/iops": "iops"}  # path in the guest -> file in guestfs/
@@ -105,9 +110,11 @@ class Guest:
     def initrd(self) -> Path:
         return self.directory / INITRD_FILE
 
-    def cmdline(self, virtio: bool = False, tick: bool = True) -> str:
-        """The kernel command line: with `virtio` the guest loads virtio-blk, without `tick` it stays idle."""
-        return self.manifest["cmdline"] + (" virtio=1" if virtio else "") + ("" if tick else " tick=0")
+    def cmdline(self, virtio: bool = False, tick: bool = True, ip4: str | None = None) -> str:
+        """The kernel command line: with `virtio` the guest loads virtio-blk, without `tick` it stays idle, with
+        `ip4` ("10.99.0.1/24") it brings eth0 up with that address."""
+        return (self.manifest["cmdline"] + (" virtio=1" if virtio else "") + ("" if tick else " tick=0")
+                + (f" ip4={ip4}" if ip4 else ""))
 
 
 def cache_directory(cache_root: Path | str | None = None) -> Path:
@@ -306,7 +313,8 @@ def manifest_of(inputs: Inputs, release: str, kernel: bytes, initrd: bytes) -> d
         "recipe_sha256": inputs.recipe_sha256,
         "files": {KERNEL_FILE: _file_facts(kernel), INITRD_FILE: _file_facts(initrd)},
         "cmdline": CMDLINE,
-        "cmdline_words": {"virtio=1": "load the virtio-blk modules", "tick=0": "no ticker (idle guest)"},
+        "cmdline_words": {"virtio=1": "load the virtio-blk modules", "tick=0": "no ticker (idle guest)",
+                          "ip4=ADDR/PREFIX": "bring eth0 (virtio-net) up with this address"},
     }
 
 
@@ -337,6 +345,12 @@ def state(directory: Path) -> tuple[dict | None, str]:
     except (OSError, KeyError, TypeError, AttributeError):
         return manifest, "damaged"
     return manifest, "current"
+
+
+def ensure(cache_root: Path | str | None = None) -> Guest:
+    """The test guest from the cache, built there first if it is missing or outdated; BuildError if it cannot be."""
+    found = load(cache_directory(cache_root))
+    return found if found is not None else build(cache_root)
 
 
 def load(directory: Path) -> Guest | None:

@@ -10,6 +10,7 @@ and say the seq they were read at in `X-Cairn-Seq`. The route table is data
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, websocket_session
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from appliance.api import views
 from appliance.api.auth import NODE_ACTOR, ApiError, Caller, authenticate, require
@@ -48,6 +50,10 @@ EVENT_FORMATS = ("jsonl", "cbor")
 JOIN_ROLE = "join-token"
 DEFAULT_JOIN_TTL_S = 3600
 MAX_JOIN_TTL_S = 7 * 86400
+CONSOLE_PATH = f"{API}/instances/{{name}}/console"
+CONSOLE_MESSAGE_BYTES = 64 * 1024    # the most a console client may send at once (a paste); 1009 beyond
+CONSOLE_READ_BYTES = 16 * 1024       # the most console output sent in one message
+CLOSE_REASON_BYTES = 123             # what a WebSocket close frame holds
 STATUS_BY_CODE = {"wrong_input": 400, "unauthenticated": 401, "permission_denied": 403, "unknown_entity": 404,
                   "not_found": 404, "already_exists": 409, "wrong_state": 409, "unavailable": 503}
 REFUSAL_STATUS = 422
@@ -213,6 +219,8 @@ class _Api:
         self.shutdown = shutdown
         self.metrics = ApiMetrics(backend)
         self.digests: dict[int, str] = {}
+        self.sessions = {CONSOLE_PATH: self.console}   # routes that are WebSockets too: path -> session handler
+        self.consoles: dict[str, str] = {}              # instance id -> the user attached to its console
         self.endpoints = (self._read_endpoints() + self._job_endpoints() + self._join_endpoints()
                           + self._other_endpoints())
         self.schema = encode_json(openapi(self.endpoints, registry.OPERATIONS))
@@ -233,6 +241,9 @@ class _Api:
             Endpoint("GET", f"{API}/nodes/{{name}}", "read-only", "One node row", self.node, (STALE,)),
             Endpoint("GET", f"{API}/instances", "read-only", "Instance rows", self.instances, (names, STALE)),
             Endpoint("GET", f"{API}/instances/{{name}}", "read-only", "One instance row", self.instance, (STALE,)),
+            Endpoint("GET", CONSOLE_PATH, "operator", "The instance's serial console, as a WebSocket (binary "
+                     "messages both ways), on the node running it only (409 elsewhere, naming that node)",
+                     self.console_upgrade, (STALE,), media=MEDIA_RECORDS, status=101),
             Endpoint("GET", f"{API}/groups", "read-only", "Node groups", self.groups, (STALE,)),
             Endpoint("GET", f"{API}/users", "admin", "Users and their roles", self.users, (STALE,)),
         ]
@@ -269,6 +280,9 @@ class _Api:
                      "answers where to send the machine", self.incoming),
             Endpoint("POST", f"{API}/node/incoming/abort", "read-only", "End the destination of a live migration "
                      "that failed or was cancelled (members only)", self.incoming_abort),
+            Endpoint("POST", f"{API}/node/export", "read-only", "Export this node's copy of a replicated disk to "
+                     "the instance's primary, which mirrors into it (members only); answers the export's address",
+                     self.export_disk),
         ]
 
     def _other_endpoints(self) -> list[Endpoint]:
@@ -289,27 +303,38 @@ class _Api:
         allowed = frozenset(query.name for query in endpoint.query)
         what = f"{endpoint.method} {endpoint.path}"
 
+        def admit(connection: Request | WebSocket) -> Caller | None:
+            """The caller, authenticated and allowed the route; ApiError (401, 403, 400) otherwise."""
+            if endpoint.role == JOIN_ROLE:
+                caller = None     # the body's join token authenticates the request (the handler checks it)
+            else:
+                caller = authenticate(self.backend.state(), connection.headers.get("authorization"),
+                                      self.backend.node_token_hash(), PEER_SERIAL.get() is not None)
+                require(caller, endpoint.role, what)
+            unknown = sorted(set(connection.query_params) - allowed)
+            if unknown:
+                raise wrong_input(f"{what} takes no query parameter {', '.join(unknown)}"
+                                  + (f"; it takes {', '.join(sorted(allowed))}" if allowed else ""))
+            return caller
+
         async def serve(request: Request) -> Response:
             try:
-                if endpoint.role == JOIN_ROLE:
-                    caller = None     # the body's join token authenticates the request (the handler checks it)
-                else:
-                    caller = authenticate(self.backend.state(), request.headers.get("authorization"),
-                                          self.backend.node_token_hash(), PEER_SERIAL.get() is not None)
-                    require(caller, endpoint.role, what)
-                unknown = sorted(set(request.query_params) - allowed)
-                if unknown:
-                    raise wrong_input(f"{what} takes no query parameter {', '.join(unknown)}"
-                                      + (f"; it takes {', '.join(sorted(allowed))}" if allowed else ""))
-                return await endpoint.handler(request, caller)
-            except ApiError as error:
-                return error_response(error.status, error.code, error.message)
-            except (Refused, PrereqError) as error:
-                return error_response(STATUS_BY_CODE.get(error.code, REFUSAL_STATUS), error.code, error.message)
-            except Unavailable as error:
-                return error_response(503, "unavailable", str(error) or "this node cannot answer now; try another")
+                return await endpoint.handler(request, admit(request))
+            except REFUSALS as error:
+                return refusal_response(error)
 
-        return Route(endpoint.path, serve, methods=[endpoint.method], name=f"{endpoint.method} {endpoint.path}")
+        name = f"{endpoint.method} {endpoint.path}"
+        session = self.sessions.get(endpoint.path)
+        if session is None:
+            return Route(endpoint.path, serve, methods=[endpoint.method], name=name)
+
+        async def attach(websocket: WebSocket) -> None:
+            try:
+                await session(websocket, admit(websocket))
+            except REFUSALS as error:
+                await refuse_websocket(websocket, refusal_response(error))
+
+        return SessionRoute(endpoint.path, serve, attach, methods=[endpoint.method], name=name)
 
     # --- reads ------------------------------------------------------------------
 
@@ -386,6 +411,92 @@ class _Api:
         state = await self.read(request)
         found = views.find_instance(state, request.path_params["name"])
         return json_response(views.instance_row(state, found), seq=state.seq)
+
+    # --- the serial console -------------------------------------------------------
+
+    async def console_upgrade(self, request: Request, caller: Caller) -> Response:
+        name = request.path_params["name"]
+        raise wrong_input(f"{CONSOLE_PATH} is a WebSocket: ask for it with 'Upgrade: websocket' (as "
+                          f"'cairn instance console {name}' does)")
+
+    async def console(self, websocket: WebSocket, caller: Caller) -> None:
+        """Bridge the WebSocket and the instance's console socket on this node, refused (an HTTP error answer,
+        before accepting) unless the instance runs here and nobody else is attached."""
+        state = await self.read(websocket)
+        instance = views.find_instance(state, websocket.path_params["name"])
+        here = self.backend.node_name
+        primary = state.nodes.get(instance.primary)
+        if primary is None or primary.name != here:
+            where = f"node {primary.name} ({primary.address})" if primary is not None else "no known node"
+            raise ApiError(409, "wrong_state", f"instance {instance.name} runs on {where}, not on {here}; attach "
+                                               f"there ('cairn instance console {instance.name}' finds the node)")
+        if instance.observed_state != "running":
+            raise ApiError(409, "wrong_state", f"instance {instance.name} is not running (status "
+                                               f"{views.instance_status(state, instance)}); start it with "
+                                               f"'cairn instance startup {instance.name}'")
+        holder = self.consoles.get(instance.id)
+        if holder is not None:
+            raise ApiError(409, "wrong_state", f"user {holder} is attached to the console of instance "
+                                               f"{instance.name}; one session at a time: ask them to detach (Ctrl-])")
+        self.consoles[instance.id] = caller.name
+        try:
+            path = await self.backend.console_path(instance.name)
+            try:
+                stream = await trio.open_unix_socket(path)
+            except OSError as error:
+                raise Refused("wrong_state", f"the console of instance {instance.name} on node {here} does not "
+                                             f"answer ({error.strerror or error}); 'cairn instance info "
+                                             f"{instance.name}' shows its state") from None
+            async with stream:
+                await websocket.accept()
+                await self.console_bridge(websocket, stream)
+        finally:
+            del self.consoles[instance.id]
+
+    async def console_bridge(self, websocket: WebSocket, stream: trio.SocketStream) -> None:
+        """Pass bytes both ways until the client leaves, the console closes or the server stops; then say why."""
+        ending: list[tuple[int, str]] = []
+
+        async def upstream(cancel: trio.CancelScope) -> None:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("bytes") or (message.get("text") or "").encode("utf-8")
+                if len(data) > CONSOLE_MESSAGE_BYTES:
+                    ending.append((1009, f"a message may hold at most {CONSOLE_MESSAGE_BYTES} bytes"))
+                    break
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    ending.append((1000, "the console closed: the instance stopped or moved"))
+                    break
+            cancel.cancel()
+
+        async def downstream(cancel: trio.CancelScope) -> None:
+            try:
+                while data := await stream.receive_some(CONSOLE_READ_BYTES):
+                    await websocket.send_bytes(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            except WebSocketDisconnect:
+                cancel.cancel()
+                return
+            ending.append((1000, "the console closed: the instance stopped or moved"))
+            cancel.cancel()
+
+        async def stopping(cancel: trio.CancelScope) -> None:
+            await self.shutdown.wait()
+            ending.append((1001, f"node {self.backend.node_name} is stopping; attach again in a moment"))
+            cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for task in (upstream, downstream, stopping):
+                nursery.start_soon(task, nursery.cancel_scope)
+        if ending and websocket.client_state == websocket.application_state == WebSocketState.CONNECTED:
+            code, reason = ending[0]
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await websocket.close(code, reason.encode("utf-8")[:CLOSE_REASON_BYTES].decode("utf-8", "ignore"))
 
     async def groups(self, request: Request, caller: Caller) -> Response:
         state = await self.read(request)
@@ -466,6 +577,11 @@ class _Api:
         body = fields_of(await json_body(request), {"instance": str, "hypervisor": str, "runtime": dict}, {})
         return json_response(await self.backend.accept_incoming(body["instance"], body["hypervisor"],
                                                                 body["runtime"]))
+
+    async def export_disk(self, request: Request, caller: Caller) -> Response:
+        self.members_only(caller, "ask for a disk copy's export")
+        body = fields_of(await json_body(request), {"instance": str, "index": int}, {})
+        return json_response(await self.backend.export_disk(body["instance"], body["index"]))
 
     async def incoming_abort(self, request: Request, caller: Caller) -> Response:
         self.members_only(caller, "end a migration's destination")
@@ -586,6 +702,51 @@ class _Api:
         if not ok:
             raise value
         return value
+
+
+REFUSALS = (ApiError, Refused, PrereqError, Unavailable)
+
+
+def refusal_response(error: Exception) -> Response:
+    """The JSON error answer of a request refused by the API (ApiError), the backend (Refused, Unavailable) or
+    the model (PrereqError)."""
+    if isinstance(error, ApiError):
+        return error_response(error.status, error.code, error.message)
+    if isinstance(error, Unavailable):
+        return error_response(503, "unavailable", str(error) or "this node cannot answer now; try another")
+    return error_response(STATUS_BY_CODE.get(error.code, REFUSAL_STATUS), error.code, error.message)
+
+
+async def refuse_websocket(websocket: WebSocket, response: Response) -> None:
+    """Refuse a WebSocket with an error answer: as HTTP before it is accepted (hypercorn and Starlette speak
+    the denial-response extension), else as a close frame (policy violation) saying why."""
+    if websocket.application_state == WebSocketState.CONNECTING and "websocket.http.response" in \
+            websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+        return
+    reason = json.loads(response.body).get("message", "refused").encode("utf-8")[:CLOSE_REASON_BYTES]
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await websocket.close(1008, reason.decode("utf-8", "ignore"))
+
+
+class SessionRoute(Route):
+    """A route that answers HTTP requests with `endpoint` and WebSocket sessions (same path) with `session`."""
+
+    def __init__(self, path: str, endpoint: Callable, session: Callable[[WebSocket], Awaitable[None]],
+                 **options: Any) -> None:
+        super().__init__(path, endpoint, **options)
+        self.session_app = websocket_session(session)
+
+    def matches(self, scope: dict) -> tuple[Any, dict]:
+        if scope["type"] == "websocket":
+            return super().matches({**scope, "type": "http", "method": "GET"})
+        return super().matches(scope)
+
+    async def handle(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await self.session_app(scope, receive, send)
+        else:
+            await super().handle(scope, receive, send)
 
 
 async def _http_error(request: Request, error: HTTPException) -> Response:

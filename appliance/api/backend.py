@@ -89,8 +89,16 @@ class Backend(Protocol):
         """(Migration target.) Start the destination of a live migration from the source's runtime description;
         {"uri": where the source sends the machine}; Refused(wrong_state) when it cannot, with the reason."""
 
+    async def export_disk(self, instance: str, index: int) -> dict:
+        """(Secondary.) Export this node's copy of disk `index` of a replicated kvm instance; {"address":
+        HOST:PORT}; Refused(wrong_state) with the reason when it cannot."""
+
     async def abort_incoming(self, instance: str, hypervisor: str) -> None:
         """(Migration target.) End the destination of a migration that failed or was cancelled."""
+
+    async def console_path(self, instance: str) -> str:
+        """(The instance's primary.) The unix socket of the instance's serial console on this node;
+        Refused(wrong_state) when its hypervisor has no console or the instance does not run here."""
 
     async def join(self, request: dict) -> dict:
         """Admit a new node presenting a join token (docs/api.md); Refused(unauthenticated) for a bad token,

@@ -317,6 +317,13 @@ def verify(state: ClusterState) -> list[str]:
             problems.append(f"instance {instance.name}: marked up, but its primary node {primary.name} is offline")
         if instance.secondary and instance.secondary not in state.nodes:
             problems.append(f"instance {instance.name}: secondary node {instance.secondary} does not exist")
+        for disk, node_id, disk_state, percent in instance.disk_states:
+            holder = state.nodes.get(node_id)
+            if disk_state != "UPTODATE" and node_id in (instance.primary, instance.secondary) and holder is not None:
+                problems.append(f"instance {instance.name}: disk {disk} on node {holder.name} is {disk_state}"
+                                + (f" ({percent:g}%)" if disk_state == "SYNCING" else "")
+                                + ("; it is being synced again" if disk_state == "DEGRADED" and not holder.offline
+                                   else ""))
     for node in nice_sorted(state.nodes.values(), lambda node: node.name):
         usage = state.usage.get(node.id, _NO_USAGE)
         if usage.memory_mib > node.memory_mib:

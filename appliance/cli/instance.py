@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Optional
 
@@ -90,6 +91,30 @@ def disk_sizes(disks: list[str] | None, size: str | None) -> list[int] | None:
     return [by_index[i] for i in range(len(by_index))]
 
 
+def nic_specs(nets: list[str] | None, no_nics: bool) -> list[dict] | None:
+    """The NICs of `--net N:key=value,...` options (Ganeti's form) or `--no-nics`; None when neither is given."""
+    if no_nics:
+        if nets:
+            raise parameter_error("give either --net options or --no-nics, not both")
+        return []
+    if not nets:
+        return None
+    by_index: dict[int, dict] = {}
+    for spec in nets:
+        index, colon, rest = spec.partition(":")
+        settings = out.parse_keyvals(rest) if colon else {}
+        if not index.isdigit() or not set(settings) <= {"link", "mode", "mac"}:
+            raise parameter_error(f"NIC '{spec}' is not N:link=BRIDGE[,mode=bridged][,mac=MAC] "
+                                  "(e.g. --net 0:link=br0)")
+        if int(index) in by_index:
+            raise parameter_error(f"NIC {index} is given twice")
+        by_index[int(index)] = {"mode": "bridged", "mac": "", **settings}
+    if sorted(by_index) != list(range(len(by_index))):
+        raise parameter_error("NIC indexes must run 0, 1, 2 ... without gaps; got "
+                              + ", ".join(str(index) for index in sorted(by_index)))
+    return [by_index[index] for index in range(len(by_index))]
+
+
 def node_pair(text: str) -> tuple[str, str | None]:
     """PRIMARY and SECONDARY of `-n PRIMARY[:SECONDARY]`."""
     primary, _, secondary = text.partition(":")
@@ -121,6 +146,9 @@ def instance_add(
     no_start: bool = typer.Option(False, "--no-start", help="Leave the instance stopped (ADMIN_down)."),
     hypervisor: Optional[str] = typer.Option(None, "-H", "--hypervisor",
                                              help="NAME[:key=value,...] (default: the cluster's default)."),
+    nets: Optional[list[str]] = typer.Option(None, "--net", help="NIC N: N:link=BRIDGE[,mode=bridged][,mac=MAC] "
+                                             "(repeat for more NICs; default: one NIC on the default bridge)."),
+    no_nics: bool = typer.Option(False, "--no-nics", help="No NIC at all."),
     ignore_ipolicy: bool = typer.Option(False, "--ignore-ipolicy", help="Skip the instance policy checks."),
 ) -> None:
     """Create an instance on the given node(s), or where -I hail places it, and, unless --no-start, start it."""
@@ -133,6 +161,9 @@ def instance_add(
     primary, secondary = node_pair(node) if node else (None, None)
     hypervisor_name, hvparams = hypervisor_parameters(hypervisor)
     params = backend_parameters(backend)
+    nics = nic_specs(nets, no_nics)
+    if nics is not None:
+        params["nics"] = nics
     session.run([operation(
         "instance_add", name=hostname(name), primary=primary, secondary=secondary, disk_template=disk_template,
         os=NOOP_OS if no_install else (os_name or ""), disks=disk_sizes(disks, size),
@@ -326,3 +357,95 @@ def instance_info(session: Session, name: str = INSTANCE,
         raise typer.BadParameter(f"'{units}' is not one of {', '.join(out.UNITS)}", param_hint="--units")
     row = session.read(f"/api/v1/instances/{quote(hostname(name), safe='')}")
     session.show_object(row, out.instance_info(row, units))
+
+
+DRAIN_S = 2.0
+
+
+@command(app, name="console", kind="plain")
+def instance_console(
+    session: Session,
+    name: str = INSTANCE,
+    timeout: float = typer.Option(DRAIN_S, "--timeout", min=0, help="When stdin is not a terminal: seconds to "
+                                  "keep printing the console's output after stdin ends, then detach."),
+) -> None:
+    """Attach to the serial console of a running kvm instance, on the node that runs it (operator role or above).
+
+    On a terminal the session is raw (Ctrl-C goes to the instance) and Ctrl-] detaches.
+
+    Otherwise stdin is sent as it is, and the session ends --timeout seconds after stdin does."""
+    from appliance.client import console
+    from appliance.client.config import resolve_target
+
+    name = hostname(name)
+    row = session.read(f"/api/v1/instances/{_segment(name)}")
+    node = session.read(f"/api/v1/nodes/{_segment(row['pnode'])}")
+    target = resolve_target(session.api, session.config)
+    endpoint = _console_endpoint(session, node)
+    try:
+        link = console.connect(endpoint, f"/api/v1/instances/{_segment(name)}/console", target.token, target.ca_pem)
+    except ValueError as error:
+        raise Failed(f"cairn: cannot attach to the console of {name} on node {node['name']}: {error}") from None
+    except OSError as error:
+        why = error.strerror.lower() if error.strerror else (str(error) or type(error).__name__)
+        raise Failed(f"cairn: cannot reach node {node['name']} at {endpoint} to attach to the console of {name} "
+                     f"({why}); check that its daemon runs ('cairn node list' shows its liveness)") from None
+    terminal = sys.stdin.isatty()
+    if terminal:
+        typer.echo(f"Connected to the console of instance {name} on node {node['name']}; "
+                   "escape character is ^] (Ctrl + ])", err=True)
+    with link, _raw_terminal(sys.stdin.fileno() if terminal else None):
+        try:
+            ending = link.attach(sys.stdin.fileno(), sys.stdout.fileno(), console.ESCAPE if terminal else None,
+                                 None if terminal else timeout)
+        except KeyboardInterrupt:
+            raise Failed("", 130) from None
+    _report_ending(ending, name, node["name"])
+
+
+def _console_endpoint(session: Session, node: dict) -> str:
+    """Where to attach: the local node's socket when it runs the instance, else the node's API address."""
+    client = session.client
+    local = client.endpoints[0]
+    if local.startswith("unix:") and client.answered_by == local:
+        _, status = client.get("/api/v1/status")
+        if client.answered_by == local and status.get("node") == node["name"]:
+            return local
+    return node["address"]
+
+
+def _segment(name: str) -> str:
+    """A name as one path segment."""
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int | None):
+    """The terminal `fd` in raw mode for the block, restored after it whatever happens (None: no terminal)."""
+    if fd is None:
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _report_ending(ending, name: str, node: str) -> None:
+    """Say why a console session ended when the user did not end it; exit 1 then."""
+    if ending.by == "escape":
+        typer.echo(f"\r\nDetached from the console of instance {name}", err=True)
+    elif ending.by == "server":
+        raise Failed(f"cairn: node {node} ended the console session of {name}: {ending.reason or ending.code}")
+    elif ending.by == "lost":
+        raise Failed(f"cairn: the console session of {name} on node {node} broke off: {ending.reason}; attach "
+                     f"again with 'cairn instance console {name}'")
+    elif ending.by == "stdout":
+        raise Failed("", 1)

@@ -15,6 +15,7 @@ import re
 import time
 
 TEXT, NUMBER, SIZE, SIZES, BOOL, LIST, TIME, DATA = "text", "number", "size", "sizes", "bool", "list", "time", "data"
+DISK_STATES = "disk_states"
 RIGHT_ALIGNED = (NUMBER, SIZE)
 UNITS = ("h", "m", "g", "t")
 UNKNOWN_CELL = "??"
@@ -29,7 +30,7 @@ FIELDS: dict[str, dict[str, tuple[str, str]]] = {
         "be/vcpus": ("ConfigVCPUs", NUMBER), "oper_ram": ("Memory", SIZE), "disk.sizes": ("Disk_sizes", SIZES),
         "disk.count": ("Disks", NUMBER), "disk_usage": ("DiskUsage", SIZE), "nic.macs": ("NIC_MACs", LIST),
         "nic.links": ("NIC_links", LIST), "nic.count": ("NICs", NUMBER), "tags": ("Tags", LIST),
-        "migration": ("Migration", TEXT), "disk_states": ("Disk_states", LIST),
+        "migration": ("Migration", TEXT), "disk_states": ("Disk_states", DISK_STATES),
     },
     "node": {
         "name": ("Node", TEXT), "id": ("UUID", TEXT), "address": ("Address", TEXT), "group": ("Group", TEXT),
@@ -169,6 +170,15 @@ def value_of(kind: str, row: dict, field: str):
     return derive(row) if derive is not None else row.get(field)
 
 
+def disk_state_text(entry: dict, with_disk: bool = False) -> str:
+    """One copy's recorded state: "node2:UPTODATE", "node2:SYNCING(42%)" ("0/node2:..." with the disk)."""
+    state = str(entry.get("state", "?"))
+    if state == "SYNCING":
+        state += f"({entry.get('sync_percent', 0):g}%)"
+    prefix = f"{entry.get('disk')}/" if with_disk else ""
+    return f"{prefix}{entry.get('node', '?')}:{state}"
+
+
 def cell(value, field_kind: str, units: str) -> str:
     """One table cell: `-` for no value, Y/N, sizes in `units`, lists joined by commas."""
     if value is None:
@@ -181,6 +191,8 @@ def cell(value, field_kind: str, units: str) -> str:
         return ",".join(size_text(v, units) if isinstance(v, (int, float)) else str(v) for v in value)
     if field_kind == TIME:
         return localtime_text(value)
+    if field_kind == DISK_STATES and isinstance(value, list):
+        return ",".join(disk_state_text(entry, with_disk=True) for entry in value if isinstance(entry, dict)) or "-"
     if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
         return ",".join(str(v) for v in value)
     if isinstance(value, (list, dict)):
@@ -345,9 +357,10 @@ def instance_info(row: dict, units: str = "h") -> list[str]:
         link = links[index] if index < len(links) else "-"
         lines.append(f"    - nic/{index}: MAC: {mac}, link: {link}")
     lines += [f"  Disk template: {row.get('disk_template', '-')}", "  Disks:"]
-    states = row.get("disk_states") or []
+    states = [entry for entry in row.get("disk_states") or [] if isinstance(entry, dict)]
     for index, mib in enumerate(row.get("disk.sizes") or []):
-        state = f", state {states[index]}" if index < len(states) and states[index] else ""
+        copies = ", ".join(disk_state_text(entry) for entry in states if entry.get("disk") == index)
+        state = f", copies {copies}" if copies else ""
         lines.append(f"    - disk/{index}: {row.get('disk_template', '-')}, size {size(mib)}{state}")
     lines.append(f"  Tags: {_names_text(row.get('tags'))}")
     return lines

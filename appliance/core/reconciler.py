@@ -27,6 +27,8 @@ from appliance.model.codec import Envelope
 
 RECONCILER_ACTOR = "reconciler"
 LIST_EVERY_S = 2.0
+START_RETRY_S = 2.0             # after a start the driver refused, before it is tried again
+REMIRROR_EVERY_S = 5.0          # how often a DEGRADED kvm copy on a reachable node is mirrored again
 LIST_ARRIVING_S = 0.05         # while a job waits on this node's listing (an instance arriving, a confirmation)
 ACTION_TIMEOUT_S = 120.0
 REPORT_RETRY_S = 5.0
@@ -58,6 +60,9 @@ class Reconciler:
     copies_listed_at: float = float("-inf")
     paired: dict = field(default_factory=dict)       # (instance id, disk index) -> (peer node name, role) set
     resync_at: dict = field(default_factory=dict)    # (instance id, disk index) -> when a resync was last asked
+    mirrors: dict | None = None           # (instance id, disk index) -> (state, percent, held) of mirrors run here
+    mirrors_listed_at: float = float("-inf")
+    start_failed: dict = field(default_factory=dict)   # instance id -> earliest retry of a start that failed
     pending: dict = field(default_factory=dict)      # instance id (or "" for listings) -> _Pending
     reports: dict = field(default_factory=dict)      # (instance, kind) -> time proposed
     report_ids: dict = field(default_factory=dict)   # event id of a report in flight -> (instance, kind)
@@ -107,11 +112,22 @@ class Reconciler:
             if ok:
                 self.copies_listed_at = float("-inf")   # look at the copy again at once
             return
+        if action.kind == "peer_states":
+            if ok:
+                self.mirrors = {(i, index): (state, percent, held) for i, index, state, percent, held in value or ()}
+            return
+        if action.kind in ("disk_release", "disk_remirror"):
+            self.mirrors_listed_at = float("-inf")      # look at the mirror again at once
+            return
         self.changes += 1
         if action.kind == "migrate":
             self.migrations[action.instance] = (ok, "migrated" if ok else f"migration failed: {value or 'driver error'}")
         if not ok:
             self.listed_at = self.disks_listed_at = float("-inf")
+            if action.kind == "start":
+                # Look again at once, but try the start again only after a pause: a start the driver refuses
+                # (a missing bridge, an unreachable secondary) would otherwise be retried in a tight loop.
+                self.start_failed[action.instance] = action.args.get("at", 0.0) + START_RETRY_S
             return
         if self.listing is not None:
             if action.kind == "start":
@@ -191,6 +207,7 @@ class Reconciler:
         if not offline:
             self._reconcile_disks(actions, state, me, now)
             self._replicated(proposals, actions, state, me, now)
+            self._mirrored(proposals, actions, state, me, now)
         return proposals, actions, now + (LIST_ARRIVING_S if expecting else LIST_EVERY_S)
 
     def _expecting(self, state, me: str) -> bool:
@@ -266,12 +283,28 @@ class Reconciler:
                 self.paired.get((instance.id, i)) != self._pairing(state, me, instance)
                 for i in range(len(instance.disks))):
             return          # the copies must know which one is written to before the guest writes
+        if instance.disk_template == "replicated" and instance.hypervisor == "kvm":
+            secondary = state.nodes.get(instance.secondary)
+            if secondary is not None and secondary.offline and any(
+                    (disk, instance.secondary) not in {(d, n) for d, n, st, _ in instance.disk_states
+                                                       if st == "DEGRADED"} for disk in range(len(instance.disks))):
+                return      # first the copies on the offline secondary are recorded DEGRADED (_mirrored)
         spec = {"name": instance.name, "memory_mib": instance.memory_mib, "vcpus": instance.vcpus,
-                "disks": tuple(d.size_mib for d in instance.disks), "nics": tuple(n.mac for n in instance.nics),
+                "disks": tuple(d.size_mib for d in instance.disks),
+                "nics": tuple({"mac": n.mac, "mode": n.mode, "link": n.link} for n in instance.nics),
                 "hypervisor": instance.hypervisor, "disk_template": instance.disk_template,
                 "hvparams": dict(instance.hvparams)}
+        if instance.disk_template == "replicated":
+            secondary = state.nodes.get(instance.secondary)
+            spec["secondary"] = secondary.name if secondary is not None else ""
+            spec["peer_degraded"] = tuple(sorted(
+                disk for disk, node, disk_state, _ in instance.disk_states
+                if node == instance.secondary and disk_state == "DEGRADED"))
+        if now < self.start_failed.get(instance.id, float("-inf")):
+            return
+        self.start_failed.pop(instance.id, None)
         self.restart_at.pop(instance.id, None)
-        self._act(actions, now, "start", instance.id, spec=spec)
+        self._act(actions, now, "start", instance.id, spec=spec, at=now)
 
     def _restart(self, proposals, actions, state, me, instance, now) -> None:
         """A crashed instance marked up: decide a restart (an event), wait out its back-off, then start it."""
@@ -366,8 +399,8 @@ class Reconciler:
                                   index=index, peer=wanted[0], role=wanted[1])
                     continue
                 seen = (self.copies or {}).get(key)
-                if seen is None:
-                    continue
+                if seen is None or instance.hypervisor == "kvm":
+                    continue            # a kvm copy's state is the primary's mirror's: reported by _mirrored
                 copy_state, percent = seen
                 known = recorded.get((index, me))
                 if known is None or known[0] != copy_state or (copy_state == "SYNCING" and percent - known[1] >= 10):
@@ -383,6 +416,58 @@ class Reconciler:
                     self.resync_at[key] = now
                     self._act(actions, now, "disk_resync", instance.id, key=f"resync/{instance.id}/{index}",
                               index=index, peer=wanted[0])
+
+    def _mirrored(self, proposals, actions, state, me, now) -> None:
+        """Replicated kvm disks this node runs as primary: QEMU mirrors each to the secondary's copy, and this
+        node reports that copy's state (SYNCING, UPTODATE, DEGRADED) for it. A mirror cut off from its
+        secondary holds the guest's writes until the copy is recorded DEGRADED, then is released (fence-peer);
+        a DEGRADED copy on a node that is back is mirrored again (a full copy)."""
+        mine = [instance for instance in state.instances.values() if instance.primary == me
+                and instance.hypervisor == "kvm" and instance.disk_template == "replicated"]
+        if not mine:
+            self.mirrors = None
+            return
+        held = any(entry[2] for entry in (self.mirrors or {}).values())
+        if "/mirrors" not in self.pending and now - self.mirrors_listed_at >= (LIST_ARRIVING_S if held
+                                                                               else LIST_EVERY_S):
+            self.mirrors_listed_at = now
+            self._act(actions, now, "peer_states", "", key="/mirrors")
+        for instance in mine:
+            secondary = state.nodes.get(instance.secondary)
+            if secondary is None:
+                continue
+            recorded = {disk: (disk_state, percent) for disk, node, disk_state, percent in instance.disk_states
+                        if node == instance.secondary}
+            for index in range(len(instance.disks)):
+                known = recorded.get(index)
+                if secondary.offline and (known is None or known[0] != "DEGRADED"):
+                    # Its node is offline in the log: its copy takes no writes from now on.
+                    self._observe_peer(proposals, state, instance, index, secondary, "DEGRADED", 0, now)
+                    continue
+                seen = (self.mirrors or {}).get((instance.id, index))
+                if seen is None:
+                    continue
+                copy_state, percent, holding = seen
+                if known is None or known[0] != copy_state or (copy_state == "SYNCING" and percent - known[1] >= 10):
+                    self._observe_peer(proposals, state, instance, index, secondary, copy_state, percent, now)
+                elif holding and copy_state == "DEGRADED" and f"release/{instance.id}/{index}" not in self.pending:
+                    self._act(actions, now, "disk_release", instance.id, key=f"release/{instance.id}/{index}",
+                              index=index)
+                elif copy_state == "DEGRADED" and not secondary.offline and (instance.id, index) in (self.mirrors or {}) \
+                        and (self.listing or {}).get(instance.id) == RUNNING \
+                        and f"remirror/{instance.id}/{index}" not in self.pending \
+                        and now - self.resync_at.get((instance.id, index), float("-inf")) >= REMIRROR_EVERY_S:
+                    self.resync_at[(instance.id, index)] = now
+                    self._act(actions, now, "disk_remirror", instance.id, key=f"remirror/{instance.id}/{index}",
+                              index=index, peer=secondary.name)
+
+    def _observe_peer(self, proposals, state, instance, index, secondary, copy_state, percent, now) -> None:
+        kind = f"peer{index}:{copy_state}:{percent // 10 if copy_state == 'SYNCING' else ''}"
+        if not self._reported(instance, kind, now):
+            self._propose(proposals, state, instance, kind, now,
+                          ev.DiskStateObserved(instance.id, index, secondary.id, copy_state, float(percent)),
+                          f"disk {index} of {instance.name}: the copy on {secondary.name} is {copy_state}"
+                          + (f" ({percent}%)" if copy_state == "SYNCING" else ""))
 
     @staticmethod
     def _pairing(state, me, instance) -> tuple[str, str] | None:

@@ -79,6 +79,11 @@ class NodeIncomingLink:
                                   {"instance": instance_id, "hypervisor": self.hypervisor, "runtime": runtime})
         return str(answer["uri"])
 
+    async def export(self, node: str, instance_id: str, index: int) -> str:
+        """The address of node `node`'s export of its copy of the disk (it starts the export if needed)."""
+        answer = await self._call(node, "/api/v1/node/export", {"instance": instance_id, "index": index})
+        return str(answer["address"])
+
     async def abort(self, target_node: str, instance_id: str) -> None:
         await self._call(target_node, "/api/v1/node/incoming/abort",
                          {"instance": instance_id, "hypervisor": self.hypervisor})
@@ -89,7 +94,7 @@ class NodeIncomingLink:
         try:
             return await self.shell.call_node(node, "POST", path, body)
         except (OSError, ValueError, KeyError, http.client.HTTPException) as error:
-            raise DriverError(f"node {node} could not take part in the migration: {error}") from None
+            raise DriverError(f"node {node} did not do its part ({path}): {error}") from None
 
 
 def qemu_tls_dir(data_dir: Path) -> Path:
@@ -114,13 +119,15 @@ def drivers_for(config: NodeConfig, data_dir: Path):
     """The node's hypervisors (`fake` and `kvm`: an instance runs under the one it names), its storage, and the
     link the QEMU driver reaches other nodes through (its shell set later)."""
     from appliance.drivers.qemu import QemuHypervisor
+    from appliance.drivers.replication import Replication
 
     disk_roots = FakePeers(config.fake_peers, data_dir, "disks")
     fake = FakeHypervisor(data_dir / "hv", config.name, FakePeers(config.fake_peers, data_dir), disk_roots=disk_roots)
     link = NodeIncomingLink("kvm")
     tls_dir = qemu_tls_dir(data_dir) if pki.pki_paths(data_dir).node_cert.exists() else None
+    replication = Replication(data_dir / "kvm", data_dir / "disks", config.host, link.export, tls_dir)
     kvm = QemuHypervisor(data_dir / "kvm", config.name, disk_root=data_dir / "disks", incoming=link,
-                         migration_host=config.host, tls_dir=tls_dir)
+                         migration_host=config.host, tls_dir=tls_dir, replication=replication)
     storage = FileStorage(data_dir / "disks", disk_roots, config.name)
     return HypervisorSet({"fake": fake, "kvm": kvm}), storage, link
 

@@ -411,6 +411,7 @@ class NodeShell:
                 value = await self._act(action)
         except DriverError as error:
             ok, message = False, str(error)
+            log.warning("node %s: %s of %s failed: %s", self.node_name, action.kind, action.instance or "-", error)
         except Exception as error:   # a driver bug must not take the node down; the core retries
             log.exception("driver action %s %s failed", action.kind, action.instance)
             ok, message = False, f"driver error: {error}"
@@ -439,6 +440,12 @@ class NodeShell:
             await self.storage.set_peer(instance, args["index"], args["peer"], args["role"])
         elif kind == "disk_resync":
             await self.storage.resync(instance, args["index"], args["peer"])
+        elif kind == "peer_states":
+            return await self._kvm().replication_states()
+        elif kind == "disk_release":
+            await self._kvm().release_peer(instance, args["index"])
+        elif kind == "disk_remirror":
+            await self._kvm().remirror(instance, args["index"], args["peer"])
         else:
             raise DriverError(f"unknown driver action {kind!r}")
         return None
@@ -463,6 +470,13 @@ class NodeShell:
         finally:
             connection.close()
 
+    def _kvm(self):
+        """The QEMU driver (replicated kvm disks are mirrored by it); DriverError where there is none."""
+        driver = self._incoming_driver("kvm")
+        if not hasattr(driver, "replication_states"):
+            raise DriverError(f"node {self.node_name} has no QEMU driver with replicated disks")
+        return driver
+
     def _incoming_driver(self, hypervisor: str):
         pick = getattr(self.hypervisor, "driver", None)
         driver = pick(hypervisor) if pick is not None else self.hypervisor
@@ -478,12 +492,39 @@ class NodeShell:
         except DriverError as error:
             raise Refused(WRONG_STATE, f"node {self.node_name} cannot receive instance {instance}: {error}") from None
 
+    async def export_disk(self, instance: str, index: int) -> dict:
+        """(Secondary.) Export this node's copy of a replicated kvm disk to the instance's primary."""
+        replication = getattr(self._incoming_driver("kvm"), "replication", None)
+        if replication is None:
+            raise Refused(WRONG_STATE, f"node {self.node_name} keeps no replicated kvm disks")
+        try:
+            return {"address": await replication.export(instance, index)}
+        except DriverError as error:
+            raise Refused(WRONG_STATE, f"node {self.node_name} cannot export disk {index} of {instance}: "
+                                       f"{error}") from None
+
     async def abort_incoming(self, instance: str, hypervisor: str) -> None:
         """(Migration target.) End the destination of a migration that failed or was cancelled."""
         try:
             await self._incoming_driver(hypervisor).abort_incoming(instance)
         except DriverError as error:
             raise Refused(WRONG_STATE, str(error)) from None
+
+    async def console_path(self, instance: str) -> str:
+        """(The instance's primary.) The unix socket of the instance's serial console here, from the driver of its
+        hypervisor; Refused(wrong_state) when that driver has none or the instance does not run here."""
+        found = self.core.state.instance_by_name(instance)
+        if found is None:
+            raise Refused(UNKNOWN_ENTITY, f"instance {instance} is not known; 'cairn instance list' shows them")
+        pick = getattr(self.hypervisor, "driver", None)
+        try:
+            driver = pick(found.hypervisor) if pick is not None else self.hypervisor
+            if not hasattr(driver, "console_path"):
+                raise DriverError(f"its hypervisor {found.hypervisor} has no serial console (kvm instances have one)")
+            return str(await driver.console_path(found.id))
+        except DriverError as error:
+            raise Refused(WRONG_STATE, f"instance {instance} has no console on node {self.node_name}: "
+                                       f"{error}") from None
 
     # --- the leader and its commit seq ---------------------------------------------------------
 

@@ -23,9 +23,11 @@ shutdown; both stay listed until `stop` clears them. Liveness is read from /proc
 
 The machine is fixed by `build_argv` (pure): machine type `MACHINE_TYPE`, `-nodefaults`, stable
 ids for every device, block node and character device. Disks of the `file` and `replicated`
-templates are the raw files of the file storage driver (`files.py`), attached as virtio-blk; the
-replicated template runs on its local copy only (no mirror yet). NICs are not attached yet
-(`nic_arguments` is the hook), except with hvparams `nic_mode: user` (QEMU's user networking).
+templates are the raw files of the file storage driver (`files.py`), attached as virtio-blk. A
+replicated instance starts paused while each disk is mirrored to its secondary's copy (`replication.py`:
+the export, the relay and fence-peer; `mirror.py`: the QMP sequences), then runs. NICs are virtio-net
+devices on tap devices on the bridge each NIC's link names (`netdev.py`), unless hvparam `nic_mode` says
+`user` (QEMU's user networking) or `none`.
 The accelerator is chosen by a probe (`choose_accel`): KVM only where it really works, else TCG.
 
 Live migration follows shared/reference/qemu.md section 5: the source asks an `IncomingLink` to
@@ -60,9 +62,10 @@ from pathlib import Path
 
 import trio
 
-from appliance.drivers import qmp
+from appliance.drivers import mirror, netdev, qmp
 from appliance.drivers.base import CRASHED, RUNNING, SHUTDOWN, DriverError, Hypervisor, poll_until
 from appliance.drivers.files import FileStorage
+from appliance.drivers.replication import DEFAULT_IO_TIMEOUT_S, Replication
 
 log = logging.getLogger("cairn.qemu")
 
@@ -94,6 +97,7 @@ LIST_TIMEOUT_S = 2.0
 QUIT_WAIT_S = 5.0
 KILL_WAIT_S = 5.0
 MIGRATION_TIMEOUT_S = 600.0
+MIRROR_READY_TIMEOUT_S = 3600.0       # a first full copy of a large disk
 MIGRATION_POLL_S = 0.05
 CANCEL_WAIT_S = 10.0
 RESUME_WAIT_S = 5.0
@@ -141,6 +145,19 @@ def resolve_accel(requested: str) -> str:
     return choose_accel(requested, *probe_kvm()) if requested == "auto" else choose_accel(requested, False, 0, False)
 
 
+def _io_timeout(spec: dict, instance_id: str) -> float:
+    """The hvparam `disk_io_timeout` (seconds a write may wait on the secondary before its copy is degraded)."""
+    value = (spec.get("hvparams") or {}).get("disk_io_timeout", DEFAULT_IO_TIMEOUT_S)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if not 0 < seconds <= 3600:
+        raise DriverError(f"hvparam disk_io_timeout of instance {instance_id} must be seconds between 0 and 3600, "
+                          f"not {value!r}")
+    return seconds
+
+
 def canonical_json(value) -> str:
     """The one JSON text of a value: sorted keys, no spaces, so equal values give equal files."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -176,9 +193,12 @@ def _absolute_path(value, what: str, instance_id: str) -> str | None:
 def describe(instance_id: str, spec: dict, accel: str) -> dict:
     """The node-independent description of the machine for `spec`, from which `build_argv` makes the argv.
 
-    Spec keys: memory_mib, vcpus, disks (sizes in MiB), nics (MACs), disk_template and hvparams
+    Spec keys: memory_mib, vcpus, disks (sizes in MiB), nics, disk_template and hvparams
     (kernel_path, initrd_path, kernel_args, migration_bandwidth in MiB/s, migration_downtime in ms,
-    nic_mode); others (name, hypervisor) do not shape the machine.
+    nic_mode); others (name, hypervisor) do not shape the machine. A NIC is {"mac", "mode", "link"}
+    (the cluster's NIC: mode "bridged" puts it on the bridge named by its link) or a bare MAC (the
+    older spec form: not attached). hvparam nic_mode "" (the default) attaches each NIC as it says,
+    "user" gives every NIC QEMU's user networking instead and "none" attaches none.
     """
     checked_id(instance_id)
     hvparams = spec.get("hvparams") or {}
@@ -186,6 +206,15 @@ def describe(instance_id: str, spec: dict, accel: str) -> dict:
         raise DriverError(f"hvparams of instance {instance_id} must be a mapping, not {hvparams!r}")
     kernel = _absolute_path(hvparams.get("kernel_path"), "kernel_path", instance_id)
     downtime = hvparams.get("migration_downtime")
+    nic_mode = str(hvparams.get("nic_mode") or "")
+    if nic_mode not in netdev.HVPARAM_NIC_MODES:
+        raise DriverError(f"hvparam nic_mode of instance {instance_id} is {nic_mode!r}, not 'user' or 'none'; "
+                          "leave it empty to attach the NICs as the cluster configures them")
+    nics = [netdev.nic_of(nic) for nic in spec.get("nics") or ()]
+    for index, nic in enumerate(nics):
+        problem = netdev.nic_problem(nic, index, nic_mode)
+        if problem is not None:
+            raise DriverError(f"NIC {index} of instance {instance_id} {problem}")
     return {
         "format": RUNTIME_FORMAT,
         "instance": instance_id,
@@ -197,8 +226,8 @@ def describe(instance_id: str, spec: dict, accel: str) -> dict:
         "disk_template": spec.get("disk_template") or "diskless",
         "disks": [_positive_int(size, f"the size of disk {index}", instance_id)
                   for index, size in enumerate(spec.get("disks") or ())],
-        "nics": [str(mac) for mac in spec.get("nics") or ()],
-        "nic_mode": str(hvparams.get("nic_mode") or ""),
+        "nics": nics,
+        "nic_mode": nic_mode,
         "kernel_path": kernel,
         "initrd_path": _absolute_path(hvparams.get("initrd_path"), "initrd_path", instance_id) if kernel else None,
         "kernel_args": str(hvparams.get("kernel_args") or "") if kernel else "",
@@ -214,7 +243,8 @@ def socket_dir(entry: Path) -> Path | None:
     """Where an entry's unix sockets go when its own directory makes their paths too long for a socket (a deep
     state dir): a private directory of this user's under the system's temporary directory, named by a hash of
     the entry's path. None when the entry's directory will do."""
-    if len(os.fsencode(entry / "console.sock")) <= SOCKET_PATH_MAX:
+    # Judged on the staging directory the entry is built in (`.new-<id>`, the longer of the two names).
+    if len(os.fsencode(entry.parent / f".new-{entry.name}" / "console.sock")) <= SOCKET_PATH_MAX:
         return None
     digest = hashlib.sha256(os.fsencode(entry.absolute())).hexdigest()[:24]
     return Path(tempfile.gettempdir()) / f"cairn-{os.getuid()}" / digest
@@ -300,14 +330,29 @@ def disk_arguments(disk_paths: Sequence[Path]) -> list[str]:
 
 
 def nic_arguments(description: dict) -> list[str]:
-    """The NIC options: none yet (no tap or bridge networking), except `nic_mode: user` (QEMU's
-    user networking: `net<i>` backends and `nic<i>` virtio-net devices with the instance's MACs)."""
-    if description.get("nic_mode") != "user":
+    """NIC i as backend `net<i>` and virtio-net device `nic<i>` with the NIC's MAC, on its bridge.
+
+    A bridged NIC is a tap named `netdev.tap_name(instance, i)` that QEMU has this node's helper make
+    and add to the bridge its link names (`-netdev bridge`, see netdev.py): the tap lives exactly as
+    long as this QEMU, so stopping, killing or migrating the instance away removes it. hvparam
+    nic_mode "user" gives every NIC QEMU's user networking instead, "none" attaches none; a NIC
+    without a mode (a bare MAC in the spec) is not attached.
+    """
+    mode = description.get("nic_mode")
+    if mode == "none":
         return []
     arguments = []
-    for index, mac in enumerate(description["nics"]):
-        arguments += ["-netdev", f"user,id=net{index}",
-                      "-device", f"virtio-net-pci,netdev=net{index},mac={option_value(mac)},id=nic{index}"]
+    for index, nic in enumerate(description["nics"]):
+        nic = netdev.nic_of(nic)
+        if mode == "user":
+            backend = "user"
+        elif nic["mode"] == netdev.BRIDGED:
+            helper = netdev.helper_command(netdev.tap_name(description["instance"], index), nic["link"])
+            backend = f"bridge,br={option_value(nic['link'])},helper={option_value(helper)}"
+        else:
+            continue
+        arguments += ["-netdev", f"{backend},id=net{index}",
+                      "-device", f"virtio-net-pci,netdev=net{index},mac={option_value(nic['mac'])},id=nic{index}"]
     return arguments
 
 
@@ -324,12 +369,13 @@ def kernel_arguments(description: dict) -> list[str]:
 
 
 def build_argv(description: dict, files: InstanceFiles, token: str, disk_paths: Sequence[Path],
-               qemu_binary: str = "qemu-system-x86_64", incoming: bool = False) -> list[str]:
+               qemu_binary: str = "qemu-system-x86_64", incoming: bool = False, paused: bool = False) -> list[str]:
     """The command line of the instance's QEMU: the description's machine with this node's files.
 
     Two nodes given the same description build the same device model (same machine type, devices,
     ids and block node names), which is what a live migration needs; `incoming` adds
-    `-incoming defer` for a migration target.
+    `-incoming defer` for a migration target; `paused` adds `-S` (the guest waits for `cont`: its disks are
+    mirrored to their secondary first).
     """
     machine = [
         qemu_binary,
@@ -351,7 +397,7 @@ def build_argv(description: dict, files: InstanceFiles, token: str, disk_paths: 
     ]
     process = ["-pidfile", os.fspath(files.qemu_pid), "-D", os.fspath(files.qemu_log), "-daemonize"]
     return [*machine, *kernel_arguments(description), *disk_arguments(disk_paths), *nic_arguments(description),
-            *process, *(["-incoming", "defer"] if incoming else [])]
+            *process, *(["-incoming", "defer"] if incoming else []), *(["-S"] if paused else [])]
 
 
 def migration_uri(host: str, port: int | str) -> str:
@@ -419,13 +465,13 @@ def kill_process(pid: int, token: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def remove_entry(directory: Path) -> None:
+def remove_entry(directory: Path, sockets: bool = True) -> None:
     """Remove an entry or staging directory and everything in it (sockets, logs), and its socket directory if
-    it has one elsewhere; none is no error."""
+    it has one elsewhere (unless `sockets` is false: a new QEMU already listens there); none is no error."""
     shutil.rmtree(directory, ignore_errors=True)
-    sockets = socket_dir(directory)
-    if sockets is not None:
-        shutil.rmtree(sockets, ignore_errors=True)
+    elsewhere = socket_dir(directory)
+    if sockets and elsewhere is not None:
+        shutil.rmtree(elsewhere, ignore_errors=True)
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -494,7 +540,7 @@ class QemuHypervisor(Hypervisor):
     def __init__(self, state_dir: Path, node_name: str, disk_root: Path | None = None,
                  incoming: IncomingLink | None = None, accel: str = "auto",
                  qemu_binary: str = "qemu-system-x86_64", migration_host: str = "127.0.0.1",
-                 tls_dir: Path | None = None) -> None:
+                 tls_dir: Path | None = None, replication: Replication | None = None) -> None:
         if not Path("/proc/self/stat").exists():
             raise DriverError("the QEMU driver reads process states from /proc; run it on Linux")
         self.state_dir = Path(state_dir)
@@ -505,6 +551,8 @@ class QemuHypervisor(Hypervisor):
         self.qemu_binary = qemu_binary
         self.migration_host = migration_host
         self.tls_dir = Path(tls_dir) if tls_dir is not None else None
+        self.replication = replication
+        self.unreachable: dict[tuple[str, int], str] = {}    # disks a start could not mirror: why
         self.on_progress: Callable[[str, dict], None] | None = None
         self.last_migration: dict[str, dict] = {}
         self.migration_timeout_s = MIGRATION_TIMEOUT_S
@@ -576,13 +624,134 @@ class QemuHypervisor(Hypervisor):
             description = describe(instance_id, spec, self.accel)
             disk_paths = self._disk_paths(instance_id, description)
             await self._end(files, instance_id, 0)
-            await self._launch(instance_id, description, disk_paths, incoming=False)
+            if description["disk_template"] != "replicated" or self.replication is None:
+                await self._launch(instance_id, description, disk_paths, incoming=False)
+                return
+            await self._start_replicated(instance_id, description, disk_paths, spec)
+
+    async def _start_replicated(self, instance_id: str, description: dict, disk_paths: Sequence[Path],
+                                spec: dict) -> None:
+        """Start paused, mirror each disk to its secondary's copy (write-blocking) until in sync, then run.
+
+        A disk whose secondary cannot be reached starts alone only if the cluster has recorded that copy as
+        DEGRADED (`peer_degraded`); otherwise the start fails, the disk is reported as held, and the node
+        records the copy DEGRADED first (fence-peer: nothing is written that the secondary would miss
+        while the log still calls it UPTODATE).
+        """
+        count = len(description["disks"])
+        peer = str(spec.get("secondary") or "")
+        degraded = {int(index) for index in spec.get("peer_degraded") or ()}
+        io_timeout_s = _io_timeout(spec, instance_id)
+        await self.replication.unexport(instance_id, count)      # this node's copies are the primary's now
+        sockets: dict[int, Path] = {}
+        for index in range(count):
+            try:
+                if not peer:
+                    raise DriverError("it has no secondary node")
+                sockets[index] = await self.replication.connect(instance_id, index, peer, io_timeout_s)
+            except DriverError as error:
+                if index in degraded:
+                    continue
+                await self.replication.stop_relays(instance_id, count)
+                self.unreachable[(instance_id, index)] = str(error)
+                raise DriverError(f"cannot mirror disk {index} of instance {instance_id} to its secondary {peer}: "
+                                  f"{error}; it starts once that copy is recorded DEGRADED") from error
+        for index in range(count):
+            self.unreachable.pop((instance_id, index), None)
+        await self._launch(instance_id, description, disk_paths, incoming=False, paused=True)
+        files = self.files(instance_id)
+        write_atomically(files.directory / "replication.json",
+                         canonical_json({"secondary": peer, "io_timeout_s": io_timeout_s, "disks": count}) + "\n")
+        try:
+            monitor = await self._monitor(instance_id, files)
+            for index, socket_path in sockets.items():
+                await mirror.attach_mirror(monitor, index, socket_path)
+            for index in sockets:
+                await mirror.wait_ready(monitor, index, MIRROR_READY_TIMEOUT_S)
+            await monitor.execute("cont", timeout_s=QMP_TIMEOUT_S)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._end(files, instance_id, 0)
+                remove_entry(files.directory)
+                await self.replication.stop_relays(instance_id, count)
+            raise
+
+    async def replication_states(self) -> list[tuple[str, int, str, int, bool]]:
+        """(Primary.) Each replicated disk of each instance running here: (instance id, disk index, state of the
+        secondary's copy, sync percent, whether its relay holds a cut waiting for the copy to be recorded
+        DEGRADED). A disk that could not be mirrored at start counts as held (DEGRADED, not yet recorded)."""
+        found = [(instance_id, index, "DEGRADED", 0, True) for instance_id, index in sorted(self.unreachable)]
+        if self.replication is None:
+            return found
+        for entry in sorted(self.instances.glob("[!.]*")):
+            files = InstanceFiles(entry, socket_dir(entry))
+            try:
+                count = int(json.loads((entry / "replication.json").read_text())["disks"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if not entry_alive(files):
+                continue
+            try:
+                monitor = await self._monitor(entry.name, files, timeout_s=LIST_TIMEOUT_S)
+                states = await mirror.mirror_states(monitor, range(count), LIST_TIMEOUT_S)
+            except (qmp.QmpFailure, DriverError):
+                continue
+            for index in range(count):
+                relay, _why = self.replication.relay_state(entry.name, index)
+                state, percent = states.get(index, ("DEGRADED", 0))
+                if relay == "held":
+                    state, percent = "DEGRADED", 0
+                found.append((entry.name, index, state, percent, relay == "held"))
+        return found
+
+    async def release_peer(self, instance_id: str, index: int) -> None:
+        """(Primary.) The secondary's copy is recorded DEGRADED: let the held writes go on without it."""
+        self.unreachable.pop((instance_id, index), None)
+        if self.replication is not None:
+            await self.replication.release(instance_id, index)
+            files = self.files(instance_id)
+            if entry_alive(files):
+                with contextlib.suppress(qmp.QmpFailure, DriverError):
+                    await mirror.detach_mirror(await self._monitor(instance_id, files), index)
+
+    async def remirror(self, instance_id: str, index: int, peer_node: str) -> None:
+        """(Primary.) Mirror a DEGRADED disk to the copy on its secondary `peer_node` again (the same node back,
+        or a new one after replace-disks): a full copy (SYNCING), then UPTODATE."""
+        files = self.files(instance_id)
+        if self.replication is None or not entry_alive(files):
+            raise DriverError(f"instance {instance_id} does not run here, so its disk {index} is not mirrored here")
+        try:
+            settings = json.loads((files.directory / "replication.json").read_text())
+        except (OSError, ValueError) as error:
+            raise DriverError(f"instance {instance_id} was not started with replicated disks here: {error}") from None
+        async with self._lock(instance_id):
+            monitor = await self._monitor(instance_id, files)
+            with contextlib.suppress(qmp.QmpFailure, DriverError):
+                await mirror.detach_mirror(monitor, index)
+            socket_path = await self.replication.connect(instance_id, index, peer_node,
+                                                         float(settings["io_timeout_s"]))
+            await mirror.attach_mirror(monitor, index, socket_path)
+            if settings.get("secondary") != peer_node:
+                write_atomically(files.directory / "replication.json",
+                                 canonical_json({**settings, "secondary": peer_node}) + "\n")
 
     async def stop(self, instance_id: str, timeout_s: float) -> None:
         files = self.files(instance_id)
         async with self._lock(instance_id):
             await self._end(files, instance_id, timeout_s)
+            await self._stop_replication(instance_id, files)
             remove_entry(files.directory)
+
+    async def _stop_replication(self, instance_id: str, files: InstanceFiles) -> None:
+        for key in [key for key in self.unreachable if key[0] == instance_id]:
+            del self.unreachable[key]
+        if self.replication is None:
+            return
+        try:
+            count = int(json.loads((files.directory / "replication.json").read_text())["disks"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        await self.replication.stop_relays(instance_id, count)
 
     async def list(self) -> dict[str, str]:
         statuses: dict[str, str] = {}
@@ -625,6 +794,10 @@ class QemuHypervisor(Hypervisor):
                 raise DriverError(f"node {self.node_name} has no migration link to other nodes; "
                                   "configure the QEMU driver with one to migrate")
             description = read_runtime(files, instance_id)["description"]
+            if description["disk_template"] == "replicated" and self.replication is not None:
+                raise DriverError(f"instance {instance_id} has replicated disks: their live migration (the role "
+                                  "swap of the two copies) is not built yet; use 'cairn instance failover' (it "
+                                  "stops the instance and starts it on the secondary)")
             uri = await self._prepare_target(target, instance_id, description)
             try:
                 info = await self._send(instance_id, files, description, uri)
@@ -722,7 +895,8 @@ class QemuHypervisor(Hypervisor):
                                   f"({path} does not exist); create the disk there first")
         return paths
 
-    async def _launch(self, instance_id: str, description: dict, disk_paths: Sequence[Path], incoming: bool) -> str:
+    async def _launch(self, instance_id: str, description: dict, disk_paths: Sequence[Path], incoming: bool,
+                      paused: bool = False) -> str:
         """Start QEMU in a staging directory, check it over QMP, then rename the entry into place.
 
         For a migration target, also start listening and return the URI; otherwise return "".
@@ -736,7 +910,7 @@ class QemuHypervisor(Hypervisor):
         if sockets is not None:
             make_socket_dir(sockets)
         self._check_socket_paths(instance_id, staging)
-        argv = build_argv(description, staging, token, disk_paths, self.qemu_binary, incoming)
+        argv = build_argv(description, staging, token, disk_paths, self.qemu_binary, incoming, paused)
         try:
             staging.directory.mkdir()
             write_atomically(staging.runtime,
@@ -745,8 +919,8 @@ class QemuHypervisor(Hypervisor):
                 staging.incoming.touch()
             pid = await self._spawn(instance_id, argv, staging)
             write_atomically(staging.pid, f"{pid} {token}\n")
-            uri = await self._check_started(instance_id, staging, token, incoming)
-            remove_entry(self.instances / instance_id)
+            uri = await self._check_started(instance_id, staging, token, incoming, paused)
+            remove_entry(self.instances / instance_id, sockets=False)
             staging.directory.rename(self.instances / instance_id)
             return uri
         except BaseException as error:
@@ -789,12 +963,13 @@ class QemuHypervisor(Hypervisor):
         except (OSError, ValueError, IndexError) as error:
             raise DriverError(f"QEMU started instance {instance_id} but wrote no pid to {files.qemu_pid}") from error
 
-    async def _check_started(self, instance_id: str, files: InstanceFiles, token: str, incoming: bool) -> str:
+    async def _check_started(self, instance_id: str, files: InstanceFiles, token: str, incoming: bool,
+                             paused: bool = False) -> str:
         """Connect over QMP and check the status; a migration target also starts listening (returns its URI)."""
         monitor = await self._monitor(instance_id, files, token)
         try:
             status = (await monitor.execute("query-status", timeout_s=QMP_TIMEOUT_S))["status"]
-            expected = "inmigrate" if incoming else "running"
+            expected = "inmigrate" if incoming else "prelaunch" if paused else "running"
             if status != expected:
                 raise DriverError(f"QEMU of instance {instance_id} is {status!r} right after starting, not "
                                   f"{expected!r}; see {files.qemu_log}")

@@ -237,7 +237,7 @@ def history_records(cluster: LocalCluster, via: str) -> dict:
 
 class InstanceMonitor:
     """Samples every instance process of every node of a local cluster every `interval_s` (10 ms), from the
-    fake hypervisor's pid files and /proc, in a thread of its own; counts every sample in which one instance
+    hypervisors' pid files (fake and kvm) and /proc, in a thread of its own; counts every sample in which one instance
     runs on two nodes. A paused guest (the source of a live migration) does not count as running."""
 
     def __init__(self, directory: Path, interval_s: float = 0.01) -> None:
@@ -265,13 +265,16 @@ class InstanceMonitor:
         from appliance.fencing import _process_alive
 
         found: dict[str, list[str]] = {}
-        for pid_file in self.directory.glob("node*/hv/instances/*/pid"):
+        pid_files = [*self.directory.glob("node*/hv/instances/*/pid"), *self.directory.glob("node*/kvm/instances/*/pid")]
+        for pid_file in pid_files:
             entry = pid_file.parent
             try:
                 pid, token = pid_file.read_text().split()
             except (OSError, ValueError):
                 continue
-            if _process_alive(int(pid), token) and not (entry / "paused").exists():
+            # A fake guest paused by a migration, or a QEMU still waiting for one, runs nothing.
+            if _process_alive(int(pid), token) and not (entry / "paused").exists() \
+                    and not (entry / "incoming").exists():
                 found.setdefault(entry.name, []).append(entry.parent.parent.parent.name)
         return found
 

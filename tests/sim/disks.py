@@ -129,7 +129,8 @@ class Disks:
         acked.add(record)
 
     def _peer_outdated(self, writer: str, instance: str, peer: str) -> bool:
-        """True once the writer's daemon has applied a report that the peer's copy is not UPTODATE."""
+        """True once the writer's daemon has applied a report that the peer's copy is not UPTODATE (a copy never
+        reported is not outdated)."""
         core = self.sim.cores[writer]
         if core is None:
             return False
@@ -137,8 +138,10 @@ class Disks:
         if found is None or peer not in (n.name for n in core.state.nodes.values()):
             return False
         peer_id = core.state.node_names.get(peer)
+        # A report not yet applied here is not an outdate: the log may already call the peer UPTODATE (a
+        # report this node has not applied yet), and recovery would then promote a copy missing these writes.
         states = {disk: state for disk, node, state, _ in found.disk_states if node == peer_id}
-        return any(states.get(index) != UPTODATE for index in range(len(found.disks)))
+        return any(index in states and states[index] != UPTODATE for index in range(len(found.disks)))
 
     def _resync(self, instance: str, primary: str, secondary: str) -> None:
         sim = self.sim

@@ -42,7 +42,7 @@ def test_a_sample_of_seeds_holds_every_invariant(seed):
 
 def test_the_fencing_path_runs():
     """Over a few seeds the healer fences, recovers and brings nodes back, and watchdogs fire."""
-    outcomes = [run_seed(seed) for seed in (2, 4, 51)]
+    outcomes = [run_seed(seed) for seed in (6, 11, 12)]
     assert all(o.ok for o in outcomes)
     assert sum(o.fences for o in outcomes) and sum(o.recoveries for o in outcomes)
     assert sum(o.returns for o in outcomes) and sum(o.kills for o in outcomes)
@@ -73,5 +73,5 @@ def test_a_grant_during_a_pending_fence_is_found_by_its_seed():
     first 200 seeds: its seed (found with `bench/sim.py --seeds 1000 --bug grant_during_fence --stop-at-first`;
     find it again that way when a change of the code moves it) must break an invariant with the bug planted,
     and not without it."""
-    assert not run_seed(668, Config(bugs=frozenset({"grant_during_fence"}))).ok
-    assert run_seed(668, Config()).ok
+    assert not run_seed(301, Config(bugs=frozenset({"grant_during_fence"}))).ok
+    assert run_seed(301, Config()).ok

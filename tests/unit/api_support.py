@@ -112,6 +112,12 @@ class FakeBackend:
     async def abort_incoming(self, instance: str, hypervisor: str) -> None:
         self.incoming = getattr(self, "incoming", []) + [("abort", instance, hypervisor, None)]
 
+    async def console_path(self, instance: str) -> str:
+        path = getattr(self, "console_sockets", {}).get(instance)
+        if path is None:
+            raise Refused("wrong_state", f"instance {instance} has no console on node {self.node_name}")
+        return path
+
     def grant_lease(self, node: str, request: dict) -> dict:
         self.leases = getattr(self, "leases", []) + [(node, request)]
         return {"granted": True, "lease_s": 5, "armed": True, "commit_seq": self.box.state.seq, "term": 1,

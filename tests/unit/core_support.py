@@ -32,6 +32,8 @@ class Harness:
         self.now = START
         self.held: set[str] = set()
         self.failing: set[str] = set()
+        self.refused: set[tuple[str, str]] = set()     # (node, action kind) its driver refuses
+        self.acted: list[tuple[str, str]] = []          # (node, action kind) of every action run
         self.waiting: list = []
         self.queue: deque = deque()
         self.tokens = itertools.count(1)
@@ -80,7 +82,8 @@ class Harness:
         host = self.world.hosts[name]
         ok, value, message = True, None, ""
         try:
-            if name in self.failing:
+            self.acted.append((name, action.kind))
+            if name in self.failing or (name, action.kind) in self.refused:
                 raise DriverError("injected failure")
             if action.kind == "list":
                 value = dict(host.instances)

@@ -179,3 +179,17 @@ def test_verify_reports_a_secondary_short_of_memory_for_failovers(backend):
     assert views.verify(backend.state()) == [
         f"node {secondary}: not enough memory to accommodate instance failovers should node {primary} fail "
         "(1024MiB needed, 512MiB available)"]
+
+
+def test_verify_reports_a_disk_copy_that_is_not_uptodate(backend):
+    """A replicated disk whose copy is recorded DEGRADED or SYNCING is reported (Ganeti's verify reports a
+    degraded DRBD disk); once it is UPTODATE again, nothing is."""
+    web1 = backend.state().instance_by_name("web1")
+    secondary = backend.state().nodes[web1.secondary].name
+    backend.commit(ev.DiskStateObserved(web1.id, 0, web1.secondary, "DEGRADED", 0.0))
+    assert views.verify(backend.state()) == [f"instance web1: disk 0 on node {secondary} is DEGRADED; "
+                                             "it is being synced again"]
+    backend.commit(ev.DiskStateObserved(web1.id, 0, web1.secondary, "SYNCING", 42.0))
+    assert views.verify(backend.state()) == [f"instance web1: disk 0 on node {secondary} is SYNCING (42%)"]
+    backend.commit(ev.DiskStateObserved(web1.id, 0, web1.secondary, "UPTODATE", 100.0))
+    assert views.verify(backend.state()) == []

@@ -208,3 +208,21 @@ def test_replace_disks_sends_the_new_secondary_or_the_allocator(cairn):
         [{"op": "instance_replace_disks", "params": {"instance": "web1", "iallocator": "hail"}}]]
     result = cairn("instance", "replace-disks", "web1")
     assert result.exit_code == 1 and "give the new secondary with -n NODE, or -I hail" in result.stderr
+
+
+def test_add_takes_nics_as_ganeti_does(cairn):
+    """--net N:link=...,mode=...,mac=... gives the NICs in index order; --no-nics none; both, a gap or an
+    unknown key are parameter errors."""
+    bodies = cairn.accept_jobs()
+    result = cairn("instance", "add", "-t", "diskless", "-n", "node1", "--no-install", "--net", "1:link=br1",
+                   "--net", "0:link=br0,mac=aa:00:00:00:00:01", "web1")
+    assert result.exit_code == 0, result.output
+    assert bodies[0]["operations"][0]["params"]["nics"] == [
+        {"mode": "bridged", "mac": "aa:00:00:00:00:01", "link": "br0"}, {"mode": "bridged", "mac": "", "link": "br1"}]
+    result = cairn("instance", "add", "-t", "diskless", "-n", "node1", "--no-install", "--no-nics", "web2")
+    assert result.exit_code == 0, result.output
+    assert bodies[1]["operations"][0]["params"]["nics"] == []
+    for bad, why in ((["--no-nics", "--net", "0:link=br0"], "not both"), (["--net", "1:link=br0"], "without gaps"),
+                     (["--net", "0:bridge=br0"], "is not N:link=BRIDGE")):
+        result = cairn("instance", "add", "-t", "diskless", "-n", "node1", "--no-install", *bad, "web3")
+        assert result.exit_code == 1 and why in result.stderr, result.output

@@ -183,3 +183,18 @@ def test_after_a_failover_the_roles_swap():
     copies = {n: harness.world.hosts[n].copies[(found.id, 0)] for n in ("node1", "node2")}
     assert (copies["node2"].role, copies["node1"].role) == ("primary", "secondary")
     assert found.id in harness.world.hosts["node2"].running()
+
+
+def test_a_start_the_driver_refuses_is_retried_after_a_pause():
+    """A start the driver refuses (a missing bridge, say) is tried again every START_RETRY_S, not in a tight loop;
+    once the driver takes it, the instance runs."""
+    harness = cluster()
+    harness.refused.add(("node1", "start"))
+    harness.submit(op("instance_add", name="web1.example.com", primary="node1", disk_template="file",
+                      os="debian-12", memory_mib=512, disks=(1024,)))
+    harness.advance(10)
+    attempts = harness.acted.count(("node1", "start"))
+    assert 1 <= attempts <= 10 / reconciler.START_RETRY_S + 1, attempts
+    harness.refused.clear()
+    harness.advance(reconciler.START_RETRY_S + 3)
+    assert running(harness, "node1") == {harness.instance("web1.example.com").id}
