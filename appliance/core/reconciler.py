@@ -121,7 +121,8 @@ class Reconciler:
             return
         self.changes += 1
         if action.kind == "migrate":
-            self.migrations[action.instance] = (ok, "migrated" if ok else f"migration failed: {value or 'driver error'}")
+            self.migrations[action.instance] = (ok, (f"migrated {value}" if value else "migrated") if ok
+                                                else f"migration failed: {value or 'driver error'}")
         if not ok:
             self.listed_at = self.disks_listed_at = float("-inf")
             if action.kind == "start":

@@ -31,6 +31,7 @@ from appliance.daemon.config import BOOTSTRAP_NAME, NodeConfig, read_bootstrap, 
 from appliance.daemon.shell import NodeShell
 from appliance.drivers.base import DriverError
 from appliance.drivers.fake import FakeHypervisor
+from appliance.drivers.qemu import FFDHE2048_PEM
 from appliance.drivers.hypervisors import HypervisorSet
 from appliance.drivers.files import FileStorage
 
@@ -99,17 +100,20 @@ class NodeIncomingLink:
 
 def qemu_tls_dir(data_dir: Path) -> Path:
     """QEMU's x509 credentials for migration streams, from the node's own certificate (refreshed at each start):
-    the same certificate serves both ends, since it is valid for server and client authentication."""
+    the same certificate serves both ends, since it is valid for server and client authentication. Fixed DH
+    parameters (RFC 7919) spare QEMU generating them at every migration."""
     paths = pki.pki_paths(data_dir)
     directory = data_dir / "kvm" / "tls"
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     files = {"ca-cert.pem": paths.ca_cert, "server-cert.pem": paths.node_cert, "client-cert.pem": paths.node_cert,
              "server-key.pem": paths.node_key, "client-key.pem": paths.node_key}
-    for name, source in files.items():
+    contents = {name: source.read_bytes() for name, source in files.items()}
+    contents["dh-params.pem"] = FFDHE2048_PEM.encode()
+    for name, data in contents.items():
         target = directory / name
         temporary = target.with_suffix(".tmp")
-        temporary.write_bytes(source.read_bytes())
+        temporary.write_bytes(data)
         os.chmod(temporary, 0o600)
         os.replace(temporary, target)
     return directory

@@ -431,7 +431,8 @@ class NodeShell:
         elif kind == "stop":
             await self.hypervisor.stop(instance, float(args.get("timeout_s", 30.0)))
         elif kind == "migrate":
-            await self.hypervisor.migrate(instance, args["target"])
+            summary = await self.hypervisor.migrate(instance, args["target"])
+            return summary if isinstance(summary, str) else None
         elif kind == "disk_create":
             await self.storage.create(instance, args["index"], args["size_mib"])
         elif kind == "disk_remove":

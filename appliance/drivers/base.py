@@ -83,8 +83,9 @@ class Hypervisor(abc.ABC):
         """Every instance this hypervisor holds, by id: running, crashed or shutdown."""
 
     @abc.abstractmethod
-    async def migrate(self, instance_id: str, target: str) -> None:
-        """Move the running instance live to node `target`; on failure it keeps running here."""
+    async def migrate(self, instance_id: str, target: str) -> str | None:
+        """Move the running instance live to node `target`; on failure it keeps running here. May return a
+        short text of the migration's figures (time, downtime), which the node reports with it."""
 
 
 class Storage(abc.ABC):

@@ -54,8 +54,8 @@ class HypervisorSet(Hypervisor):
             merged.update(await driver.list())
         return merged
 
-    async def migrate(self, instance_id: str, target: str) -> None:
+    async def migrate(self, instance_id: str, target: str):
         holder = await self._holder(instance_id)
         if holder is None:
             raise DriverError(f"instance {instance_id} does not run on this node, so it cannot be migrated")
-        await holder.migrate(instance_id, target)
+        return await holder.migrate(instance_id, target)

@@ -542,3 +542,11 @@ def test_sockets_of_a_deep_entry_go_to_a_private_short_directory(tmp_path):
         assert sockets.stat().st_mode & 0o777 == 0o700 and sockets.parent.stat().st_mode & 0o077 == 0
     finally:
         sockets.rmdir()
+
+
+def test_a_migration_summary_carries_qemus_own_figures():
+    """The text the node reports with a finished migration: QEMU's total time, downtime and RAM sent."""
+    from appliance.drivers.qemu import migration_summary
+
+    info = {"status": "completed", "total-time": 512, "downtime": 44, "ram": {"transferred": 100 * 2**20 + 5}}
+    assert migration_summary(info) == "in 512 ms, downtime 44 ms, 100 MiB sent"
