@@ -245,7 +245,8 @@ class Reconciler:
         seen = (instance.observed_state, instance.observed_node)
         if instance.admin_state != "up":
             if status is not None:
-                self._act(actions, now, "stop", instance.id, timeout_s=120 if status == RUNNING else 0)
+                self._act(actions, now, "stop", instance.id,
+                          timeout_s=instance.stop_timeout_s if status == RUNNING else 0)
             elif seen == (RUNNING, me):
                 self._report(proposals, state, me, instance, "shutdown", now)
             return

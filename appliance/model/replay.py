@@ -409,13 +409,13 @@ def _replace_instance(state: ClusterState, old: Instance, new: Instance) -> dict
 
 @handles(ev.InstanceAdded)
 def _instance_added(state, e, envelope, seq):
-    # Built with tuple.__new__ (all twenty-three fields given), the cheapest way to make a named tuple.
+    # Built with tuple.__new__ (all twenty-four fields given), the cheapest way to make a named tuple.
     instance = _tuple_new(Instance, (
         e.instance, e.name, e.primary, e.secondary, e.disk_template,
         tuple([_tuple_new(Disk, (d["size_mib"],)) for d in e.disks]),
         tuple([_tuple_new(Nic, (n["mac"], n["mode"], n["link"])) for n in e.nics]),
         e.memory_mib, e.vcpus, e.hypervisor, e.hvparams, e.os, e.admin_state, "unknown", "", (),
-        (), 0, "", "", 0, (), 0))
+        (), 0, "", "", 0, (), 0, 120))
     macs = state.macs
     for nic in instance.nics:
         macs = macs.set(nic.mac, instance.id)
@@ -514,7 +514,12 @@ def _instance_startup(state, e, envelope, seq):
 
 @handles(ev.InstanceShutdownRequested)
 def _instance_shutdown(state, e, envelope, seq):
-    return _admin_state(state, e.instance, "down")
+    changes = _admin_state(state, e.instance, "down")
+    instance = (changes.get("instances") or state.instances).get(e.instance)
+    if instance is None or instance.stop_timeout_s == e.timeout_s:
+        return changes
+    return {"instances": (changes.get("instances") or state.instances).set(
+        e.instance, instance.evolve(stop_timeout_s=e.timeout_s))}
 
 
 @handles(ev.InstanceRebootRequested)

@@ -152,6 +152,7 @@ class Instance(NamedTuple):
     restarts: int = 0             # consecutive crash restarts decided
     disk_states: tuple = ()       # (disk_index, node, state, sync_percent), sorted by disk and node
     ha_priority: int = 0          # recovery order after its node is fenced: higher first
+    stop_timeout_s: int = 120     # how long its last shutdown request lets the guest power off before a kill
 
     @property
     def disk_mib(self) -> int:

@@ -34,6 +34,7 @@ class Harness:
         self.failing: set[str] = set()
         self.refused: set[tuple[str, str]] = set()     # (node, action kind) its driver refuses
         self.acted: list[tuple[str, str]] = []          # (node, action kind) of every action run
+        self.acted_args: list[tuple[str, str, dict]] = []   # the same with the action's arguments
         self.waiting: list = []
         self.queue: deque = deque()
         self.tokens = itertools.count(1)
@@ -83,6 +84,7 @@ class Harness:
         ok, value, message = True, None, ""
         try:
             self.acted.append((name, action.kind))
+            self.acted_args.append((name, action.kind, dict(action.args)))
             if name in self.failing or (name, action.kind) in self.refused:
                 raise DriverError("injected failure")
             if action.kind == "list":

@@ -198,3 +198,14 @@ def test_a_start_the_driver_refuses_is_retried_after_a_pause():
     harness.refused.clear()
     harness.advance(reconciler.START_RETRY_S + 3)
     assert running(harness, "node1") == {harness.instance("web1.example.com").id}
+
+
+def test_a_shutdown_gives_the_guest_the_time_it_asks_for():
+    """`instance shutdown --timeout N`: the node asks the guest to power off and kills it after N s (Ganeti's
+    --timeout), not after the default 120 s."""
+    harness = cluster()
+    found = add_instance(harness)
+    harness.run(op("instance_shutdown", instance=found.name, timeout_s=7))
+    assert harness.instance(found.name).stop_timeout_s == 7
+    stops = [args for node, kind, args in harness.acted_args if (node, kind) == ("node1", "stop")]
+    assert stops and stops[0]["timeout_s"] == 7
