@@ -29,6 +29,7 @@ from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 
 KEEP_ALIVE_TIMEOUT_S = 5
+WEBSOCKET_MAX_MESSAGE_BYTES = 128 * 1024   # the console's WebSocket: keystrokes and pastes
 GRACEFUL_TIMEOUT_S = 1.0
 # hypercorn drops a connection after this many requests (default 1000), failing requests in flight on HTTP/2.
 KEEP_ALIVE_MAX_REQUESTS = 1 << 40
@@ -114,6 +115,9 @@ def api_config(bind: str | None, ssl_context: ssl.SSLContext | None, unix_path: 
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
     config.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    # The only WebSocket is the serial console, whose messages are keystrokes and pastes: refuse a huge one at
+    # the protocol level (hypercorn's default lets 16 MiB through before the route's own 64 KiB check).
+    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
     config.accesslog = None
     config.errorlog = log
     config.include_server_header = False
