@@ -31,9 +31,10 @@ from appliance.daemon.config import BOOTSTRAP_NAME, NodeConfig, read_bootstrap, 
 from appliance.daemon.shell import NodeShell
 from appliance.drivers.base import DriverError
 from appliance.drivers.fake import FakeHypervisor
-from appliance.drivers.qemu import FFDHE2048_PEM
-from appliance.drivers.hypervisors import HypervisorSet
 from appliance.drivers.files import FileStorage
+from appliance.drivers.hypervisors import HypervisorSet
+from appliance.drivers.qemu import FFDHE2048_PEM, QemuHypervisor
+from appliance.drivers.replication import Replication
 
 log = logging.getLogger("cairn.daemon")
 
@@ -91,7 +92,7 @@ class NodeIncomingLink:
 
     async def _call(self, node: str, path: str, body: dict) -> dict:
         if self.shell is None:
-            raise DriverError("this node's daemon is still starting; retry the migration shortly")
+            raise DriverError("this node's daemon is still starting; it retries shortly")
         try:
             return await self.shell.call_node(node, "POST", path, body)
         except (OSError, ValueError, KeyError, http.client.HTTPException) as error:
@@ -122,9 +123,6 @@ def qemu_tls_dir(data_dir: Path) -> Path:
 def drivers_for(config: NodeConfig, data_dir: Path):
     """The node's hypervisors (`fake` and `kvm`: an instance runs under the one it names), its storage, and the
     link the QEMU driver reaches other nodes through (its shell set later)."""
-    from appliance.drivers.qemu import QemuHypervisor
-    from appliance.drivers.replication import Replication
-
     disk_roots = FakePeers(config.fake_peers, data_dir, "disks")
     fake = FakeHypervisor(data_dir / "hv", config.name, FakePeers(config.fake_peers, data_dir), disk_roots=disk_roots)
     link = NodeIncomingLink("kvm")
